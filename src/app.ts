@@ -1,0 +1,101 @@
+/**
+ * buildApp(config): wiring only. Creates storage, the registry service and the fastify
+ * instance with its HTTP plugins; never listens (cli.ts and tests do that).
+ */
+import fs from 'node:fs/promises';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Config } from './config/schema.js';
+import { installErrorHandler } from './http/errors.js';
+import { registerV2 } from './http/v2.js';
+import { createLogger } from './ops/logger.js';
+import { RegistryService } from './registry/service.js';
+import { BlobStore } from './storage/blobs.js';
+import { MetadataStore } from './storage/db.js';
+import { storagePaths } from './storage/paths.js';
+import { UploadManager } from './storage/uploads.js';
+
+export interface App {
+  fastify: FastifyInstance;
+  service: RegistryService;
+  config: Config;
+  /** Listen on config.listen (or the given port) and return the bound address. */
+  listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
+  close(): Promise<void>;
+}
+
+export interface BuildOptions {
+  logger?: Logger;
+}
+
+const SWEEP_INTERVAL_MS = 10 * 60_000;
+
+export async function buildApp(config: Config, opts: BuildOptions = {}): Promise<App> {
+  const logger = opts.logger ?? createLogger(config);
+  const paths = storagePaths(config.storage);
+  await fs.mkdir(paths.root, { recursive: true });
+  const meta = new MetadataStore(paths.db);
+  const blobs = new BlobStore(paths, meta);
+  await blobs.init();
+  const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
+  const uploads = new UploadManager(paths, meta, blobs, maxBlob);
+  await uploads.sweep(config.limits.uploadTtlMs);
+  const service = new RegistryService(meta, blobs, uploads, config.limits);
+
+  const fastify = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    disableRequestLogging: true,
+    exposeHeadRoutes: false,
+    // Upload bodies can take hours; only a stalled socket is cut (protocol.md 6.8).
+    requestTimeout: 0,
+    connectionTimeout: config.http.idleTimeoutMs,
+    keepAliveTimeout: config.http.keepAliveTimeoutMs,
+    routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
+    return503OnClosing: true,
+  });
+  fastify.server.headersTimeout = config.http.headersTimeoutMs;
+
+  // Every body reaches handlers unread: blobs are streamed to disk, manifests are read
+  // with a cap. fastify's JSON/text parsers would buffer and re-parse them.
+  fastify.removeAllContentTypeParsers();
+  fastify.addContentTypeParser('*', (_req, _payload, done) => done(null));
+
+  fastify.addHook('onRequest', async (_req, reply) => {
+    reply.header('docker-distribution-api-version', 'registry/2.0');
+  });
+  fastify.addHook('onResponse', async (req, reply) => {
+    req.log.info(
+      { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime), ua: req.headers['user-agent'] },
+      'request',
+    );
+  });
+  installErrorHandler(fastify);
+  fastify.setNotFoundHandler((req, reply) => {
+    if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
+    reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
+  });
+  registerV2(fastify, service);
+
+  const sweep = setInterval(() => {
+    uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
+  }, SWEEP_INTERVAL_MS);
+  sweep.unref();
+
+  return {
+    fastify,
+    service,
+    config,
+    async listen(port = config.listen.port, host = config.listen.host) {
+      await fastify.listen({ port, host });
+      const addr = fastify.server.address();
+      if (!addr || typeof addr === 'string') throw new Error('server has no TCP address');
+      const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+      return { host: addr.address, port: addr.port, url: `http://${h}:${addr.port}` };
+    },
+    async close() {
+      clearInterval(sweep);
+      await fastify.close();
+      meta.close();
+    },
+  };
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+/**
+ * regmirror command line: `regmirror serve [--config FILE]`, `regmirror gc`,
+ * `regmirror config check|print`. Loads config once, builds the app, handles signals.
+ */
+import { parseArgs } from 'node:util';
+import { buildApp } from './app.js';
+import { ConfigError, loadConfig } from './config/load.js';
+import { DEFAULT_CONFIG_YAML } from './config/schema.js';
+import { createLogger } from './ops/logger.js';
+import { collectGarbage } from './ops/gc.js';
+
+const USAGE = `usage: regmirror <command> [options]
+
+commands:
+  serve [--config FILE]          run the registry mirror (embedded default config without --config)
+  gc [--config FILE] [--dry-run] remove blobs and manifests no repository references
+  config check --config FILE     validate a config file and exit
+  config default                 print the embedded default config
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+  });
+  const [cmd, sub] = positionals;
+  if (values.help || !cmd) {
+    process.stdout.write(USAGE);
+    return cmd ? 0 : 2;
+  }
+  switch (cmd) {
+    case 'serve': {
+      const config = loadConfig(values.config);
+      const logger = createLogger(config);
+      const app = await buildApp(config, { logger });
+      const addr = await app.listen();
+      logger.info({ url: addr.url, storage: config.storage }, 'regmirror listening');
+      let closing = false;
+      const stop = (signal: string) => {
+        if (closing) return;
+        closing = true;
+        logger.info({ signal }, 'shutting down');
+        app.close().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+      };
+      process.on('SIGINT', () => stop('SIGINT'));
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      return -1; // keep running
+    }
+    case 'gc': {
+      const config = loadConfig(values.config);
+      const result = await collectGarbage(config, { dryRun: values['dry-run'] === true });
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+      return 0;
+    }
+    case 'config':
+      if (sub === 'default') {
+        process.stdout.write(DEFAULT_CONFIG_YAML);
+        return 0;
+      }
+      if (sub === 'check') {
+        loadConfig(values.config);
+        process.stdout.write('config ok\n');
+        return 0;
+      }
+      process.stderr.write(USAGE);
+      return 2;
+    default:
+      process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof ConfigError) process.stderr.write(`regmirror: config error: ${err.message}\n`);
+    else process.stderr.write(`regmirror: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,41 @@
+/**
+ * The one error handler: RegistryError -> OCI error envelope. fastify's own errors
+ * (bad content type, body too large, timeouts) are mapped to the nearest OCI code;
+ * anything else is UNKNOWN/500 with no internals in the body, and is logged.
+ */
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ERROR_CODES, type ErrorCode, RegistryError, isRegistryError } from '../registry/errors.js';
+
+export function errorBody(code: ErrorCode, message: string, detail?: unknown): string {
+  const err: Record<string, unknown> = { code, message };
+  if (detail !== undefined) err.detail = detail;
+  return JSON.stringify({ errors: [err] });
+}
+
+export function sendRegistryError(reply: FastifyReply, e: RegistryError): FastifyReply {
+  reply.code(e.status);
+  for (const [k, v] of Object.entries(e.headers)) reply.header(k, v);
+  const body = Buffer.from(errorBody(e.code, e.message, e.detail));
+  reply.header('content-type', 'application/json');
+  if (reply.request.method === 'HEAD') return reply.header('content-length', body.length).send();
+  return reply.send(body);
+}
+
+function fromFastifyError(e: FastifyError): RegistryError {
+  const status = e.statusCode ?? 500;
+  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE' || status === 413) return new RegistryError('SIZE_INVALID', 'request body too large', { status: 413 });
+  if (status === 408 || e.code === 'FST_ERR_REQUEST_TIMEOUT') return new RegistryError('BLOB_UPLOAD_INVALID', 'request timed out', { status: 408 });
+  if (status >= 400 && status < 500) return new RegistryError('UNSUPPORTED', e.message.slice(0, 200), { status });
+  return new RegistryError('UNKNOWN', ERROR_CODES.UNKNOWN.message);
+}
+
+export function installErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    if (isRegistryError(err)) return sendRegistryError(reply, err);
+    const fe = err as FastifyError;
+    const mapped = fromFastifyError(fe);
+    if (mapped.status >= 500) req.log.error({ err }, 'unhandled error');
+    else req.log.debug({ err }, 'request error');
+    return sendRegistryError(reply, mapped);
+  });
+}

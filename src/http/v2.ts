@@ -1,0 +1,85 @@
+/**
+ * The /v2/ API: one wildcard route, dispatched by parsing the path from the right
+ * (route.ts), then by method. Registering one route per API area is impossible with
+ * multi-component names, which is why distribution also uses a custom router.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { RegistryError } from '../registry/errors.js';
+import { parseRepoName } from '../registry/names.js';
+import type { RegistryService } from '../registry/service.js';
+import { deleteBlob, getBlob } from './blobs.js';
+import { catalog, listTags } from './listing.js';
+import { deleteManifest, getManifest, putManifest } from './manifests.js';
+import { listReferrers } from './referrers.js';
+import { discardBody, sendJson } from './request.js';
+import { parseApiPath } from './route.js';
+import { cancelUpload, getUpload, patchUpload, putUpload, startUpload } from './uploads.js';
+
+type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+
+function unsupported(req: FastifyRequest): never {
+  discardBody(req);
+  throw new RegistryError('UNSUPPORTED', `method ${req.method} is not allowed here`, { status: 405 });
+}
+
+export function registerV2(app: FastifyInstance, svc: RegistryService): void {
+  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+    const url = req.raw.url ?? '/';
+    const q = url.indexOf('?');
+    const route = parseApiPath(q === -1 ? url : url.slice(0, q));
+    const method = req.method as Method;
+    const read = method === 'GET' || method === 'HEAD';
+    switch (route.kind) {
+      case 'base':
+        if (!read) return unsupported(req);
+        return sendJson(reply, {});
+      case 'catalog':
+        if (!read) return unsupported(req);
+        return catalog(svc, req, reply);
+      case 'invalid':
+        discardBody(req);
+        throw new RegistryError('NAME_INVALID', route.reason);
+      case 'unknown':
+        discardBody(req);
+        throw new RegistryError('NAME_UNKNOWN', 'no such API endpoint', { status: 404 });
+      default:
+        break;
+    }
+    let repo;
+    try {
+      repo = parseRepoName(route.name);
+    } catch (e) {
+      discardBody(req);
+      throw e;
+    }
+    switch (route.kind) {
+      case 'manifest':
+        if (read) return getManifest(svc, repo, route.reference, req, reply);
+        if (method === 'PUT') return putManifest(svc, repo, route.reference, req, reply);
+        if (method === 'DELETE') return deleteManifest(svc, repo, route.reference, req, reply);
+        return unsupported(req);
+      case 'blob':
+        if (read) return getBlob(svc, repo, route.digest, req, reply);
+        if (method === 'DELETE') return deleteBlob(svc, repo, route.digest, req, reply);
+        return unsupported(req);
+      case 'uploadStart':
+        if (method === 'POST') return startUpload(svc, repo, req, reply);
+        return unsupported(req);
+      case 'upload':
+        if (method === 'PATCH') return patchUpload(svc, repo, route.id, req, reply);
+        if (method === 'PUT') return putUpload(svc, repo, route.id, req, reply);
+        if (read) return getUpload(svc, repo, route.id, req, reply);
+        if (method === 'DELETE') return cancelUpload(svc, repo, route.id, req, reply);
+        return unsupported(req);
+      case 'tags':
+        if (!read) return unsupported(req);
+        return listTags(svc, repo, req, reply);
+      case 'referrers':
+        if (!read) return unsupported(req);
+        return listReferrers(svc, repo, route.digest, req, reply);
+    }
+  };
+  for (const url of ['/v2', '/v2/', '/v2/*']) {
+    app.route({ method: ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE'], url, handler });
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * Garbage collection: delete blobs no repository links and manifest content no
+ * repository holds. Offline (the server should not be running on the same storage) to
+ * avoid racing an upload that is about to link a blob. Rows go first, then files, so a
+ * crash mid-GC leaves only orphan files, which the next GC removes.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Config } from '../config/schema.js';
+import { type Digest, isDigest } from '../registry/names.js';
+import { BlobStore } from '../storage/blobs.js';
+import { MetadataStore } from '../storage/db.js';
+import { storagePaths } from '../storage/paths.js';
+
+export interface GcResult {
+  blobsRemoved: number;
+  orphanFilesRemoved: number;
+  manifestsRemoved: number;
+  dryRun: boolean;
+}
+
+export async function collectGarbage(config: Pick<Config, 'storage'>, opts: { dryRun: boolean }): Promise<GcResult> {
+  const paths = storagePaths(config.storage);
+  const meta = new MetadataStore(paths.db);
+  try {
+    const store = new BlobStore(paths, meta);
+    const unreferenced = meta.unreferencedBlobs();
+    if (!opts.dryRun) for (const d of unreferenced) await store.remove(d);
+    let orphans = 0;
+    for (const alg of ['sha256', 'sha512']) {
+      const algDir = path.join(paths.blobsDir, alg);
+      const prefixes = await fs.readdir(algDir).catch(() => [] as string[]);
+      for (const p of prefixes) {
+        for (const hex of await fs.readdir(path.join(algDir, p)).catch(() => [] as string[])) {
+          const d = `${alg}:${hex}`;
+          if (!isDigest(d) || meta.blobSize(d as Digest) === undefined) {
+            orphans++;
+            if (!opts.dryRun) await fs.rm(path.join(algDir, p, hex), { force: true });
+          }
+        }
+      }
+    }
+    const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
+    return { blobsRemoved: unreferenced.length, orphanFilesRemoved: orphans, manifestsRemoved, dryRun: opts.dryRun };
+  } finally {
+    meta.close();
+  }
+}

@@ -1,0 +1,51 @@
+/** Pure parsers for HTTP `Range` on blob GETs (RFC 9110 §14) and upload `Content-Range`. */
+
+export interface ByteRange {
+  start: number;
+  end: number; // inclusive
+}
+
+/**
+ * Parse `Range: bytes=...` against a blob of `size` bytes.
+ * Returns null when the header should be ignored (not a bytes range: serve 200),
+ * 'unsatisfiable' for 416, or the list of ranges (clamped) to serve.
+ */
+export function parseRangeHeader(header: string | undefined, size: number): ByteRange[] | 'unsatisfiable' | null {
+  if (!header) return null;
+  const m = /^\s*bytes\s*=\s*(.+)$/i.exec(header);
+  if (!m) return null;
+  const out: ByteRange[] = [];
+  for (const part of m[1]!.split(',')) {
+    const p = part.trim();
+    const r = /^(\d*)\s*-\s*(\d*)$/.exec(p);
+    if (!r) return null;
+    const [, a, b] = r;
+    if (a === '' && b === '') return null;
+    if (a === '') {
+      // Suffix range: the last N bytes.
+      const n = Number(b);
+      if (n === 0) continue;
+      out.push({ start: Math.max(0, size - n), end: size - 1 });
+      continue;
+    }
+    const start = Number(a);
+    let end = b === '' ? size - 1 : Number(b);
+    if (b !== '' && end < start) return 'unsatisfiable';
+    if (start >= size) continue;
+    if (end >= size) end = size - 1;
+    out.push({ start, end });
+  }
+  if (out.length === 0) return 'unsatisfiable';
+  return out;
+}
+
+/** Upload `Content-Range: <start>-<end>` (the spec's form has no `bytes ` prefix; tolerate it). */
+export function parseContentRange(header: string | undefined): ByteRange | null | 'invalid' {
+  if (header === undefined || header === '') return null;
+  const m = /^(?:bytes[ =])?(\d+)-(\d+)(?:\/(?:\d+|\*))?$/.exec(header.trim());
+  if (!m) return 'invalid';
+  const start = Number(m[1]);
+  const end = Number(m[2]);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) return 'invalid';
+  return { start, end };
+}

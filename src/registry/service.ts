@@ -1,0 +1,135 @@
+/**
+ * RegistryService: the registry's operations on local storage, independent of HTTP.
+ * Handlers call it with parsed, branded values; it enforces the spec's rules (manifest
+ * references must exist, blobs are visible only where linked, tags vs digests).
+ */
+import type { Readable } from 'node:stream';
+import { RegistryError } from './errors.js';
+import { parseManifest } from './manifests.js';
+import { acceptsMediaType } from './mediatypes.js';
+import { type Digest, type Reference, type RepoName, type Tag, digestAlgorithm } from './names.js';
+import { createHash } from 'node:crypto';
+import type { BlobStore } from '../storage/blobs.js';
+import type { ManifestMeta, ManifestRecord, MetadataStore, Provenance } from '../storage/db.js';
+import type { UploadManager } from '../storage/uploads.js';
+
+export interface Limits {
+  maxManifestBytes: number;
+  maxBlobBytes: number;
+}
+
+export interface PutManifestResult {
+  digest: Digest;
+  subject: Digest | null;
+}
+
+export function digestOf(bytes: Buffer, alg: 'sha256' | 'sha512' = 'sha256'): Digest {
+  return `${alg}:${createHash(alg).update(bytes).digest('hex')}` as Digest;
+}
+
+export class RegistryService {
+  constructor(
+    readonly meta: MetadataStore,
+    readonly blobs: BlobStore,
+    readonly uploads: UploadManager,
+    readonly limits: Limits,
+  ) {}
+
+  /** Resolve a reference to a stored manifest in `repo`, honouring Accept for tags. */
+  getManifest(repo: RepoName, ref: Reference, accept: readonly string[]): ManifestRecord {
+    const digest = ref.kind === 'digest' ? ref.digest : this.meta.tag(repo, ref.tag)?.digest;
+    const m = digest && this.meta.manifest(repo, digest);
+    if (!m) {
+      if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+      throw new RegistryError('MANIFEST_UNKNOWN', undefined, { detail: { reference: ref.kind === 'tag' ? ref.tag : ref.digest } });
+    }
+    // By digest the content is fixed: always serve it. By tag, respect Accept.
+    if (ref.kind === 'tag' && !acceptsMediaType(accept, m.mediaType)) {
+      throw new RegistryError('MANIFEST_UNKNOWN', `manifest is ${m.mediaType}, which the client does not accept`);
+    }
+    return m;
+  }
+
+  putManifest(repo: RepoName, ref: Reference, contentType: string, body: Buffer, provenance: Provenance = 'pushed'): PutManifestResult {
+    const digest = ref.kind === 'digest' ? digestOf(body, digestAlgorithm(ref.digest)) : digestOf(body);
+    if (ref.kind === 'digest' && digest !== ref.digest) {
+      throw new RegistryError('DIGEST_INVALID', 'manifest body does not match the digest in the URL', { detail: { expected: ref.digest } });
+    }
+    const parsed = parseManifest(body, contentType);
+    const missing: string[] = [];
+    for (const d of parsed.requiredBlobs) {
+      if (this.meta.repoBlobSize(repo, d.digest) === undefined) missing.push(d.digest);
+    }
+    for (const d of parsed.requiredManifests) {
+      if (!this.meta.hasManifest(repo, d.digest)) missing.push(d.digest);
+    }
+    if (missing.length > 0) {
+      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', undefined, { detail: { digests: missing.slice(0, 20) } });
+    }
+    this.meta.putManifest(
+      repo,
+      {
+        digest,
+        mediaType: parsed.mediaType,
+        size: body.length,
+        artifactType: parsed.artifactType,
+        subject: parsed.subject,
+        annotations: parsed.annotations ? JSON.stringify(parsed.annotations) : null,
+        body,
+        refs: [
+          ...parsed.allBlobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })),
+          ...parsed.requiredManifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const })),
+        ],
+      },
+      ref.kind === 'tag' ? [ref.tag] : [],
+      provenance,
+    );
+    return { digest, subject: parsed.subject };
+  }
+
+  deleteManifest(repo: RepoName, ref: Reference): void {
+    if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+    const ok = ref.kind === 'tag' ? this.meta.deleteTag(repo, ref.tag) : this.meta.deleteManifest(repo, ref.digest);
+    if (!ok) throw new RegistryError('MANIFEST_UNKNOWN');
+  }
+
+  /** Size of a blob visible in `repo`, or BLOB_UNKNOWN. */
+  statBlob(repo: RepoName, digest: Digest): number {
+    const size = this.blobs.statInRepo(repo, digest);
+    if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+    return size;
+  }
+
+  openBlob(digest: Digest, start?: number, end?: number): Readable {
+    return this.blobs.open(digest, start, end);
+  }
+
+  deleteBlob(repo: RepoName, digest: Digest): void {
+    if (!this.meta.unlinkBlob(repo, digest)) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+  }
+
+  /** Cross-repository mount: only from a repository that links the blob. */
+  mountBlob(repo: RepoName, digest: Digest, from: RepoName): boolean {
+    if (this.meta.repoBlobSize(from, digest) === undefined) return false;
+    this.meta.linkBlob(repo, digest, 'pushed');
+    return true;
+  }
+
+  listTags(repo: RepoName, last: string, n: number): string[] {
+    if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+    return this.meta.listTags(repo, last, n);
+  }
+
+  catalog(last: string, n: number): string[] {
+    return this.meta.listRepositories(last, n);
+  }
+
+  referrers(repo: RepoName, subject: Digest, artifactType: string | undefined): ManifestMeta[] {
+    const all = this.meta.referrers(repo, subject);
+    return artifactType === undefined ? all : all.filter((m) => m.artifactType === artifactType);
+  }
+
+  tagOf(repo: RepoName, tag: Tag): Digest | undefined {
+    return this.meta.tag(repo, tag)?.digest;
+  }
+}

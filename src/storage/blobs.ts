@@ -1,0 +1,159 @@
+/**
+ * Content-addressed blob files. Bytes are written to a temp file while being hashed,
+ * fsynced, and renamed into `blobs/<alg>/<xx>/<hex>` only when the digest matches; the
+ * metadata row is written after the rename (see paths.ts for the crash invariant).
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { MetadataStore, Provenance } from './db.js';
+import type { StoragePaths } from './paths.js';
+import { RegistryError } from '../registry/errors.js';
+import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../registry/names.js';
+
+export interface WrittenBlob {
+  tempPath: string;
+  size: number;
+  digest: Digest;
+}
+
+/** A pass-through that hashes and counts what flows through it. */
+export class HashingCounter extends Transform {
+  readonly hash: Hash;
+  bytes = 0;
+  constructor(readonly algorithm: DigestAlgorithm, hash?: Hash) {
+    super();
+    this.hash = hash ?? createHash(algorithm);
+  }
+  clone(): HashingCounter {
+    const c = new HashingCounter(this.algorithm, this.hash.copy());
+    c.bytes = this.bytes;
+    return c;
+  }
+  /** Account for bytes written elsewhere (used by upload sessions). */
+  update(chunk: Buffer): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+  }
+  /** The digest so far, without ending the running hash. */
+  currentDigest(): Digest {
+    return `${this.algorithm}:${this.hash.copy().digest('hex')}` as Digest;
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
+    this.update(chunk);
+    cb(null, chunk);
+  }
+}
+
+export async function fsyncFile(file: string): Promise<void> {
+  const fh = await fs.open(file, 'r+');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function hashFile(file: string, algorithm: DigestAlgorithm): Promise<{ digest: Digest; size: number }> {
+  const h = new HashingCounter(algorithm);
+  await pipeline(createReadStream(file), h, async function* (src) {
+    for await (const _ of src) void _;
+  });
+  return { digest: `${algorithm}:${h.hash.digest('hex')}` as Digest, size: h.bytes };
+}
+
+export class BlobStore {
+  constructor(
+    private readonly paths: StoragePaths,
+    private readonly meta: MetadataStore,
+  ) {}
+
+  /** Wipe temp files left by a crash; create the tree. */
+  async init(): Promise<void> {
+    await fs.rm(this.paths.tmpDir, { recursive: true, force: true });
+    await fs.mkdir(this.paths.tmpDir, { recursive: true });
+    await fs.mkdir(this.paths.blobsDir, { recursive: true });
+    await fs.mkdir(this.paths.uploadsDir, { recursive: true });
+  }
+
+  /** Size of a blob visible in `repo`, verifying the file is really there. */
+  statInRepo(repo: RepoName, digest: Digest): number | undefined {
+    return this.meta.repoBlobSize(repo, digest);
+  }
+
+  /** Whether the content store holds the blob at all (any repository). */
+  exists(digest: Digest): number | undefined {
+    return this.meta.blobSize(digest);
+  }
+
+  open(digest: Digest, start?: number, end?: number): ReadStream {
+    return createReadStream(this.paths.blob(digest), start === undefined ? {} : { start, end });
+  }
+
+  /**
+   * Stream `body` into a temp file, hashing with the algorithm of `expected` (or sha256),
+   * and fsync it. The caller commits or discards the result.
+   */
+  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number): Promise<WrittenBlob> {
+    const tempPath = this.paths.tempFile();
+    const h = new HashingCounter(algorithm);
+    const limit = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        if (h.bytes > maxBytes) cb(new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${maxBytes} bytes`, { status: 413 }));
+        else cb(null, chunk);
+      },
+    });
+    try {
+      await pipeline(body, h, limit, createWriteStream(tempPath));
+      await fsyncFile(tempPath);
+    } catch (e) {
+      await fs.rm(tempPath, { force: true });
+      throw e;
+    }
+    return { tempPath, size: h.bytes, digest: `${algorithm}:${h.hash.digest('hex')}` as Digest };
+  }
+
+  /**
+   * Move a verified, fsynced file into the content store and record it for `repo`.
+   * Rename is atomic; the directory is fsynced so the rename survives a power cut
+   * before the DB row that depends on it is written.
+   */
+  async commit(sourcePath: string, digest: Digest, size: number, repo: RepoName, provenance: Provenance): Promise<void> {
+    const target = this.paths.blob(digest);
+    if (this.meta.blobSize(digest) !== undefined) {
+      // Already stored (dedupe): the existing file is verified content; drop ours.
+      await fs.rm(sourcePath, { force: true });
+    } else {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.rename(sourcePath, target);
+      await fsyncDir(path.dirname(target));
+    }
+    this.meta.recordBlob(repo, digest, size, provenance);
+  }
+
+  async discard(tempPath: string): Promise<void> {
+    await fs.rm(tempPath, { force: true });
+  }
+
+  /** Remove an unreferenced blob: row first, then file (a crash leaves only an orphan file). */
+  async remove(digest: Digest): Promise<void> {
+    this.meta.deleteBlobRow(digest);
+    await fs.rm(this.paths.blob(digest), { force: true });
+  }
+}
+
+export function algorithmOf(d: Digest): DigestAlgorithm {
+  return digestAlgorithm(d);
+}

@@ -1,0 +1,382 @@
+/**
+ * The only module that contains SQL. Opens regmirror.db (WAL), runs migrations keyed on
+ * `user_version`, prepares every statement once, and exposes named operations. Each
+ * logical change (a manifest push with its tag and references, a blob commit with its
+ * repository link) is one synchronous transaction.
+ */
+import Database from 'better-sqlite3';
+import type { Digest, RepoName } from '../registry/names.js';
+
+export type Provenance = 'pushed' | 'cached';
+
+export interface ManifestRecord {
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  artifactType: string | null;
+  subject: Digest | null;
+  annotations: string | null;
+  body: Buffer;
+}
+
+export interface ManifestMeta {
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  artifactType: string | null;
+  annotations: string | null;
+}
+
+export interface TagRecord {
+  digest: Digest;
+  provenance: Provenance;
+  checkedAt: number;
+}
+
+export interface NewManifest extends ManifestRecord {
+  refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }>;
+}
+
+const MIGRATIONS: string[] = [
+  // v1: initial schema.
+  `
+  CREATE TABLE repositories (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+  );
+  CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_access INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TABLE repo_blobs (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+    provenance TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+  ) WITHOUT ROWID;
+  CREATE INDEX repo_blobs_digest ON repo_blobs(digest);
+  CREATE TABLE manifest_content (
+    digest TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    annotations TEXT,
+    body BLOB NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX manifest_content_subject ON manifest_content(subject) WHERE subject IS NOT NULL;
+  CREATE TABLE manifest_refs (
+    digest TEXT NOT NULL REFERENCES manifest_content(digest) ON DELETE CASCADE,
+    child TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (digest, child)
+  ) WITHOUT ROWID;
+  CREATE INDEX manifest_refs_child ON manifest_refs(child);
+  CREATE TABLE manifests (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL REFERENCES manifest_content(digest),
+    provenance TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_access INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+  ) WITHOUT ROWID;
+  CREATE INDEX manifests_digest ON manifests(digest);
+  CREATE TABLE tags (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    provenance TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    checked_at INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, name)
+  ) WITHOUT ROWID;
+  CREATE INDEX tags_digest ON tags(repo_id, digest);
+  CREATE TABLE uploads (
+    id TEXT PRIMARY KEY,
+    repo_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
+];
+
+export class MetadataStore {
+  readonly db: Database.Database;
+  private readonly s;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL in WAL mode: a power cut may lose the last transactions but never corrupts;
+    // blobs are fsynced before their row is written, so a lost row only orphans a file.
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+    const db = this.db;
+    this.s = {
+      repoId: db.prepare<[string], { id: number }>('SELECT id FROM repositories WHERE name = ?'),
+      insertRepo: db.prepare<[string, number]>('INSERT OR IGNORE INTO repositories(name, created_at) VALUES (?, ?)'),
+      blob: db.prepare<[string], { size: number }>('SELECT size FROM blobs WHERE digest = ?'),
+      repoBlob: db.prepare<[number, string], { size: number }>(
+        'SELECT b.size FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repo_id = ? AND rb.digest = ?',
+      ),
+      insertBlob: db.prepare<[string, number, number, number]>(
+        'INSERT OR IGNORE INTO blobs(digest, size, created_at, last_access) VALUES (?, ?, ?, ?)',
+      ),
+      linkBlob: db.prepare<[number, string, string, number]>(
+        'INSERT OR IGNORE INTO repo_blobs(repo_id, digest, provenance, created_at) VALUES (?, ?, ?, ?)',
+      ),
+      unlinkBlob: db.prepare<[number, string]>('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
+      manifest: db.prepare<[number, string], { digest: string; media_type: string; size: number; body: Buffer; artifact_type: string | null; subject: string | null; annotations: string | null }>(
+        `SELECT mc.digest, mc.media_type, mc.size, mc.body, mc.artifact_type, mc.subject, mc.annotations
+         FROM manifests m JOIN manifest_content mc ON mc.digest = m.digest WHERE m.repo_id = ? AND m.digest = ?`,
+      ),
+      hasManifest: db.prepare<[number, string], { one: number }>('SELECT 1 AS one FROM manifests WHERE repo_id = ? AND digest = ?'),
+      insertContent: db.prepare<[string, string, number, string | null, string | null, string | null, Buffer]>(
+        `INSERT OR IGNORE INTO manifest_content(digest, media_type, size, artifact_type, subject, annotations, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO manifest_refs(digest, child, kind) VALUES (?, ?, ?)'),
+      linkManifest: db.prepare<[number, string, string, number, number]>(
+        `INSERT INTO manifests(repo_id, digest, provenance, created_at, last_access) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(repo_id, digest) DO UPDATE SET provenance = CASE WHEN excluded.provenance = 'pushed' THEN 'pushed' ELSE provenance END`,
+      ),
+      unlinkManifest: db.prepare<[number, string]>('DELETE FROM manifests WHERE repo_id = ? AND digest = ?'),
+      tag: db.prepare<[number, string], { digest: string; provenance: string; checked_at: number }>(
+        'SELECT digest, provenance, checked_at FROM tags WHERE repo_id = ? AND name = ?',
+      ),
+      upsertTag: db.prepare<[number, string, string, string, number, number]>(
+        `INSERT INTO tags(repo_id, name, digest, provenance, updated_at, checked_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, provenance = excluded.provenance,
+           updated_at = excluded.updated_at, checked_at = excluded.checked_at`,
+      ),
+      touchTag: db.prepare<[number, number, string]>('UPDATE tags SET checked_at = ? WHERE repo_id = ? AND name = ?'),
+      deleteTag: db.prepare<[number, string]>('DELETE FROM tags WHERE repo_id = ? AND name = ?'),
+      deleteTagsOf: db.prepare<[number, string]>('DELETE FROM tags WHERE repo_id = ? AND digest = ?'),
+      listTags: db.prepare<[number, string, number], { name: string }>(
+        'SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?',
+      ),
+      listRepos: db.prepare<[string, number], { name: string }>(
+        `SELECT r.name FROM repositories r WHERE r.name > ?
+           AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) OR EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = r.id))
+         ORDER BY r.name LIMIT ?`,
+      ),
+      referrers: db.prepare<[number, string], { digest: string; media_type: string; size: number; artifact_type: string | null; annotations: string | null }>(
+        `SELECT mc.digest, mc.media_type, mc.size, mc.artifact_type, mc.annotations
+         FROM manifest_content mc JOIN manifests m ON m.digest = mc.digest
+         WHERE m.repo_id = ? AND mc.subject = ? ORDER BY mc.digest`,
+      ),
+      insertUpload: db.prepare<[string, number, number]>('INSERT INTO uploads(id, repo_id, created_at) VALUES (?, ?, ?)'),
+      upload: db.prepare<[string], { repo: string; created_at: number }>(
+        'SELECT r.name AS repo, u.created_at FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?',
+      ),
+      deleteUpload: db.prepare<[string]>('DELETE FROM uploads WHERE id = ?'),
+      allUploads: db.prepare<[], { id: string; created_at: number }>('SELECT id, created_at FROM uploads'),
+      touchBlob: db.prepare<[number, string]>('UPDATE blobs SET last_access = ? WHERE digest = ?'),
+      unreferencedBlobs: db.prepare<[], { digest: string }>(
+        `SELECT b.digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)`,
+      ),
+      deleteBlob: db.prepare<[string]>('DELETE FROM blobs WHERE digest = ?'),
+      unreferencedContent: db.prepare<[], { digest: string }>(
+        `SELECT mc.digest FROM manifest_content mc WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = mc.digest)`,
+      ),
+      deleteContent: db.prepare<[string]>('DELETE FROM manifest_content WHERE digest = ?'),
+      childrenInRepo: db.prepare<[number, string], { child: string; kind: string }>(
+        'SELECT child, kind FROM manifest_refs WHERE digest = ?2 AND ?1 = ?1',
+      ),
+      missingBlobRefs: db.prepare<[string, number], { child: string }>(
+        `SELECT r.child FROM manifest_refs r WHERE r.digest = ? AND r.kind = 'blob'
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.repo_id = ? AND rb.digest = r.child)`,
+      ),
+    };
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v]!;
+      this.db.transaction(() => {
+        this.db.exec(sql);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  repoId(name: RepoName): number | undefined {
+    return this.s.repoId.get(name)?.id;
+  }
+
+  ensureRepo(name: RepoName): number {
+    this.s.insertRepo.run(name, Date.now());
+    return this.s.repoId.get(name)!.id;
+  }
+
+  blobSize(digest: Digest): number | undefined {
+    return this.s.blob.get(digest)?.size;
+  }
+
+  /** Size of a blob linked to `repo`, or undefined: a blob is only visible where linked. */
+  repoBlobSize(repo: RepoName, digest: Digest): number | undefined {
+    const id = this.repoId(repo);
+    return id === undefined ? undefined : this.s.repoBlob.get(id, digest)?.size;
+  }
+
+  /** Record a committed blob (its file is already renamed into place) and link it. */
+  recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): void {
+    this.db.transaction(() => {
+      const now = Date.now();
+      const id = this.ensureRepo(repo);
+      this.s.insertBlob.run(digest, size, now, now);
+      this.s.linkBlob.run(id, digest, provenance, now);
+    })();
+  }
+
+  linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): void {
+    this.db.transaction(() => {
+      this.s.linkBlob.run(this.ensureRepo(repo), digest, provenance, Date.now());
+    })();
+  }
+
+  unlinkBlob(repo: RepoName, digest: Digest): boolean {
+    const id = this.repoId(repo);
+    return id !== undefined && this.s.unlinkBlob.run(id, digest).changes > 0;
+  }
+
+  touchBlob(digest: Digest): void {
+    this.s.touchBlob.run(Date.now(), digest);
+  }
+
+  manifest(repo: RepoName, digest: Digest): ManifestRecord | undefined {
+    const id = this.repoId(repo);
+    if (id === undefined) return undefined;
+    const row = this.s.manifest.get(id, digest);
+    if (!row) return undefined;
+    return {
+      digest: row.digest as Digest,
+      mediaType: row.media_type,
+      size: row.size,
+      body: row.body,
+      artifactType: row.artifact_type,
+      subject: row.subject as Digest | null,
+      annotations: row.annotations,
+    };
+  }
+
+  hasManifest(repo: RepoName, digest: Digest): boolean {
+    const id = this.repoId(repo);
+    return id !== undefined && this.s.hasManifest.get(id, digest) !== undefined;
+  }
+
+  /** Blob references of a stored manifest that `repo` does not link (should be none). */
+  missingBlobRefs(repo: RepoName, digest: Digest): Digest[] {
+    const id = this.repoId(repo);
+    if (id === undefined) return [];
+    return this.s.missingBlobRefs.all(digest, id).map((r) => r.child as Digest);
+  }
+
+  /** Store a manifest, its references and (optionally) a tag: one transaction. */
+  putManifest(repo: RepoName, m: NewManifest, tags: string[], provenance: Provenance): void {
+    this.db.transaction(() => {
+      const now = Date.now();
+      const id = this.ensureRepo(repo);
+      this.s.insertContent.run(m.digest, m.mediaType, m.size, m.artifactType, m.subject, m.annotations, m.body);
+      for (const r of m.refs) this.s.insertRef.run(m.digest, r.digest, r.kind);
+      this.s.linkManifest.run(id, m.digest, provenance, now, now);
+      for (const t of tags) this.s.upsertTag.run(id, t, m.digest, provenance, now, now);
+    })();
+  }
+
+  tag(repo: RepoName, tag: string): TagRecord | undefined {
+    const id = this.repoId(repo);
+    if (id === undefined) return undefined;
+    const row = this.s.tag.get(id, tag);
+    return row && { digest: row.digest as Digest, provenance: row.provenance as Provenance, checkedAt: row.checked_at };
+  }
+
+  touchTag(repo: RepoName, tag: string): void {
+    const id = this.repoId(repo);
+    if (id !== undefined) this.s.touchTag.run(Date.now(), id, tag);
+  }
+
+  deleteTag(repo: RepoName, tag: string): boolean {
+    const id = this.repoId(repo);
+    return id !== undefined && this.s.deleteTag.run(id, tag).changes > 0;
+  }
+
+  /** Remove a manifest from a repository together with every tag pointing at it. */
+  deleteManifest(repo: RepoName, digest: Digest): boolean {
+    const id = this.repoId(repo);
+    if (id === undefined) return false;
+    return this.db.transaction(() => {
+      this.s.deleteTagsOf.run(id, digest);
+      return this.s.unlinkManifest.run(id, digest).changes > 0;
+    })();
+  }
+
+  listTags(repo: RepoName, after: string, limit: number): string[] {
+    const id = this.repoId(repo);
+    if (id === undefined) return [];
+    return this.s.listTags.all(id, after, limit).map((r) => r.name);
+  }
+
+  listRepositories(after: string, limit: number): string[] {
+    return this.s.listRepos.all(after, limit).map((r) => r.name);
+  }
+
+  referrers(repo: RepoName, subject: Digest): ManifestMeta[] {
+    const id = this.repoId(repo);
+    if (id === undefined) return [];
+    return this.s.referrers.all(id, subject).map((r) => ({
+      digest: r.digest as Digest,
+      mediaType: r.media_type,
+      size: r.size,
+      artifactType: r.artifact_type,
+      annotations: r.annotations,
+    }));
+  }
+
+  createUpload(id: string, repo: RepoName): void {
+    this.db.transaction(() => {
+      this.s.insertUpload.run(id, this.ensureRepo(repo), Date.now());
+    })();
+  }
+
+  upload(id: string): { repo: string; createdAt: number } | undefined {
+    const row = this.s.upload.get(id);
+    return row && { repo: row.repo, createdAt: row.created_at };
+  }
+
+  deleteUpload(id: string): void {
+    this.s.deleteUpload.run(id);
+  }
+
+  uploads(): Array<{ id: string; createdAt: number }> {
+    return this.s.allUploads.all().map((r) => ({ id: r.id, createdAt: r.created_at }));
+  }
+
+  /** GC: blobs no repository links, and manifest content no repository holds. */
+  unreferencedBlobs(): Digest[] {
+    return this.s.unreferencedBlobs.all().map((r) => r.digest as Digest);
+  }
+
+  /** Drop a blob row; the caller unlinks the file afterwards (row first keeps the invariant). */
+  deleteBlobRow(digest: Digest): void {
+    this.s.deleteBlob.run(digest);
+  }
+
+  deleteUnreferencedManifestContent(): number {
+    return this.db.transaction(() => {
+      let n = 0;
+      for (const r of this.s.unreferencedContent.all()) n += this.s.deleteContent.run(r.digest).changes;
+      return n;
+    })();
+  }
+}
