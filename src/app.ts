@@ -14,10 +14,15 @@ import { BlobStore } from './storage/blobs.js';
 import { MetadataStore } from './storage/db.js';
 import { storagePaths } from './storage/paths.js';
 import { UploadManager } from './storage/uploads.js';
+import { FillManager } from './cache/fill.js';
+import { PullThrough } from './registry/pullthrough.js';
+import { UpstreamClient } from './upstream/client.js';
+import { Router } from './upstream/routing.js';
 
 export interface App {
   fastify: FastifyInstance;
   service: RegistryService;
+  pull: PullThrough;
   config: Config;
   /** Listen on config.listen (or the given port) and return the bound address. */
   listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
@@ -41,6 +46,10 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const uploads = new UploadManager(paths, meta, blobs, maxBlob);
   await uploads.sweep(config.limits.uploadTtlMs);
   const service = new RegistryService(meta, blobs, uploads, config.limits);
+  const clients = new Map<string, UpstreamClient>();
+  for (const u of config.upstreams.values()) clients.set(u.name, new UpstreamClient(u, logger.child({ upstream: u.name })));
+  const fills = new FillManager(paths, blobs, logger.child({ component: 'fill' }), maxBlob);
+  const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
 
   const fastify = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -75,7 +84,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
-  registerV2(fastify, service);
+  registerV2(fastify, { svc: service, pull });
 
   const sweep = setInterval(() => {
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
@@ -85,6 +94,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   return {
     fastify,
     service,
+    pull,
     config,
     async listen(port = config.listen.port, host = config.listen.host) {
       await fastify.listen({ port, host });
@@ -96,6 +106,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     async close() {
       clearInterval(sweep);
       await fastify.close();
+      await Promise.all([...clients.values()].map((c) => c.close()));
       meta.close();
     },
   };

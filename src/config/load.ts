@@ -5,7 +5,16 @@
  */
 import fs from 'node:fs';
 import YAML from 'yaml';
-import { type Config, DEFAULT_CONFIG_YAML, type LogLevel } from './schema.js';
+import { KNOWN_REGISTRIES } from './known.js';
+import {
+  type Config,
+  type CredentialsConfig,
+  DEFAULT_CONFIG_YAML,
+  type LogLevel,
+  type NamespaceConfig,
+  type RewriteConfig,
+  type UpstreamConfig,
+} from './schema.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -156,8 +165,16 @@ export function configFromObject(doc: unknown): Config {
     idleTimeoutMs: h.durationMs('idleTimeout', '5m'),
   };
   h.done();
+  const upstreams = parseUpstreams(root.section('upstreams'));
+  const defaultRaw = root.raw('defaultUpstream');
+  const defaultUpstream = defaultRaw === undefined || defaultRaw === null ? null : String(defaultRaw);
+  if (defaultUpstream !== null && !upstreams.has(defaultUpstream)) {
+    throw new ConfigError(`defaultUpstream: "${defaultUpstream}" is not a configured upstream`);
+  }
+  const namespaces = root.list('namespaces').map((v, i) => parseNamespace(Section.of(`namespaces[${i}]`, v), upstreams));
+  const rewrites = root.list('rewrites').map((v, i) => parseRewrite(Section.of(`rewrites[${i}]`, v), upstreams));
   root.done();
-  return deepFreeze({ listen, storage, log, limits, http });
+  return deepFreeze({ listen, storage, log, limits, http, upstreams, defaultUpstream, namespaces, rewrites });
 }
 
 export function parseConfigYaml(text: string, source: string): Config {
@@ -182,7 +199,110 @@ export function loadConfig(file?: string): Config {
   return parseConfigYaml(text, file);
 }
 
+const NAME_PREFIX_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+const UPSTREAM_NAME_RE = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$/;
+
+function parseUpstreams(sec: Section): Map<string, UpstreamConfig> {
+  const out = new Map<string, UpstreamConfig>();
+  for (const [name, v] of sec.entries()) {
+    const key = sec.key(name);
+    if (!UPSTREAM_NAME_RE.test(name)) throw new ConfigError(`${key}: upstream names are registry hosts (e.g. docker.io, myreg.local:5000)`);
+    const u = Section.of(key, v);
+    const known = KNOWN_REGISTRIES[name];
+    const endpoints = u.list('endpoints').map((e, i) => {
+      if (typeof e !== 'string') throw new ConfigError(`${u.key('endpoints')}[${i}]: must be a URL string`);
+      let url: URL;
+      try {
+        url = new URL(e);
+      } catch {
+        throw new ConfigError(`${u.key('endpoints')}[${i}]: "${e}" is not a URL`);
+      }
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ConfigError(`${u.key('endpoints')}[${i}]: must be http(s)`);
+      return e.replace(/\/+$/, '');
+    });
+    if (endpoints.length === 0) endpoints.push(known?.endpoint ?? `https://${name}`);
+    const timeouts = u.section('timeouts');
+    const tags = u.section('tags');
+    const immutable = tags.list('immutable').map((p, i) => compileRegex(p, `${tags.key('immutable')}[${i}]`));
+    const cfg: UpstreamConfig = {
+      name,
+      endpoints,
+      credentials: parseCredentials(u.section('credentials')),
+      caFile: u.string('ca') ?? null,
+      insecureSkipVerify: u.bool('insecureSkipVerify', false),
+      proxy: u.string('proxy') ?? null,
+      connectTimeoutMs: timeouts.durationMs('connect', '10s'),
+      headersTimeoutMs: timeouts.durationMs('headers', '30s'),
+      bodyTimeoutMs: timeouts.durationMs('body', '60s'),
+      maxConnections: positiveInt(u.raw('maxConnections') ?? 32, u.key('maxConnections')),
+      libraryPrefix: u.bool('libraryPrefix', known?.libraryPrefix ?? false),
+      tags: { ttlMs: tags.durationMs('ttl', '5m'), immutable },
+    };
+    timeouts.done();
+    tags.done();
+    u.done();
+    out.set(name, cfg);
+  }
+  return out;
+}
+
+function parseCredentials(c: Section): CredentialsConfig | null {
+  const username = c.string('username');
+  const password = c.string('password');
+  const dockerConfig = c.string('dockerConfig');
+  const googleKeyFile = c.string('googleKeyFile');
+  const token = c.string('token');
+  c.done();
+  const kinds = [username !== undefined || password !== undefined, dockerConfig, googleKeyFile, token].filter(Boolean).length;
+  if (kinds > 1) throw new ConfigError(`${c.path}: give one of username/password, dockerConfig, googleKeyFile or token`);
+  if (username !== undefined || password !== undefined) {
+    if (!username || password === undefined) throw new ConfigError(`${c.path}: username and password go together`);
+    return { kind: 'basic', username, password };
+  }
+  if (dockerConfig) return { kind: 'dockerConfig', file: dockerConfig };
+  if (googleKeyFile) return { kind: 'googleKey', file: googleKeyFile };
+  if (token) return { kind: 'bearer', token };
+  return null;
+}
+
+function parseNamespace(n: Section, upstreams: Map<string, UpstreamConfig>): NamespaceConfig {
+  const prefix = (n.string('prefix') ?? '').replace(/^\/+|\/+$/g, '');
+  if (!NAME_PREFIX_RE.test(prefix)) throw new ConfigError(`${n.key('prefix')}: must be one or more repository name components`);
+  const upstream = n.string('upstream', 'ns');
+  if (upstream !== 'ns' && upstream !== 'local' && !upstreams.has(upstream)) {
+    throw new ConfigError(`${n.key('upstream')}: "${upstream}" is not a configured upstream (or 'ns', or 'local')`);
+  }
+  const push = n.bool('push', upstream === 'local');
+  n.done();
+  return { prefix, upstream, push };
+}
+
+function parseRewrite(r: Section, upstreams: Map<string, UpstreamConfig>): RewriteConfig {
+  const upstream = r.string('upstream');
+  if (!upstream || !upstreams.has(upstream)) throw new ConfigError(`${r.key('upstream')}: must name a configured upstream`);
+  const pattern = compileRegex(r.raw('pattern'), r.key('pattern'));
+  const replace = r.string('replace');
+  if (replace === undefined) throw new ConfigError(`${r.key('replace')}: is required`);
+  r.done();
+  return { upstream, pattern, replace };
+}
+
+function compileRegex(v: unknown, key: string): RegExp {
+  if (typeof v !== 'string') throw new ConfigError(`${key}: must be a regular expression string`);
+  try {
+    return new RegExp(v);
+  } catch (e) {
+    throw new ConfigError(`${key}: invalid regular expression: ${(e as Error).message}`);
+  }
+}
+
+function positiveInt(v: unknown, key: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new ConfigError(`${key}: must be a positive integer`);
+  return v;
+}
+
 function deepFreeze<T>(o: T): T {
+  if (o instanceof RegExp || o instanceof Map) return Object.freeze(o);
   if (o && typeof o === 'object') {
     for (const v of Object.values(o)) deepFreeze(v);
     Object.freeze(o);

@@ -4,6 +4,54 @@
  */
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
+export type CredentialsConfig =
+  | { readonly kind: 'basic'; readonly username: string; readonly password: string }
+  | { readonly kind: 'dockerConfig'; readonly file: string }
+  | { readonly kind: 'googleKey'; readonly file: string }
+  | { readonly kind: 'bearer'; readonly token: string };
+
+export interface UpstreamConfig {
+  /** The registry host clients name it by (`docker.io`, `gcr.io`, `myreg:5000`). */
+  readonly name: string;
+  /** Tried in order on connection errors and 5xx. */
+  readonly endpoints: readonly string[];
+  readonly credentials: CredentialsConfig | null;
+  /** PEM file of extra CA certificates for the endpoints. */
+  readonly caFile: string | null;
+  /** Skip TLS verification (logged as a warning at start). */
+  readonly insecureSkipVerify: boolean;
+  /** HTTPS/HTTP proxy URL for this upstream. */
+  readonly proxy: string | null;
+  readonly connectTimeoutMs: number;
+  readonly headersTimeoutMs: number;
+  /** Idle time allowed between body chunks. */
+  readonly bodyTimeoutMs: number;
+  readonly maxConnections: number;
+  /** Docker Hub: one-component names get `library/`. */
+  readonly libraryPrefix: boolean;
+  readonly tags: {
+    /** A cached tag is served without asking upstream for this long. */
+    readonly ttlMs: number;
+    /** Tags matching any of these are never revalidated. */
+    readonly immutable: readonly RegExp[];
+  };
+}
+
+export interface NamespaceConfig {
+  /** Path prefix (one or more name components) that clients put in front of the source path. */
+  readonly prefix: string;
+  /** Upstream name, or 'ns' for "whatever ?ns= (or a host in the path) says, else defaultUpstream". */
+  readonly upstream: string;
+  /** Whether clients may push under this prefix. */
+  readonly push: boolean;
+}
+
+export interface RewriteConfig {
+  readonly upstream: string;
+  readonly pattern: RegExp;
+  readonly replace: string;
+}
+
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
   /** Data directory: blobs, uploads, regmirror.db. */
@@ -17,6 +65,11 @@ export interface Config {
     /** Abandoned upload sessions are removed after this long. */
     readonly uploadTtlMs: number;
   };
+  readonly upstreams: ReadonlyMap<string, UpstreamConfig>;
+  /** Upstream for paths no other rule matches; null = such paths are local only. */
+  readonly defaultUpstream: string | null;
+  readonly namespaces: readonly NamespaceConfig[];
+  readonly rewrites: readonly RewriteConfig[];
   readonly http: {
     /** Above any load balancer idle timeout, so clients close idle sockets (protocol 6.8). */
     readonly keepAliveTimeoutMs: number;
@@ -39,4 +92,18 @@ http:
   keepAliveTimeout: 65s
   headersTimeout: 60s
   idleTimeout: 5m
+# Pull-through upstreams. An entry with no endpoints uses the registry's well-known API
+# host (docker.io -> https://registry-1.docker.io, others -> https://<name>).
+upstreams:
+  docker.io:
+    tags: { ttl: 5m }
+  gcr.io: {}
+  mcr.microsoft.com: {}
+  quay.io: {}
+  registry.k8s.io: {}
+  ghcr.io: {}
+# Paths that match no namespace, no ?ns= and no host in the path go here (null: local only).
+defaultUpstream: docker.io
+namespaces: []
+rewrites: []
 `;

@@ -3,13 +3,22 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
-import { type Digest, type RepoName, parseDigest } from '../registry/names.js';
+import { type RepoName, parseDigest } from '../registry/names.js';
 import { type ByteRange, parseRangeHeader } from '../registry/range.js';
-import type { RegistryService } from '../registry/service.js';
+import type { BlobAnswer } from '../registry/pullthrough.js';
+import type { Deps } from './deps.js';
+import { queryOf, queryParam } from './request.js';
 
-export async function getBlob(svc: RegistryService, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
+export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
   const digest = parseDigest(rawDigest);
-  const size = svc.statBlob(repo, digest);
+  const head = req.method === 'HEAD';
+  const blob = await pull.getBlob(repo, queryParam(queryOf(req), 'ns'), digest, head);
+  const { size } = blob;
+  const open = (start: number, end: number) => {
+    if (!blob.open) throw new Error('blob answer has no body');
+    return blob.open(start, end);
+  };
+  reply.headers(blob.headers);
   reply
     .header('docker-content-digest', digest)
     .header('accept-ranges', 'bytes')
@@ -21,8 +30,8 @@ export async function getBlob(svc: RegistryService, repo: RepoName, rawDigest: s
   }
   if (ranges === null) {
     reply.header('content-type', 'application/octet-stream').header('content-length', size);
-    if (req.method === 'HEAD' || size === 0) return reply.send();
-    return reply.send(svc.openBlob(digest));
+    if (head || size === 0) return reply.send();
+    return reply.send(open(0, size - 1));
   }
   if (ranges.length === 1) {
     const r = ranges[0]!;
@@ -31,14 +40,14 @@ export async function getBlob(svc: RegistryService, repo: RepoName, rawDigest: s
       .header('content-type', 'application/octet-stream')
       .header('content-range', `bytes ${r.start}-${r.end}/${size}`)
       .header('content-length', r.end - r.start + 1);
-    if (req.method === 'HEAD') return reply.send();
-    return reply.send(svc.openBlob(digest, r.start, r.end));
+    if (head) return reply.send();
+    return reply.send(open(r.start, r.end));
   }
-  return sendMultipart(svc, digest, size, ranges, req, reply);
+  return sendMultipart(blob, size, ranges, req, reply);
 }
 
 /** multipart/byteranges (RFC 9110 §14.6), used by zstd:chunked partial pulls. */
-function sendMultipart(svc: RegistryService, digest: Digest, size: number, ranges: ByteRange[], req: FastifyRequest, reply: FastifyReply) {
+function sendMultipart(blob: BlobAnswer, size: number, ranges: ByteRange[], req: FastifyRequest, reply: FastifyReply) {
   const boundary = randomBytes(16).toString('hex');
   const heads = ranges.map(
     (r, i) => `${i === 0 ? '' : '\r\n'}--${boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end}/${size}\r\n\r\n`,
@@ -46,19 +55,20 @@ function sendMultipart(svc: RegistryService, digest: Digest, size: number, range
   const tail = `\r\n--${boundary}--\r\n`;
   const length = heads.reduce((n, h) => n + Buffer.byteLength(h), 0) + ranges.reduce((n, r) => n + r.end - r.start + 1, 0) + tail.length;
   reply.code(206).header('content-type', `multipart/byteranges; boundary=${boundary}`).header('content-length', length);
-  if (req.method === 'HEAD') return reply.send();
+  if (req.method === 'HEAD' || !blob.open) return reply.send();
+  const open = blob.open;
   async function* parts() {
     for (let i = 0; i < ranges.length; i++) {
       yield Buffer.from(heads[i]!);
       const r = ranges[i]!;
-      for await (const chunk of svc.openBlob(digest, r.start, r.end)) yield chunk as Buffer;
+      for await (const chunk of open(r.start, r.end)) yield chunk as Buffer;
     }
     yield Buffer.from(tail);
   }
   return reply.send(Readable.from(parts()));
 }
 
-export async function deleteBlob(svc: RegistryService, repo: RepoName, rawDigest: string, _req: FastifyRequest, reply: FastifyReply) {
+export async function deleteBlob({ svc }: Deps, repo: RepoName, rawDigest: string, _req: FastifyRequest, reply: FastifyReply) {
   svc.deleteBlob(repo, parseDigest(rawDigest));
   return reply.code(202).send();
 }

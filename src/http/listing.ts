@@ -5,7 +5,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
 import type { RepoName } from '../registry/names.js';
-import type { RegistryService } from '../registry/service.js';
+import type { Deps } from './deps.js';
 import { queryOf, queryParam, sendJson } from './request.js';
 
 /** Without `n` a page still has an upper bound; a Link header says there is more. */
@@ -31,14 +31,16 @@ function page(items: string[], n: number, path: string, reply: FastifyReply): st
   return items;
 }
 
-export async function listTags(svc: RegistryService, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
+export async function listTags({ pull }: Deps, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
   const { n, last } = pagination(req);
-  const rows = n === 0 ? (svc.listTags(repo, last, 0), []) : svc.listTags(repo, last, n + 1);
-  const tags = page(rows, n, `/v2/${repo}/tags/list`, reply);
+  // One extra row tells whether another page exists (n = 0 still checks the repo exists).
+  const { tags: rows, headers } = await pull.listTags(repo, queryParam(queryOf(req), 'ns'), last, n === 0 ? 0 : n + 1);
+  reply.headers(headers);
+  const tags = page(n === 0 ? [] : rows, n, `/v2/${repo}/tags/list`, reply);
   return sendJson(reply, { name: repo, tags });
 }
 
-export async function catalog(svc: RegistryService, req: FastifyRequest, reply: FastifyReply) {
+export async function catalog({ svc }: Deps, req: FastifyRequest, reply: FastifyReply) {
   const { n, last } = pagination(req);
   const rows = n === 0 ? [] : svc.catalog(last, n + 1);
   const repositories = page(rows, n, '/v2/_catalog', reply);

@@ -6,10 +6,10 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { MT } from '../registry/mediatypes.js';
 import { type RepoName, parseDigest } from '../registry/names.js';
-import type { RegistryService } from '../registry/service.js';
+import type { Deps } from './deps.js';
 import { queryOf, queryParam, sendJson } from './request.js';
 
-export async function listReferrers(svc: RegistryService, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
+export async function listReferrers({ svc }: Deps, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
   const subject = parseDigest(rawDigest);
   const artifactType = queryParam(queryOf(req), 'artifactType');
   const manifests = svc.referrers(repo, subject, artifactType).map((m) => {

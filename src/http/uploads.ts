@@ -7,6 +7,7 @@ import { RegistryError } from '../registry/errors.js';
 import { type DigestAlgorithm, type RepoName, digestAlgorithm, parseDigest, parseRepoName } from '../registry/names.js';
 import { parseContentRange } from '../registry/range.js';
 import type { RegistryService } from '../registry/service.js';
+import type { Deps } from './deps.js';
 import { type UploadSession, rangeHeader } from '../storage/uploads.js';
 import { bodyStream, declaredLength, discardBody, hasBody, queryOf, queryParam } from './request.js';
 
@@ -24,7 +25,7 @@ function maxBlobBytes(svc: RegistryService): number {
   return svc.limits.maxBlobBytes > 0 ? svc.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
 }
 
-export async function startUpload(svc: RegistryService, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
+export async function startUpload({ svc }: Deps, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
   const q = queryOf(req);
   const mount = queryParam(q, 'mount');
   const from = queryParam(q, 'from');
@@ -74,13 +75,13 @@ async function appendBody(svc: RegistryService, session: UploadSession, req: Fas
   return svc.uploads.append(session, bodyStream(req), cr ?? undefined, declaredLength(req));
 }
 
-export async function patchUpload(svc: RegistryService, repo: RepoName, id: string, req: FastifyRequest, reply: FastifyReply) {
+export async function patchUpload({ svc }: Deps, repo: RepoName, id: string, req: FastifyRequest, reply: FastifyReply) {
   const session = await svc.uploads.get(repo, id);
   const size = await appendBody(svc, session, req);
   return sessionHeaders(reply.code(202), session, size).send();
 }
 
-export async function putUpload(svc: RegistryService, repo: RepoName, id: string, req: FastifyRequest, reply: FastifyReply) {
+export async function putUpload({ svc }: Deps, repo: RepoName, id: string, req: FastifyRequest, reply: FastifyReply) {
   const session = await svc.uploads.get(repo, id);
   const digestParam = queryParam(queryOf(req), 'digest');
   if (digestParam === undefined) {
@@ -93,12 +94,12 @@ export async function putUpload(svc: RegistryService, repo: RepoName, id: string
   return blobCreated(reply, repo, digest);
 }
 
-export async function getUpload(svc: RegistryService, repo: RepoName, id: string, _req: FastifyRequest, reply: FastifyReply) {
+export async function getUpload({ svc }: Deps, repo: RepoName, id: string, _req: FastifyRequest, reply: FastifyReply) {
   const session = await svc.uploads.get(repo, id);
   return sessionHeaders(reply.code(204), session, session.size).send();
 }
 
-export async function cancelUpload(svc: RegistryService, repo: RepoName, id: string, _req: FastifyRequest, reply: FastifyReply) {
+export async function cancelUpload({ svc }: Deps, repo: RepoName, id: string, _req: FastifyRequest, reply: FastifyReply) {
   const session = await svc.uploads.get(repo, id);
   await svc.uploads.cancel(session);
   return reply.code(204).send();

@@ -5,8 +5,8 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
-import { parseRepoName } from '../registry/names.js';
-import type { RegistryService } from '../registry/service.js';
+import { type RepoName, parseRepoName } from '../registry/names.js';
+import type { Deps } from './deps.js';
 import { deleteBlob, getBlob } from './blobs.js';
 import { catalog, listTags } from './listing.js';
 import { deleteManifest, getManifest, putManifest } from './manifests.js';
@@ -22,7 +22,16 @@ function unsupported(req: FastifyRequest): never {
   throw new RegistryError('UNSUPPORTED', `method ${req.method} is not allowed here`, { status: 405 });
 }
 
-export function registerV2(app: FastifyInstance, svc: RegistryService): void {
+/** Pushes and deletes under a namespace prefix need `push: true` on that namespace. */
+function checkWritable(deps: Deps, repo: RepoName, req: FastifyRequest): void {
+  const ns = deps.pull.resolve(repo, undefined).namespace;
+  if (ns && !ns.push) {
+    discardBody(req);
+    throw new RegistryError('DENIED', `pushing to ${ns.prefix}/ is not enabled (namespaces[].push)`);
+  }
+}
+
+export function registerV2(app: FastifyInstance, deps: Deps): void {
   const handler = async (req: FastifyRequest, reply: FastifyReply) => {
     const url = req.raw.url ?? '/';
     const q = url.indexOf('?');
@@ -35,7 +44,7 @@ export function registerV2(app: FastifyInstance, svc: RegistryService): void {
         return sendJson(reply, {});
       case 'catalog':
         if (!read) return unsupported(req);
-        return catalog(svc, req, reply);
+        return catalog(deps, req, reply);
       case 'invalid':
         discardBody(req);
         throw new RegistryError('NAME_INVALID', route.reason);
@@ -45,38 +54,39 @@ export function registerV2(app: FastifyInstance, svc: RegistryService): void {
       default:
         break;
     }
-    let repo;
+    let repo: RepoName;
     try {
       repo = parseRepoName(route.name);
     } catch (e) {
       discardBody(req);
       throw e;
     }
+    if (!read) checkWritable(deps, repo, req);
     switch (route.kind) {
       case 'manifest':
-        if (read) return getManifest(svc, repo, route.reference, req, reply);
-        if (method === 'PUT') return putManifest(svc, repo, route.reference, req, reply);
-        if (method === 'DELETE') return deleteManifest(svc, repo, route.reference, req, reply);
+        if (read) return getManifest(deps, repo, route.reference, req, reply);
+        if (method === 'PUT') return putManifest(deps, repo, route.reference, req, reply);
+        if (method === 'DELETE') return deleteManifest(deps, repo, route.reference, req, reply);
         return unsupported(req);
       case 'blob':
-        if (read) return getBlob(svc, repo, route.digest, req, reply);
-        if (method === 'DELETE') return deleteBlob(svc, repo, route.digest, req, reply);
+        if (read) return getBlob(deps, repo, route.digest, req, reply);
+        if (method === 'DELETE') return deleteBlob(deps, repo, route.digest, req, reply);
         return unsupported(req);
       case 'uploadStart':
-        if (method === 'POST') return startUpload(svc, repo, req, reply);
+        if (method === 'POST') return startUpload(deps, repo, req, reply);
         return unsupported(req);
       case 'upload':
-        if (method === 'PATCH') return patchUpload(svc, repo, route.id, req, reply);
-        if (method === 'PUT') return putUpload(svc, repo, route.id, req, reply);
-        if (read) return getUpload(svc, repo, route.id, req, reply);
-        if (method === 'DELETE') return cancelUpload(svc, repo, route.id, req, reply);
+        if (method === 'PATCH') return patchUpload(deps, repo, route.id, req, reply);
+        if (method === 'PUT') return putUpload(deps, repo, route.id, req, reply);
+        if (read) return getUpload(deps, repo, route.id, req, reply);
+        if (method === 'DELETE') return cancelUpload(deps, repo, route.id, req, reply);
         return unsupported(req);
       case 'tags':
         if (!read) return unsupported(req);
-        return listTags(svc, repo, req, reply);
+        return listTags(deps, repo, req, reply);
       case 'referrers':
         if (!read) return unsupported(req);
-        return listReferrers(svc, repo, route.digest, req, reply);
+        return listReferrers(deps, repo, route.digest, req, reply);
     }
   };
   for (const url of ['/v2', '/v2/', '/v2/*']) {

@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import { RegistryError } from './errors.js';
-import { parseManifest } from './manifests.js';
+import { type ParsedManifest, parseManifest } from './manifests.js';
 import { acceptsMediaType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, type Tag, digestAlgorithm } from './names.js';
 import { createHash } from 'node:crypto';
@@ -50,12 +50,18 @@ export class RegistryService {
     return m;
   }
 
-  putManifest(repo: RepoName, ref: Reference, contentType: string, body: Buffer, provenance: Provenance = 'pushed'): PutManifestResult {
+  putManifest(
+    repo: RepoName,
+    ref: Reference,
+    contentType: string,
+    body: Buffer,
+    parsed: ParsedManifest = parseManifest(body, contentType),
+    provenance: Provenance = 'pushed',
+  ): PutManifestResult {
     const digest = ref.kind === 'digest' ? digestOf(body, digestAlgorithm(ref.digest)) : digestOf(body);
     if (ref.kind === 'digest' && digest !== ref.digest) {
       throw new RegistryError('DIGEST_INVALID', 'manifest body does not match the digest in the URL', { detail: { expected: ref.digest } });
     }
-    const parsed = parseManifest(body, contentType);
     const missing: string[] = [];
     for (const d of parsed.requiredBlobs) {
       if (this.meta.repoBlobSize(repo, d.digest) === undefined) missing.push(d.digest);

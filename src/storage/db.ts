@@ -101,6 +101,18 @@ const MIGRATIONS: string[] = [
     created_at INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // v2: tags resolved from an upstream, per Accept class (an index for one client, a
+  // single manifest for another). Pushed tags stay in `tags` and always win.
+  `
+  CREATE TABLE upstream_tags (
+    repo_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    accept_key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked_at INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, name, accept_key)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export class MetadataStore {
@@ -187,6 +199,21 @@ export class MetadataStore {
       deleteContent: db.prepare<[string]>('DELETE FROM manifest_content WHERE digest = ?'),
       childrenInRepo: db.prepare<[number, string], { child: string; kind: string }>(
         'SELECT child, kind FROM manifest_refs WHERE digest = ?2 AND ?1 = ?1',
+      ),
+      upstreamTag: db.prepare<[number, string, string], { digest: string; checked_at: number }>(
+        'SELECT digest, checked_at FROM upstream_tags WHERE repo_id = ? AND name = ? AND accept_key = ?',
+      ),
+      upsertUpstreamTag: db.prepare<[number, string, string, string, number]>(
+        `INSERT INTO upstream_tags(repo_id, name, accept_key, digest, checked_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(repo_id, name, accept_key) DO UPDATE SET digest = excluded.digest, checked_at = excluded.checked_at`,
+      ),
+      touchUpstreamTag: db.prepare<[number, number, string, string]>(
+        'UPDATE upstream_tags SET checked_at = ? WHERE repo_id = ? AND name = ? AND accept_key = ?',
+      ),
+      deleteUpstreamTag: db.prepare<[number, string]>('DELETE FROM upstream_tags WHERE repo_id = ? AND name = ?'),
+      listUpstreamTags: db.prepare<[number], { name: string }>('SELECT DISTINCT name FROM upstream_tags WHERE repo_id = ?'),
+      referencedInRepo: db.prepare<[number, string], { one: number }>(
+        `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
       ),
       missingBlobRefs: db.prepare<[string, number], { child: string }>(
         `SELECT r.child FROM manifest_refs r WHERE r.digest = ? AND r.kind = 'blob'
@@ -360,6 +387,46 @@ export class MetadataStore {
 
   uploads(): Array<{ id: string; createdAt: number }> {
     return this.s.allUploads.all().map((r) => ({ id: r.id, createdAt: r.created_at }));
+  }
+
+  upstreamTag(repo: RepoName, tag: string, acceptKey: string): { digest: Digest; checkedAt: number } | undefined {
+    const id = this.repoId(repo);
+    const row = id === undefined ? undefined : this.s.upstreamTag.get(id, tag, acceptKey);
+    return row && { digest: row.digest as Digest, checkedAt: row.checked_at };
+  }
+
+  /** Record a manifest fetched from upstream and (for by-tag fetches) the tag it resolved to. */
+  putCachedManifest(repo: RepoName, m: NewManifest, tag: { name: string; acceptKey: string } | null): void {
+    this.db.transaction(() => {
+      const now = Date.now();
+      const id = this.ensureRepo(repo);
+      this.s.insertContent.run(m.digest, m.mediaType, m.size, m.artifactType, m.subject, m.annotations, m.body);
+      for (const r of m.refs) this.s.insertRef.run(m.digest, r.digest, r.kind);
+      this.s.linkManifest.run(id, m.digest, 'cached', now, now);
+      if (tag) this.s.upsertUpstreamTag.run(id, tag.name, tag.acceptKey, m.digest, now);
+    })();
+  }
+
+  touchUpstreamTag(repo: RepoName, tag: string, acceptKey: string): void {
+    const id = this.repoId(repo);
+    if (id !== undefined) this.s.touchUpstreamTag.run(Date.now(), id, tag, acceptKey);
+  }
+
+  /** The upstream deleted the tag: forget every Accept variant of it. */
+  deleteUpstreamTag(repo: RepoName, tag: string): void {
+    const id = this.repoId(repo);
+    if (id !== undefined) this.s.deleteUpstreamTag.run(id, tag);
+  }
+
+  upstreamTagNames(repo: RepoName): string[] {
+    const id = this.repoId(repo);
+    return id === undefined ? [] : this.s.listUpstreamTags.all(id).map((r) => r.name);
+  }
+
+  /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */
+  referencedInRepo(repo: RepoName, digest: Digest): boolean {
+    const id = this.repoId(repo);
+    return id !== undefined && this.s.referencedInRepo.get(id, digest) !== undefined;
   }
 
   /** GC: blobs no repository links, and manifest content no repository holds. */

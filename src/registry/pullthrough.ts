@@ -1,0 +1,407 @@
+/**
+ * Pull-through: the layer that decides "local or upstream" for every read, and makes
+ * pushes into upstream-backed namespaces work. Local content always wins; only misses
+ * go upstream, through the routing table, single-flighted, and verified before storing.
+ */
+import type { Logger } from 'pino';
+import type { UpstreamConfig } from '../config/schema.js';
+import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
+import { type Resolution, Router } from '../upstream/routing.js';
+import { type UpstreamClient, type UpstreamResponse, UpstreamUnavailableError, readBody } from '../upstream/client.js';
+import type { ManifestRecord } from '../storage/db.js';
+import { RegistryError } from './errors.js';
+import { type Descriptor, parseManifest } from './manifests.js';
+import { MANIFEST_TYPES, MT, bareMediaType, isManifestType } from './mediatypes.js';
+import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
+import { type RegistryService, digestOf } from './service.js';
+import type { Readable } from 'node:stream';
+
+export interface ManifestAnswer {
+  record: ManifestRecord;
+  headers: Record<string, string>;
+}
+
+export interface BlobAnswer {
+  size: number;
+  headers: Record<string, string>;
+  /** Open bytes [start, end] (inclusive); absent for answers from an upstream HEAD. */
+  open: ((start: number, end: number) => Readable) | null;
+}
+
+const STALE_WARNING = '299 - "regmirror: upstream unavailable, serving cached content"';
+
+/** A stable key for the set of manifest types a client accepts (tags are cached per key). */
+export function acceptKey(accept: readonly string[]): string {
+  if (accept.length === 0 || accept.includes('*/*')) return '*';
+  const known = MANIFEST_TYPES.filter((t) => accept.includes(t));
+  return known.length === 0 ? '*' : [...known].sort().join(',');
+}
+
+/** Accept sent upstream: the client's modern types, never schema1 (protocol.md 6.3). */
+function upstreamAccept(accept: readonly string[]): string {
+  const key = acceptKey(accept);
+  return key === '*' ? MANIFEST_TYPES.join(', ') : key.split(',').join(', ');
+}
+
+function retryAfter(res: UpstreamResponse): Record<string, string> {
+  const v = res.headers['retry-after'];
+  return v ? { 'Retry-After': String(v) } : {};
+}
+
+/** Map an upstream status to what the downstream client sees (protocol.md 6.10). */
+function upstreamError(res: UpstreamResponse, notFound: 'MANIFEST_UNKNOWN' | 'BLOB_UNKNOWN'): RegistryError {
+  const s = res.status;
+  // Docker Hub answers 401 for repositories that do not exist or are private. Never
+  // forward the upstream's WWW-Authenticate: its realm is not ours.
+  if (s === 401) return new RegistryError('NAME_UNKNOWN', 'repository not found upstream (or not accessible with the configured credentials)');
+  if (s === 404) return new RegistryError(notFound, 'not found upstream');
+  if (s === 403) return new RegistryError('DENIED', 'upstream denied access');
+  if (s === 429) return new RegistryError('TOOMANYREQUESTS', 'upstream rate limit reached', { headers: retryAfter(res) });
+  return new RegistryError('UNAVAILABLE', `upstream answered ${s}`, { status: 502 });
+}
+
+function unavailable(e: unknown): RegistryError {
+  if (e instanceof RegistryError) return e;
+  return new RegistryError('UNAVAILABLE', 'upstream registry unreachable', { status: 503 });
+}
+
+/** Whether an upstream outcome allows falling back to a stale cached copy. */
+function isTransient(e: unknown): boolean {
+  if (!(e instanceof RegistryError)) return true;
+  return e.code === 'UNAVAILABLE' || e.code === 'TOOMANYREQUESTS' || e.code === 'DENIED' || e.code === 'NAME_UNKNOWN';
+}
+
+export class PullThrough {
+  private readonly manifestFlights = new Map<string, Promise<ManifestRecord>>();
+  private readonly revalidations = new Map<string, Promise<Digest | null>>();
+
+  constructor(
+    private readonly local: RegistryService,
+    readonly router: Router,
+    private readonly clients: ReadonlyMap<string, UpstreamClient>,
+    private readonly fills: FillManager,
+    private readonly log: Logger,
+  ) {}
+
+  resolve(repo: RepoName, ns: string | undefined): Resolution {
+    return this.router.resolve(repo, ns);
+  }
+
+  private client(u: UpstreamConfig): UpstreamClient {
+    return this.clients.get(u.name)!;
+  }
+
+  private nsHeaders(r: Resolution): Record<string, string> {
+    return r.ns && r.upstream ? { 'OCI-Namespace': r.ns } : {};
+  }
+
+  private routeOrThrow(r: Resolution): { upstream: UpstreamConfig; remoteName: string } | null {
+    if (r.error) throw new RegistryError('NAME_UNKNOWN', r.error);
+    return r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
+  }
+
+  // ---- manifests -------------------------------------------------------------------
+
+  async getManifest(repo: RepoName, ns: string | undefined, ref: Reference, accept: readonly string[]): Promise<ManifestAnswer> {
+    const meta = this.local.meta;
+    const r = this.resolve(repo, ns);
+    const headers = this.nsHeaders(r);
+    if (ref.kind === 'digest') {
+      if (meta.hasManifest(repo, ref.digest)) return { record: this.local.getManifest(repo, ref, accept), headers };
+    } else if (meta.tag(repo, ref.tag)) {
+      // Pushed tags win, and are never revalidated.
+      return { record: this.local.getManifest(repo, ref, accept), headers };
+    }
+    const up = this.routeOrThrow(r);
+    if (!up) return { record: this.local.getManifest(repo, ref, accept), headers };
+    if (ref.kind === 'digest') return { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers };
+
+    const key = acceptKey(accept);
+    const cached = meta.upstreamTag(repo, ref.tag, key);
+    const cachedRecord = cached && meta.manifest(repo, cached.digest);
+    if (cached && cachedRecord) {
+      const fresh = Date.now() - cached.checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(ref.tag));
+      if (fresh) return { record: cachedRecord, headers };
+      try {
+        const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
+        if (digest === cached.digest) return { record: cachedRecord, headers };
+        const record = await this.fetchManifest(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
+        return { record, headers };
+      } catch (e) {
+        if (!isTransient(e)) throw e;
+        this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
+        return { record: cachedRecord, headers: { ...headers, Warning: STALE_WARNING } };
+      }
+    }
+    return { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers };
+  }
+
+  /**
+   * HEAD the tag upstream (HEADs do not count against Docker Hub's pull limit). Returns
+   * the upstream digest (or null if it did not say); updates checked_at when unchanged.
+   */
+  private revalidateTag(
+    repo: RepoName,
+    up: { upstream: UpstreamConfig; remoteName: string },
+    tag: string,
+    key: string,
+    accept: readonly string[],
+    current: Digest,
+  ): Promise<Digest | null> {
+    const flightKey = `${up.upstream.name}|${up.remoteName}|${tag}|${key}|${repo}`;
+    let p = this.revalidations.get(flightKey);
+    if (!p) {
+      p = (async () => {
+        const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/manifests/${tag}`, { accept: upstreamAccept(accept) });
+        await res.body.dump();
+        if (res.status === 404) {
+          this.local.meta.deleteUpstreamTag(repo, tag);
+          throw new RegistryError('MANIFEST_UNKNOWN', 'tag no longer exists upstream');
+        }
+        if (res.status !== 200) throw upstreamError(res, 'MANIFEST_UNKNOWN');
+        const d = String(res.headers['docker-content-digest'] ?? '');
+        if (!isDigest(d)) return null;
+        if (d === current) this.local.meta.touchUpstreamTag(repo, tag, key);
+        return d;
+      })().finally(() => this.revalidations.delete(flightKey));
+      this.revalidations.set(flightKey, p);
+    }
+    return p;
+  }
+
+  /** GET a manifest upstream (single-flight), verify it, store it, return it. */
+  private fetchManifest(
+    repo: RepoName,
+    up: { upstream: UpstreamConfig; remoteName: string },
+    reference: string,
+    accept: readonly string[],
+    tag: { name: string; acceptKey: string } | null,
+  ): Promise<ManifestRecord> {
+    const flightKey = `${up.upstream.name}|${up.remoteName}|${reference}|${acceptKey(accept)}|${repo}`;
+    let p = this.manifestFlights.get(flightKey);
+    if (!p) {
+      p = this.doFetchManifest(repo, up, reference, accept, tag).finally(() => this.manifestFlights.delete(flightKey));
+      this.manifestFlights.set(flightKey, p);
+    }
+    return p;
+  }
+
+  private async doFetchManifest(
+    repo: RepoName,
+    up: { upstream: UpstreamConfig; remoteName: string },
+    reference: string,
+    accept: readonly string[],
+    tag: { name: string; acceptKey: string } | null,
+  ): Promise<ManifestRecord> {
+    const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept) });
+    if (res.status !== 200) {
+      await res.body.dump();
+      if (res.status === 404 && tag) this.local.meta.deleteUpstreamTag(repo, tag.name);
+      throw upstreamError(res, 'MANIFEST_UNKNOWN');
+    }
+    const body = await readBody(res, this.local.limits.maxManifestBytes).catch((e: unknown) => {
+      throw unavailable(e);
+    });
+    const byDigest = isDigest(reference);
+    const digest = digestOf(body, byDigest ? digestAlgorithm(reference) : 'sha256');
+    const announced = String(res.headers['docker-content-digest'] ?? '');
+    if ((byDigest && digest !== reference) || (!byDigest && isDigest(announced) && announced.startsWith('sha256:') && announced !== digest)) {
+      this.log.error({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'upstream integrity error: manifest digest mismatch, not cached');
+      throw new RegistryError('UNAVAILABLE', 'upstream manifest does not match its digest', { status: 502 });
+    }
+    const mediaType = upstreamMediaType(String(res.headers['content-type'] ?? ''), body);
+    if (mediaType === MT.dockerSchema1 || mediaType === MT.dockerSchema1Signed) {
+      // Policy: schema1 is neither produced nor proxied (containerd 2 and dockerd >= 26 refuse it).
+      throw new RegistryError('MANIFEST_UNKNOWN', 'Docker schema1 manifests are not supported by this mirror');
+    }
+    let refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }> = [];
+    let subject: Digest | null = null;
+    let artifactType: string | null = null;
+    let annotations: string | null = null;
+    try {
+      const parsed = parseManifest(body, mediaType);
+      refs = [...parsed.allBlobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })), ...parsed.requiredManifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const }))];
+      subject = parsed.subject;
+      artifactType = parsed.artifactType;
+      annotations = parsed.annotations ? JSON.stringify(parsed.annotations) : null;
+    } catch {
+      // Serve what the upstream serves, even if we cannot interpret it; it is verified by digest.
+    }
+    const record: ManifestRecord = { digest, mediaType, size: body.length, artifactType, subject, annotations, body };
+    this.local.meta.putCachedManifest(repo, { ...record, refs }, tag);
+    this.log.info({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'manifest cached');
+    return record;
+  }
+
+  // ---- blobs -----------------------------------------------------------------------
+
+  async getBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean): Promise<BlobAnswer> {
+    const meta = this.local.meta;
+    const r = this.resolve(repo, ns);
+    const headers = this.nsHeaders(r);
+    const localSize = meta.repoBlobSize(repo, digest);
+    if (localSize !== undefined) return this.localBlob(digest, localSize, headers);
+    // Stored for another repository: serve here only if a manifest this repository got
+    // from upstream references it, or the upstream confirms it below.
+    const stored = meta.blobSize(digest);
+    if (stored !== undefined && meta.referencedInRepo(repo, digest)) {
+      meta.linkBlob(repo, digest, 'cached');
+      return this.localBlob(digest, stored, headers);
+    }
+    const up = this.routeOrThrow(r);
+    if (!up) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+
+    // Joining a fill from the same upstream repository needs no confirmation; a fill
+    // for another repository does (digest guessing must not reveal private blobs).
+    const fill0 = this.fills.inFlight(digest);
+    const inflight = fill0 && fill0.origin !== originOf(up) ? fill0 : undefined;
+    if (stored !== undefined || (head && !fill0) || inflight) {
+      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, {});
+      await res.body.dump();
+      if (res.status !== 200) throw upstreamError(res, 'BLOB_UNKNOWN');
+      if (stored !== undefined) {
+        meta.linkBlob(repo, digest, 'cached');
+        return this.localBlob(digest, stored, headers);
+      }
+      if (head) {
+        const len = Number(res.headers['content-length']);
+        if (!Number.isSafeInteger(len)) throw new RegistryError('UNAVAILABLE', 'upstream did not give the blob size', { status: 502 });
+        return { size: len, headers, open: null };
+      }
+    }
+    const fill = this.startFill(repo, up, digest);
+    fill.done.then(() => meta.linkBlob(repo, digest, 'cached')).catch(() => undefined);
+    await fill.ready;
+    if (fill.size === null) {
+      // The upstream sent no length: wait for the whole blob, then serve it from disk.
+      await fill.done;
+      return this.localBlob(digest, fill.written, headers);
+    }
+    return { size: fill.size, headers, open: (start, end) => fill.reader(start, end) };
+  }
+
+  private localBlob(digest: Digest, size: number, headers: Record<string, string>): BlobAnswer {
+    return { size, headers, open: (start, end) => this.local.openBlob(digest, start, end) };
+  }
+
+  private startFill(repo: RepoName, up: { upstream: UpstreamConfig; remoteName: string }, digest: Digest, expectedSize?: number): BlobFill {
+    const source: FillSource = {
+      open: async (offset) => {
+        const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/blobs/${digest}`, offset > 0 ? { range: `bytes=${offset}-` } : {});
+        if (offset === 0 && res.status === 200) {
+          const len = res.headers['content-length'];
+          return { size: len === undefined ? null : Number(len), body: res.body as AsyncIterable<Buffer> };
+        }
+        if (offset > 0 && res.status === 206) {
+          const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
+          if (m && Number(m[1]) === offset) return { size: null, body: res.body as AsyncIterable<Buffer> };
+        }
+        await res.body.dump();
+        if (offset > 0) throw new Error(`upstream cannot resume at ${offset} (status ${res.status})`);
+        throw upstreamError(res, 'BLOB_UNKNOWN');
+      },
+    };
+    return this.fills.fill(digest, repo, originOf(up), source, expectedSize);
+  }
+
+  // ---- push into upstream-backed namespaces ----------------------------------------
+
+  /**
+   * Rule for bulk pushes (skopeo/crane/bmctl) into a path that also pulls through: push
+   * tools HEAD each blob and skip those answering 200, and that HEAD may have been
+   * answered from upstream. So before a manifest PUT is checked, references the
+   * repository lacks are fetched from the upstream (blobs fully, verified) and linked.
+   * Afterwards the content is local: served even when the upstream is gone.
+   */
+  async completeFromUpstream(repo: RepoName, ns: string | undefined, blobs: Descriptor[], manifests: Descriptor[]): Promise<void> {
+    const meta = this.local.meta;
+    const missingBlobs = blobs.filter((d) => meta.repoBlobSize(repo, d.digest) === undefined);
+    const missingManifests = manifests.filter((d) => !meta.hasManifest(repo, d.digest));
+    if (missingBlobs.length === 0 && missingManifests.length === 0) return;
+    const r = this.resolve(repo, ns);
+    if (r.error || !r.upstream || !r.remoteName) return; // local only: the normal check reports them
+    const up = { upstream: r.upstream, remoteName: r.remoteName };
+    const tasks: Array<Promise<unknown>> = [];
+    for (const d of missingManifests) tasks.push(this.fetchManifest(repo, up, d.digest, [d.mediaType], null).catch(() => undefined));
+    for (const d of missingBlobs) {
+      tasks.push(
+        (async () => {
+          if (meta.blobSize(d.digest) !== undefined) {
+            const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${d.digest}`, {});
+            await res.body.dump();
+            if (res.status === 200) meta.linkBlob(repo, d.digest, 'cached');
+            return;
+          }
+          const fill = this.startFill(repo, up, d.digest, d.size);
+          await fill.done;
+          meta.linkBlob(repo, d.digest, 'cached');
+        })().catch(() => undefined),
+      );
+    }
+    await Promise.all(tasks);
+  }
+
+  // ---- tags list -------------------------------------------------------------------
+
+  /** Tag list: local when the repository has pushed tags, else upstream first, cache as fallback. */
+  async listTags(repo: RepoName, ns: string | undefined, last: string, n: number): Promise<{ tags: string[]; headers: Record<string, string> }> {
+    const meta = this.local.meta;
+    const r = this.resolve(repo, ns);
+    const headers = this.nsHeaders(r);
+    const pushed = meta.repoId(repo) !== undefined && meta.listTags(repo, '', 1).length > 0;
+    const up = r.error ? null : r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
+    if (pushed || !up) return { tags: this.local.listTags(repo, last, n), headers };
+    try {
+      const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/tags/list`, { accept: 'application/json' });
+      if (res.status !== 200) {
+        await res.body.dump();
+        throw upstreamError(res, 'MANIFEST_UNKNOWN');
+      }
+      const doc = JSON.parse((await readBody(res, 16 * 1024 * 1024)).toString('utf8')) as { tags?: unknown };
+      const all = Array.isArray(doc.tags) ? doc.tags.filter((t): t is string => typeof t === 'string') : [];
+      return { tags: [...new Set(all)].sort().filter((t) => t > last).slice(0, n), headers };
+    } catch (e) {
+      const cachedTags = meta.upstreamTagNames(repo);
+      if (cachedTags.length === 0) throw e instanceof RegistryError && e.code !== 'UNAVAILABLE' ? e : unavailable(e);
+      return { tags: cachedTags.sort().filter((t) => t > last).slice(0, n), headers: { ...headers, Warning: STALE_WARNING } };
+    }
+  }
+
+  // ---- plumbing --------------------------------------------------------------------
+
+  private async upstreamRequest(
+    up: { upstream: UpstreamConfig; remoteName: string },
+    method: 'GET' | 'HEAD',
+    path: string,
+    opts: { accept?: string; range?: string },
+  ): Promise<UpstreamResponse> {
+    const headers: Record<string, string> = {};
+    if (opts.accept) headers.accept = opts.accept;
+    if (opts.range) headers.range = opts.range;
+    try {
+      return await this.client(up.upstream).request({ method, path, repository: up.remoteName, headers });
+    } catch (e) {
+      if (e instanceof UpstreamUnavailableError) this.log.warn({ upstream: up.upstream.name, path, err: e.message }, 'upstream unavailable');
+      else this.log.warn({ upstream: up.upstream.name, path, err: (e as Error).message }, 'upstream request failed');
+      throw unavailable(e);
+    }
+  }
+}
+
+function originOf(up: { upstream: UpstreamConfig; remoteName: string }): string {
+  return `${up.upstream.name}|${up.remoteName}`;
+}
+
+/** The stored media type: the upstream Content-Type, or the body's own when generic. */
+function upstreamMediaType(contentType: string, body: Buffer): string {
+  const ct = bareMediaType(contentType);
+  if (isManifestType(ct) || ct === MT.dockerSchema1 || ct === MT.dockerSchema1Signed) return ct;
+  try {
+    const doc = JSON.parse(body.toString('utf8')) as { mediaType?: unknown; manifests?: unknown; schemaVersion?: unknown };
+    if (typeof doc.mediaType === 'string') return doc.mediaType;
+    if (doc.schemaVersion === 1) return MT.dockerSchema1;
+    return Array.isArray(doc.manifests) ? MT.ociIndex : MT.ociManifest;
+  } catch {
+    return ct || 'application/octet-stream';
+  }
+}

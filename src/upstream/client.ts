@@ -1,0 +1,264 @@
+/**
+ * HTTP client for one upstream registry: endpoint failover, Bearer/Basic auth with a
+ * token cache, redirects followed by hand (credentials never cross hosts), no
+ * decompression (`undici.request`, `Accept-Encoding: identity`; protocol.md 6.9).
+ */
+import fs from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Readable } from 'node:stream';
+import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher, ProxyAgent, request } from 'undici';
+import type { UpstreamConfig } from '../config/schema.js';
+import { type Challenge, parseChallenges } from './challenge.js';
+import { type WireCredentials, credentialSource } from './credentials.js';
+
+export const USER_AGENT = 'regmirror/0.1 (+pull-through OCI mirror)';
+const MAX_REDIRECTS = 10;
+/** Tokens are refreshed this long before they expire. */
+const TOKEN_MARGIN_MS = 10_000;
+
+export interface UpstreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Readable & { dump(): Promise<void> };
+  /** Final URL after redirects. */
+  url: string;
+}
+
+/** The upstream could not be reached (every endpoint failed at the transport level or 5xx). */
+export class UpstreamUnavailableError extends Error {
+  override name = 'UpstreamUnavailableError';
+  constructor(
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+export interface UpstreamRequest {
+  method: 'GET' | 'HEAD';
+  /** Path under the endpoint, starting with /v2/. */
+  path: string;
+  /** Repository for the `repository:<name>:pull` token scope. */
+  repository: string;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+interface HostAuth {
+  challenge: Challenge;
+}
+
+export interface UpstreamStats {
+  requests: number;
+  byPath: Map<string, number>;
+}
+
+export class UpstreamClient {
+  readonly name: string;
+  private readonly dispatcher: Dispatcher;
+  private readonly credentials: () => WireCredentials;
+  /** Learned challenge per host, so later requests fetch a token before the first try. */
+  private readonly hostAuth = new Map<string, HostAuth>();
+  private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
+  private readonly tokenFetches = new Map<string, Promise<string | null>>();
+
+  constructor(
+    readonly config: UpstreamConfig,
+    private readonly log: Logger,
+    dispatcher?: Dispatcher,
+  ) {
+    this.name = config.name;
+    this.credentials = credentialSource(config.credentials, config.name, config.endpoints);
+    const connect = {
+      timeout: config.connectTimeoutMs,
+      ca: config.caFile ? fs.readFileSync(config.caFile) : undefined,
+      rejectUnauthorized: !config.insecureSkipVerify,
+    };
+    const opts = {
+      connections: config.maxConnections,
+      connect,
+      headersTimeout: config.headersTimeoutMs,
+      bodyTimeout: config.bodyTimeoutMs,
+      keepAliveTimeout: 30_000,
+    };
+    this.dispatcher = dispatcher ?? (config.proxy ? new ProxyAgent({ uri: config.proxy, ...opts, requestTls: connect }) : new Agent(opts));
+    if (config.insecureSkipVerify) log.warn({ upstream: config.name }, 'TLS verification is disabled for this upstream');
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+
+  /**
+   * Send a request, trying endpoints in order on transport errors and 5xx. The caller
+   * must consume or `dump()` the body.
+   */
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    let lastError: unknown;
+    const endpoints = this.config.endpoints;
+    for (let i = 0; i < endpoints.length; i++) {
+      const last = i === endpoints.length - 1;
+      try {
+        const res = await this.sendWithAuth(`${endpoints[i]}${req.path}`, req);
+        if (res.status >= 500 && !last) {
+          await res.body.dump();
+          lastError = new UpstreamUnavailableError(`endpoint ${i} answered ${res.status}`, res.status);
+          continue;
+        }
+        return res;
+      } catch (e) {
+        if (req.signal?.aborted) throw e;
+        lastError = e;
+        this.log.warn({ upstream: this.name, endpoint: i, err: errorSummary(e) }, 'upstream endpoint failed');
+      }
+    }
+    throw lastError instanceof UpstreamUnavailableError ? lastError : new UpstreamUnavailableError(errorSummary(lastError));
+  }
+
+  private async sendWithAuth(startUrl: string, req: UpstreamRequest): Promise<UpstreamResponse> {
+    let url = new URL(startUrl);
+    const scope = `repository:${req.repository}:pull`;
+    const retriedHosts = new Set<string>();
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      const auth = await this.authorizationFor(url, scope, false);
+      const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...req.headers };
+      if (auth) headers.authorization = auth;
+      const res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
+      const status = res.statusCode;
+      if (status >= 300 && status < 400 && res.headers.location) {
+        await res.body.dump();
+        // Credentials are attached per host by authorizationFor, so a CDN host gets none.
+        url = new URL(String(res.headers.location), url);
+        continue;
+      }
+      if (status === 401 && !retriedHosts.has(url.host)) {
+        const challenges = parseChallenges(res.headers['www-authenticate']);
+        await res.body.dump();
+        const chosen = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
+        if (chosen) {
+          retriedHosts.add(url.host);
+          this.hostAuth.set(url.host, { challenge: chosen });
+          const challengeScope = chosen.params.scope;
+          const retryAuth = await this.authorizationFor(url, challengeScope && challengeScope.includes(req.repository) ? challengeScope : scope, true);
+          if (retryAuth) {
+            hop--;
+            continue;
+          }
+        }
+        // No way to authenticate: hand the 401 to the caller (body already consumed).
+        return { status, headers: res.headers, body: emptyBody(), url: url.toString() };
+      }
+      return { status, headers: res.headers, body: res.body as UpstreamResponse['body'], url: url.toString() };
+    }
+    throw new UpstreamUnavailableError('too many redirects');
+  }
+
+  /** The Authorization header for `url`, or null. Only hosts of configured endpoints, realms or challenges get one. */
+  private async authorizationFor(url: URL, scope: string, refresh: boolean): Promise<string | null> {
+    const creds = this.credentials();
+    const known = this.hostAuth.get(url.host);
+    const isEndpointHost = this.config.endpoints.some((e) => new URL(e).host === url.host);
+    if (!known) {
+      if (creds?.kind === 'bearer' && isEndpointHost) return `Bearer ${creds.token}`;
+      return null;
+    }
+    const { challenge } = known;
+    if (challenge.scheme === 'basic') {
+      return creds?.kind === 'basic' ? basicHeader(creds.username, creds.password) : null;
+    }
+    if (challenge.scheme !== 'bearer') return null;
+    if (creds?.kind === 'bearer') return `Bearer ${creds.token}`;
+    const realm = challenge.params.realm;
+    if (!realm) return null;
+    const realmUrl = new URL(realm, url);
+    // Artifact Registry omits `service` on some challenges: fall back to the realm host.
+    const service = challenge.params.service ?? url.host;
+    const key = `${realmUrl.toString()}|${service}|${scope}`;
+    const cached = this.tokens.get(key);
+    if (cached && !refresh && cached.expiresAt - TOKEN_MARGIN_MS > Date.now()) return `Bearer ${cached.token}`;
+    let pending = this.tokenFetches.get(key);
+    if (!pending) {
+      pending = this.fetchToken(realmUrl, service, scope, creds, key).finally(() => this.tokenFetches.delete(key));
+      this.tokenFetches.set(key, pending);
+    }
+    const token = await pending;
+    return token ? `Bearer ${token}` : null;
+  }
+
+  private async fetchToken(realm: URL, service: string, scope: string, creds: WireCredentials, key: string): Promise<string | null> {
+    const u = new URL(realm);
+    u.searchParams.set('service', service);
+    u.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
+    // Basic credentials go to the realm named by the upstream's own challenge, nowhere else.
+    if (creds?.kind === 'basic') headers.authorization = basicHeader(creds.username, creds.password);
+    const res = await request(u, { method: 'GET', headers, dispatcher: this.dispatcher });
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      this.log.warn({ upstream: this.name, realm: `${u.origin}${u.pathname}`, status: res.statusCode }, 'token request failed');
+      return null;
+    }
+    const text = await readCapped(res.body, 1024 * 1024);
+    let doc: { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    try {
+      doc = JSON.parse(text) as typeof doc;
+    } catch {
+      this.log.warn({ upstream: this.name }, 'token response is not JSON');
+      return null;
+    }
+    const token = doc.token ?? doc.access_token;
+    if (!token) return null;
+    // expires_in defaults to 60 s and is never less than 60 s (token.md).
+    const ttlMs = Math.max(60, typeof doc.expires_in === 'number' ? doc.expires_in : 60) * 1000;
+    const issued = doc.issued_at ? Date.parse(doc.issued_at) : NaN;
+    const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
+    this.tokens.set(key, { token, expiresAt: start + ttlMs });
+    return token;
+  }
+}
+
+function basicHeader(user: string, pass: string): string {
+  return `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
+}
+
+async function readCapped(body: AsyncIterable<Buffer>, max: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    n += c.length;
+    if (n > max) throw new UpstreamUnavailableError('upstream response too large');
+    chunks.push(c);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export async function readBody(res: UpstreamResponse, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of res.body as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > max) {
+      res.body.destroy();
+      throw new UpstreamUnavailableError('upstream manifest exceeds the size limit');
+    }
+    chunks.push(c);
+  }
+  return Buffer.concat(chunks, n);
+}
+
+function emptyBody(): UpstreamResponse['body'] {
+  const r = Readable.from([]) as UpstreamResponse['body'];
+  r.dump = async () => undefined;
+  return r;
+}
+
+export function errorSummary(e: unknown): string {
+  if (e instanceof Error) {
+    const code = (e as Error & { code?: string }).code;
+    return code ? `${code}: ${e.message}` : e.message;
+  }
+  return String(e);
+}
