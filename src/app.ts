@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config/schema.js';
 import { installErrorHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
+import { registerExplain } from './http/explain.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
 import { BlobStore } from './storage/blobs.js';
@@ -85,6 +86,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
   registerV2(fastify, { svc: service, pull });
+  registerExplain(fastify, { svc: service, pull });
 
   const sweep = setInterval(() => {
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
