@@ -1,0 +1,52 @@
+import test from 'ava';
+import { ConfigError, configFromObject, loadConfig, parseConfigYaml } from '../../src/config/load.js';
+
+test('embedded default config: 0.0.0.0:5000, ./storage, docker.io default upstream', (t) => {
+  const c = loadConfig();
+  t.deepEqual(c.listen, { host: '0.0.0.0', port: 5000 });
+  t.is(c.storage, './storage');
+  t.is(c.defaultUpstream, 'docker.io');
+  t.deepEqual(c.upstreams.get('docker.io')?.endpoints, ['https://registry-1.docker.io']);
+  t.true(c.upstreams.get('docker.io')?.libraryPrefix);
+  for (const h of ['gcr.io', 'mcr.microsoft.com', 'quay.io', 'registry.k8s.io', 'ghcr.io']) t.truthy(c.upstreams.get(h), h);
+  t.true(Object.isFrozen(c));
+});
+
+const bad: Array<[string, RegExp]> = [
+  ['listen: nope', /listen/],
+  ['lisen: 0.0.0.0:5000', /lisen: unknown key/],
+  ['log: { level: loud }', /log.level/],
+  ['limits: { maxManifestBytes: 1MiB }', /maxManifestBytes/],
+  ['limits: { uploadTtl: soon }', /limits.uploadTtl/],
+  ['upstreams: { docker.io: { endpoint: [x] } }', /upstreams.docker.io.endpoint: unknown key/],
+  ['upstreams: { docker.io: { endpoints: [ftp://x] } }', /endpoints\[0\]/],
+  ['upstreams: { docker.io: { credentials: { username: bob } } }', /username and password/],
+  ['upstreams: { docker.io: { tags: { immutable: ["("] } } }', /immutable\[0\]/],
+  ['defaultUpstream: nowhere.io', /defaultUpstream/],
+  ['namespaces: [{ prefix: "Bad Prefix", upstream: ns }]', /namespaces\[0\].prefix/],
+  ['namespaces: [{ prefix: x, upstream: nowhere }]', /namespaces\[0\].upstream/],
+  ['rewrites: [{ upstream: nowhere, pattern: x, replace: y }]', /rewrites\[0\].upstream/],
+  ['upstreams: { docker.io: { credentials: { username: bob, password: "${REGMIRROR_TEST_UNSET_VAR}" } } }', /REGMIRROR_TEST_UNSET_VAR/],
+  ['storage: [a]', /storage/],
+];
+for (const [yaml, re] of bad) {
+  test(`rejects: ${yaml}`, (t) => {
+    const e = t.throws(() => parseConfigYaml(yaml, 'test.yml'));
+    t.true(e instanceof ConfigError);
+    t.regex(e!.message, re);
+  });
+}
+
+test('credentials from environment variables; durations and sizes', (t) => {
+  process.env.REGMIRROR_TEST_PW = 's3cret';
+  const c = configFromObject({
+    upstreams: { 'docker.io': { credentials: { username: 'bob', password: '${REGMIRROR_TEST_PW}' }, tags: { ttl: '90s', immutable: ['^v\\d+$'] } } },
+    limits: { maxManifestBytes: '8MiB', uploadTtl: '2h' },
+  });
+  const u = c.upstreams.get('docker.io')!;
+  t.deepEqual(u.credentials, { kind: 'basic', username: 'bob', password: 's3cret' });
+  t.is(u.tags.ttlMs, 90_000);
+  t.true(u.tags.immutable[0]!.test('v12'));
+  t.is(c.limits.maxManifestBytes, 8 * 1024 * 1024);
+  t.is(c.limits.uploadTtlMs, 7_200_000);
+});
