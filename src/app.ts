@@ -3,12 +3,16 @@
  * instance with its HTTP plugins; never listens (cli.ts and tests do that).
  */
 import fs from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
-import type { Config } from './config/schema.js';
+import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
+import { AccessControl } from './http/auth.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
 import { BlobStore } from './storage/blobs.js';
@@ -25,6 +29,10 @@ export interface App {
   service: RegistryService;
   pull: PullThrough;
   config: Config;
+  /** Re-read the TLS certificate and key (SIGHUP); open connections are kept. */
+  reloadTls(): void;
+  /** The extra plain-HTTP listener (tls.httpListen), once listening. */
+  httpAddress(): { host: string; port: number } | null;
   /** Listen on config.listen (or the given port) and return the bound address. */
   listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
   close(): Promise<void>;
@@ -35,6 +43,14 @@ export interface BuildOptions {
 }
 
 const SWEEP_INTERVAL_MS = 10 * 60_000;
+
+function tlsOptions(tls: TlsConfig): https.ServerOptions {
+  return {
+    cert: readFileSync(tls.cert),
+    key: readFileSync(tls.key),
+    ...(tls.clientCA ? { ca: readFileSync(tls.clientCA), requestCert: true, rejectUnauthorized: true } : {}),
+  };
+}
 
 export async function buildApp(config: Config, opts: BuildOptions = {}): Promise<App> {
   const logger = opts.logger ?? createLogger(config);
@@ -52,7 +68,18 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const fills = new FillManager(paths, blobs, logger.child({ component: 'fill' }), maxBlob);
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
 
+  // With TLS, the same request handler also serves an optional plain-HTTP listener
+  // (loopback/dev), so both share one app, one database and one set of fills.
+  let plain: http.Server | null = null;
+  const tls = config.tls;
+  const serverFactory = tls
+    ? (handler: http.RequestListener) => {
+        if (tls.httpListen) plain = http.createServer(handler);
+        return https.createServer(tlsOptions(tls), handler);
+      }
+    : undefined;
   const fastify = Fastify({
+    ...(serverFactory ? { serverFactory } : {}),
     loggerInstance: logger as FastifyBaseLogger,
     // One access line per request (onResponse below) instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -64,7 +91,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
     return503OnClosing: true,
   });
-  fastify.server.headersTimeout = config.http.headersTimeoutMs;
+  for (const srv of [fastify.server, plain as http.Server | null]) {
+    if (!srv) continue;
+    srv.headersTimeout = config.http.headersTimeoutMs;
+    srv.keepAliveTimeout = config.http.keepAliveTimeoutMs;
+    srv.requestTimeout = 0;
+    srv.setTimeout(config.http.idleTimeoutMs);
+  }
 
   // Every body reaches handlers unread: blobs are streamed to disk, manifests are read
   // with a cap. fastify's JSON/text parsers would buffer and re-parse them.
@@ -85,8 +118,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
-  registerV2(fastify, { svc: service, pull });
-  registerExplain(fastify, { svc: service, pull });
+  const access = config.auth ? new AccessControl(config.auth, paths.root, logger.child({ component: 'auth' })) : null;
+  const deps = { svc: service, pull, access };
+  registerV2(fastify, deps);
+  registerExplain(fastify, deps);
+  access?.registerTokenEndpoint(fastify);
 
   const sweep = setInterval(() => {
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
@@ -98,15 +134,37 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     service,
     pull,
     config,
+    reloadTls() {
+      if (!tls) return;
+      (fastify.server as unknown as https.Server).setSecureContext(tlsOptions(tls));
+      logger.info({ cert: tls.cert }, 'TLS certificate reloaded');
+    },
+    httpAddress() {
+      const a = (plain as http.Server | null)?.address();
+      return a && typeof a !== 'string' ? { host: a.address, port: a.port } : null;
+    },
     async listen(port = config.listen.port, host = config.listen.host) {
       await fastify.listen({ port, host });
+      const p = plain as http.Server | null;
+      if (p && tls?.httpListen) {
+        const { host: h, port: pt } = tls.httpListen;
+        await new Promise<void>((resolve, reject) => {
+          p.once('error', reject);
+          p.listen(pt, h, () => resolve());
+        });
+      }
       const addr = fastify.server.address();
       if (!addr || typeof addr === 'string') throw new Error('server has no TCP address');
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-      return { host: addr.address, port: addr.port, url: `http://${h}:${addr.port}` };
+      return { host: addr.address, port: addr.port, url: `${tls ? 'https' : 'http'}://${h}:${addr.port}` };
     },
     async close() {
       clearInterval(sweep);
+      const p = plain as http.Server | null;
+      if (p?.listening) {
+        p.closeAllConnections();
+        await new Promise<void>((resolve) => p.close(() => resolve()));
+      }
       await fastify.close();
       await Promise.all([...clients.values()].map((c) => c.close()));
       meta.close();

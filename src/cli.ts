@@ -47,6 +47,13 @@ async function main(argv: string[]): Promise<number> {
           () => process.exit(1),
         );
       };
+      process.on('SIGHUP', () => {
+        try {
+          app.reloadTls();
+        } catch (err) {
+          logger.error({ err }, 'TLS reload failed; keeping the previous certificate');
+        }
+      });
       process.on('SIGINT', () => stop('SIGINT'));
       process.on('SIGTERM', () => stop('SIGTERM'));
       return -1; // keep running

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import YAML from 'yaml';
 import { KNOWN_REGISTRIES } from './known.js';
 import {
+  type AuthConfig,
+  type TlsConfig,
   type Config,
   type CredentialsConfig,
   DEFAULT_CONFIG_YAML,
@@ -165,6 +167,9 @@ export function configFromObject(doc: unknown): Config {
     idleTimeoutMs: h.durationMs('idleTimeout', '5m'),
   };
   h.done();
+  const tls = parseTls(root.section('tls'));
+  const authRaw = root.raw('auth');
+  const auth = authRaw === undefined || authRaw === null ? null : parseAuth(Section.of('auth', authRaw));
   const upstreams = parseUpstreams(root.section('upstreams'));
   const defaultRaw = root.raw('defaultUpstream');
   const defaultUpstream = defaultRaw === undefined || defaultRaw === null ? null : String(defaultRaw);
@@ -174,7 +179,7 @@ export function configFromObject(doc: unknown): Config {
   const namespaces = root.list('namespaces').map((v, i) => parseNamespace(Section.of(`namespaces[${i}]`, v), upstreams));
   const rewrites = root.list('rewrites').map((v, i) => parseRewrite(Section.of(`rewrites[${i}]`, v), upstreams));
   root.done();
-  return deepFreeze({ listen, storage, log, limits, http, upstreams, defaultUpstream, namespaces, rewrites });
+  return deepFreeze({ listen, storage, log, limits, http, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
 }
 
 export function parseConfigYaml(text: string, source: string): Config {
@@ -197,6 +202,65 @@ export function loadConfig(file?: string): Config {
     throw new ConfigError(`cannot read config file ${file}: ${(e as Error).message}`);
   }
   return parseConfigYaml(text, file);
+}
+
+function parseTls(t: Section): TlsConfig | null {
+  const cert = t.string('cert');
+  const key = t.string('key');
+  const clientCA = t.string('clientCA') ?? null;
+  const httpListen = t.string('httpListen');
+  t.done();
+  if (!cert && !key) {
+    if (clientCA || httpListen) throw new ConfigError('tls: cert and key are required');
+    return null;
+  }
+  if (!cert || !key) throw new ConfigError('tls: cert and key go together');
+  for (const [k, f] of [['cert', cert], ['key', key], ['clientCA', clientCA]] as const) {
+    if (f && !fs.existsSync(f)) throw new ConfigError(`tls.${k}: file ${f} does not exist`);
+  }
+  return { cert, key, clientCA, httpListen: httpListen ? parseListen(httpListen, 'tls.httpListen') : null };
+}
+
+function stringList(sec: Section, k: string): string[] {
+  return sec.list(k).map((v, i) => {
+    if (typeof v !== 'string') throw new ConfigError(`${sec.key(k)}[${i}]: must be a string`);
+    return v;
+  });
+}
+
+function parseAuth(a: Section): AuthConfig {
+  const htpasswd = a.string('htpasswd') ?? null;
+  if (htpasswd && !fs.existsSync(htpasswd)) throw new ConfigError(`auth.htpasswd: file ${htpasswd} does not exist`);
+  const tokenRaw = a.raw('token');
+  let token: AuthConfig['token'] = null;
+  if (tokenRaw !== undefined && tokenRaw !== null && tokenRaw !== false) {
+    const t = Section.of('auth.token', tokenRaw === true ? {} : tokenRaw);
+    token = {
+      issuer: t.string('issuer', 'regmirror'),
+      service: t.string('service', 'regmirror'),
+      key: t.string('key') ?? null,
+      ttlSeconds: Math.round(t.durationMs('ttl', '5m') / 1000),
+      realm: t.string('realm') ?? null,
+    };
+    t.done();
+    if (token.ttlSeconds < 60) throw new ConfigError('auth.token.ttl: must be at least 60s');
+  }
+  const g = a.section('groups');
+  const groups = new Map<string, string[]>();
+  for (const [name] of g.entries()) groups.set(name, stringList(g, name));
+  const rules = a.list('rules').map((v, i) => {
+    const r = Section.of(`auth.rules[${i}]`, v);
+    const repositories = r.string('repositories');
+    if (!repositories) throw new ConfigError(`${r.key('repositories')}: is required (a glob such as "team/**")`);
+    const rule = { repositories, pull: stringList(r, 'pull'), push: stringList(r, 'push'), delete: stringList(r, 'delete') };
+    r.done();
+    return rule;
+  });
+  const rl = a.section('loginRateLimit');
+  const loginRateLimit = { maxFailures: positiveInt(rl.raw('maxFailures') ?? 10, rl.key('maxFailures')), windowMs: rl.durationMs('window', '1m') };
+  rl.done();
+  a.done();
+  return { htpasswd, token, groups, rules, loginRateLimit };
 }
 
 const NAME_PREFIX_RE = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;

@@ -52,6 +52,40 @@ export interface RewriteConfig {
   readonly replace: string;
 }
 
+export interface TlsConfig {
+  readonly cert: string;
+  readonly key: string;
+  /** Require client certificates signed by this CA (mutual TLS). */
+  readonly clientCA: string | null;
+  /** Also serve plain HTTP here (loopback/dev), e.g. 127.0.0.1:5080. */
+  readonly httpListen: { readonly host: string; readonly port: number } | null;
+}
+
+export interface AuthRuleConfig {
+  readonly repositories: string;
+  readonly pull: readonly string[];
+  readonly push: readonly string[];
+  readonly delete: readonly string[];
+}
+
+export interface AuthConfig {
+  readonly htpasswd: string | null;
+  /** Docker token auth; null = Basic challenges only. */
+  readonly token: {
+    readonly issuer: string;
+    readonly service: string;
+    /** PEM private key (EC P-256); null = generated at first start, kept in storage. */
+    readonly key: string | null;
+    readonly ttlSeconds: number;
+    /** Realm URL in challenges; null = derived from the request (`<scheme>://<host>/token`). */
+    readonly realm: string | null;
+  } | null;
+  readonly groups: ReadonlyMap<string, readonly string[]>;
+  /** First match wins; default: anonymous pull, authenticated push and delete. */
+  readonly rules: readonly AuthRuleConfig[];
+  readonly loginRateLimit: { readonly maxFailures: number; readonly windowMs: number };
+}
+
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
   /** Data directory: blobs, uploads, regmirror.db. */
@@ -65,6 +99,9 @@ export interface Config {
     /** Abandoned upload sessions are removed after this long. */
     readonly uploadTtlMs: number;
   };
+  readonly tls: TlsConfig | null;
+  /** null: no client authentication (every request may pull, push and delete). */
+  readonly auth: AuthConfig | null;
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>;
   /** Upstream for paths no other rule matches; null = such paths are local only. */
   readonly defaultUpstream: string | null;
@@ -92,6 +129,13 @@ http:
   keepAliveTimeout: 65s
   headersTimeout: 60s
   idleTimeout: 5m
+# Client access: anonymous pull; pushes and deletes need a user. Add users with
+#   htpasswd -B -c ./htpasswd alice   and set auth.htpasswd: ./htpasswd
+auth:
+  htpasswd: null
+  token: { issuer: regmirror }
+  rules:
+    - { repositories: "**", pull: [anonymous], push: [authenticated], delete: [authenticated] }
 # Pull-through upstreams. An entry with no endpoints uses the registry's well-known API
 # host (docker.io -> https://registry-1.docker.io, others -> https://<name>).
 upstreams:

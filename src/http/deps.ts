@@ -1,8 +1,11 @@
 import type { PullThrough } from '../registry/pullthrough.js';
 import type { RegistryService } from '../registry/service.js';
+import type { AccessControl } from './auth.js';
 
 /** What /v2 handlers work with: local registry operations and the pull-through layer. */
 export interface Deps {
   svc: RegistryService;
   pull: PullThrough;
+  /** null when the config has no `auth` section (open registry). */
+  access: AccessControl | null;
 }

@@ -9,12 +9,13 @@ import { parseReference, parseRepoName } from '../registry/names.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam, sendJson } from './request.js';
 
-export function registerExplain(app: FastifyInstance, { svc, pull }: Deps): void {
+export function registerExplain(app: FastifyInstance, { svc, pull, access }: Deps): void {
   app.get('/api/v1/resolve', async (req, reply) => {
     const q = queryOf(req);
     const rawPath = (queryParam(q, 'path') ?? '').replace(/^\/+|\/+$/g, '').replace(/^v2\//, '');
     if (!rawPath) throw new RegistryError('NAME_INVALID', 'the path query parameter is required');
     const repo = parseRepoName(rawPath);
+    await access?.check(req, repo, 'pull');
     const ns = queryParam(q, 'ns');
     const r = pull.resolve(repo, ns);
     const meta = svc.meta;

@@ -40,9 +40,11 @@ export async function listTags({ pull }: Deps, repo: RepoName, req: FastifyReque
   return sendJson(reply, { name: repo, tags });
 }
 
-export async function catalog({ svc }: Deps, req: FastifyRequest, reply: FastifyReply) {
+export async function catalog({ svc, access }: Deps, req: FastifyRequest, reply: FastifyReply) {
   const { n, last } = pagination(req);
-  const rows = n === 0 ? [] : svc.catalog(last, n + 1);
+  let rows = n === 0 ? [] : svc.catalog(last, n + 1);
+  // Only repositories the caller may pull are listed (pages may then be shorter than n).
+  if (access) rows = await access.filterPullable(req, rows);
   const repositories = page(rows, n, '/v2/_catalog', reply);
   return sendJson(reply, { repositories });
 }

@@ -25,7 +25,7 @@ function maxBlobBytes(svc: RegistryService): number {
   return svc.limits.maxBlobBytes > 0 ? svc.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
 }
 
-export async function startUpload({ svc }: Deps, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
+export async function startUpload({ svc, access }: Deps, repo: RepoName, req: FastifyRequest, reply: FastifyReply) {
   const q = queryOf(req);
   const mount = queryParam(q, 'mount');
   const from = queryParam(q, 'from');
@@ -38,7 +38,9 @@ export async function startUpload({ svc }: Deps, repo: RepoName, req: FastifyReq
     } catch {
       fromRepo = undefined; // an unusable `from` just means "no mount": fall back to an upload
     }
-    if (fromRepo && svc.mountBlob(repo, d, fromRepo)) {
+    // Mounting reads the source repository: the caller must be allowed to pull from it.
+    const mayRead = fromRepo !== undefined && (!access || (await access.can(req, fromRepo, 'pull')));
+    if (fromRepo && mayRead && svc.mountBlob(repo, d, fromRepo)) {
       discardBody(req);
       return blobCreated(reply, repo, d);
     }

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
 import { type RepoName, parseRepoName } from '../registry/names.js';
 import type { Deps } from './deps.js';
+import type { Action } from '../auth/rules.js';
 import { deleteBlob, getBlob } from './blobs.js';
 import { catalog, listTags } from './listing.js';
 import { deleteManifest, getManifest, putManifest } from './manifests.js';
@@ -20,6 +21,14 @@ type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
 function unsupported(req: FastifyRequest): never {
   discardBody(req);
   throw new RegistryError('UNSUPPORTED', `method ${req.method} is not allowed here`, { status: 405 });
+}
+
+/** The access a request needs: reads pull, writes push, deletes of content delete. */
+function actionFor(kind: string, method: Method): Action {
+  if (kind === 'upload' || kind === 'uploadStart') return 'push';
+  if (method === 'GET' || method === 'HEAD') return 'pull';
+  if (method === 'DELETE') return 'delete';
+  return 'push';
 }
 
 /** Pushes and deletes under a namespace prefix need `push: true` on that namespace. */
@@ -41,6 +50,7 @@ export function registerV2(app: FastifyInstance, deps: Deps): void {
     switch (route.kind) {
       case 'base':
         if (!read) return unsupported(req);
+        await deps.access?.checkBase(req);
         return sendJson(reply, {});
       case 'catalog':
         if (!read) return unsupported(req);
@@ -61,6 +71,7 @@ export function registerV2(app: FastifyInstance, deps: Deps): void {
       discardBody(req);
       throw e;
     }
+    await deps.access?.check(req, repo, actionFor(route.kind, method));
     if (!read) checkWritable(deps, repo, req);
     switch (route.kind) {
       case 'manifest':
