@@ -13,6 +13,8 @@ import { installErrorHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
 import { AccessControl } from './http/auth.js';
+import { Metrics } from './ops/metrics.js';
+import { parseApiPath } from './http/route.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
 import { BlobStore } from './storage/blobs.js';
@@ -28,6 +30,7 @@ export interface App {
   fastify: FastifyInstance;
   service: RegistryService;
   pull: PullThrough;
+  metrics: Metrics;
   config: Config;
   /** Re-read the TLS certificate and key (SIGHUP); open connections are kept. */
   reloadTls(): void;
@@ -107,7 +110,12 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   fastify.addHook('onRequest', async (_req, reply) => {
     reply.header('docker-distribution-api-version', 'registry/2.0');
   });
+  const metrics = new Metrics({ inflightFills: () => fills.size });
   fastify.addHook('onResponse', async (req, reply) => {
+    const url = req.raw.url ?? '/';
+    const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
+    metrics.httpRequests.inc({ area, method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
+    metrics.httpDuration.observe({ area }, reply.elapsedTime / 1000);
     req.log.info(
       { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime), ua: req.headers['user-agent'] },
       'request',
@@ -122,6 +130,14 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const deps = { svc: service, pull, access };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
+  fastify.get('/metrics', async (_req, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.header('content-type', metrics.registry.contentType).send(text);
+  });
+  fastify.get('/healthz', async (_req, reply) => {
+    meta.db.prepare('SELECT 1').get();
+    return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
+  });
   access?.registerTokenEndpoint(fastify);
 
   const sweep = setInterval(() => {
@@ -133,6 +149,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     fastify,
     service,
     pull,
+    metrics,
     config,
     reloadTls() {
       if (!tls) return;

@@ -1,0 +1,58 @@
+/**
+ * Prometheus metrics (prom-client), exposed at GET /metrics. Labels never carry
+ * repository names or credentials: cardinality stays bounded and nothing secret leaks.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly httpRequests = new Counter({
+    name: 'regmirror_http_requests_total',
+    help: 'HTTP requests served, by API area, method and status class',
+    labelNames: ['area', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new Histogram({
+    name: 'regmirror_http_request_duration_seconds',
+    help: 'Time to response end, by API area',
+    labelNames: ['area'] as const,
+    buckets: [0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60],
+    registers: [this.registry],
+  });
+  readonly cacheResults = new Counter({
+    name: 'regmirror_cache_requests_total',
+    help: 'Pull-through lookups by kind (manifest|blob) and result (hit|miss|stale|revalidated)',
+    labelNames: ['kind', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamRequests = new Counter({
+    name: 'regmirror_upstream_requests_total',
+    help: 'Requests sent to upstream registries, by upstream, method and status (error = no response)',
+    labelNames: ['upstream', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamBytes = new Counter({
+    name: 'regmirror_upstream_blob_bytes_total',
+    help: 'Blob bytes downloaded from upstream registries',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly rateLimitRemaining = new Gauge({
+    name: 'regmirror_upstream_ratelimit_remaining',
+    help: 'Last ratelimit-remaining value an upstream reported (Docker Hub pulls left in the window)',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(opts: { inflightFills: () => number }) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'regmirror_' });
+    new Gauge({
+      name: 'regmirror_blob_fills_inflight',
+      help: 'Upstream blob downloads in progress',
+      registers: [this.registry],
+      collect() {
+        this.set(opts.inflightFills());
+      },
+    });
+  }
+}
