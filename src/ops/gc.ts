@@ -13,17 +13,21 @@ import { MetadataStore } from '../storage/db.js';
 import { storagePaths } from '../storage/paths.js';
 
 export interface GcResult {
+  linksRemoved: number;
   blobsRemoved: number;
   orphanFilesRemoved: number;
   manifestsRemoved: number;
   dryRun: boolean;
 }
 
-export async function collectGarbage(config: Pick<Config, 'storage'>, opts: { dryRun: boolean }): Promise<GcResult> {
+export async function collectGarbage(config: Pick<Config, 'storage' | 'limits'>, opts: { dryRun: boolean }): Promise<GcResult> {
   const paths = storagePaths(config.storage);
   const meta = new MetadataStore(paths.db);
   try {
     const store = new BlobStore(paths, meta);
+    // Manifest content no repository holds goes first, so its references stop counting.
+    const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
+    const linksRemoved = opts.dryRun ? 0 : meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
     const unreferenced = meta.unreferencedBlobs();
     if (!opts.dryRun) for (const d of unreferenced) await store.remove(d);
     let orphans = 0;
@@ -40,8 +44,7 @@ export async function collectGarbage(config: Pick<Config, 'storage'>, opts: { dr
         }
       }
     }
-    const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
-    return { blobsRemoved: unreferenced.length, orphanFilesRemoved: orphans, manifestsRemoved, dryRun: opts.dryRun };
+    return { linksRemoved, blobsRemoved: unreferenced.length, orphanFilesRemoved: orphans, manifestsRemoved, dryRun: opts.dryRun };
   } finally {
     meta.close();
   }

@@ -193,6 +193,15 @@ export class MetadataStore {
         `SELECT b.digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)`,
       ),
       deleteBlob: db.prepare<[string]>('DELETE FROM blobs WHERE digest = ?'),
+      // Links no manifest of the repository references: cached ones always (they exist only
+      // for a manifest), pushed ones once older than the grace period (abandoned pushes).
+      danglingLinks: db.prepare<[number], { repo_id: number; digest: string }>(
+        `SELECT rb.repo_id, rb.digest FROM repo_blobs rb
+         WHERE (rb.provenance = 'cached' OR rb.created_at < ?)
+           AND NOT EXISTS (SELECT 1 FROM manifests m JOIN manifest_refs r ON r.digest = m.digest
+                           WHERE m.repo_id = rb.repo_id AND r.child = rb.digest)`,
+      ),
+      unlinkById: db.prepare<[number, string]>('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
       unreferencedContent: db.prepare<[], { digest: string }>(
         `SELECT mc.digest FROM manifest_content mc WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = mc.digest)`,
       ),
@@ -427,6 +436,15 @@ export class MetadataStore {
   referencedInRepo(repo: RepoName, digest: Digest): boolean {
     const id = this.repoId(repo);
     return id !== undefined && this.s.referencedInRepo.get(id, digest) !== undefined;
+  }
+
+  /** GC mark phase: drop repository links no manifest needs (see danglingLinks). */
+  unlinkDanglingBlobs(pushedGraceMs: number): number {
+    return this.db.transaction(() => {
+      let n = 0;
+      for (const r of this.s.danglingLinks.all(Date.now() - pushedGraceMs)) n += this.s.unlinkById.run(r.repo_id, r.digest).changes;
+      return n;
+    })();
   }
 
   /** GC: blobs no repository links, and manifest content no repository holds. */
