@@ -282,6 +282,8 @@ function parseUpstreams(sec: Section): Map<string, UpstreamConfig> {
         throw new ConfigError(`${u.key('endpoints')}[${i}]: "${e}" is not a URL`);
       }
       if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new ConfigError(`${u.key('endpoints')}[${i}]: must be http(s)`);
+      // Credentials in URLs would be shown by the explain endpoint and logged with URLs.
+      if (url.username || url.password) throw new ConfigError(`${u.key('endpoints')}[${i}]: put credentials under credentials:, not in the URL`);
       return e.replace(/\/+$/, '');
     });
     if (endpoints.length === 0) endpoints.push(known?.endpoint ?? `https://${name}`);

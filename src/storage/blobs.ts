@@ -14,6 +14,8 @@ import type { StoragePaths } from './paths.js';
 import { RegistryError } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../registry/names.js';
 
+const READ_CHUNK_BYTES = 1024 * 1024;
+
 export interface WrittenBlob {
   tempPath: string;
   size: number;
@@ -99,7 +101,9 @@ export class BlobStore {
   }
 
   open(digest: Digest, start?: number, end?: number): ReadStream {
-    return createReadStream(this.paths.blob(digest), start === undefined ? {} : { start, end });
+    // 1 MiB reads: a quarter of the syscalls and stream callbacks of the 64 KiB default,
+    // which dominates CPU when serving multi-GB layers.
+    return createReadStream(this.paths.blob(digest), { highWaterMark: READ_CHUNK_BYTES, ...(start === undefined ? {} : { start, end }) });
   }
 
   /**
