@@ -10,15 +10,37 @@ import fs from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { LRUCache } from 'lru-cache';
 
-let dummyHash: string | null = null;
-/** A real bcrypt hash to compare against for unknown users (same cost as htpasswd -B). */
-function dummy(): string {
-  dummyHash ??= bcrypt.hashSync('regmirror-dummy-password', 10);
-  return dummyHash;
+const dummyHashes = new Map<number, string>();
+/**
+ * A real bcrypt hash to compare against for unknown users. Its cost must match the file's
+ * entries (htpasswd -B defaults to 5, other tools to 10 or more): a different cost makes
+ * unknown users measurably slower or faster than known ones.
+ */
+function dummy(cost: number): string {
+  let h = dummyHashes.get(cost);
+  if (!h) {
+    h = bcrypt.hashSync('regmirror-dummy-password', cost);
+    dummyHashes.set(cost, h);
+  }
+  return h;
+}
+
+/** The most common bcrypt cost among the entries (10 for an empty file). */
+function typicalCost(hashes: Iterable<string>): number {
+  const counts = new Map<number, number>();
+  for (const h of hashes) {
+    const c = Number(h.slice(4, 6));
+    counts.set(c, (counts.get(c) ?? 0) + 1);
+  }
+  let best = 10;
+  let n = 0;
+  for (const [c, k] of counts) if (k > n || (k === n && c > best)) [best, n] = [c, k];
+  return Math.min(Math.max(best, 4), 31);
 }
 
 export class Htpasswd {
   private users = new Map<string, string>();
+  private dummyCost = 10;
   private mtimeMs = -1;
   private readonly okCache = new LRUCache<string, Buffer>({ max: 10_000, ttl: 5 * 60_000 });
 
@@ -39,6 +61,8 @@ export class Htpasswd {
       if (/^\$2[aby]\$\d\d\$/.test(hash)) users.set(t.slice(0, i), hash.replace(/^\$2y\$/, '$2b$'));
     }
     this.users = users;
+    this.dummyCost = typicalCost(users.values());
+    dummy(this.dummyCost); // made now, so the first unknown user is not slower than later ones
     this.mtimeMs = st.mtimeMs;
     this.okCache.clear();
   }
@@ -54,7 +78,7 @@ export class Htpasswd {
     const fingerprint = createHash('sha256').update(`${key}\0${password}`).digest();
     const cached = this.okCache.get(key);
     if (cached && timingSafeEqual(cached, fingerprint)) return true;
-    const ok = await bcrypt.compare(password, hash ?? dummy());
+    const ok = await bcrypt.compare(password, hash ?? dummy(this.dummyCost));
     if (ok && hash) {
       this.okCache.set(key, fingerprint);
       return true;

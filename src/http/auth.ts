@@ -165,7 +165,10 @@ export class AccessControl {
       const q = queryOf(req);
       const service = queryParam(q, 'service');
       if (service !== undefined && service !== issuer.service) throw new RegistryError('DENIED', 'unknown service');
-      const { principal } = await this.authenticate(req);
+      const { principal, claims } = await this.authenticate(req);
+      // Only Basic (or no) credentials buy a token: exchanging a bearer token for a fresh
+      // one would let any token, or a removed user's token, be renewed forever.
+      if (claims) throw new RegistryError('UNAUTHORIZED', 'the token endpoint takes Basic credentials', { headers: { 'WWW-Authenticate': 'Basic realm="regmirror"' } });
       const t = grant(principal, queryParams(q, 'scope'));
       return sendJson(reply.header('cache-control', 'no-store'), { token: t.token, access_token: t.token, expires_in: t.expiresIn, issued_at: t.issuedAt });
     });

@@ -31,6 +31,11 @@ function fromFastifyError(e: FastifyError): RegistryError {
 
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    // A body stream destroyed before its end (pipeline() does that when a write step
+    // fails, e.g. a blob over limits.maxBlobBytes) detaches from its socket: nothing will
+    // read the rest, so node keeps the connection open, paused, until the idle timeout,
+    // and server.close() waits for it. Close it once the error has been sent.
+    if (req.raw.destroyed && !req.raw.complete) reply.header('connection', 'close');
     if (isRegistryError(err)) return sendRegistryError(reply, err);
     const fe = err as FastifyError;
     const mapped = fromFastifyError(fe);

@@ -47,13 +47,23 @@ export async function readBodyCapped(req: FastifyRequest, max: number, tooLarge:
   }
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of req.raw as AsyncIterable<Buffer>) {
+  let tooBig = false;
+  // On overflow, leave the loop and only then drain: resume() is a no-op while the
+  // iterator's 'readable' listener is attached, and a request nobody reads leaves its
+  // socket paused forever (the connection never closes; server.close() hangs). The
+  // default destroyOnReturn ends the same way, so keep the stream and drain it: the
+  // client, still sending, then receives the 413 on a usable connection.
+  for await (const chunk of req.raw.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
     total += chunk.length;
     if (total > max) {
-      req.raw.resume();
-      throw tooLarge();
+      tooBig = true;
+      break;
     }
     chunks.push(chunk);
+  }
+  if (tooBig) {
+    req.raw.resume();
+    throw tooLarge();
   }
   if (len !== undefined && total !== len) throw new RegistryError('SIZE_INVALID', 'body shorter than Content-Length');
   return Buffer.concat(chunks, total);

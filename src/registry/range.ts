@@ -36,6 +36,12 @@ export function parseRangeHeader(header: string | undefined, size: number): Byte
     out.push({ start, end });
   }
   if (out.length === 0) return 'unsatisfiable';
+  // Overlapping ranges could ask for the blob many times over in one small header
+  // (`bytes=0-,0-,...`): an amplification attack. RFC 9110 14.2 lets a server ignore such
+  // a header; the full 200 is always a valid answer, and disjoint ranges never add up to
+  // more than the blob.
+  const sorted = [...out].sort((x, y) => x.start - y.start);
+  if (sorted.some((r, i) => i > 0 && r.start <= sorted[i - 1]!.end)) return null;
   return out;
 }
 

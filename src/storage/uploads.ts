@@ -92,6 +92,13 @@ export class UploadManager {
     if (state.busy) {
       throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416, headers: rangeHeader(session.size) });
     }
+    if (!this.meta.upload(session.id)) {
+      // Closed by a concurrent PUT or DELETE since get(): appending would re-create the
+      // file as an orphan and answer 202 for bytes that can never be committed.
+      body.resume();
+      this.live.delete(session.id);
+      throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    }
     if (range && range.start !== session.size) {
       body.resume();
       throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${session.size}`, { status: 416, headers: rangeHeader(session.size) });
@@ -134,27 +141,39 @@ export class UploadManager {
 
   /** Verify the whole upload against `digest` and commit it as a blob of the session's repo. */
   async finish(session: UploadSession, digest: Digest): Promise<number> {
+    // One writer at a time, checked and claimed without an await in between: two PUTs
+    // closing the same session would otherwise both hash the file and the second rename
+    // would fail with ENOENT (a 500) after the first moved it into the content store.
+    if (!this.meta.upload(session.id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     const state = this.stateOf(session.id);
-    const file = this.paths.upload(session.id);
-    const alg = digestAlgorithm(digest);
-    let actual: Digest;
-    let size: number;
-    const h = state.hasher;
-    if (h && h.algorithm === alg && h.bytes === session.size) {
-      actual = h.currentDigest();
-      size = h.bytes;
-    } else {
-      ({ digest: actual, size } = await hashFile(file, alg));
+    if (state.busy) {
+      throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416, headers: rangeHeader(session.size) });
     }
-    if (actual !== digest) {
-      await this.cancelById(session.id);
-      throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
+    state.busy = true;
+    try {
+      const file = this.paths.upload(session.id);
+      const alg = digestAlgorithm(digest);
+      let actual: Digest;
+      let size: number;
+      const h = state.hasher;
+      if (h && h.algorithm === alg && h.bytes === session.size) {
+        actual = h.currentDigest();
+        size = h.bytes;
+      } else {
+        ({ digest: actual, size } = await hashFile(file, alg));
+      }
+      if (actual !== digest) {
+        await this.cancelById(session.id);
+        throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
+      }
+      await fsyncFile(file);
+      await this.blobs.commit(file, digest, size, session.repo, 'pushed');
+      this.meta.deleteUpload(session.id);
+      this.live.delete(session.id);
+      return size;
+    } finally {
+      state.busy = false;
     }
-    await fsyncFile(file);
-    await this.blobs.commit(file, digest, size, session.repo, 'pushed');
-    this.meta.deleteUpload(session.id);
-    this.live.delete(session.id);
-    return size;
   }
 
   async cancel(session: UploadSession): Promise<void> {
