@@ -134,13 +134,20 @@ export class BlobFill {
     return Readable.from(gen(), { objectMode: false });
   }
 
-  /** The temp file, or the final file if the fill committed (renamed) in the meantime. */
+  /**
+   * The temp file, or the final file if the fill committed in the meantime. The temp file
+   * is renamed (or, for a duplicate, removed) before `commit()` runs, so a reader arriving
+   * in that window finds neither a temp file nor a committed state: it waits for the
+   * outcome instead of failing.
+   */
   private async openFile(): Promise<FileHandle> {
     try {
       return await fs.open(this.tempPath, 'r');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && this.state === 'committed') return fs.open(this.finalPath, 'r');
-      throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      await this.done.catch(() => undefined);
+      if (this.state === 'committed') return fs.open(this.finalPath, 'r');
+      throw this.error ?? e;
     }
   }
 }

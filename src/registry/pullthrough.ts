@@ -29,6 +29,8 @@ export interface BlobAnswer {
 }
 
 const STALE_WARNING = '299 - "regmirror: upstream unavailable, serving cached content"';
+/** How deep completeFromUpstream follows indexes of indexes (conformance has nested-index). */
+const MAX_INDEX_NESTING = 4;
 
 /** A stable key for the set of manifest types a client accepts (tags are cached per key). */
 export function acceptKey(accept: readonly string[]): string {
@@ -116,7 +118,9 @@ export class PullThrough {
     if (!up) return { record: this.local.getManifest(repo, ref, accept), headers };
     if (ref.kind === 'digest') return { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers };
 
-    const key = acceptKey(accept);
+    // Keyed by upstream and remote name too: one local path can reach several upstreams
+    // (?ns=a vs ?ns=b), and one upstream's tag must never answer for another's.
+    const key = `${up.upstream.name}|${up.remoteName}|${acceptKey(accept)}`;
     const cached = meta.upstreamTag(repo, ref.tag, key);
     const cachedRecord = cached && meta.manifest(repo, cached.digest);
     if (cached && cachedRecord) {
@@ -314,13 +318,21 @@ export class PullThrough {
    * Afterwards the content is local: served even when the upstream is gone.
    */
   async completeFromUpstream(repo: RepoName, ns: string | undefined, blobs: Descriptor[], manifests: Descriptor[]): Promise<void> {
+    const r = this.resolve(repo, ns);
+    if (r.error || !r.upstream || !r.remoteName) return; // local only: the normal check reports them
+    await this.completeTree(repo, { upstream: r.upstream, remoteName: r.remoteName }, blobs, manifests, 0);
+  }
+
+  private async completeTree(
+    repo: RepoName,
+    up: { upstream: UpstreamConfig; remoteName: string },
+    blobs: Descriptor[],
+    manifests: Descriptor[],
+    depth: number,
+  ): Promise<void> {
     const meta = this.local.meta;
     const missingBlobs = blobs.filter((d) => meta.repoBlobSize(repo, d.digest) === undefined);
     const missingManifests = manifests.filter((d) => !meta.hasManifest(repo, d.digest));
-    if (missingBlobs.length === 0 && missingManifests.length === 0) return;
-    const r = this.resolve(repo, ns);
-    if (r.error || !r.upstream || !r.remoteName) return; // local only: the normal check reports them
-    const up = { upstream: r.upstream, remoteName: r.remoteName };
     const tasks: Array<Promise<unknown>> = [];
     for (const d of missingManifests) tasks.push(this.fetchManifest(repo, up, d.digest, [d.mediaType], null).catch(() => undefined));
     for (const d of missingBlobs) {
@@ -339,6 +351,24 @@ export class PullThrough {
       );
     }
     await Promise.all(tasks);
+    // An index's children may be held only as cached copies: tools such as crane skip the
+    // PUT of a child manifest whose HEAD answers 200, and that HEAD fetched just the
+    // manifest from upstream, never its blobs. The pushed index must be local content as a
+    // whole, so complete every child the same way (nested indexes too, to a bounded depth).
+    if (depth >= MAX_INDEX_NESTING) return;
+    for (const d of manifests) {
+      const child = meta.manifest(repo, d.digest);
+      if (!child) continue; // still missing: the normal check reports it
+      let parsed: ReturnType<typeof parseManifest>;
+      try {
+        parsed = parseManifest(child.body, child.mediaType);
+      } catch {
+        continue; // stored as served upstream; nothing we can interpret to complete
+      }
+      if (parsed.requiredBlobs.length > 0 || parsed.requiredManifests.length > 0) {
+        await this.completeTree(repo, up, parsed.requiredBlobs, parsed.requiredManifests, depth + 1);
+      }
+    }
   }
 
   // ---- tags list -------------------------------------------------------------------

@@ -64,6 +64,8 @@ export class UpstreamClient {
   private readonly hostAuth = new Map<string, HostAuth>();
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
   private readonly tokenFetches = new Map<string, Promise<string | null>>();
+  /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
+  private readonly endpointHosts: ReadonlySet<string>;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -72,6 +74,7 @@ export class UpstreamClient {
   ) {
     this.name = config.name;
     this.credentials = credentialSource(config.credentials, config.name, config.endpoints);
+    this.endpointHosts = new Set(config.endpoints.map((e) => new URL(e).host));
     const connect = {
       timeout: config.connectTimeoutMs,
       ca: config.caFile ? fs.readFileSync(config.caFile) : undefined,
@@ -122,8 +125,14 @@ export class UpstreamClient {
     let url = new URL(startUrl);
     const scope = `repository:${req.repository}:pull`;
     const retriedHosts = new Set<string>();
+    // The Authorization obtained for a challenge, used as is for the retry that follows.
+    // Looking it up again would fetch a second token whenever the first is cached under the
+    // challenge's own scope, or is already inside the refresh margin (an issued_at in the
+    // past, e.g. a realm whose clock lags ours).
+    let challengeAuth: string | null = null;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      const auth = await this.authorizationFor(url, scope, false);
+      const auth = challengeAuth ?? (await this.authorizationFor(url, scope, false));
+      challengeAuth = null;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...req.headers };
       if (auth) headers.authorization = auth;
       const res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
@@ -144,6 +153,7 @@ export class UpstreamClient {
           const challengeScope = chosen.params.scope;
           const retryAuth = await this.authorizationFor(url, challengeScope && challengeScope.includes(req.repository) ? challengeScope : scope, true);
           if (retryAuth) {
+            challengeAuth = retryAuth;
             hop--;
             continue;
           }
@@ -156,13 +166,22 @@ export class UpstreamClient {
     throw new UpstreamUnavailableError('too many redirects');
   }
 
-  /** The Authorization header for `url`, or null. Only hosts of configured endpoints, realms or challenges get one. */
+  /**
+   * The Authorization header for `url`, or null.
+   *
+   * Configured credentials belong to the upstream's own endpoint hosts. Any other host a
+   * redirect leads to (a CDN, signed storage, a registry.k8s.io backend) may challenge too,
+   * but it never gets the password or static token: with Basic it gets nothing, with Bearer
+   * an anonymous token, unless its realm is the one an endpoint host itself named.
+   * Otherwise any host a redirect points at could collect the credentials just by answering
+   * 401 (protocol.md 3.4: credentials only to the realm; 3.8).
+   */
   private async authorizationFor(url: URL, scope: string, refresh: boolean): Promise<string | null> {
-    const creds = this.credentials();
     const known = this.hostAuth.get(url.host);
-    const isEndpointHost = this.config.endpoints.some((e) => new URL(e).host === url.host);
+    const isEndpointHost = this.endpointHosts.has(url.host);
+    const creds = isEndpointHost ? this.credentials() : null;
     if (!known) {
-      if (creds?.kind === 'bearer' && isEndpointHost) return `Bearer ${creds.token}`;
+      if (creds?.kind === 'bearer') return `Bearer ${creds.token}`;
       return null;
     }
     const { challenge } = known;
@@ -174,18 +193,34 @@ export class UpstreamClient {
     const realm = challenge.params.realm;
     if (!realm) return null;
     const realmUrl = new URL(realm, url);
+    const realmCreds = isEndpointHost || this.isEndpointRealm(realmUrl) ? this.credentials() : null;
+    const basic = realmCreds?.kind === 'basic' ? realmCreds : null;
     // Artifact Registry omits `service` on some challenges: fall back to the realm host.
     const service = challenge.params.service ?? url.host;
-    const key = `${realmUrl.toString()}|${service}|${scope}`;
+    const key = `${basic ? 'creds' : 'anonymous'}|${realmUrl.toString()}|${service}|${scope}`;
     const cached = this.tokens.get(key);
     if (cached && !refresh && cached.expiresAt - TOKEN_MARGIN_MS > Date.now()) return `Bearer ${cached.token}`;
     let pending = this.tokenFetches.get(key);
     if (!pending) {
-      pending = this.fetchToken(realmUrl, service, scope, creds, key).finally(() => this.tokenFetches.delete(key));
+      pending = this.fetchToken(realmUrl, service, scope, basic, key).finally(() => this.tokenFetches.delete(key));
       this.tokenFetches.set(key, pending);
     }
     const token = await pending;
     return token ? `Bearer ${token}` : null;
+  }
+
+  /** Whether a Bearer challenge from one of the endpoint hosts named this realm (same origin). */
+  private isEndpointRealm(realm: URL): boolean {
+    for (const endpoint of this.config.endpoints) {
+      const c = this.hostAuth.get(new URL(endpoint).host)?.challenge;
+      if (c?.scheme !== 'bearer' || !c.params.realm) continue;
+      try {
+        if (new URL(c.params.realm, endpoint).origin === realm.origin) return true;
+      } catch {
+        // an unparsable realm names nothing
+      }
+    }
+    return false;
   }
 
   private async fetchToken(realm: URL, service: string, scope: string, creds: WireCredentials, key: string): Promise<string | null> {

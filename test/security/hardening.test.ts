@@ -558,15 +558,11 @@ test('upstream credentials and client passwords/tokens never appear in logs, err
 });
 
 /*
- * BUG (src/registry/pullthrough.ts, not auth code: kept as test.failing and reported).
- * Tags fetched from an upstream are cached per *local* repository name only
- * (meta.upstreamTag(repo, tag, acceptKey)), not per upstream. With containerd's `?ns=`
- * (or any two routes that end in the same local path), a tag cached from upstream A is
- * served, within the tag TTL, to a client asking upstream B for the same path: content
- * from one registry is handed out as another registry's image (cache confusion; a
- * less trusted configured upstream can poison pulls meant for a trusted one).
+ * Tags fetched from an upstream are cached per local path *and* upstream: with
+ * containerd's `?ns=` two upstreams can end in the same local path, and a tag cached from
+ * upstream A must never be served to a client asking upstream B (cache confusion).
  */
-test.failing('a tag cached from one upstream (ns=a) is not served for another upstream (ns=b)', async (t) => {
+test('a tag cached from one upstream (ns=a) is not served for another upstream (ns=b)', async (t) => {
   const fakeA = await startFake(t);
   const fakeB = await startFake(t);
   const imgA = sampleImage('ns-cache-a');
