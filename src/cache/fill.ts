@@ -8,6 +8,11 @@
  * Integrity: readers never receive the final byte before the digest is verified. On a
  * mismatch the temp file is deleted and every reader's stream errors, so clients see an
  * aborted transfer, never wrong bytes under a good digest.
+ *
+ * Speed: upstream chunks are queued and written with one positional writev per batch
+ * (the upstream never waits for a single write), and the last few MiB written stay in
+ * memory, so readers keeping up with the download are served without re-reading the
+ * file or allocating; only readers that fall behind read from disk.
  */
 import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -25,6 +30,10 @@ export interface FillSource {
 
 const MAX_RESUMES = 3;
 const READ_CHUNK = 1024 * 1024;
+/** Bytes of the most recent writes kept in memory for readers that keep up. */
+const RECENT_WINDOW = 8 * 1024 * 1024;
+/** Upstream reading pauses while this much is queued for the disk. */
+const MAX_QUEUED = 16 * 1024 * 1024;
 
 interface Deferred {
   promise: Promise<void>;
@@ -39,8 +48,14 @@ function deferred(): Deferred {
 
 export class BlobFill {
   size: number | null = null;
+  /** Bytes on disk (readers never go past this). */
   written = 0;
+  /** Set once the digest matched: the last byte may go out before the commit finishes. */
+  verified = false;
   state: 'starting' | 'streaming' | 'committed' | 'failed' = 'starting';
+  /** The most recently written bytes, [recentStart, written), as the chunks that arrived. */
+  private recent: Buffer[] = [];
+  private recentStart = 0;
   error: Error | null = null;
   readonly tempPath: string;
   /** Resolves once the size is known (upstream answered 200); rejects if it never does. */
@@ -98,9 +113,38 @@ export class BlobFill {
     this.notify();
   }
 
+  /** Record bytes that reached the file at offset `written`. */
+  wrote(chunks: Buffer[], bytes: number): void {
+    this.recent.push(...chunks);
+    this.written += bytes;
+    let kept = this.written - this.recentStart;
+    while (kept > RECENT_WINDOW && this.recent.length > 1) {
+      const dropped = this.recent.shift()!;
+      this.recentStart += dropped.length;
+      kept -= dropped.length;
+    }
+    this.notify();
+  }
+
+  /** Bytes at `pos` (up to `limit`) from the in-memory window, or null if not there. */
+  private fromMemory(pos: number, limit: number): Buffer | null {
+    if (pos < this.recentStart) return null;
+    let off = this.recentStart;
+    for (const c of this.recent) {
+      if (pos < off + c.length) return c.subarray(pos - off, Math.min(c.length, limit - off));
+      off += c.length;
+    }
+    return null;
+  }
+
+  verify(): void {
+    this.verified = true;
+    this.notify();
+  }
+
   /** Bytes a reader may consume now: everything but the last byte until verified. */
   readable(): number {
-    if (this.state === 'committed') return this.written;
+    if (this.verified || this.state === 'committed') return this.written;
     return this.size === null ? this.written : Math.min(this.written, this.size - 1);
   }
 
@@ -116,6 +160,12 @@ export class BlobFill {
           const next = fill.changed();
           const avail = Math.min(fill.readable(), end + 1);
           if (pos < avail) {
+            const mem = fill.fromMemory(pos, avail);
+            if (mem && mem.length > 0) {
+              pos += mem.length;
+              yield mem;
+              continue;
+            }
             const n = Math.min(avail - pos, READ_CHUNK);
             const buf = Buffer.allocUnsafe(n);
             const { bytesRead } = await fh.read(buf, 0, n, pos);
@@ -187,13 +237,20 @@ export class FillManager {
     const hasher = new HashingCounter(digestAlgorithm(f.digest));
     const started = Date.now();
     let fh: FileHandle | null = null;
+    // Open the temp file while the upstream request is in flight (time to first byte).
+    const opening = fs.open(f.tempPath, 'w');
+    opening.catch(() => undefined);
+    let writer: QueuedWriter | null = null;
     try {
-      fh = await fs.open(f.tempPath, 'w');
       let resumes = 0;
       for (;;) {
         let body: AsyncIterable<Buffer>;
         try {
-          const opened = await source.open(f.written);
+          const opened = await source.open(writer ? writer.received : 0);
+          if (!fh) {
+            fh = await opening;
+            writer = new QueuedWriter(fh, f);
+          }
           body = opened.body;
           if (f.state === 'starting') {
             const size = opened.size ?? expectedSize ?? null;
@@ -210,26 +267,28 @@ export class FillManager {
           continue;
         }
         try {
+          const w = writer!;
           for await (const chunk of body) {
-            if (f.size !== null && f.written + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
-            await fh.write(chunk, 0, chunk.length, f.written);
+            if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
             hasher.update(chunk);
-            f.written += chunk.length;
-            f.notify();
+            await w.push(chunk);
           }
-          if (f.size === null || f.written === f.size) break;
-          throw new Error(`upstream body ended early at ${f.written} of ${f.size} bytes`);
+          if (f.size === null || w.received === f.size) break;
+          throw new Error(`upstream body ended early at ${w.received} of ${f.size} bytes`);
         } catch (e) {
           if (e instanceof RegistryError || resumes >= MAX_RESUMES || f.size === null) throw e;
           resumes++;
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'upstream broke mid-blob; resuming with Range');
         }
       }
+      await writer!.flush();
       const actual = hasher.currentDigest();
       if (actual !== f.digest) {
         throw new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { expected: f.digest } });
       }
-      await fh.sync();
+      // Verified bytes may be served in full now; durability (fsync, rename, row) follows.
+      f.verify();
+      await fh!.sync();
       await fh.close();
       fh = null;
       await this.blobs.commit(f.tempPath, f.digest, f.written, repo, 'cached');
@@ -239,9 +298,65 @@ export class FillManager {
       const err = e instanceof Error ? e : new Error(String(e));
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') this.log.error({ digest: f.digest, bytes: f.written }, 'upstream integrity error: digest mismatch, nothing stored');
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');
+      await writer?.flush().catch(() => undefined);
+      if (!fh) fh = await opening.catch(() => null);
       await fh?.close().catch(() => undefined);
       await fs.rm(f.tempPath, { force: true }).catch(() => undefined);
       f.fail(err);
+    }
+  }
+}
+
+/**
+ * Positional writes of upstream chunks in arrival order. Chunks arriving while a write
+ * is in flight are batched into the next writev, so the upstream is read at network
+ * speed; `push` only waits when MAX_QUEUED bytes are pending (backpressure).
+ */
+class QueuedWriter {
+  /** Bytes accepted from the upstream (written or queued). */
+  received = 0;
+  private queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private running: Promise<void> | null = null;
+  private error: Error | null = null;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly fill: BlobFill,
+  ) {}
+
+  async push(chunk: Buffer): Promise<void> {
+    if (this.error) throw this.error;
+    this.queue.push(chunk);
+    this.queuedBytes += chunk.length;
+    this.received += chunk.length;
+    this.running ??= this.drain();
+    if (this.queuedBytes > MAX_QUEUED) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+    if (this.error) throw this.error;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue;
+        const bytes = this.queuedBytes;
+        this.queue = [];
+        this.queuedBytes = 0;
+        let done = 0;
+        while (done < bytes) {
+          const { bytesWritten } = await this.fh.writev(done === 0 ? batch : [Buffer.concat(batch).subarray(done)], this.fill.written + done);
+          done += bytesWritten;
+        }
+        this.fill.wrote(batch, bytes);
+      }
+    } catch (e) {
+      this.error = e instanceof Error ? e : new Error(String(e));
+    } finally {
+      this.running = null;
     }
   }
 }
