@@ -300,9 +300,10 @@ function parseUpstreams(sec: Section): Map<string, UpstreamConfig> {
       connectTimeoutMs: timeouts.durationMs('connect', '10s'),
       headersTimeoutMs: timeouts.durationMs('headers', '30s'),
       bodyTimeoutMs: timeouts.durationMs('body', '60s'),
+      offlineMs: timeouts.durationMs('offline', '10s'),
       maxConnections: positiveInt(u.raw('maxConnections') ?? 32, u.key('maxConnections')),
       libraryPrefix: u.bool('libraryPrefix', known?.libraryPrefix ?? false),
-      tags: { ttlMs: tags.durationMs('ttl', '5m'), immutable },
+      tags: { ttlMs: tags.durationMs('ttl', '5m'), immutable, revalidateTimeoutMs: tags.durationMs('revalidateTimeout', '5s') },
     };
     timeouts.done();
     tags.done();

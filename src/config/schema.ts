@@ -26,6 +26,8 @@ export interface UpstreamConfig {
   readonly headersTimeoutMs: number;
   /** Idle time allowed between body chunks. */
   readonly bodyTimeoutMs: number;
+  /** After every endpoint failed to connect or answer, fail fast for this long. */
+  readonly offlineMs: number;
   readonly maxConnections: number;
   /** Docker Hub: one-component names get `library/`. */
   readonly libraryPrefix: boolean;
@@ -34,6 +36,8 @@ export interface UpstreamConfig {
     readonly ttlMs: number;
     /** Tags matching any of these are never revalidated. */
     readonly immutable: readonly RegExp[];
+    /** How long a revalidation may take before the stale copy is served instead. */
+    readonly revalidateTimeoutMs: number;
   };
 }
 

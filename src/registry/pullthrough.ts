@@ -156,7 +156,11 @@ export class PullThrough {
     let p = this.revalidations.get(flightKey);
     if (!p) {
       p = (async () => {
-        const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/manifests/${tag}`, { accept: upstreamAccept(accept) });
+        // Bounded: a stale copy is waiting to be served if the upstream hangs.
+        const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/manifests/${tag}`, {
+          accept: upstreamAccept(accept),
+          timeoutMs: up.upstream.tags.revalidateTimeoutMs,
+        });
         await res.body.dump();
         if (res.status === 404) {
           this.local.meta.deleteUpstreamTag(repo, tag);
@@ -403,13 +407,14 @@ export class PullThrough {
     up: { upstream: UpstreamConfig; remoteName: string },
     method: 'GET' | 'HEAD',
     path: string,
-    opts: { accept?: string; range?: string },
+    opts: { accept?: string; range?: string; timeoutMs?: number },
   ): Promise<UpstreamResponse> {
     const headers: Record<string, string> = {};
     if (opts.accept) headers.accept = opts.accept;
     if (opts.range) headers.range = opts.range;
+    const signal = opts.timeoutMs ? AbortSignal.timeout(opts.timeoutMs) : undefined;
     try {
-      return await this.client(up.upstream).request({ method, path, repository: up.remoteName, headers });
+      return await this.client(up.upstream).request({ method, path, repository: up.remoteName, headers, signal });
     } catch (e) {
       if (e instanceof UpstreamUnavailableError) this.log.warn({ upstream: up.upstream.name, path, err: e.message }, 'upstream unavailable');
       else this.log.warn({ upstream: up.upstream.name, path, err: (e as Error).message }, 'upstream request failed');

@@ -64,6 +64,7 @@ export class UpstreamClient {
   private readonly hostAuth = new Map<string, HostAuth>();
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
   private readonly tokenFetches = new Map<string, Promise<string | null>>();
+  private offlineUntil = 0;
   /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
   private readonly endpointHosts: ReadonlySet<string>;
 
@@ -100,6 +101,10 @@ export class UpstreamClient {
    * must consume or `dump()` the body.
    */
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    // A hung or dead upstream must not make every request wait for timeouts: after a
+    // complete failure, fail fast (callers serve stale content) until the window ends and
+    // the next request probes again (verdaccio's max_fails/fail_timeout, simplified).
+    if (Date.now() < this.offlineUntil) throw new UpstreamUnavailableError('upstream marked offline after a failure');
     let lastError: unknown;
     const endpoints = this.config.endpoints;
     for (let i = 0; i < endpoints.length; i++) {
@@ -113,12 +118,27 @@ export class UpstreamClient {
         }
         return res;
       } catch (e) {
-        if (req.signal?.aborted) throw e;
+        if (req.signal?.aborted) {
+          this.markOffline('request timed out');
+          throw e;
+        }
         lastError = e;
         this.log.warn({ upstream: this.name, endpoint: i, err: errorSummary(e) }, 'upstream endpoint failed');
       }
     }
+    if (!(lastError instanceof UpstreamUnavailableError && lastError.status !== undefined)) this.markOffline(errorSummary(lastError));
     throw lastError instanceof UpstreamUnavailableError ? lastError : new UpstreamUnavailableError(errorSummary(lastError));
+  }
+
+  private markOffline(reason: string): void {
+    if (this.config.offlineMs <= 0) return;
+    this.offlineUntil = Date.now() + this.config.offlineMs;
+    this.log.warn({ upstream: this.name, forMs: this.config.offlineMs, reason }, 'upstream marked offline');
+  }
+
+  /** Whether requests currently fail fast. */
+  get offline(): boolean {
+    return Date.now() < this.offlineUntil;
   }
 
   private async sendWithAuth(startUrl: string, req: UpstreamRequest): Promise<UpstreamResponse> {

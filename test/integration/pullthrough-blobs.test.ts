@@ -249,7 +249,7 @@ test('a concurrent reader of a corrupted fill is cut off too, never served the f
 });
 
 test('upstream blob errors: 404 -> BLOB_UNKNOWN, 429 -> 429 with Retry-After, upstream down -> 503; nothing cached', async (t) => {
-  const { fake, s } = await setup(t);
+  const { fake, s } = await setup(t, {}, { timeouts: { offline: '0s' } });
   const blob = bigBlob(8 * KiB, 'blob-errors');
   fake.addBlob(REPO, blob);
 
@@ -284,7 +284,7 @@ test('upstream blob errors: 404 -> BLOB_UNKNOWN, 429 -> 429 with Retry-After, up
 });
 
 test('a slow first byte within the headers timeout is waited for; beyond it the client gets 503 and nothing is cached', async (t) => {
-  const { fake, s } = await setup(t, {}, { timeouts: { headers: '1s' } });
+  const { fake, s } = await setup(t, {}, { timeouts: { headers: '1s', offline: '0s' } });
   const blob = bigBlob(32 * KiB, 'slow-first-byte');
   fake.addBlob(REPO, blob);
 

@@ -30,7 +30,8 @@ const get = (s: TestServer, p: string) => http('GET', `${s.url}${p}`, { headers:
 const head = (s: TestServer, p: string) => http('HEAD', `${s.url}${p}`, { headers: { accept: ACCEPT_ALL } });
 
 test('upstream down (connection refused): cached tag served stale with a Warning; uncached content 503', async (t) => {
-  const { fake, s } = await setup(t);
+  // offline: 0s so recovery is seen at once (the fail-fast window has its own test).
+  const { fake, s } = await setup(t, { upstream: { timeouts: { offline: '0s' } } });
   const img = sampleImage('down');
   const other = sampleImage('down-other');
   fake.addImage('library/app', img, 'v1');
@@ -266,4 +267,40 @@ test('tags/list goes upstream; with the upstream down it falls back to the tags 
   const none = await get(s, '/v2/library/never/tags/list');
   t.is(none.status, 503);
   t.is(fake.count({ path: '/v2/library/app/tags/list' }), 2);
+});
+
+test('a dead upstream is marked offline: within the window stale tags and misses answer at once without dialling', async (t) => {
+  const { fake, s } = await setup(t, { upstream: { timeouts: { offline: '30s' } } });
+  const img = sampleImage('offline');
+  fake.addImage('library/app', img, 'v1');
+  t.is((await get(s, '/v2/library/app/manifests/v1')).status, 200);
+  await fake.stop();
+  // The first failure marks the upstream offline.
+  const first = await get(s, '/v2/library/app/manifests/v1');
+  t.is(first.status, 200);
+  t.truthy(first.header('warning'));
+  await fake.start();
+  fake.resetCounters();
+  // Back up, but inside the window: nothing is sent upstream; stale tag and 503 for misses.
+  const stale = await get(s, '/v2/library/app/manifests/v1');
+  t.is(stale.status, 200);
+  t.truthy(stale.header('warning'));
+  const miss = await get(s, '/v2/library/app/manifests/never-seen');
+  t.is(miss.status, 503);
+  t.is(fake.totalRequests, 0, 'no request while the upstream is marked offline');
+  t.true(s.logs.some((l) => l.includes('upstream marked offline')));
+});
+
+test('a hung upstream: revalidation gives up after tags.revalidateTimeout and serves the stale tag', async (t) => {
+  const { fake, s } = await setup(t, { upstream: { tags: { ttl: '0s', revalidateTimeout: '300ms' } } });
+  const img = sampleImage('hung');
+  fake.addImage('library/app', img, 'v1');
+  t.is((await get(s, '/v2/library/app/manifests/v1')).status, 200);
+  fake.faults.push({ method: 'HEAD', path: /\/manifests\//, times: 1, headerDelayMs: 60_000 });
+  const started = Date.now();
+  const stale = await get(s, '/v2/library/app/manifests/v1');
+  t.is(stale.status, 200);
+  t.deepEqual(stale.body, img.manifest.bytes);
+  t.truthy(stale.header('warning'));
+  t.true(Date.now() - started < 30_000, 'answered long before the upstream would have');
 });
