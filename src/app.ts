@@ -121,6 +121,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       'request',
     );
   });
+  // A client that closes before the response ends (containerd's parallel range reads do
+  // this by design) gets no onResponse: log it here so the access log stays complete.
+  fastify.addHook('onRequestAbort', async (req) => {
+    req.log.info({ method: req.method, url: req.url, aborted: true, ua: req.headers['user-agent'] }, 'request');
+  });
   installErrorHandler(fastify);
   fastify.setNotFoundHandler((req, reply) => {
     if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
