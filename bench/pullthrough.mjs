@@ -1,0 +1,1216 @@
+#!/usr/bin/env node
+/**
+ * Pull-through benchmark: regmirror vs Debian's docker-registry (CNCF distribution 2.8) in
+ * proxy mode, both caching a local upstream docker-registry on loopback.
+ *
+ *   npm run build && node bench/pullthrough.mjs
+ *
+ * Layout (all on 127.0.0.1, all started here and stopped here by PID):
+ *
+ *   clients (this process) --> cache (regmirror | docker-registry proxy) --> counting proxy
+ *   (a child process running this file with --counting-proxy) --> upstream docker-registry
+ *
+ * The upstream is seeded over HTTP with one image of BENCH_PT_LAYERS x BENCH_PT_LAYER_MIB
+ * (default 4 x 128 MiB) incompressible deterministic layers (AES-256-CTR of zeros,
+ * streamed), a config and an OCI manifest. The counting proxy counts every request per
+ * method and path, and the body bytes of blob GET answers, so upstream traffic is exact.
+ *
+ * Scenarios, each cache with fresh empty storage per scenario:
+ *   cold1  1 client: manifest by tag, config, then the layers 3 at a time (as containerd)
+ *   warm1 / warm8  the same image again on that instance, 1 and 8 clients
+ *   cold8  8 concurrent clients on a fresh instance
+ *   ttfb   time to first body byte of cold layers (one per round) through each cache vs
+ *          the upstream as the caches see it (through the counting proxy) and direct
+ * Every client verifies the sha256 (and size) of every blob and the manifest.
+ * Writes bench/results/<YYYY-MM-DD>-pullthrough.json and bench/results/latest-pullthrough.md.
+ *
+ * Settings (env): BENCH_PT_LAYERS (4), BENCH_PT_LAYER_MIB (128), BENCH_PT_CLIENTS (8),
+ * BENCH_PT_PARALLEL (3 layer downloads per client), BENCH_PT_TTFB_RUNS (4, at most the
+ * layer count), BENCH_PT_UPSTREAM_MBPS (0 = unthrottled; else the counting proxy caps the
+ * upstream link at this many MB/s, shared by all upstream responses),
+ * BENCH_PT_SCENARIO_TIMEOUT (90 s per pull scenario), BENCH_PT_BUDGET (200 s: no scenario
+ * starts after this), BENCH_PT_TIMEOUT (280 s hard limit), BENCH_WAIT_QUIET (0: seconds to
+ * wait at most for other CPU load to stop first), BENCH_DOCKER_REGISTRY=0,
+ * BENCH_REGMIRROR_CLI, BENCH_PT_SNAPSHOT=0 (run dist/ in place instead of a copy made at
+ * start), BENCH_KEEP=1, BENCH_RESULTS_DIR. See bench/README.md.
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { createCipheriv, createHash } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+
+const THIS_FILE = fileURLToPath(import.meta.url);
+const HERE = path.dirname(THIS_FILE);
+const ROOT = path.resolve(HERE, '..');
+const MIB = 1024 * 1024;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const hr = () => Number(process.hrtime.bigint()) / 1e6; // ms, monotonic
+
+function assertLoopback(host) {
+  if (host !== '127.0.0.1') throw new Error(`refusing non-loopback host ${host}`);
+}
+
+// =======================================================================================
+// Counting proxy (child process): clients never see it; the caches use it as upstream.
+// =======================================================================================
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+
+function stripHopByHop(headers) {
+  const out = {};
+  for (const [k, v] of Object.entries(headers)) if (!HOP_BY_HOP.has(k)) out[k] = v;
+  return out;
+}
+
+function runCountingProxy() {
+  const target = new URL(process.env.PT_PROXY_TARGET);
+  assertLoopback(target.hostname);
+  const rateBytesPerMs = Number(process.env.PT_PROXY_RATE_MBPS || 0) * 1000; // MB/s -> bytes/ms
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  const fresh = () => ({ requests: 0, byKey: {}, blobGets: {}, blobGetBytes: 0, blobGetBytesByDigest: {}, responseBytes: 0, errors: 0 });
+  let stats = fresh();
+  let active = 0;
+  let lastChange = Date.now();
+  let nextFree = 0; // shared link: when the next byte may leave (ms, performance clock)
+
+  const server = http.createServer((req, res) => {
+    const u = new URL(req.url, 'http://x');
+    const key = `${req.method} ${u.pathname}`;
+    stats.requests++;
+    stats.byKey[key] = (stats.byKey[key] ?? 0) + 1;
+    const m = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(u.pathname);
+    const blobDigest = req.method === 'GET' && m ? m[1] : null;
+    if (blobDigest) stats.blobGets[blobDigest] = (stats.blobGets[blobDigest] ?? 0) + 1;
+    active++;
+    lastChange = Date.now();
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      active--;
+      lastChange = Date.now();
+    };
+    res.on('close', finish);
+    const s = stats; // count into the stats object current when the request arrived
+    const up = http.request(
+      { hostname: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...stripHopByHop(req.headers), host: target.host }, agent },
+      (ur) => {
+        res.writeHead(ur.statusCode, stripHopByHop(ur.headers));
+        const counted = blobDigest && ur.statusCode >= 200 && ur.statusCode < 300;
+        ur.on('data', (chunk) => {
+          s.responseBytes += chunk.length;
+          if (counted) {
+            s.blobGetBytes += chunk.length;
+            s.blobGetBytesByDigest[blobDigest] = (s.blobGetBytesByDigest[blobDigest] ?? 0) + chunk.length;
+          }
+          const drained = res.write(chunk);
+          let delay = 0;
+          if (rateBytesPerMs > 0) {
+            const now = performance.now();
+            nextFree = Math.max(nextFree, now) + chunk.length / rateBytesPerMs;
+            delay = nextFree - now - 2;
+          }
+          if (!drained || delay > 0) {
+            ur.pause();
+            let waits = (drained ? 0 : 1) + (delay > 0 ? 1 : 0);
+            const one = () => {
+              if (--waits === 0 && !res.destroyed) ur.resume();
+            };
+            if (!drained) res.once('drain', one);
+            if (delay > 0) setTimeout(one, delay);
+          }
+        });
+        ur.on('end', () => res.end());
+        ur.on('error', () => res.destroy());
+        ur.on('aborted', () => res.destroy());
+      },
+    );
+    up.setTimeout(120_000, () => up.destroy(new Error('upstream timeout')));
+    up.on('error', () => {
+      s.errors++;
+      if (!res.headersSent) {
+        res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end('counting proxy: upstream error');
+      } else res.destroy();
+    });
+    res.on('close', () => {
+      if (!res.writableFinished) up.destroy();
+    });
+    req.pipe(up);
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen(0, '127.0.0.1', () => process.send({ type: 'ready', port: server.address().port }));
+  process.on('message', (msg) => {
+    if (msg?.type !== 'stats') return;
+    process.send({ type: 'stats', id: msg.id, stats: { ...stats, active, idleMs: active === 0 ? Date.now() - lastChange : 0 } });
+    if (msg.reset) stats = fresh();
+  });
+  // The parent owns us: when it goes away (normally or not), so do we.
+  process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0));
+}
+
+// =======================================================================================
+// Everything below runs in the benchmark process.
+// =======================================================================================
+
+function envNum(name, def, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`${name}=${raw}: must be a number in [${min}, ${max}]`);
+  return n;
+}
+
+const LAYERS = Math.round(envNum('BENCH_PT_LAYERS', 4, 1, 16));
+const LAYER_MIB = Math.round(envNum('BENCH_PT_LAYER_MIB', 128, 1, 1024));
+const CLIENTS = Math.round(envNum('BENCH_PT_CLIENTS', 8, 2, 32));
+const PARALLEL = Math.round(envNum('BENCH_PT_PARALLEL', 3, 1, 16));
+const TTFB_RUNS = Math.round(envNum('BENCH_PT_TTFB_RUNS', 8, 1, 32));
+const UPSTREAM_MBPS = envNum('BENCH_PT_UPSTREAM_MBPS', 0, 0, 100_000);
+const SCENARIO_TIMEOUT_S = envNum('BENCH_PT_SCENARIO_TIMEOUT', 90, 5, 600);
+const BUDGET_S = envNum('BENCH_PT_BUDGET', 200, 10, 3600);
+const HARD_LIMIT_S = envNum('BENCH_PT_TIMEOUT', 280, 30, 3600);
+const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
+const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
+const KEEP = process.env.BENCH_KEEP === '1';
+const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
+// Copy the build at start, so a rebuild of dist/ during the run (tests, colleagues) does not
+// change what later scenarios measure.
+const SNAPSHOT = process.env.BENCH_PT_SNAPSHOT !== '0';
+let regmirrorCli = REGMIRROR_CLI;
+const RESULTS_DIR = path.resolve(process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results'));
+const LAYER_SIZE = LAYER_MIB * MIB;
+const IDLE_WAIT_MS = 60_000; // at most this long for the caches' upstream traffic to stop
+
+const REPO = 'bench/pullthrough';
+const TAG = 'v1';
+const UPSTREAM_NAME = 'upstream.bench'; // regmirror's name for the upstream (a host-like name)
+const MT = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
+};
+// What containerd 1.6 sends when resolving a tag (see shared/docs/sandbox.md).
+const MANIFEST_ACCEPT = [
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  MT.ociManifest,
+  'application/vnd.oci.image.index.v1+json',
+  '*/*',
+].join(', ');
+
+const t0 = Date.now();
+const elapsedS = () => (Date.now() - t0) / 1000;
+const log = (...a) => console.error(`[pullthrough +${elapsedS().toFixed(1)}s]`, ...a);
+const round = (x, d = 2) => (x === null || x === undefined || !Number.isFinite(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
+
+function median(xs) {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return null;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic incompressible bytes: AES-256-CTR of zeros, key derived from a label.
+// ---------------------------------------------------------------------------------------
+
+const ZEROS = Buffer.alloc(MIB);
+
+function cipherFor(label) {
+  const key = createHash('sha256').update(`regmirror-bench/pullthrough/${label}`).digest();
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
+}
+
+/** `size` bytes, generated 1 MiB at a time and hashed on the way (never held in memory). */
+function genStream(label, size, hash) {
+  const c = cipherFor(label);
+  let left = size;
+  return new Readable({
+    highWaterMark: 2 * MIB,
+    read() {
+      if (left <= 0) {
+        this.push(null);
+        return;
+      }
+      const n = Math.min(left, MIB);
+      left -= n;
+      const buf = c.update(n === MIB ? ZEROS : ZEROS.subarray(0, n));
+      hash.update(buf);
+      this.push(buf);
+    },
+  });
+}
+
+const sha256 = (buf) => `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+
+// ---------------------------------------------------------------------------------------
+// Processes: started here, stopped here by PID, always.
+// ---------------------------------------------------------------------------------------
+
+const children = new Set();
+const stopping = new Set();
+const tempDirs = [];
+
+function startProcess(name, cmd, args, logFile, { ipc = false, env } = {}) {
+  const fd = fs.openSync(logFile, 'a');
+  const child = spawn(cmd, args, { stdio: ipc ? ['ignore', fd, fd, 'ipc'] : ['ignore', fd, fd], cwd: ROOT, env: env ?? process.env });
+  fs.closeSync(fd);
+  const entry = { name, child, pid: child.pid, done: false, logFile };
+  entry.exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      if (!stopping.has(entry)) log(`${name} (pid ${child.pid}) exited unexpectedly: code ${code}, signal ${signal}`);
+      entry.done = true;
+      entry.exitInfo = { code, signal };
+      children.delete(entry);
+      resolve(entry.exitInfo);
+    });
+    child.on('error', (err) => {
+      entry.done = true;
+      entry.exitInfo = { error: err.message };
+      children.delete(entry);
+      resolve(entry.exitInfo);
+    });
+  });
+  children.add(entry);
+  return entry;
+}
+
+async function stopProcess(entry, graceMs = 5000) {
+  if (entry.done) return entry.exitInfo;
+  stopping.add(entry);
+  try {
+    process.kill(entry.pid, 'SIGTERM');
+  } catch {
+    /* already gone */
+  }
+  const info = await Promise.race([entry.exited, sleep(graceMs).then(() => null)]);
+  if (info) return info;
+  log(`${entry.name} (pid ${entry.pid}) did not stop in ${graceMs} ms: SIGKILL`);
+  try {
+    process.kill(entry.pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+  return Promise.race([entry.exited, sleep(2000)]);
+}
+
+let cleaningUp = null;
+function cleanup() {
+  cleaningUp ??= (async () => {
+    await Promise.all([...children].map((e) => stopProcess(e)));
+    if (!KEEP) for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+    else for (const d of tempDirs) log(`kept ${d}`);
+  })();
+  return cleaningUp;
+}
+
+function installExitHandlers() {
+  process.on('exit', () => {
+    for (const e of children) {
+      try {
+        process.kill(e.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(sig, () => {
+      log(`${sig}: stopping servers`);
+      cleanup().finally(() => process.exit(130));
+    });
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function readRssKiB(pid) {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+function rssSampler(pid, everyMs = 200) {
+  const samples = [];
+  const take = () => {
+    const k = readRssKiB(pid);
+    if (k !== null) samples.push(k);
+  };
+  take();
+  const timer = setInterval(take, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      take();
+      if (!samples.length) return null;
+      return { startMiB: round(samples[0] / 1024, 1), peakMiB: round(Math.max(...samples) / 1024, 1), endMiB: round(samples.at(-1) / 1024, 1) };
+    },
+  };
+}
+
+// CPU accounting from /proc (see bench/run.mjs): per-process CPU seconds, and the share of
+// the machine's CPU used by processes that are not part of this benchmark.
+let CLK_TCK = 100;
+try {
+  CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim()) || 100;
+} catch {
+  /* keep 100 */
+}
+const NCPU = os.cpus().length;
+
+function pidCpuTicks(pid) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return { user: Number(f[11]), sys: Number(f[12]) };
+  } catch {
+    return { user: 0, sys: 0 };
+  }
+}
+
+function machineBusyTicks() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq] = f;
+  return user + nice + system + irq + softirq;
+}
+
+/** pids: { role: pid } */
+function cpuSnapshot(pids) {
+  const per = {};
+  for (const [role, pid] of Object.entries(pids)) per[role] = pid ? pidCpuTicks(pid) : { user: 0, sys: 0 };
+  return { at: hr(), busy: machineBusyTicks(), per };
+}
+
+function cpuDelta(a, b) {
+  const secs = (b.at - a.at) / 1000;
+  const out = {};
+  let ours = 0;
+  for (const role of Object.keys(b.per)) {
+    const user = b.per[role].user - (a.per[role]?.user ?? 0);
+    const sys = b.per[role].sys - (a.per[role]?.sys ?? 0);
+    ours += user + sys;
+    out[`${role}CpuSeconds`] = round((user + sys) / CLK_TCK, 2);
+    out[`${role}CpuSysSeconds`] = round(sys / CLK_TCK, 2);
+  }
+  out.foreignCpuShare = Math.max(0, round((b.busy - a.busy - ours) / CLK_TCK / (secs * NCPU), 3));
+  return out;
+}
+
+/** Wait (bounded) until the machine's CPU is < 10% busy over 2 s (as bench/run.mjs does). */
+async function waitQuiet(maxS) {
+  const deadline = Date.now() + maxS * 1000;
+  for (let i = 0; Date.now() < deadline && i < 10_000; i++) {
+    const a = machineBusyTicks();
+    await sleep(2000);
+    const share = (machineBusyTicks() - a) / CLK_TCK / (2 * NCPU);
+    if (share < 0.1) {
+      log(`machine quiet (${(share * 100).toFixed(0)}% busy)`);
+      return;
+    }
+    if (i % 5 === 0) log(`waiting for a quiet machine: ${(share * 100).toFixed(0)}% busy`);
+  }
+  log(`machine still busy after ${maxS} s: running anyway`);
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP (node:http, loopback only, every request with a deadline)
+// ---------------------------------------------------------------------------------------
+
+const seedAgent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+
+/** Small request/response (seeding, readiness). Bodies are kept up to 1 MiB. */
+function request(method, url, { headers = {}, body, timeoutMs = 30_000, agent = seedAgent } = {}) {
+  const u = new URL(url);
+  assertLoopback(u.hostname);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ method, hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers, agent }, (res) => {
+      const chunks = [];
+      let n = 0;
+      res.on('data', (c) => {
+        if (n < MIB) chunks.push(c);
+        n += c.length;
+      });
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), bytes: n });
+      });
+      res.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`${method} ${url} timed out after ${timeoutMs} ms`)), timeoutMs);
+    req.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    if (body instanceof Readable) {
+      body.on('error', (e) => req.destroy(e));
+      body.pipe(req);
+    } else req.end(body);
+  });
+}
+
+function expectStatus(res, want, what) {
+  if (res.status !== want) throw new Error(`${what}: HTTP ${res.status} (want ${want}): ${res.body.toString('utf8').slice(0, 300)}`);
+  return res;
+}
+
+/**
+ * GET that streams the body through sha256 and checks digest and size. Resolves with
+ * timings (ms since the request was sent): headers, first body byte, end. Never keeps the
+ * body unless `keepBody` (manifests). Rejects on transport errors and the deadline.
+ */
+function fetchVerified(url, { agent, headers = {}, deadlineAt, expect, keepBody = false }) {
+  const u = new URL(url);
+  assertLoopback(u.hostname);
+  return new Promise((resolve, reject) => {
+    const start = hr();
+    const left = deadlineAt - Date.now();
+    if (left <= 0) {
+      reject(new Error('deadline passed before the request'));
+      return;
+    }
+    const req = http.request({ method: 'GET', hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers, agent }, (res) => {
+      const headersMs = hr() - start;
+      const h = createHash('sha256');
+      const chunks = [];
+      let bytes = 0;
+      let firstByteMs = null;
+      let prevChunkAt = null;
+      let lastChunkAt = null;
+      res.on('data', (c) => {
+        prevChunkAt = lastChunkAt;
+        lastChunkAt = hr();
+        if (firstByteMs === null) firstByteMs = lastChunkAt - start;
+        h.update(c);
+        bytes += c.length;
+        if (keepBody && bytes <= 4 * MIB) chunks.push(c);
+      });
+      res.on('end', () => {
+        clearTimeout(timer);
+        const digest = `sha256:${h.digest('hex')}`;
+        const out = { status: res.statusCode, headers: res.headers, bytes, digest, headersMs, firstByteMs, totalMs: hr() - start, body: keepBody ? Buffer.concat(chunks) : null };
+        // How long the last body chunk came after the one before it (a stall before the end).
+        out.lastChunkGapMs = prevChunkAt === null ? null : lastChunkAt - prevChunkAt;
+        out.ok = res.statusCode === 200 && (!expect || (digest === expect.digest && bytes === expect.size));
+        if (!out.ok) out.error = res.statusCode !== 200 ? `HTTP ${res.statusCode}` : `digest/size mismatch: got ${digest} (${bytes} bytes), want ${expect.digest} (${expect.size} bytes)`;
+        resolve(out);
+      });
+      res.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      res.on('aborted', () => {
+        clearTimeout(timer);
+        reject(new Error(`response aborted after ${bytes} bytes`));
+      });
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`GET ${u.pathname} hit the scenario deadline`)), left);
+    req.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    req.end();
+  });
+}
+
+async function waitReady(base, entry, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
+    try {
+      const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
+      if (r.status === 200) return;
+      last = `HTTP ${r.status}`;
+    } catch (e) {
+      last = e.message;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${entry.name} not ready after ${timeoutMs} ms (${last})`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream: docker-registry + counting proxy, seeded with the image
+// ---------------------------------------------------------------------------------------
+
+function distributionConfig(dir, port, remoteurl) {
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: error',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  cache:',
+    '    blobdescriptor: inmemory',
+    '  filesystem:',
+    `    rootdirectory: ${path.join(dir, 'storage')}`,
+  ];
+  if (!remoteurl) lines.push('  delete:', '    enabled: true');
+  lines.push('http:', `  addr: 127.0.0.1:${port}`);
+  if (remoteurl) lines.push('proxy:', `  remoteurl: ${remoteurl}`);
+  lines.push('');
+  const cfg = path.join(dir, 'registry.yml');
+  fs.writeFileSync(cfg, lines.join('\n'));
+  return cfg;
+}
+
+async function startUpstream(dir) {
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const cfg = distributionConfig(dir, port, null);
+  const entry = startProcess('upstream docker-registry', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { name: 'upstream', base, entry, pid: entry.pid };
+}
+
+async function startCountingProxy(dir, targetBase) {
+  fs.mkdirSync(dir, { recursive: true });
+  const env = { ...process.env, PT_PROXY_TARGET: targetBase, PT_PROXY_RATE_MBPS: String(UPSTREAM_MBPS) };
+  const entry = startProcess('counting proxy', process.execPath, [THIS_FILE, '--counting-proxy'], path.join(dir, 'proxy.log'), { ipc: true, env });
+  const pending = new Map();
+  let nextId = 1;
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('counting proxy did not start in 10 s')), 10_000);
+    entry.child.on('message', (msg) => {
+      if (msg?.type === 'ready') {
+        clearTimeout(timer);
+        resolve(msg.port);
+      } else if (msg?.type === 'stats' && pending.has(msg.id)) {
+        pending.get(msg.id)(msg.stats);
+        pending.delete(msg.id);
+      }
+    });
+    entry.exited.then(() => reject(new Error('counting proxy exited during start-up')));
+  });
+  const stats = (reset = false) =>
+    new Promise((resolve, reject) => {
+      if (entry.done) return reject(new Error('counting proxy is not running'));
+      const id = nextId++;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error('counting proxy did not answer in 10 s'));
+      }, 10_000);
+      pending.set(id, (s) => {
+        clearTimeout(timer);
+        resolve(s);
+      });
+      entry.child.send({ type: 'stats', id, reset });
+    });
+  /** Wait (bounded) until no upstream request is in flight and none started for `quietMs`. */
+  const waitIdle = async (quietMs = 500, maxMs = IDLE_WAIT_MS) => {
+    const deadline = Date.now() + maxMs;
+    for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
+      const s = await stats(false);
+      if (s.active === 0 && s.idleMs >= quietMs) return true;
+      await sleep(100);
+    }
+    log(`upstream still busy after ${maxMs} ms; continuing`);
+    return false;
+  };
+  return { name: 'counting proxy', base: `http://127.0.0.1:${port}`, entry, pid: entry.pid, stats, waitIdle };
+}
+
+async function pushLayer(base, label, size) {
+  const post = expectStatus(await request('POST', `${base}/v2/${REPO}/blobs/uploads/`, { headers: { 'content-length': '0' } }), 202, 'POST upload');
+  const loc = new URL(post.headers.location, base);
+  const hash = createHash('sha256');
+  const patch = expectStatus(
+    await request('PATCH', loc.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body: genStream(label, size, hash), timeoutMs: 120_000 }),
+    202,
+    'PATCH upload',
+  );
+  const digest = `sha256:${hash.digest('hex')}`;
+  const put = new URL(patch.headers.location ?? loc.toString(), base);
+  put.searchParams.set('digest', digest);
+  expectStatus(await request('PUT', put.toString(), { headers: { 'content-length': '0' }, timeoutMs: 60_000 }), 201, 'PUT upload');
+  return digest;
+}
+
+async function pushSmall(base, buf, digest) {
+  const post = expectStatus(await request('POST', `${base}/v2/${REPO}/blobs/uploads/`, { headers: { 'content-length': '0' } }), 202, 'POST upload');
+  const put = new URL(post.headers.location, base);
+  put.searchParams.set('digest', digest);
+  expectStatus(await request('PUT', put.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(buf.length) }, body: buf }), 201, 'PUT config');
+}
+
+/** Seeds the upstream; returns the image (descriptors, digests, total blob bytes). */
+async function seedUpstream(base) {
+  const layers = [];
+  for (let i = 0; i < LAYERS; i++) {
+    const digest = await pushLayer(base, `layer-${i}`, LAYER_SIZE);
+    layers.push({ mediaType: MT.ociLayer, digest, size: LAYER_SIZE });
+    log(`seeded layer ${i + 1}/${LAYERS} (${LAYER_MIB} MiB) ${digest.slice(0, 19)}…`);
+  }
+  const configDoc = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] },
+    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) }, // uncompressed layers
+    history: [{ created: '2024-01-01T00:00:00Z', created_by: 'regmirror pull-through bench' }],
+  };
+  const config = Buffer.from(JSON.stringify(configDoc));
+  const configDesc = { mediaType: MT.ociConfig, digest: sha256(config), size: config.length };
+  await pushSmall(base, config, configDesc.digest);
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociManifest, config: configDesc, layers }));
+  const manifestDigest = sha256(manifest);
+  const put = expectStatus(
+    await request('PUT', `${base}/v2/${REPO}/manifests/${TAG}`, { headers: { 'content-type': MT.ociManifest, 'content-length': String(manifest.length) }, body: manifest }),
+    201,
+    'PUT manifest',
+  );
+  if (put.headers['docker-content-digest'] !== manifestDigest) throw new Error(`upstream manifest digest ${put.headers['docker-content-digest']}, want ${manifestDigest}`);
+  const blobs = [configDesc, ...layers];
+  return { config: configDesc, layers, blobs, manifestDigest, manifestBytes: manifest.length, size: blobs.reduce((n, b) => n + b.size, 0) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Caches under test
+// ---------------------------------------------------------------------------------------
+
+async function startRegmirror(dir, upstreamBase) {
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const cfg = path.join(dir, 'regmirror.yml');
+  fs.writeFileSync(
+    cfg,
+    [
+      `listen: 127.0.0.1:${port}`,
+      `storage: ${path.join(dir, 'storage')}`,
+      'log:',
+      '  level: warn',
+      'upstreams:',
+      `  ${UPSTREAM_NAME}:`,
+      `    endpoints: [${upstreamBase}]`,
+      `defaultUpstream: ${UPSTREAM_NAME}`,
+      '',
+    ].join('\n'),
+  );
+  const entry = startProcess('regmirror', process.execPath, [regmirrorCli, 'serve', '--config', cfg], path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { name: 'regmirror', base, entry, pid: entry.pid, dir };
+}
+
+async function startDistributionProxy(dir, upstreamBase) {
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const cfg = distributionConfig(dir, port, upstreamBase);
+  const entry = startProcess('docker-registry proxy', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { name: 'docker-registry', base, entry, pid: entry.pid, dir };
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------
+
+async function pool(items, n, fn) {
+  let i = 0;
+  const workers = Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (i < items.length) {
+      const item = items[i++];
+      await fn(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+/**
+ * One client pulling the image like containerd: manifest by tag, config, then the layers
+ * PARALLEL at a time; every body verified. Never throws: failures are recorded.
+ */
+async function pullImage(base, img, deadlineAt, id) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: PARALLEL });
+  const start = hr();
+  const out = { client: id, bytes: 0, failures: [], blobMs: {} };
+  try {
+    const m = await fetchVerified(`${base}/v2/${REPO}/manifests/${TAG}`, {
+      agent,
+      headers: { accept: MANIFEST_ACCEPT },
+      deadlineAt,
+      expect: { digest: img.manifestDigest, size: img.manifestBytes },
+      keepBody: true,
+    });
+    if (!m.ok) throw new Error(`manifest: ${m.error}`);
+    const doc = JSON.parse(m.body.toString('utf8'));
+    const blob = async (d) => {
+      try {
+        const r = await fetchVerified(`${base}/v2/${REPO}/blobs/${d.digest}`, { agent, deadlineAt, expect: d });
+        out.bytes += r.bytes;
+        out.blobMs[d.digest] = round(r.totalMs, 1);
+        if (!r.ok) out.failures.push(`client ${id} blob ${d.digest.slice(7, 19)}: ${r.error}`);
+      } catch (e) {
+        out.failures.push(`client ${id} blob ${d.digest.slice(7, 19)}: ${e.message}`);
+      }
+    };
+    await blob(doc.config);
+    await pool(doc.layers, PARALLEL, blob);
+  } catch (e) {
+    out.failures.push(`client ${id}: ${e.message}`);
+  } finally {
+    agent.destroy();
+  }
+  out.ms = hr() - start;
+  return out;
+}
+
+/** N clients pulling at once. Upstream counters cover the pull and what the cache does after. */
+async function pullScenario(label, cache, nClients, img, upstream, proxy) {
+  await proxy.waitIdle();
+  await proxy.stats(true);
+  const pids = { cache: cache.pid, upstream: upstream.pid, proxy: proxy.pid, bench: process.pid };
+  const cpu0 = cpuSnapshot(pids);
+  const rss = rssSampler(cache.pid);
+  const deadlineAt = Date.now() + SCENARIO_TIMEOUT_S * 1000;
+  const start = hr();
+  const clients = await Promise.all(Array.from({ length: nClients }, (_, i) => pullImage(cache.base, img, deadlineAt, i)));
+  const wallMs = hr() - start;
+  const cpu = cpuDelta(cpu0, cpuSnapshot(pids));
+  const rssOut = rss.stop();
+  const idle = await proxy.waitIdle();
+  const st = await proxy.stats(true);
+  if (cache.entry.done) throw new Error(`${cache.name} exited during ${label}: ${JSON.stringify(cache.entry.exitInfo)}`);
+  const failures = clients.flatMap((c) => c.failures);
+  const clientBytes = clients.reduce((n, c) => n + c.bytes, 0);
+  const getsPerBlob = img.blobs.map((b) => st.blobGets[b.digest] ?? 0);
+  const r = {
+    clients: nClients,
+    wallSeconds: round(wallMs / 1000, 3),
+    clientSeconds: { min: round(Math.min(...clients.map((c) => c.ms)) / 1000, 3), median: round(median(clients.map((c) => c.ms)) / 1000, 3), max: round(Math.max(...clients.map((c) => c.ms)) / 1000, 3) },
+    clientBytes,
+    clientMBps: round(clientBytes / 1e6 / (wallMs / 1000), 1),
+    upstreamBlobBytes: st.blobGetBytes,
+    upstreamBytesPerImage: round(st.blobGetBytes / img.size, 2),
+    upstreamBlobGetsPerBlob: { max: Math.max(...getsPerBlob), min: Math.min(...getsPerBlob), perBlob: Object.fromEntries(img.blobs.map((b, i) => [b.digest, getsPerBlob[i]])) },
+    upstreamRequests: st.requests,
+    upstreamRequestsByPath: st.byKey,
+    upstreamErrors: st.errors,
+    upstreamSettled: idle,
+    failures,
+    valid: failures.length === 0,
+    rss: rssOut,
+    ...cpu,
+  };
+  log(
+    `${cache.name} ${label}: ${r.wallSeconds} s wall, ${r.clientMBps} MB/s to clients, upstream ${r.upstreamBytesPerImage}x image ` +
+      `(GETs per blob max ${r.upstreamBlobGetsPerBlob.max}), ${r.upstreamRequests} upstream requests, cache CPU ${cpu.cacheCpuSeconds} s, ` +
+      `foreign CPU ${(cpu.foreignCpuShare * 100).toFixed(0)}%${failures.length ? `  [${failures.length} FAILURES: ${failures[0]}]` : ''}`,
+  );
+  return r;
+}
+
+/**
+ * TTFB of cold layers: round i GETs layer i from the upstream directly, through the
+ * counting proxy (the upstream as the caches see it) and through each fresh cache, in a
+ * rotating order, waiting for upstream traffic to stop before each GET.
+ */
+async function ttfbScenario(kinds, fresh, retire, img, upstream, proxy) {
+  const upstreams = [{ name: 'upstream-direct', base: upstream.base }, { name: 'upstream', base: proxy.base }];
+  const runs = Object.fromEntries([...upstreams.map((t) => t.name), ...kinds.map((k) => k.name)].map((n) => [n, []]));
+  const failures = [];
+  const agent = new http.Agent({ keepAlive: false });
+  let caches = [];
+  let targets = [];
+  for (let i = 0; i < TTFB_RUNS; i++) {
+    const li = i % img.layers.length;
+    if (li === 0) {
+      // Every layer once per set of fresh (empty) caches.
+      for (const c of caches) await retire(c);
+      caches = [];
+      for (const k of kinds) caches.push(await fresh(k));
+      targets = [...upstreams, ...caches.map((c) => ({ name: c.name, base: c.base, cache: c }))];
+    }
+    const layer = img.layers[li];
+    const order = targets.map((_, k) => targets[(k + i) % targets.length]);
+    for (const t of order) {
+      await proxy.waitIdle(300, 30_000);
+      const deadlineAt = Date.now() + SCENARIO_TIMEOUT_S * 1000;
+      try {
+        const r = await fetchVerified(`${t.base}/v2/${REPO}/blobs/${layer.digest}`, { agent, deadlineAt, expect: layer });
+        if (!r.ok) failures.push(`${t.name} round ${i}: ${r.error}`);
+        runs[t.name].push({
+          round: i,
+          layer: li,
+          headersMs: round(r.headersMs, 2),
+          firstByteMs: round(r.firstByteMs, 2),
+          lastChunkGapMs: round(r.lastChunkGapMs, 2),
+          totalMs: round(r.totalMs, 1),
+          MBps: round(r.bytes / 1e3 / r.totalMs, 1),
+          ok: r.ok,
+        });
+      } catch (e) {
+        failures.push(`${t.name} round ${i}: ${e.message}`);
+      }
+      if (t.cache?.entry.done) throw new Error(`${t.name} exited during the TTFB runs`);
+    }
+  }
+  for (const c of caches) await retire(c);
+  agent.destroy();
+  const summary = {};
+  for (const name of Object.keys(runs)) {
+    const rs = runs[name].filter((r) => r.ok);
+    summary[name] = {
+      medianFirstByteMs: round(median(rs.map((r) => r.firstByteMs)), 2),
+      medianHeadersMs: round(median(rs.map((r) => r.headersMs)), 2),
+      medianTotalMs: round(median(rs.map((r) => r.totalMs)), 1),
+      medianLastChunkGapMs: round(median(rs.map((r) => r.lastChunkGapMs)), 1),
+      medianMBps: round(median(rs.map((r) => r.MBps)), 1),
+      runs: runs[name],
+    };
+  }
+  // Per round: cache TTFB minus the upstream's (through the proxy) in the same round.
+  for (const c of kinds) {
+    const deltas = [];
+    for (const r of runs[c.name]) {
+      const u = runs.upstream.find((x) => x.round === r.round);
+      if (u && r.ok && u.ok) deltas.push(r.firstByteMs - u.firstByteMs);
+    }
+    summary[c.name].medianExtraFirstByteMs = round(median(deltas), 2);
+    summary[c.name].extraFirstByteMs = deltas.map((d) => round(d, 2));
+  }
+  for (const name of Object.keys(runs)) {
+    const x = summary[name];
+    log(`TTFB ${name}: median first byte ${x.medianFirstByteMs} ms (+${x.medianExtraFirstByteMs ?? '-'} ms), whole ${LAYER_MIB} MiB ${x.medianTotalMs} ms, last-chunk gap ${x.medianLastChunkGapMs} ms`);
+  }
+  return { runs: TTFB_RUNS, summary, failures, valid: failures.length === 0 };
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+function fmt(v, digits = 0, suffix = '') {
+  if (v === null || v === undefined || Number.isNaN(v)) return 'n/a';
+  return `${Number(v).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })}${suffix}`;
+}
+
+function buildRows(res) {
+  const get = (cache, fn) => {
+    try {
+      const v = fn(res.caches[cache] ?? {}, cache);
+      return v === undefined ? null : v;
+    } catch {
+      return null;
+    }
+  };
+  const ok = (s) => (s && s.valid ? s : null);
+  const ratio = (a, b) => (a && b ? a / b : null);
+  const up = res.ttfb?.summary?.upstream;
+  const rows = [];
+  const row = (metric, fn, digits, suffix, target) => rows.push({ metric, regmirror: get('regmirror', fn), distribution: get('docker-registry', fn), digits, suffix, target });
+  const n = CLIENTS;
+  row('Cold pull, 1 client: wall time (s)', (c) => ok(c.cold1)?.wallSeconds, 2, '', 'lower is better');
+  row('Cold pull, 1 client: upstream blob bytes / image size', (c) => ok(c.cold1)?.upstreamBytesPerImage, 2, 'x', '1.00x');
+  row('Cold pull, 1 client: upstream GETs per blob (max)', (c) => ok(c.cold1)?.upstreamBlobGetsPerBlob.max, 0, '', '1');
+  row(`Cold pull, ${n} clients: wall time (s)`, (c) => ok(c.coldN)?.wallSeconds, 2, '', 'lower is better');
+  row(`Cold pull, ${n} clients: wall time / 1-client wall time`, (c) => ratio(ok(c.coldN)?.wallSeconds, ok(c.cold1)?.wallSeconds), 2, 'x', '≤ 1.20x');
+  row(`Cold pull, ${n} clients: upstream blob bytes / image size`, (c) => ok(c.coldN)?.upstreamBytesPerImage, 2, 'x', '1.00x');
+  row(`Cold pull, ${n} clients: upstream GETs per blob (max)`, (c) => ok(c.coldN)?.upstreamBlobGetsPerBlob.max, 0, '', '1');
+  row(`Cold pull, ${n} clients: upstream requests (all)`, (c) => ok(c.coldN)?.upstreamRequests, 0, '', 'info');
+  row(`Cold pull, ${n} clients: MB/s to clients (sum)`, (c) => ok(c.coldN)?.clientMBps, 1, '', 'info');
+  row(
+    `TTFB, cold ${LAYER_MIB} MiB layer, median of ${TTFB_RUNS} (ms)`,
+    (_c, name) => (res.ttfb?.valid ? res.ttfb.summary[name]?.medianFirstByteMs : null),
+    1,
+    '',
+    up ? `upstream ${fmt(up.medianFirstByteMs, 1)} + < 10` : 'upstream + < 10',
+  );
+  row(
+    'TTFB minus upstream TTFB, same round, median (ms)',
+    (_c, name) => (res.ttfb?.valid ? res.ttfb.summary[name]?.medianExtraFirstByteMs : null),
+    1,
+    '',
+    '< 10',
+  );
+  row(
+    `Cold ${LAYER_MIB} MiB layer, 1 GET alone: MB/s (median)`,
+    (_c, name) => (res.ttfb?.valid ? res.ttfb.summary[name]?.medianMBps : null),
+    1,
+    '',
+    up ? `upstream ${fmt(up.medianMBps, 1)}` : 'info',
+  );
+  row(
+    `Cold ${LAYER_MIB} MiB layer, 1 GET alone: gap before the last chunk (ms, median)`,
+    (_c, name) => (res.ttfb?.valid ? res.ttfb.summary[name]?.medianLastChunkGapMs : null),
+    1,
+    '',
+    up ? `upstream ${fmt(up.medianLastChunkGapMs, 1)}` : 'info',
+  );
+  row('Warm pull, 1 client: wall time (s)', (c) => ok(c.warm1)?.wallSeconds, 2, '', 'lower is better');
+  row('Warm pull, 1 client: MB/s', (c) => ok(c.warm1)?.clientMBps, 1, '', '≥ docker-registry');
+  row(`Warm pull, ${n} clients: wall time (s)`, (c) => ok(c.warmN)?.wallSeconds, 2, '', 'lower is better');
+  row(`Warm pull, ${n} clients: MB/s (sum)`, (c) => ok(c.warmN)?.clientMBps, 1, '', '≥ docker-registry');
+  row('Warm pulls (1 + N clients): upstream requests', (c) => (ok(c.warm1) && ok(c.warmN) ? c.warm1.upstreamRequests + c.warmN.upstreamRequests : null), 0, '', '0 within the tag TTL');
+  row('Warm pulls: upstream blob bytes', (c) => (ok(c.warm1) && ok(c.warmN) ? c.warm1.upstreamBlobBytes + c.warmN.upstreamBlobBytes : null), 0, '', '0');
+  row(`Cache CPU s, cold pull ${n} clients`, (c) => ok(c.coldN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
+  row(`Cache CPU s, warm pull ${n} clients`, (c) => ok(c.warmN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
+  row(`Cache RSS peak, cold pull ${n} clients (MiB)`, (c) => ok(c.coldN)?.rss?.peakMiB, 1, '', 'info');
+  row('Verification failures (all scenarios)', (c) => ['cold1', 'warm1', 'warmN', 'coldN'].reduce((k, s) => k + (c[s]?.failures?.length ?? 0), 0), 0, '', '0');
+  return rows;
+}
+
+function markdown(meta, rows, notes) {
+  const L = [];
+  L.push(`# regmirror pull-through benchmark (${meta.date})`);
+  L.push('');
+  L.push(
+    `Image: ${LAYERS} x ${LAYER_MIB} MiB incompressible layers + config (${fmt(meta.imageBytes / MIB, 1)} MiB of blobs), OCI manifest; ` +
+      `clients fetch manifest, config, then layers ${PARALLEL} at a time, verifying sha256; ${CLIENTS}-client runs start all clients at once. ` +
+      `Upstream: docker-registry on loopback behind a counting proxy${UPSTREAM_MBPS ? ` capped at ${UPSTREAM_MBPS} MB/s` : ' (unthrottled)'}. ` +
+      `${meta.machine.cpus} x ${meta.machine.cpuModel}; node ${meta.node}; regmirror ${meta.regmirror.commit ?? '?'}${meta.regmirror.dirty ? ' (+ uncommitted changes in src/)' : ''}, ${meta.regmirror.cli} built ${meta.regmirror.cliBuiltAt ?? '?'}; ${meta.distribution ?? 'docker-registry not run'}. ` +
+      'Clients, caches, upstream and proxy share the machine: compare the two caches within one run, not absolute numbers across runs.',
+  );
+  L.push('');
+  L.push('| metric | regmirror | docker-registry proxy | target |');
+  L.push('| --- | ---: | ---: | --- |');
+  for (const r of rows) L.push(`| ${r.metric} | ${fmt(r.regmirror, r.digits, r.suffix)} | ${fmt(r.distribution, r.digits, r.suffix)} | ${r.target} |`);
+  if (notes.length) {
+    L.push('');
+    for (const n of notes) L.push(`- ${n}`);
+  }
+  L.push('');
+  return L.join('\n');
+}
+
+function versionOf(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Newest mtime under a directory (bounded walk): when the measured build was made. */
+function newestMtime(dir) {
+  let newest = 0;
+  const stack = [dir];
+  for (let n = 0; stack.length && n < 5000; n++) {
+    const d = stack.pop();
+    let entries = [];
+    try {
+      entries = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      continue;
+    }
+    for (const e of entries) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) stack.push(p);
+      else if (e.name.endsWith('.js')) newest = Math.max(newest, fs.statSync(p).mtimeMs);
+    }
+  }
+  return newest ? new Date(newest).toISOString() : null;
+}
+
+function onPath(bin) {
+  return (process.env.PATH || '').split(path.delimiter).some((d) => {
+    try {
+      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------
+
+async function main() {
+  installExitHandlers();
+  // The quiet wait (if asked for) comes on top of the budget and the hard limit.
+  const hard = setTimeout(() => {
+    log(`hard limit of ${HARD_LIMIT_S} s reached: stopping everything`);
+    cleanup().finally(() => process.exit(3));
+  }, (HARD_LIMIT_S + WAIT_QUIET_S) * 1000);
+
+  if (!fs.existsSync(REGMIRROR_CLI)) throw new Error(`${REGMIRROR_CLI} missing: run \`npm run build\` first`);
+  if (!onPath('docker-registry')) throw new Error('docker-registry is not on PATH: it is the upstream of this benchmark (apt-get install docker-registry)');
+  const withDist = WITH_DISTRIBUTION;
+  if (WAIT_QUIET_S > 0) await waitQuiet(WAIT_QUIET_S);
+  const quietWaitS = elapsedS();
+  const loadBefore = os.loadavg();
+  if (loadBefore[0] > 0.5 * NCPU) log(`note: load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} before start; other work on the machine skews the results`);
+  log(`image ${LAYERS} x ${LAYER_MIB} MiB, ${CLIENTS} clients, ${PARALLEL} parallel layers per client, upstream ${UPSTREAM_MBPS ? `${UPSTREAM_MBPS} MB/s` : 'unthrottled'}; budget ${BUDGET_S} s, hard limit ${HARD_LIMIT_S} s`);
+
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-bench-pt-'));
+  tempDirs.push(root);
+  const cliBuiltAt = newestMtime(path.dirname(REGMIRROR_CLI));
+  if (SNAPSHOT) {
+    // <root>/build/{dist,package.json,node_modules -> the checkout's}: same module resolution.
+    const b = path.join(root, 'build');
+    fs.mkdirSync(b);
+    const pkgDir = path.dirname(path.dirname(REGMIRROR_CLI));
+    fs.cpSync(path.dirname(REGMIRROR_CLI), path.join(b, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(pkgDir, 'package.json'), path.join(b, 'package.json'));
+    fs.symlinkSync(path.join(pkgDir, 'node_modules'), path.join(b, 'node_modules'), 'dir');
+    regmirrorCli = path.join(b, 'dist', path.basename(REGMIRROR_CLI));
+    log(`measuring a copy of ${path.relative(ROOT, path.dirname(REGMIRROR_CLI)) || '.'}/ (built ${cliBuiltAt}) in ${b}`);
+  }
+  const upstream = await startUpstream(path.join(root, 'upstream'));
+  const proxy = await startCountingProxy(path.join(root, 'proxy'), upstream.base);
+  log(`upstream docker-registry pid ${upstream.pid} at ${upstream.base}; counting proxy pid ${proxy.pid} at ${proxy.base}`);
+  const seedStart = Date.now();
+  const img = await seedUpstream(upstream.base);
+  const seedSeconds = (Date.now() - seedStart) / 1000;
+  log(`upstream seeded in ${seedSeconds.toFixed(1)} s: ${fmt(img.size / MIB, 1)} MiB of blobs, manifest ${img.manifestDigest}`);
+  // Sanity check through the proxy: the tag resolves with the manifest we pushed.
+  const h = expectStatus(await request('HEAD', `${proxy.base}/v2/${REPO}/manifests/${TAG}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, 'HEAD manifest via proxy');
+  if (h.headers['docker-content-digest'] !== img.manifestDigest) throw new Error(`proxy: tag resolves to ${h.headers['docker-content-digest']}`);
+
+  const kinds = [{ name: 'regmirror', start: startRegmirror }];
+  if (withDist) kinds.push({ name: 'docker-registry', start: startDistributionProxy });
+  const caches = Object.fromEntries(kinds.map((k) => [k.name, {}]));
+  const skipped = [];
+  let instance = 0;
+  const fresh = async (k) => k.start(path.join(root, `${k.name}-${++instance}`), proxy.base);
+  const serverLogs = [];
+  const retire = async (c) => {
+    const info = await stopProcess(c.entry);
+    // Anything a cache logged (regmirror at warn, docker-registry at error) goes into the JSON.
+    try {
+      const lines = fs.readFileSync(c.entry.logFile, 'utf8').split('\n').filter(Boolean);
+      if (lines.length) serverLogs.push({ instance: path.basename(c.dir), lines: lines.length, first: lines.slice(0, 5).map((l) => l.slice(0, 500)) });
+    } catch {
+      /* no log */
+    }
+    if (!KEEP) fs.rmSync(path.join(c.dir, 'storage'), { recursive: true, force: true });
+    return info;
+  };
+  const overBudget = (what) => {
+    if (elapsedS() - quietWaitS < BUDGET_S) return false;
+    skipped.push(what);
+    log(`time budget of ${BUDGET_S} s used up: skipping ${what}`);
+    return true;
+  };
+
+  // 1) cold pull with 1 client, then warm pulls (1 and N clients) on the same instance.
+  for (const k of kinds) {
+    if (overBudget(`${k.name} cold1/warm`)) continue;
+    const c = await fresh(k);
+    caches[k.name].cold1 = await pullScenario('cold pull, 1 client', c, 1, img, upstream, proxy);
+    caches[k.name].warm1 = await pullScenario('warm pull, 1 client', c, 1, img, upstream, proxy);
+    caches[k.name].warmN = await pullScenario(`warm pull, ${CLIENTS} clients`, c, CLIENTS, img, upstream, proxy);
+    await retire(c);
+  }
+  // 2) cold pull with N clients (order flipped).
+  for (const k of [...kinds].reverse()) {
+    if (overBudget(`${k.name} cold${CLIENTS}`)) continue;
+    const c = await fresh(k);
+    caches[k.name].coldN = await pullScenario(`cold pull, ${CLIENTS} clients`, c, CLIENTS, img, upstream, proxy);
+    await retire(c);
+  }
+  // 3) TTFB of cold layers, both caches fresh, rounds interleaved.
+  let ttfb = null;
+  if (!overBudget('ttfb')) ttfb = await ttfbScenario(kinds, fresh, retire, img, upstream, proxy);
+
+  const commit = versionOf('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const dirty = (versionOf('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) ?? '') !== '';
+  const date = new Date().toISOString();
+  const meta = {
+    date,
+    node: process.version,
+    machine: { cpus: NCPU, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
+    regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT },
+    distribution: versionOf('docker-registry', ['--version']),
+    settings: { layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
+    imageBytes: img.size,
+    manifestDigest: img.manifestDigest,
+    seedSeconds: round(seedSeconds, 1),
+    loadavg: { before: loadBefore.map((x) => round(x, 2)), after: os.loadavg().map((x) => round(x, 2)) },
+    totalSeconds: round(elapsedS(), 1),
+  };
+  const res = { caches, ttfb };
+  const rows = buildRows(res);
+  const notes = [];
+  let maxForeign = 0;
+  for (const c of Object.values(caches)) for (const s of ['cold1', 'warm1', 'warmN', 'coldN']) maxForeign = Math.max(maxForeign, c[s]?.foreignCpuShare ?? 0);
+  notes.push(
+    `Load average ${meta.loadavg.before.join(' / ')} at start, ${meta.loadavg.after.join(' / ')} at the end; other processes used up to ${(maxForeign * 100).toFixed(0)}% of the machine's CPU during a pull scenario` +
+      (maxForeign > 0.15 ? ': wall times and MB/s are disturbed (compare the caches within this run; upstream byte and request counts are exact regardless).' : '.'),
+  );
+  notes.push(
+    `"upstream" TTFB is measured through the counting proxy, the path both caches use; direct from the upstream registry it was ${fmt(ttfb?.summary?.['upstream-direct']?.medianFirstByteMs, 2)} ms (median).`,
+  );
+  if (!UPSTREAM_MBPS) {
+    notes.push(
+      `The ${CLIENTS}-client pull moves ${CLIENTS}x the bytes to clients (and ${CLIENTS}x the client-side sha256) on the same cores; with an unthrottled loopback upstream its wall-time ratio measures how fast the machine can serve and verify ${CLIENTS} copies, not the upstream. BENCH_PT_UPSTREAM_MBPS caps the upstream link to model a remote registry.`,
+    );
+  }
+  notes.push(`Upstream bytes count blob GET response bodies at the counting proxy, including what a cache fetches in the background after its clients are done (waited for, up to ${IDLE_WAIT_MS / 1000} s).`);
+  if (!withDist) notes.push('docker-registry proxy not run (BENCH_DOCKER_REGISTRY=0).');
+  for (const s of skipped) notes.push(`Skipped (time budget): ${s}.`);
+  for (const [name, c] of Object.entries(caches)) {
+    for (const s of ['cold1', 'warm1', 'warmN', 'coldN']) {
+      if (c[s] && !c[s].valid) notes.push(`${name} ${s}: ${c[s].failures.length} failures, not reported (first: ${c[s].failures[0]})`);
+      if (c[s] && !c[s].upstreamSettled) notes.push(`${name} ${s}: upstream traffic had not stopped ${IDLE_WAIT_MS / 1000} s after the clients finished; counts may be low.`);
+    }
+  }
+  if (ttfb && !ttfb.valid) notes.push(`TTFB: ${ttfb.failures.length} failures, not reported (first: ${ttfb.failures[0]})`);
+  if (serverLogs.length) notes.push(`Cache logs were not empty: ${serverLogs.map((l) => `${l.instance} ${l.lines} lines`).join(', ')} (first lines in the JSON, serverLogs).`);
+  const doc = { meta, table: rows.map(({ digits, suffix, ...r }) => r), ...res, serverLogs, notes };
+
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const jsonFile = path.join(RESULTS_DIR, `${date.slice(0, 10)}-pullthrough.json`);
+  fs.writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
+  const md = markdown(meta, rows, notes);
+  fs.writeFileSync(path.join(RESULTS_DIR, 'latest-pullthrough.md'), md);
+  process.stdout.write(`\n${md}\n`);
+  log(`wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, 'latest-pullthrough.md'))}`);
+  clearTimeout(hard);
+  const anyFailure = Object.values(caches).some((c) => ['cold1', 'warm1', 'warmN', 'coldN'].some((s) => c[s] && !c[s].valid)) || (ttfb && !ttfb.valid);
+  return anyFailure ? 2 : 0;
+}
+
+if (process.argv[2] === '--counting-proxy') {
+  runCountingProxy();
+} else {
+  main()
+    .then(
+      (code) => cleanup().then(() => code),
+      (err) => {
+        console.error(`pullthrough bench failed: ${err && err.stack ? err.stack : err}`);
+        for (const d of tempDirs) {
+          try {
+            for (const sub of fs.readdirSync(d)) {
+              for (const f of ['server.log', 'proxy.log']) {
+                const p = path.join(d, sub, f);
+                if (fs.existsSync(p) && fs.statSync(p).size > 0) console.error(`--- ${sub}/${f} (tail)\n${fs.readFileSync(p, 'utf8').split('\n').slice(-15).join('\n')}`);
+              }
+            }
+          } catch {
+            /* best effort */
+          }
+        }
+        return cleanup().then(() => 1);
+      },
+    )
+    .then((code) => {
+      seedAgent.destroy();
+      process.exit(code);
+    });
+}

@@ -1,0 +1,1065 @@
+#!/usr/bin/env node
+/**
+ * Core benchmark: regmirror vs Debian's docker-registry (CNCF distribution 2.8) as a plain
+ * registry (no proxy), both on loopback with filesystem storage in temp dirs.
+ *
+ *   npm run bench          (= npm run build && node bench/run.mjs)
+ *
+ * Seeds both registries identically over HTTP, then measures with autocannon:
+ *   blob GET throughput (256 MiB blob, 4 conns; 64 x 1 MiB blobs, 16 conns),
+ *   manifest HEAD / GET by tag (64 conns), push throughput (256 MiB, POST+PATCH+PUT),
+ *   server RSS during the 256 MiB GET run.
+ * Writes bench/results/<YYYY-MM-DD>-core.json and bench/results/latest-core.md.
+ *
+ * Settings (env): BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_PUSH_REPS (3),
+ * BENCH_BIG_MIB (256), BENCH_DOCKER_REGISTRY=0 (skip it), BENCH_PROFILE=1 (regmirror
+ * under --cpu-prof, prints the hottest functions), BENCH_KEEP=1 (keep temp dirs),
+ * BENCH_TIMEOUT (hard limit for the whole run, seconds), BENCH_RESULTS_DIR,
+ * BENCH_ONLY=blobGetBig,blobGetSmall,manifestHead,manifestGet,push (a subset),
+ * BENCH_REGMIRROR_CLI=/path/to/dist/cli.js (measure another build),
+ * BENCH_SLICES (2: each measurement as A B B A slices), BENCH_WAIT_QUIET=seconds (first wait, at most that long, for other CPU load to stop).
+ * See bench/README.md. Only 127.0.0.1 is ever contacted.
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { createCipheriv, createHash } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+
+// ---------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..');
+
+function envNum(name, def, min, max) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`${name}=${raw}: must be a number in [${min}, ${max}]`);
+  return n;
+}
+
+const SECONDS = envNum('BENCH_SECONDS', 10, 1, 120);
+const WARMUP = envNum('BENCH_WARMUP', 2, 0, 30);
+const PUSH_REPS = Math.round(envNum('BENCH_PUSH_REPS', 3, 1, 10));
+const BIG_MIB = Math.round(envNum('BENCH_BIG_MIB', 256, 1, 4096));
+const SMALL_COUNT = 64;
+const MIB = 1024 * 1024;
+const BIG_SIZE = BIG_MIB * MIB;
+const SMALL_SIZE = MIB;
+const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
+const PROFILE = process.env.BENCH_PROFILE === '1';
+const KEEP = process.env.BENCH_KEEP === '1' || PROFILE;
+const ALL_METRICS = ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet', 'push'];
+const ONLY = (process.env.BENCH_ONLY || ALL_METRICS.join(',')).split(',').map((x) => x.trim()).filter(Boolean);
+for (const m of ONLY) if (!ALL_METRICS.includes(m)) throw new Error(`BENCH_ONLY: unknown metric ${m} (known: ${ALL_METRICS.join(', ')})`);
+// Another build of regmirror to measure (A/B experiments); default: this checkout's dist/.
+const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
+const SLICES = Math.round(envNum('BENCH_SLICES', 2, 1, 10));
+const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
+const RESULTS_DIR = path.resolve(process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results'));
+// 4 timed runs x 2 servers, plus seeding, pushes and start-up; generous but finite.
+const HARD_LIMIT_S = envNum('BENCH_TIMEOUT', 240 + 8 * (SECONDS + WARMUP) + PUSH_REPS * 30, 30, 3600);
+
+const REPO = 'bench/core';
+const TAG = 'bench';
+const TAG_V2S2 = 'bench-v2s2';
+const MT = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
+};
+// What containerd 1.6 sends when resolving a tag (see shared/docs/sandbox.md).
+const MANIFEST_ACCEPT = [
+  MT.dockerManifest,
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  MT.ociManifest,
+  'application/vnd.oci.image.index.v1+json',
+  '*/*',
+].join(', ');
+
+const t0 = Date.now();
+const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
+const log = (...a) => console.error(`[bench +${elapsed()}s]`, ...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------
+// Deterministic incompressible bytes: AES-256-CTR of zeros, key derived from a label.
+// ---------------------------------------------------------------------------------------
+
+const CHUNK = MIB;
+const ZEROS = Buffer.alloc(CHUNK);
+
+function cipherFor(label) {
+  const key = createHash('sha256').update(`regmirror-bench/${label}`).digest();
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
+}
+
+/** A stream of `size` bytes, produced 1 MiB at a time (never held whole in memory). */
+function genStream(label, size) {
+  const c = cipherFor(label);
+  let left = size;
+  return new Readable({
+    highWaterMark: 2 * CHUNK,
+    read() {
+      if (left <= 0) {
+        this.push(null);
+        return;
+      }
+      const n = Math.min(left, CHUNK);
+      left -= n;
+      this.push(c.update(n === CHUNK ? ZEROS : ZEROS.subarray(0, n)));
+    },
+  });
+}
+
+/** Small blobs (1 MiB) are fine to hold in memory. */
+function genBuffer(label, size) {
+  return cipherFor(label).update(Buffer.alloc(size));
+}
+
+function sha256(buf) {
+  return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+}
+
+/** Digest of a generated stream, computed chunk by chunk. */
+function streamDigest(label, size) {
+  const c = cipherFor(label);
+  const h = createHash('sha256');
+  for (let left = size; left > 0; left -= CHUNK) {
+    const n = Math.min(left, CHUNK);
+    h.update(c.update(n === CHUNK ? ZEROS : ZEROS.subarray(0, n)));
+  }
+  return `sha256:${h.digest('hex')}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: started here, stopped here by PID, always.
+// ---------------------------------------------------------------------------------------
+
+const children = new Set(); // { name, child, pid, exited: Promise }
+const tempDirs = [];
+
+function startProcess(name, cmd, args, logFile) {
+  const fd = fs.openSync(logFile, 'a');
+  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], cwd: ROOT });
+  fs.closeSync(fd);
+  const entry = { name, child, pid: child.pid, done: false };
+  entry.exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      if (!stopping.has(entry)) log(`${name} (pid ${child.pid}) exited unexpectedly: code ${code}, signal ${signal}`);
+      entry.done = true;
+      entry.exitInfo = { code, signal };
+      children.delete(entry);
+      resolve(entry.exitInfo);
+    });
+    child.on('error', (err) => {
+      entry.done = true;
+      entry.exitInfo = { error: err.message };
+      children.delete(entry);
+      resolve(entry.exitInfo);
+    });
+  });
+  children.add(entry);
+  if (child.pid) ourPids.add(child.pid);
+  return entry;
+}
+
+const stopping = new Set();
+async function stopProcess(entry, graceMs = 5000) {
+  if (entry.done) return entry.exitInfo;
+  stopping.add(entry);
+  try {
+    process.kill(entry.pid, 'SIGTERM');
+  } catch {
+    /* already gone */
+  }
+  const info = await Promise.race([entry.exited, sleep(graceMs).then(() => null)]);
+  if (info) return info;
+  log(`${entry.name} (pid ${entry.pid}) did not stop in ${graceMs} ms: SIGKILL`);
+  try {
+    process.kill(entry.pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+  return Promise.race([entry.exited, sleep(2000)]);
+}
+
+let cleaningUp = null;
+function cleanup() {
+  cleaningUp ??= (async () => {
+    await Promise.all([...children].map((e) => stopProcess(e)));
+    if (!KEEP) for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+    else for (const d of tempDirs) log(`kept ${d}`);
+  })();
+  return cleaningUp;
+}
+
+// Last resort if the process exits some other way: kill what is still running.
+process.on('exit', () => {
+  for (const e of children) {
+    try {
+      process.kill(e.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    log(`${sig}: stopping servers`);
+    cleanup().finally(() => process.exit(130));
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function readRssKiB(pid) {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Samples VmRSS every `everyMs` until stop(); start/end are taken at start()/stop(). */
+function rssSampler(pid, everyMs = 200) {
+  const samples = [];
+  const take = () => {
+    const kib = readRssKiB(pid);
+    if (kib !== null) samples.push(kib);
+  };
+  take();
+  const timer = setInterval(take, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      take();
+      const mib = (k) => Math.round((k / 1024) * 10) / 10;
+      return {
+        startMiB: mib(samples[0]),
+        peakMiB: mib(Math.max(...samples)),
+        endMiB: mib(samples[samples.length - 1]),
+        samples: samples.length,
+      };
+    },
+  };
+}
+
+// CPU accounting from /proc: the server's own CPU time for a run, and how much CPU the
+// rest of the machine (other people's work, not this benchmark) took meanwhile.
+let CLK_TCK = 100;
+try {
+  CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim()) || 100;
+} catch {
+  /* keep 100 */
+}
+const NCPU = os.cpus().length;
+const ourPids = new Set([process.pid]);
+
+function pidCpuTicks(pid) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime + stime
+  } catch {
+    return 0;
+  }
+}
+
+function machineBusyTicks() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq] = f;
+  return user + nice + system + irq + softirq;
+}
+
+function cpuSnapshot(serverPid) {
+  const ours = {};
+  for (const p of ourPids) ours[p] = pidCpuTicks(p);
+  return { at: process.hrtime.bigint(), busy: machineBusyTicks(), server: pidCpuTicks(serverPid), ours };
+}
+
+function cpuDelta(a, b) {
+  const secs = Number(b.at - a.at) / 1e9;
+  let ours = 0;
+  for (const p of Object.keys(b.ours)) ours += b.ours[p] - (a.ours[p] ?? 0);
+  const busy = b.busy - a.busy;
+  return {
+    serverCpuSeconds: Math.round(((b.server - a.server) / CLK_TCK) * 100) / 100,
+    benchCpuSeconds: Math.round(((ours - (b.server - a.server)) / CLK_TCK) * 100) / 100,
+    // Kernel work on our behalf (softirq for loopback) is not in any process: a few % is normal.
+    foreignCpuShare: Math.max(0, Math.round(((busy - ours) / CLK_TCK / (secs * NCPU)) * 1000) / 1000),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP helper (node:http, loopback only, every request with a deadline)
+// ---------------------------------------------------------------------------------------
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+
+function request(method, url, { headers = {}, body, timeoutMs = 30_000 } = {}) {
+  const u = new URL(url);
+  if (u.hostname !== '127.0.0.1') throw new Error(`refusing non-loopback URL ${url}`);
+  return new Promise((resolve, reject) => {
+    let timer;
+    const req = http.request(
+      { method, hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers, agent },
+      (res) => {
+        const chunks = [];
+        let n = 0;
+        res.on('data', (c) => {
+          if (n < MIB) chunks.push(c); // responses here are small; never keep more than 1 MiB
+          n += c.length;
+        });
+        res.on('end', () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), bytes: n });
+        });
+        res.on('error', (e) => {
+          clearTimeout(timer);
+          reject(e);
+        });
+      },
+    );
+    timer = setTimeout(() => req.destroy(new Error(`${method} ${url} timed out after ${timeoutMs} ms`)), timeoutMs);
+    req.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    if (body instanceof Readable) {
+      body.on('error', (e) => req.destroy(e));
+      body.pipe(req);
+    } else {
+      req.end(body);
+    }
+  });
+}
+
+function expectStatus(res, want, what) {
+  if (res.status !== want) {
+    throw new Error(`${what}: HTTP ${res.status} (want ${want}): ${res.body.toString('utf8').slice(0, 300)}`);
+  }
+  return res;
+}
+
+async function waitReady(base, entry, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
+    try {
+      const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
+      if (r.status === 200) return;
+      last = `HTTP ${r.status}`;
+    } catch (e) {
+      last = e.message;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${entry.name} not ready after ${timeoutMs} ms (${last})`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Registry operations used for seeding and pushing
+// ---------------------------------------------------------------------------------------
+
+async function startSession(base, repo) {
+  const r = expectStatus(await request('POST', `${base}/v2/${repo}/blobs/uploads/`, { headers: { 'content-length': '0' } }), 202, 'POST upload');
+  if (!r.headers.location) throw new Error('POST upload: no Location');
+  return new URL(r.headers.location, base).toString();
+}
+
+function withDigest(location, digest) {
+  const u = new URL(location);
+  u.searchParams.set('digest', digest);
+  return u.toString();
+}
+
+/** POST session + PUT ?digest= with the whole (small) body. */
+async function pushSmallBlob(base, repo, buf, digest) {
+  const loc = await startSession(base, repo);
+  const r = await request('PUT', withDigest(loc, digest), {
+    headers: { 'content-type': 'application/octet-stream', 'content-length': String(buf.length) },
+    body: buf,
+  });
+  expectStatus(r, 201, `PUT blob ${digest}`);
+}
+
+/** POST session + one streamed PATCH + PUT ?digest= (no body). Returns seconds taken. */
+async function pushStreamedBlob(base, repo, label, size, digest) {
+  const start = process.hrtime.bigint();
+  const loc = await startSession(base, repo);
+  const patchStart = process.hrtime.bigint();
+  const p = await request('PATCH', loc, {
+    headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+    body: genStream(label, size),
+    timeoutMs: 300_000,
+  });
+  expectStatus(p, 202, 'PATCH upload');
+  const putStart = process.hrtime.bigint();
+  const next = new URL(p.headers.location ?? loc, base).toString();
+  const put = await request('PUT', withDigest(next, digest), { headers: { 'content-length': '0' }, timeoutMs: 120_000 });
+  expectStatus(put, 201, 'PUT upload');
+  if (put.headers['docker-content-digest'] && put.headers['docker-content-digest'] !== digest) {
+    throw new Error(`PUT upload: server says ${put.headers['docker-content-digest']}, expected ${digest}`);
+  }
+  const end = process.hrtime.bigint();
+  const s = (a, b) => Math.round((Number(b - a) / 1e9) * 1000) / 1000;
+  return { seconds: Number(end - start) / 1e9, postSeconds: s(start, patchStart), patchSeconds: s(patchStart, putStart), putSeconds: s(putStart, end) };
+}
+
+async function putManifest(base, repo, ref, mediaType, body) {
+  const r = await request('PUT', `${base}/v2/${repo}/manifests/${ref}`, {
+    headers: { 'content-type': mediaType, 'content-length': String(body.length) },
+    body,
+  });
+  expectStatus(r, 201, `PUT manifest ${ref}`);
+  return r.headers['docker-content-digest'];
+}
+
+/** Everything both registries receive, computed once. */
+function buildSeed() {
+  const big = { label: 'big-0', size: BIG_SIZE, digest: streamDigest('big-0', BIG_SIZE) };
+  const small = [];
+  for (let i = 0; i < SMALL_COUNT; i++) {
+    const buf = genBuffer(`small-${i}`, SMALL_SIZE);
+    small.push({ label: `small-${i}`, size: SMALL_SIZE, digest: sha256(buf) });
+  }
+  const layers = [big, ...small];
+  const configDoc = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'] },
+    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) }, // layers are uncompressed
+    history: [{ created: '2024-01-01T00:00:00Z', created_by: 'regmirror bench' }],
+  };
+  const config = Buffer.from(JSON.stringify(configDoc));
+  const configDigest = sha256(config);
+  const oci = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MT.ociManifest,
+      config: { mediaType: MT.ociConfig, digest: configDigest, size: config.length },
+      layers: layers.map((l) => ({ mediaType: MT.ociLayer, digest: l.digest, size: l.size })),
+      annotations: { 'org.opencontainers.image.title': 'regmirror bench' },
+    }),
+  );
+  const docker = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MT.dockerManifest,
+      config: { mediaType: MT.dockerConfig, digest: configDigest, size: config.length },
+      layers: layers.map((l) => ({ mediaType: MT.dockerLayer, digest: l.digest, size: l.size })),
+    }),
+  );
+  const pushes = [];
+  for (let i = 0; ONLY.includes('push') && i < PUSH_REPS; i++) pushes.push({ label: `push-${i}`, size: BIG_SIZE, digest: streamDigest(`push-${i}`, BIG_SIZE) });
+  return { big, small, config, configDigest, oci, ociDigest: sha256(oci), docker, dockerDigest: sha256(docker), pushes };
+}
+
+async function seed(srv, s) {
+  const start = Date.now();
+  await pushStreamedBlob(srv.base, REPO, s.big.label, s.big.size, s.big.digest);
+  for (const b of s.small) await pushSmallBlob(srv.base, REPO, genBuffer(b.label, b.size), b.digest);
+  await pushSmallBlob(srv.base, REPO, s.config, s.configDigest);
+  const d1 = await putManifest(srv.base, REPO, TAG, MT.ociManifest, s.oci);
+  const d2 = await putManifest(srv.base, REPO, TAG_V2S2, MT.dockerManifest, s.docker);
+  if (d1 !== s.ociDigest || d2 !== s.dockerDigest) throw new Error(`${srv.name}: manifest digests differ from the pushed bytes`);
+  // Check what the benchmark will ask for answers as expected.
+  for (const [tag, digest] of [
+    [TAG, s.ociDigest],
+    [TAG_V2S2, s.dockerDigest],
+  ]) {
+    const h = expectStatus(await request('HEAD', `${srv.base}/v2/${REPO}/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, `HEAD ${tag}`);
+    if (h.headers['docker-content-digest'] !== digest) throw new Error(`${srv.name}: HEAD ${tag} digest ${h.headers['docker-content-digest']}, want ${digest}`);
+  }
+  const g = expectStatus(await request('GET', `${srv.base}/v2/${REPO}/manifests/${TAG}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, 'GET manifest');
+  if (!g.body.equals(s.oci)) throw new Error(`${srv.name}: GET manifest body differs from what was pushed`);
+  const hb = expectStatus(await request('HEAD', `${srv.base}/v2/${REPO}/blobs/${s.big.digest}`), 200, 'HEAD big blob');
+  if (Number(hb.headers['content-length']) !== s.big.size) throw new Error(`${srv.name}: big blob has content-length ${hb.headers['content-length']}`);
+  return (Date.now() - start) / 1000;
+}
+
+// ---------------------------------------------------------------------------------------
+// autocannon, with two adjustments made per client in setupClient:
+//  - the response body is counted, not accumulated: autocannon appends every body to a
+//    string (pipelinedRequestsQueue.addBody), which for a 256 MiB blob costs more client
+//    CPU than the server spends and approaches V8's string limit;
+//  - HEAD responses are told to have no body: autocannon's HTTP parser (http-parser-js)
+//    otherwise waits for Content-Length bytes after a HEAD and every request times out.
+// ---------------------------------------------------------------------------------------
+
+// The parser autocannon uses; its handler slot for "headers complete" (2 in 0.5.x).
+const K_ON_HEADERS_COMPLETE = (() => {
+  try {
+    const req = createRequire(createRequire(import.meta.url).resolve('autocannon'));
+    return req('http-parser-js').HTTPParser.kOnHeadersComplete ?? 2;
+  } catch {
+    return 2;
+  }
+})();
+
+function makeSetupClient({ head, requests, counter }) {
+  let n = 0;
+  return (client) => {
+    const index = n++;
+    client.pipelinedRequests.addBody = (data) => {
+      counter.bodyBytes += data.length;
+    };
+    if (head) {
+      // autocannon assigns its handler after setupClient; wrap whatever is (or will be) there.
+      const wrap = (f) =>
+        typeof f === 'function'
+          ? (...args) => {
+              f(...args);
+              return 1; // skipBody
+            }
+          : f;
+      let fn = wrap(client.parser[K_ON_HEADERS_COMPLETE]);
+      Object.defineProperty(client.parser, K_ON_HEADERS_COMPLETE, { configurable: true, get: () => fn, set: (f) => (fn = wrap(f)) });
+    }
+    if (requests && requests.length > 1) {
+      // Start each connection at a different blob so they do not move in lockstep.
+      const off = (index * 7) % requests.length;
+      client.setRequests([...requests.slice(off), ...requests.slice(0, off)]);
+    }
+  };
+}
+
+function cannonOnce(opts, { head = false, requests } = {}) {
+  const counter = { bodyBytes: 0 };
+  return new Promise((resolve, reject) => {
+    const started = process.hrtime.bigint();
+    const inst = autocannon(
+      {
+        ...opts,
+        requests,
+        setupClient: makeSetupClient({ head, requests, counter }),
+      },
+      (err, res) => {
+        if (err) return reject(err);
+        const secs = Number(process.hrtime.bigint() - started) / 1e9;
+        resolve({ res, secs, bodyBytes: counter.bodyBytes });
+      },
+    );
+    inst.on('error', reject);
+  });
+}
+
+/** One measured slice (after an optional warm-up run that is discarded): raw counts. */
+async function cannonSlice(srv, opts, extra, seconds, warm) {
+  const base = { url: srv.base, headers: {}, timeout: 30, ...opts };
+  if (warm && WARMUP > 0) await cannonOnce({ ...base, duration: WARMUP }, extra);
+  const before = cpuSnapshot(srv.pid);
+  const { res, secs, bodyBytes } = await cannonOnce({ ...base, duration: seconds }, extra);
+  const cpu = cpuDelta(before, cpuSnapshot(srv.pid));
+  if (srv.entry.done) throw new Error(`${srv.name} (pid ${srv.pid}) exited during a run: ${JSON.stringify(srv.entry.exitInfo)}`);
+  return {
+    secs,
+    bodyBytes,
+    requests: res.requests.total,
+    latencyMs: { p50: res.latency.p50, p90: res.latency.p90, p99: res.latency.p99, max: res.latency.max },
+    errors: res.errors,
+    timeouts: res.timeouts,
+    non2xx: res.non2xx,
+    ...cpu,
+  };
+}
+
+/** Sum the slices of one server's measurement into the reported numbers. */
+function combineSlices(name, srv, connections, slices) {
+  const sum = (k) => slices.reduce((n, x) => n + x[k], 0);
+  const secs = sum('secs');
+  const requests = sum('requests');
+  const bodyBytes = sum('bodyBytes');
+  const serverCpu = Math.round(sum('serverCpuSeconds') * 100) / 100;
+  // Latency percentiles of the slices, weighted by their request counts (max: the max).
+  const lat = (k) => (requests ? Math.round(slices.reduce((n, x) => n + x.latencyMs[k] * x.requests, 0) / requests) : null);
+  const out = {
+    connections,
+    slices: slices.length,
+    seconds: Math.round(secs * 100) / 100,
+    requests,
+    reqPerSec: Math.round(requests / secs),
+    bodyMBps: Math.round((bodyBytes / 1e6 / secs) * 10) / 10,
+    bodyBytes,
+    latencyMs: { p50: lat('p50'), p90: lat('p90'), p99: lat('p99'), max: Math.max(...slices.map((x) => x.latencyMs.max)) },
+    errors: sum('errors'),
+    timeouts: sum('timeouts'),
+    non2xx: sum('non2xx'),
+    serverCpuSeconds: serverCpu,
+    benchCpuSeconds: Math.round(sum('benchCpuSeconds') * 100) / 100,
+    foreignCpuShare: Math.round((slices.reduce((n, x) => n + x.foreignCpuShare * x.secs, 0) / secs) * 1000) / 1000,
+    foreignCpuShareMax: Math.max(...slices.map((x) => x.foreignCpuShare)),
+    serverCpuUsPerRequest: requests ? Math.round((serverCpu / requests) * 1e6 * 10) / 10 : null,
+    serverCpuSecondsPerGB: bodyBytes > 1e8 ? Math.round((serverCpu / (bodyBytes / 1e9)) * 1000) / 1000 : null,
+    perSlice: slices.map((x) => ({ seconds: Math.round(x.secs * 100) / 100, reqPerSec: Math.round(x.requests / x.secs), bodyMBps: Math.round((x.bodyBytes / 1e6 / x.secs) * 10) / 10, foreignCpuShare: x.foreignCpuShare })),
+  };
+  out.valid = out.errors + out.timeouts + out.non2xx === 0 && requests > 0;
+  log(
+    `${srv.name} ${name}: ${out.reqPerSec} req/s, ${out.bodyMBps} MB/s body, p99 ${out.latencyMs.p99} ms, ` +
+      `server CPU ${out.serverCpuSeconds} s, bench CPU ${out.benchCpuSeconds} s, foreign CPU ${(out.foreignCpuShare * 100).toFixed(0)}%` +
+      (out.valid ? '' : `  [INVALID: ${out.errors} errors, ${out.timeouts} timeouts, ${out.non2xx} non-2xx]`),
+  );
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------------------
+
+async function startRegmirror(dir) {
+  const port = await freePort();
+  const storage = path.join(dir, 'storage');
+  const cfg = path.join(dir, 'regmirror.yml');
+  fs.writeFileSync(cfg, `listen: 127.0.0.1:${port}\nstorage: ${storage}\nlog:\n  level: warn\n`);
+  const args = [];
+  let profileDir;
+  if (PROFILE) {
+    profileDir = path.join(dir, 'cpu-profile');
+    args.push('--cpu-prof', `--cpu-prof-dir=${profileDir}`);
+  }
+  args.push(REGMIRROR_CLI, 'serve', '--config', cfg);
+  const entry = startProcess('regmirror', process.execPath, args, path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { name: 'regmirror', base, entry, pid: entry.pid, dir, profileDir };
+}
+
+async function startDistribution(dir) {
+  const port = await freePort();
+  const cfg = path.join(dir, 'registry.yml');
+  // Debian's default config minus auth and the periodic health check; access log off
+  // (regmirror logs no access lines at level warn either).
+  fs.writeFileSync(
+    cfg,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: error',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  cache:',
+      '    blobdescriptor: inmemory',
+      '  filesystem:',
+      `    rootdirectory: ${path.join(dir, 'storage')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: 127.0.0.1:${port}`,
+      '',
+    ].join('\n'),
+  );
+  const entry = startProcess('docker-registry', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { name: 'docker-registry', base, entry, pid: entry.pid, dir };
+}
+
+function onPath(bin) {
+  return (process.env.PATH || '').split(path.delimiter).some((d) => {
+    try {
+      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function versionOf(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Profile summary (BENCH_PROFILE=1): self time per function from the .cpuprofile files.
+// ---------------------------------------------------------------------------------------
+
+function summarizeProfiles(dir, top = 25) {
+  let files = [];
+  try {
+    files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+  } catch {
+    return null;
+  }
+  const self = new Map();
+  let total = 0;
+  for (const f of files) {
+    const p = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
+    const byId = new Map(p.nodes.map((n) => [n.id, n]));
+    const dt = new Map();
+    for (let i = 0; i < p.samples.length; i++) dt.set(p.samples[i], (dt.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
+    for (const [id, us] of dt) {
+      const n = byId.get(id);
+      const cf = n.callFrame;
+      const url = cf.url.replace(`file://${ROOT}/`, '');
+      const key = `${cf.functionName || '(anonymous)'} ${url ? `${url}:${cf.lineNumber + 1}` : ''}`.trim();
+      self.set(key, (self.get(key) ?? 0) + us);
+      total += us;
+    }
+  }
+  const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
+  return { files: files.map((f) => path.join(dir, f)), totalMs: Math.round(total / 1000), top: rows.map(([k, us]) => ({ fn: k, ms: Math.round(us / 1000), pct: Math.round((1000 * us) / total) / 10 })) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+function fmt(v, digits = 0) {
+  if (v === null || v === undefined || Number.isNaN(v)) return 'n/a';
+  return Number(v).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function ratio(a, b) {
+  if (a === null || b === null || a === undefined || b === undefined || !b) return null;
+  return Math.round((a / b) * 100) / 100;
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : null;
+}
+
+const RSS_FLAT_MIB = 64; // "flat": peak - start below this while serving a 256 MiB blob
+
+function buildRows(results) {
+  const r = results.regmirror;
+  const d = results['docker-registry'];
+  const val = (x, k) => (x && x[k] && x[k].valid ? x[k] : null);
+  const row = (metric, get, digits = 0) => {
+    const a = r ? get(r) : null;
+    const b = d ? get(d) : null;
+    return { metric, regmirror: a ?? null, distribution: b ?? null, ratio: ratio(a, b), digits };
+  };
+  return {
+    main: [
+      row(`Blob GET ${BIG_MIB} MiB, 4 conns (MB/s)`, (x) => val(x, 'blobGetBig')?.bodyMBps, 1),
+      row(`Blob GET 1 MiB x${SMALL_COUNT}, 16 conns (MB/s)`, (x) => val(x, 'blobGetSmall')?.bodyMBps, 1),
+      row('Manifest HEAD by tag, 64 conns (req/s)', (x) => val(x, 'manifestHead')?.reqPerSec),
+      row('Manifest HEAD p99 latency (ms)', (x) => val(x, 'manifestHead')?.latencyMs.p99),
+      row('Manifest GET by tag, 64 conns (req/s)', (x) => val(x, 'manifestGet')?.reqPerSec),
+      row('Manifest GET p99 latency (ms)', (x) => val(x, 'manifestGet')?.latencyMs.p99),
+      row(`Push ${BIG_MIB} MiB POST+PATCH+PUT, median of ${PUSH_REPS} (MB/s)`, (x) => x.push?.medianMBps, 1),
+      row(`RSS start, ${BIG_MIB} MiB GET run (MiB)`, (x) => x.rssBigGet?.startMiB, 1),
+      row(`RSS peak, ${BIG_MIB} MiB GET run (MiB)`, (x) => x.rssBigGet?.peakMiB, 1),
+      row(`RSS end, ${BIG_MIB} MiB GET run (MiB)`, (x) => x.rssBigGet?.endMiB, 1),
+      row('RSS peak during push (MiB)', (x) => x.rssPush?.peakMiB, 1),
+    ],
+    // Server CPU per unit of work: robust against other load on the machine.
+    cpu: [
+      row(`Blob GET ${BIG_MIB} MiB (server CPU s per GB)`, (x) => val(x, 'blobGetBig')?.serverCpuSecondsPerGB, 3),
+      row('Blob GET 1 MiB (server CPU s per GB)', (x) => val(x, 'blobGetSmall')?.serverCpuSecondsPerGB, 3),
+      row('Manifest HEAD (server CPU µs per request)', (x) => val(x, 'manifestHead')?.serverCpuUsPerRequest, 1),
+      row('Manifest GET (server CPU µs per request)', (x) => val(x, 'manifestGet')?.serverCpuUsPerRequest, 1),
+      row(`Push ${BIG_MIB} MiB (server CPU s per GB, median)`, (x) => x.push?.medianServerCpuSecondsPerGB, 3),
+    ],
+  };
+}
+
+function aimsOf(results) {
+  const r = results.regmirror;
+  const d = results['docker-registry'];
+  const aims = [];
+  const head = ratio(r?.manifestHead?.valid ? r.manifestHead.reqPerSec : null, d?.manifestHead?.valid ? d.manifestHead.reqPerSec : null);
+  aims.push({ aim: 'manifest HEAD req/s >= 2x docker-registry', value: head === null ? 'n/a' : `${head}x`, pass: head === null ? null : head >= 2 });
+  for (const [k, label] of [
+    ['blobGetBig', `blob GET ${BIG_MIB} MiB MB/s >= docker-registry`],
+    ['blobGetSmall', 'blob GET 1 MiB MB/s >= docker-registry'],
+  ]) {
+    const x = ratio(r?.[k]?.valid ? r[k].bodyMBps : null, d?.[k]?.valid ? d[k].bodyMBps : null);
+    aims.push({ aim: label, value: x === null ? 'n/a' : `${x}x`, pass: x === null ? null : x >= 1 });
+  }
+  const rs = r?.rssBigGet;
+  if (rs) {
+    const growth = Math.round((rs.peakMiB - rs.startMiB) * 10) / 10;
+    aims.push({ aim: `regmirror RSS flat while serving ${BIG_MIB} MiB blobs (peak - start < ${RSS_FLAT_MIB} MiB)`, value: `+${growth} MiB`, pass: growth < RSS_FLAT_MIB });
+  }
+  return aims;
+}
+
+function table(lines, rows, title) {
+  lines.push(`| ${title} | regmirror | docker-registry | ratio regmirror/docker-registry |`);
+  lines.push('| --- | ---: | ---: | ---: |');
+  for (const r of rows) lines.push(`| ${r.metric} | ${fmt(r.regmirror, r.digits)} | ${fmt(r.distribution, r.digits)} | ${r.ratio === null ? 'n/a' : `${r.ratio.toFixed(2)}`} |`);
+  lines.push('');
+}
+
+function markdown(meta, rows, aims, notes) {
+  const lines = [];
+  lines.push(`# regmirror core benchmark (${meta.date})`);
+  lines.push('');
+  lines.push(
+    `${meta.settings.seconds} s per measurement and server (${meta.settings.slices} interleaved slices) after ${meta.settings.warmup} s warm-up; ${meta.machine.cpus} x ${meta.machine.cpuModel}; ` +
+      `node ${meta.node}; regmirror ${meta.regmirror.commit ?? '?'}${meta.regmirror.dirty ? ' (+ uncommitted changes in src/)' : ''}; ${meta.distribution ?? 'docker-registry not run'}; ` +
+      `manifest ${meta.settings.manifestBytes} bytes (OCI, ${meta.settings.smallCount + 1} layers). ` +
+      'Client and servers share the machine: compare ratios, not absolute numbers.',
+  );
+  lines.push('');
+  table(lines, rows.main, 'metric');
+  lines.push('Server CPU per unit of work (lower is better; less sensitive to other load on the machine):');
+  lines.push('');
+  table(lines, rows.cpu, 'cost');
+  lines.push('| aim | measured | result |');
+  lines.push('| --- | ---: | --- |');
+  for (const a of aims) lines.push(`| ${a.aim} | ${a.value} | ${a.pass === null ? 'n/a' : a.pass ? 'met' : 'NOT met'} |`);
+  if (notes.length) {
+    lines.push('');
+    for (const n of notes) lines.push(`- ${n}`);
+  }
+  lines.push('');
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The four autocannon measurements, interleaved: each metric's time is cut into
+ * BENCH_SLICES slices per server, run in the order A B B A A B ... (flipped for every
+ * other metric), so background load that comes and goes lands on both servers alike.
+ */
+async function benchAll(servers, seedData, results) {
+  const bigPath = `/v2/${REPO}/blobs/${seedData.big.digest}`;
+  const smallReqs = seedData.small.map((b) => ({ method: 'GET', path: `/v2/${REPO}/blobs/${b.digest}` }));
+  const manifestPath = `/v2/${REPO}/manifests/${TAG}`;
+  const accept = { accept: MANIFEST_ACCEPT };
+  const metrics = [
+    // A 256 MiB request takes ~BIG_SIZE / (bandwidth / 4); allow a slow one without a timeout.
+    { key: 'blobGetBig', name: `GET ${BIG_MIB} MiB blob`, rss: true, opts: { connections: 4, method: 'GET', timeout: Math.max(30, SECONDS * 3) }, extra: { requests: [{ method: 'GET', path: bigPath }] } },
+    { key: 'blobGetSmall', name: 'GET 1 MiB blobs', opts: { connections: 16, method: 'GET' }, extra: { requests: smallReqs }, minBodyPerRequest: SMALL_SIZE },
+    { key: 'manifestHead', name: 'HEAD manifest', opts: { connections: 64, method: 'HEAD', headers: accept }, extra: { head: true, requests: [{ method: 'HEAD', path: manifestPath }] } },
+    // Each response must carry the whole manifest.
+    { key: 'manifestGet', name: 'GET manifest', opts: { connections: 64, method: 'GET', headers: accept }, extra: { requests: [{ method: 'GET', path: manifestPath }] }, minBodyPerRequest: seedData.oci.length },
+  ];
+  const sliceSeconds = SECONDS / SLICES;
+  for (const [i, m] of metrics.filter((x) => ONLY.includes(x.key)).entries()) {
+    const slices = new Map(servers.map((srv) => [srv.name, []]));
+    const rss = new Map();
+    for (let k = 0; k < SLICES; k++) {
+      const order = (i + k) % 2 === 0 ? servers : [...servers].reverse();
+      for (const srv of order) {
+        const sampler = m.rss ? rssSampler(srv.pid) : null;
+        slices.get(srv.name).push(await cannonSlice(srv, m.opts, m.extra, sliceSeconds, k === 0));
+        if (sampler) {
+          const r = sampler.stop();
+          const prev = rss.get(srv.name);
+          rss.set(srv.name, prev ? { startMiB: prev.startMiB, peakMiB: Math.max(prev.peakMiB, r.peakMiB), endMiB: r.endMiB, samples: prev.samples + r.samples } : r);
+        }
+      }
+    }
+    for (const srv of servers) {
+      const out = combineSlices(m.name, srv, m.opts.connections, slices.get(srv.name));
+      if (out.valid && m.minBodyPerRequest && out.bodyBytes < out.requests * m.minBodyPerRequest) {
+        out.valid = false;
+        log(`${srv.name} ${m.name}: response bodies shorter than expected`);
+      }
+      results[srv.name][m.key] = out;
+      if (m.rss) {
+        const r = rss.get(srv.name);
+        results[srv.name].rssBigGet = r;
+        log(`${srv.name} RSS during ${BIG_MIB} MiB GET: start ${r.startMiB} MiB, peak ${r.peakMiB} MiB, end ${r.endMiB} MiB`);
+      }
+    }
+  }
+}
+
+async function benchPushes(servers, seedData, results) {
+  // Interleaved (A B, B A, ...) with `sync` before each, so one server's dirty pages are
+  // not written back during the other's push.
+  const budgetMs = 40_000 * servers.length;
+  const started = Date.now();
+  for (const srv of servers) results[srv.name].push = { runs: [] };
+  for (const [i, p] of seedData.pushes.entries()) {
+    for (const srv of i % 2 === 0 ? servers : [...servers].reverse()) {
+      if (Date.now() - started > budgetMs) {
+        log(`push budget of ${budgetMs / 1000} s used up; skipping remaining repetitions`);
+        break;
+      }
+      try {
+        execFileSync('sync', [], { timeout: 60_000 });
+      } catch {
+        /* best effort */
+      }
+      const sampler = rssSampler(srv.pid);
+      const before = cpuSnapshot(srv.pid);
+      const t = await pushStreamedBlob(srv.base, `${REPO}-push`, p.label, p.size, p.digest);
+      const cpu = cpuDelta(before, cpuSnapshot(srv.pid));
+      const rss = sampler.stop();
+      const out = results[srv.name].push;
+      const MBps = Math.round((p.size / 1e6 / t.seconds) * 10) / 10;
+      out.runs.push({ ...t, seconds: Math.round(t.seconds * 1000) / 1000, MBps, ...cpu, serverCpuSecondsPerGB: Math.round((cpu.serverCpuSeconds / (p.size / 1e9)) * 1000) / 1000 });
+      out.rssPeakMiB = Math.max(out.rssPeakMiB ?? 0, rss.peakMiB);
+      log(
+        `${srv.name} push ${p.label}: ${MBps} MB/s (${t.seconds.toFixed(2)} s: PATCH ${t.patchSeconds} s, PUT ${t.putSeconds} s), ` +
+          `server CPU ${cpu.serverCpuSeconds} s, foreign CPU ${(cpu.foreignCpuShare * 100).toFixed(0)}%`,
+      );
+    }
+  }
+  for (const srv of servers) {
+    const out = results[srv.name].push;
+    out.medianMBps = median(out.runs.map((r) => r.MBps));
+    out.medianServerCpuSecondsPerGB = median(out.runs.map((r) => r.serverCpuSecondsPerGB));
+    results[srv.name].rssPush = { peakMiB: out.rssPeakMiB ?? null };
+  }
+}
+
+/** Wait (bounded) until the machine's CPU is < 10% busy over 2 s, so other work does not skew the run. */
+async function waitQuiet(maxS) {
+  const deadline = Date.now() + maxS * 1000;
+  for (let i = 0; Date.now() < deadline && i < 10_000; i++) {
+    const a = machineBusyTicks();
+    await sleep(2000);
+    const share = (machineBusyTicks() - a) / CLK_TCK / (2 * NCPU);
+    if (share < 0.1) {
+      log(`machine quiet (${(share * 100).toFixed(0)}% busy)`);
+      return;
+    }
+    if (i % 5 === 0) log(`waiting for a quiet machine: ${(share * 100).toFixed(0)}% busy`);
+  }
+  log(`machine still busy after ${maxS} s: running anyway`);
+}
+
+async function main() {
+  const hard = setTimeout(() => {
+    log(`hard limit of ${HARD_LIMIT_S} s reached: aborting`);
+    cleanup().finally(() => process.exit(3));
+  }, HARD_LIMIT_S * 1000);
+
+  if (!fs.existsSync(REGMIRROR_CLI)) throw new Error(`${REGMIRROR_CLI} missing: run \`npm run build\` (or \`npm run bench\`)`);
+  const withDist = WITH_DISTRIBUTION && onPath('docker-registry');
+  if (WITH_DISTRIBUTION && !withDist) log('docker-registry is not on PATH: benchmarking regmirror alone');
+
+  if (WAIT_QUIET_S > 0) await waitQuiet(WAIT_QUIET_S);
+  const loadBefore = os.loadavg();
+  if (loadBefore[0] > 0.5) log(`note: load average is ${loadBefore.map((x) => x.toFixed(2)).join(' ')} before start; other work on the machine skews results`);
+  log(`settings: ${SECONDS} s runs, ${WARMUP} s warm-up, ${BIG_MIB} MiB big blob, ${PUSH_REPS} pushes; hard limit ${HARD_LIMIT_S} s`);
+  log('computing deterministic blobs and digests');
+  const seedData = buildSeed();
+
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-bench-'));
+  tempDirs.push(root);
+  const servers = [];
+  const rmDir = path.join(root, 'regmirror');
+  fs.mkdirSync(rmDir);
+  servers.push(await startRegmirror(rmDir));
+  if (withDist) {
+    const dDir = path.join(root, 'docker-registry');
+    fs.mkdirSync(dDir);
+    servers.push(await startDistribution(dDir));
+  }
+  for (const s of servers) log(`${s.name} pid ${s.pid} at ${s.base}`);
+
+  const results = {};
+  for (const s of servers) {
+    results[s.name] = { pid: s.pid, rssAfterStartMiB: Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10 };
+    const secs = await seed(s, seedData);
+    results[s.name].seedSeconds = Math.round(secs * 100) / 100;
+    results[s.name].rssAfterSeedMiB = Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10;
+    log(`${s.name} seeded in ${secs.toFixed(2)} s`);
+  }
+
+  for (const s of servers) results[s.name].rssBeforeRunsMiB = Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10;
+  await benchAll(servers, seedData, results);
+  if (ONLY.includes('push')) await benchPushes(servers, seedData, results);
+
+  const rm = servers[0];
+  const stopInfo = {};
+  for (const s of servers) stopInfo[s.name] = await stopProcess(s.entry);
+  let profile = null;
+  if (PROFILE && rm.profileDir) {
+    profile = summarizeProfiles(rm.profileDir);
+    if (profile) {
+      log(`regmirror CPU profile (${profile.totalMs} ms sampled, whole run incl. seeding): ${profile.files.join(', ')}`);
+      for (const t of profile.top) console.error(`  ${String(t.pct).padStart(5)}%  ${String(t.ms).padStart(6)} ms  ${t.fn}`);
+    }
+  }
+
+  const commit = versionOf('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const dirty = (versionOf('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) ?? '') !== '';
+  const date = new Date().toISOString();
+  const meta = {
+    date,
+    node: process.version,
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
+    regmirror: { commit, dirty },
+    distribution: withDist ? versionOf('docker-registry', ['--version']) : null,
+    settings: { seconds: SECONDS, slices: SLICES, warmup: WARMUP, pushReps: PUSH_REPS, bigMiB: BIG_MIB, smallCount: SMALL_COUNT, smallMiB: 1, manifestBytes: seedData.oci.length, accept: MANIFEST_ACCEPT },
+    loadavg: { before: loadBefore.map((x) => Math.round(x * 100) / 100), after: os.loadavg().map((x) => Math.round(x * 100) / 100) },
+    autocannon: '8 (library; bodies counted, not buffered; HEAD responses parsed without body)',
+  };
+  const rows = buildRows(results);
+  const aims = aimsOf(results);
+  const notes = [];
+  let maxForeign = 0;
+  for (const r of Object.values(results)) {
+    for (const k of ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet']) maxForeign = Math.max(maxForeign, r[k]?.foreignCpuShareMax ?? 0);
+    for (const p of r.push?.runs ?? []) maxForeign = Math.max(maxForeign, p.foreignCpuShare ?? 0);
+  }
+  notes.push(
+    `Other processes on the machine used up to ${(maxForeign * 100).toFixed(0)}% of its CPU during a measured run` +
+      (maxForeign > 0.15 ? ': throughput numbers are disturbed, prefer the CPU-cost table and re-run on a quiet machine.' : ' (includes kernel loopback work; below ~15% is normal).'),
+  );
+  for (const [name, r] of Object.entries(results)) {
+    for (const k of ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet']) {
+      if (r[k] && !r[k].valid) notes.push(`${name} ${k}: run had ${r[k].errors} errors, ${r[k].timeouts} timeouts, ${r[k].non2xx} non-2xx responses; not reported`);
+    }
+  }
+  const doc = { meta, results, table: rows.main.map(({ digits, ...r }) => r), cpuTable: rows.cpu.map(({ digits, ...r }) => r), aims, exits: stopInfo, profile };
+
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const jsonFile = path.join(RESULTS_DIR, `${date.slice(0, 10)}-core.json`);
+  fs.writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
+  const md = markdown(meta, rows, aims, notes);
+  fs.writeFileSync(path.join(RESULTS_DIR, 'latest-core.md'), md);
+  process.stdout.write(`\n${md}\n`);
+  log(`wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, 'latest-core.md'))}`);
+  clearTimeout(hard);
+}
+
+main()
+  .then(
+    () => cleanup().then(() => 0),
+    (err) => {
+      console.error(`bench failed: ${err && err.stack ? err.stack : err}`);
+      for (const d of tempDirs) {
+        for (const f of ['regmirror/server.log', 'docker-registry/server.log']) {
+          const p = path.join(d, f);
+          if (fs.existsSync(p)) console.error(`--- ${f} (tail)\n${fs.readFileSync(p, 'utf8').split('\n').slice(-20).join('\n')}`);
+        }
+      }
+      return cleanup().then(() => 1);
+    },
+  )
+  .then((code) => {
+    agent.destroy();
+    process.exit(code);
+  });
