@@ -246,13 +246,23 @@ export class MetadataStore {
     this.db.close();
   }
 
+  /** Repository ids never change and rows are never deleted, so known ids are remembered (hot path of every request). */
+  private readonly repoIds = new Map<string, number>();
+
   repoId(name: RepoName): number | undefined {
-    return this.s.repoId.get(name)?.id;
+    const known = this.repoIds.get(name);
+    if (known !== undefined) return known;
+    const id = this.s.repoId.get(name)?.id;
+    // Not inside a transaction: a row inserted there may still be rolled back.
+    if (id !== undefined && !this.db.inTransaction && this.repoIds.size < 1_000_000) this.repoIds.set(name, id);
+    return id;
   }
 
   ensureRepo(name: RepoName): number {
+    const known = this.repoIds.get(name);
+    if (known !== undefined) return known;
     this.s.insertRepo.run(name, Date.now());
-    return this.s.repoId.get(name)!.id;
+    return this.repoId(name)!;
   }
 
   blobSize(digest: Digest): number | undefined {
