@@ -53,7 +53,13 @@ export class BlobFill {
   /** Set once the digest matched: the last byte may go out before the commit finishes. */
   verified = false;
   state: 'starting' | 'streaming' | 'committed' | 'failed' = 'starting';
-  /** The most recently written bytes, [recentStart, written), as the chunks that arrived. */
+  /** Bytes received from the upstream (on disk or queued for it). */
+  received = 0;
+  /**
+   * Recent bytes [recentStart, received) as the chunks arrived: everything not yet on disk
+   * plus up to RECENT_WINDOW already written, so recentStart <= written always holds and
+   * any offset is either in memory or in the file.
+   */
   private recent: Buffer[] = [];
   private recentStart = 0;
   error: Error | null = null;
@@ -113,17 +119,26 @@ export class BlobFill {
     this.notify();
   }
 
-  /** Record bytes that reached the file at offset `written`. */
-  wrote(chunks: Buffer[], bytes: number): void {
-    this.recent.push(...chunks);
-    this.written += bytes;
-    let kept = this.written - this.recentStart;
-    while (kept > RECENT_WINDOW && this.recent.length > 1) {
-      const dropped = this.recent.shift()!;
-      this.recentStart += dropped.length;
-      kept -= dropped.length;
-    }
+  get memoryStart(): number {
+    return this.recentStart;
+  }
+
+  /** A chunk arrived from the upstream: readers may have it at once, from memory. */
+  accept(chunk: Buffer): void {
+    this.recent.push(chunk);
+    this.received += chunk.length;
     this.notify();
+  }
+
+  /** `bytes` more reached the file: trim the memory window (never past what is on disk). */
+  wrote(bytes: number): void {
+    this.written += bytes;
+    while (this.recent.length > 1) {
+      const first = this.recent[0]!;
+      if (this.recentStart + first.length > this.written || this.received - this.recentStart <= RECENT_WINDOW) break;
+      this.recent.shift();
+      this.recentStart += first.length;
+    }
   }
 
   /** Bytes at `pos` (up to `limit`) from the in-memory window, or null if not there. */
@@ -144,17 +159,18 @@ export class BlobFill {
 
   /** Bytes a reader may consume now: everything but the last byte until verified. */
   readable(): number {
-    if (this.verified || this.state === 'committed') return this.written;
-    return this.size === null ? this.written : Math.min(this.written, this.size - 1);
+    if (this.state === 'committed') return this.written;
+    if (this.verified) return this.received;
+    return this.size === null ? this.received : Math.min(this.received, this.size - 1);
   }
 
   /** Stream bytes [start, end] (inclusive) as they land in the file. */
   reader(start: number, end: number): Readable {
     const fill = this;
     async function* gen(): AsyncGenerator<Buffer> {
+      // Opened only when a reader falls behind the memory window (not on the first-byte path).
       let fh: FileHandle | null = null;
       try {
-        fh = await fill.openFile();
         let pos = start;
         while (pos <= end) {
           const next = fill.changed();
@@ -166,8 +182,10 @@ export class BlobFill {
               yield mem;
               continue;
             }
-            const n = Math.min(avail - pos, READ_CHUNK);
+            // Not in memory: pos < memoryStart <= written, so the file has these bytes.
+            const n = Math.min(Math.min(avail, fill.memoryStart) - pos, READ_CHUNK);
             const buf = Buffer.allocUnsafe(n);
+            fh ??= await fill.openFile();
             const { bytesRead } = await fh.read(buf, 0, n, pos);
             if (bytesRead === 0) throw new Error('blob file shorter than recorded progress');
             pos += bytesRead;
@@ -330,6 +348,7 @@ class QueuedWriter {
     this.queue.push(chunk);
     this.queuedBytes += chunk.length;
     this.received += chunk.length;
+    this.fill.accept(chunk);
     this.running ??= this.drain();
     if (this.queuedBytes > MAX_QUEUED) await this.flush();
   }
@@ -351,7 +370,7 @@ class QueuedWriter {
           const { bytesWritten } = await this.fh.writev(done === 0 ? batch : [Buffer.concat(batch).subarray(done)], this.fill.written + done);
           done += bytesWritten;
         }
-        this.fill.wrote(batch, bytes);
+        this.fill.wrote(bytes);
       }
     } catch (e) {
       this.error = e instanceof Error ? e : new Error(String(e));

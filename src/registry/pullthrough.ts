@@ -267,9 +267,11 @@ export class PullThrough {
       const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, {});
       await res.body.dump();
       if (res.status !== 200) throw upstreamError(res, 'BLOB_UNKNOWN');
-      if (stored !== undefined) {
+      // Re-read: a fill may have committed the blob while the HEAD was in flight.
+      const storedNow = stored ?? meta.blobSize(digest);
+      if (storedNow !== undefined) {
         meta.linkBlob(repo, digest, 'cached');
-        return this.localBlob(digest, stored, headers);
+        return this.localBlob(digest, storedNow, headers);
       }
       if (head) {
         const len = Number(res.headers['content-length']);
