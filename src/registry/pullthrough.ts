@@ -26,6 +26,8 @@ export interface BlobAnswer {
   headers: Record<string, string>;
   /** Open bytes [start, end] (inclusive); absent for answers from an upstream HEAD. */
   open: ((start: number, end: number) => Readable) | null;
+  /** The committed file, when the blob is served from local storage. */
+  file?: string;
 }
 
 const STALE_WARNING = '299 - "regmirror: upstream unavailable, serving cached content"';
@@ -291,7 +293,7 @@ export class PullThrough {
   }
 
   private localBlob(digest: Digest, size: number, headers: Record<string, string>): BlobAnswer {
-    return { size, headers, open: (start, end) => this.local.openBlob(digest, start, end) };
+    return { size, headers, file: this.local.blobs.path(digest), open: (start, end) => this.local.openBlob(digest, start, end) };
   }
 
   private startFill(repo: RepoName, up: { upstream: UpstreamConfig; remoteName: string }, digest: Digest, expectedSize?: number): BlobFill {

@@ -100,6 +100,10 @@ export class BlobStore {
     return this.meta.blobSize(digest);
   }
 
+  path(digest: Digest): string {
+    return this.paths.blob(digest);
+  }
+
   open(digest: Digest, start?: number, end?: number): ReadStream {
     // 1 MiB reads: a quarter of the syscalls and stream callbacks of the 64 KiB default,
     // which dominates CPU when serving multi-GB layers.
