@@ -111,6 +111,16 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
   });
   const metrics = new Metrics({ inflightFills: () => fills.size });
+  for (const c of clients.values()) {
+    c.onResponse = (method, status, headers) => {
+      metrics.upstreamRequests.inc({ upstream: c.name, method, status: String(status) });
+      // Docker Hub: `ratelimit-remaining: 76;w=21600`.
+      const remaining = Number.parseInt(String(headers?.['ratelimit-remaining'] ?? ''), 10);
+      if (Number.isFinite(remaining)) metrics.rateLimitRemaining.set({ upstream: c.name }, remaining);
+    };
+  }
+  fills.onBytes = (origin, bytes) => metrics.upstreamBytes.inc({ upstream: origin.split('|', 1)[0]! }, bytes);
+  pull.onCache = (kind, result) => metrics.cacheResults.inc({ kind, result });
   fastify.addHook('onResponse', async (req, reply) => {
     const url = req.raw.url ?? '/';
     const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';

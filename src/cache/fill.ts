@@ -222,6 +222,8 @@ export class BlobFill {
 
 export class FillManager {
   private readonly fills = new Map<Digest, BlobFill>();
+  /** Called with each chunk's size and the fill's origin (`<upstream>|<repo>`); metrics. */
+  onBytes: ((origin: string, bytes: number) => void) | null = null;
 
   constructor(
     private readonly paths: StoragePaths,
@@ -289,6 +291,7 @@ export class FillManager {
           for await (const chunk of body) {
             if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
             hasher.update(chunk);
+            this.onBytes?.(f.origin, chunk.length);
             await w.push(chunk);
           }
           if (f.size === null || w.received === f.size) break;

@@ -78,6 +78,8 @@ function isTransient(e: unknown): boolean {
 export class PullThrough {
   private readonly manifestFlights = new Map<string, Promise<ManifestRecord>>();
   private readonly revalidations = new Map<string, Promise<Digest | null>>();
+  /** Called with each lookup's outcome; metrics. */
+  onCache: ((kind: 'manifest' | 'blob', result: 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated') => void) | null = null;
 
   constructor(
     private readonly local: RegistryService,
@@ -86,6 +88,19 @@ export class PullThrough {
     private readonly fills: FillManager,
     private readonly log: Logger,
   ) {}
+
+  private count<T>(kind: 'manifest' | 'blob', result: 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated', value: T): T {
+    this.onCache?.(kind, result);
+    return value;
+  }
+
+  private hit<T>(kind: 'manifest' | 'blob', value: T): T {
+    return this.count(kind, 'hit', value);
+  }
+
+  private miss<T>(kind: 'manifest' | 'blob', value: T): T {
+    return this.count(kind, 'miss', value);
+  }
 
   resolve(repo: RepoName, ns: string | undefined): Resolution {
     return this.router.resolve(repo, ns);
@@ -111,14 +126,14 @@ export class PullThrough {
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);
     if (ref.kind === 'digest') {
-      if (meta.hasManifest(repo, ref.digest)) return { record: this.local.getManifest(repo, ref, accept), headers };
+      if (meta.hasManifest(repo, ref.digest)) return this.hit('manifest', { record: this.local.getManifest(repo, ref, accept), headers });
     } else if (meta.tag(repo, ref.tag)) {
       // Pushed tags win, and are never revalidated.
-      return { record: this.local.getManifest(repo, ref, accept), headers };
+      return this.hit('manifest', { record: this.local.getManifest(repo, ref, accept), headers });
     }
     const up = this.routeOrThrow(r);
     if (!up) return { record: this.local.getManifest(repo, ref, accept), headers };
-    if (ref.kind === 'digest') return { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers };
+    if (ref.kind === 'digest') return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers });
 
     // Keyed by upstream and remote name too: one local path can reach several upstreams
     // (?ns=a vs ?ns=b), and one upstream's tag must never answer for another's.
@@ -127,19 +142,19 @@ export class PullThrough {
     const cachedRecord = cached && meta.manifest(repo, cached.digest);
     if (cached && cachedRecord) {
       const fresh = Date.now() - cached.checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(ref.tag));
-      if (fresh) return { record: cachedRecord, headers };
+      if (fresh) return this.hit('manifest', { record: cachedRecord, headers });
       try {
         const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
-        if (digest === cached.digest) return { record: cachedRecord, headers };
+        if (digest === cached.digest) return this.count('manifest', 'revalidated', { record: cachedRecord, headers });
         const record = await this.fetchManifest(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
-        return { record, headers };
+        return this.miss('manifest', { record, headers });
       } catch (e) {
         if (!isTransient(e)) throw e;
         this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
-        return { record: cachedRecord, headers: { ...headers, Warning: STALE_WARNING } };
+        return this.count('manifest', 'stale', { record: cachedRecord, headers: { ...headers, Warning: STALE_WARNING } });
       }
     }
-    return { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers };
+    return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
   }
 
   /**
@@ -250,13 +265,13 @@ export class PullThrough {
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);
     const localSize = meta.repoBlobSize(repo, digest);
-    if (localSize !== undefined) return this.localBlob(digest, localSize, headers);
+    if (localSize !== undefined) return this.hit('blob', this.localBlob(digest, localSize, headers));
     // Stored for another repository: serve here only if a manifest this repository got
     // from upstream references it, or the upstream confirms it below.
     const stored = meta.blobSize(digest);
     if (stored !== undefined && meta.referencedInRepo(repo, digest)) {
       meta.linkBlob(repo, digest, 'cached');
-      return this.localBlob(digest, stored, headers);
+      return this.hit('blob', this.localBlob(digest, stored, headers));
     }
     const up = this.routeOrThrow(r);
     if (!up) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
@@ -273,7 +288,7 @@ export class PullThrough {
       const storedNow = stored ?? meta.blobSize(digest);
       if (storedNow !== undefined) {
         meta.linkBlob(repo, digest, 'cached');
-        return this.localBlob(digest, storedNow, headers);
+        return this.hit('blob', this.localBlob(digest, storedNow, headers));
       }
       if (head) {
         const len = Number(res.headers['content-length']);
@@ -281,6 +296,8 @@ export class PullThrough {
         return { size: len, headers, open: null };
       }
     }
+    // A request that finds the fill running shares it: counted as `joined`, not a miss.
+    this.onCache?.('blob', this.fills.inFlight(digest) ? 'joined' : 'miss');
     const fill = this.startFill(repo, up, digest);
     fill.done.then(() => meta.linkBlob(repo, digest, 'cached')).catch(() => undefined);
     await fill.ready;

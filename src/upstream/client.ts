@@ -65,6 +65,8 @@ export class UpstreamClient {
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
   private readonly tokenFetches = new Map<string, Promise<string | null>>();
   private offlineUntil = 0;
+  /** Called for every upstream response (status) or transport failure ('error'); metrics. */
+  onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null) => void) | null = null;
   /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
   private readonly endpointHosts: ReadonlySet<string>;
 
@@ -155,7 +157,14 @@ export class UpstreamClient {
       challengeAuth = null;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...req.headers };
       if (auth) headers.authorization = auth;
-      const res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
+      } catch (e) {
+        this.onResponse?.(req.method, 'error', null);
+        throw e;
+      }
+      this.onResponse?.(req.method, res.statusCode, res.headers);
       const status = res.statusCode;
       if (status >= 300 && status < 400 && res.headers.location) {
         await res.body.dump();

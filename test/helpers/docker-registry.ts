@@ -177,13 +177,15 @@ export async function seedRegistry(
 
 /**
  * Wait until the access log stops growing (it is written after each response, and read
- * from a pipe): bounded at 10 polls of `ms`.
+ * from a pipe, so a loaded machine delivers lines late): unchanged for 3 polls of `ms`,
+ * bounded at 25 polls.
  */
 export async function settleAccessLog(reg: DockerRegistry, ms = 200): Promise<void> {
   let last = -1;
-  for (let waited = 0; waited < ms * 10; waited += ms) {
+  let stable = 0;
+  for (let polls = 0; polls < 25 && stable < 3; polls++) {
     const n = reg.accessLog().length;
-    if (n === last) return;
+    stable = n === last ? stable + 1 : 0;
     last = n;
     await sleep(ms);
   }

@@ -1,0 +1,48 @@
+import test from 'ava';
+import { http } from '../helpers/http.js';
+import { startServer } from '../helpers/server.js';
+import { sampleImage } from './_support.js';
+import { ACCEPT_ALL, startFake, upstreamEntry } from './_pullthrough.js';
+
+const UP = 'metrics.test';
+
+function metric(text: string, name: string, labels: Record<string, string>): number {
+  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    if (want.every((w) => line.includes(w))) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return 0;
+}
+
+test('/metrics counts upstream requests, cache hits and misses, and blob bytes', async (t) => {
+  const fake = await startFake(t);
+  const s = await startServer(t, { upstreams: { [UP]: upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: UP });
+  const img = sampleImage('metrics');
+  fake.addImage('library/app', img, 'v1');
+  const accept = { accept: ACCEPT_ALL };
+  t.is((await http('GET', `${s.url}/v2/library/app/manifests/v1`, { headers: accept })).status, 200);
+  t.is((await http('GET', `${s.url}/v2/library/app/manifests/v1`, { headers: accept })).status, 200);
+  const layer = img.layers[0]!;
+  t.is((await http('GET', `${s.url}/v2/library/app/blobs/${layer.digest}`)).status, 200);
+  t.is((await http('GET', `${s.url}/v2/library/app/blobs/${layer.digest}`)).status, 200);
+
+  const res = await http('GET', `${s.url}/metrics`);
+  t.is(res.status, 200);
+  const text = res.body.toString();
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'miss' }), 1);
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'hit' }), 1);
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'miss' }), 1);
+  // The second GET may find the fill still committing (joined) or the blob stored (hit).
+  t.is(
+    metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'hit' }) + metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'joined' }),
+    1,
+  );
+  t.is(metric(text, 'regmirror_upstream_requests_total', { upstream: UP, method: 'GET', status: '200' }), 2);
+  t.is(metric(text, 'regmirror_upstream_blob_bytes_total', { upstream: UP }), layer.size);
+  t.true(metric(text, 'regmirror_http_requests_total', { area: 'manifest', method: 'GET', status: '2xx' }) >= 2);
+  t.true(text.includes('regmirror_blob_fills_inflight'));
+  t.false(/authorization|password|token/i.test(text.replace(/regmirror_[a-z_]+/g, '')), 'no secrets or auth data in metrics');
+
+  t.is((await http('GET', `${s.url}/healthz`)).status, 200);
+});
