@@ -23,6 +23,7 @@ import path from 'node:path';
 import { type Containerd, startContainerd, writeHostsToml } from '../helpers/containerd.js';
 import { type AccessEntry, type DockerRegistry, seedRegistry, settleAccessLog, startDockerRegistry } from '../helpers/docker-registry.js';
 import { startServer, tempDir, type TestServer } from '../helpers/server.js';
+import { http } from '../helpers/http.js';
 import { type Skopeo, pullArgs, pushArgs, skopeo } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
 import {
@@ -307,6 +308,33 @@ e2e('docker.io-style: hosts.toml for docker.io, regmirror upstream docker.io -> 
   await settleAccessLog(env.reg);
   const fromMirror = env.reg.accessLog().filter((e) => e.userAgent.startsWith('regmirror/'));
   t.deepEqual(fromMirror.filter((e) => !e.path.startsWith(`/v2/${REPO}/`)), [], 'upstream only ever saw library/busybox');
+});
+
+e2e('one regmirror for docker.io and gcr.io: hosts.toml for both, each routed by ?ns= to its own upstream', async (t) => {
+  const env = await setup(t);
+  // Both names point at the local docker-registry; what matters is that each pull is
+  // routed by containerd's ns= to the upstream of that name (and only that one).
+  const s = await startServer(t, {
+    upstreams: { 'docker.io': upstreamEntry(env.reg), 'gcr.io': upstreamEntry(env.reg, { libraryPrefix: false }) },
+    defaultUpstream: null,
+  });
+  const requests = watchRequests(s);
+  await writeHostsToml(env.hostsDir, 'docker.io', { server: env.closed, hosts: [{ url: s.url }] });
+  await writeHostsToml(env.hostsDir, 'gcr.io', { server: env.closed, hosts: [{ url: s.url }] });
+  const digest = await upstreamDigest(env.reg, REPO, '1.0');
+
+  for (const [host, ns] of [['gcr.io', 'gcr'], ['docker.io', 'hub']] as const) {
+    const ref = `${host}/${REPO}:1.0`;
+    await env.ctd.pull(ref, { namespace: ns, hostsDir: env.hostsDir, platform: 'linux/amd64' });
+    await assertImage(t, env.ctd, ns, ref, digest);
+    await assertContent(t, env.ctd, ns, [V1.index, AMD64.manifest, AMD64.config, ...AMD64.layers]);
+  }
+  const reqs = requests().filter(fromContainerd);
+  t.true(reqs.some((r) => r.method === 'HEAD' && r.url === `/v2/${REPO}/manifests/1.0?ns=gcr.io` && r.status === 200), summary(reqs));
+  t.true(reqs.some((r) => r.method === 'HEAD' && r.url === `/v2/${REPO}/manifests/1.0?ns=docker.io` && r.status === 200), summary(reqs));
+  t.deepEqual(reqs.filter((r) => r.status !== 200), []);
+  const explain = await http('GET', `${s.url}/api/v1/resolve?path=${REPO}&ns=gcr.io`);
+  t.is(explain.json<{ upstream: { name: string } }>().upstream.name, 'gcr.io');
 });
 
 // ---------------------------------------------------------------------------
