@@ -34,26 +34,51 @@
  * BENCH_REGMIRROR_CLI, BENCH_PT_SNAPSHOT=0 (run dist/ in place instead of a copy made at
  * start), BENCH_KEEP=1, BENCH_RESULTS_DIR. See bench/README.md.
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import {
+  HERE,
+  ROOT,
+  MIB,
+  MT,
+  MANIFEST_ACCEPT,
+  agent as seedAgent,
+  assertLoopback,
+  cleanup,
+  CLK_TCK,
+  configure,
+  elapsedS,
+  envNum,
+  expectStatus,
+  genStream,
+  installExitHandlers,
+  log,
+  machineBusyTicks,
+  median,
+  NCPU,
+  onPath,
+  pidCpuTicks,
+  request,
+  rssSampler,
+  rssSummary,
+  sha256,
+  sleep,
+  startDockerRegistry,
+  startProcess,
+  stopProcess,
+  tempDirs,
+  versionOf,
+  waitQuiet,
+  freePort,
+  waitReady,
+} from './lib.mjs';
 
 const THIS_FILE = fileURLToPath(import.meta.url);
-const HERE = path.dirname(THIS_FILE);
-const ROOT = path.resolve(HERE, '..');
-const MIB = 1024 * 1024;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const hr = () => Number(process.hrtime.bigint()) / 1e6; // ms, monotonic
-
-function assertLoopback(host) {
-  if (host !== '127.0.0.1') throw new Error(`refusing non-loopback host ${host}`);
-}
 
 // =======================================================================================
 // Counting proxy (child process): clients never see it; the caches use it as upstream.
@@ -159,14 +184,6 @@ function runCountingProxy() {
 // Everything below runs in the benchmark process.
 // =======================================================================================
 
-function envNum(name, def, min, max) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`${name}=${raw}: must be a number in [${min}, ${max}]`);
-  return n;
-}
-
 const LAYERS = Math.round(envNum('BENCH_PT_LAYERS', 4, 1, 16));
 const LAYER_MIB = Math.round(envNum('BENCH_PT_LAYER_MIB', 128, 1, 1024));
 const CLIENTS = Math.round(envNum('BENCH_PT_CLIENTS', 8, 2, 32));
@@ -179,6 +196,7 @@ const HARD_LIMIT_S = envNum('BENCH_PT_TIMEOUT', 280, 30, 3600);
 const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
 const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
 const KEEP = process.env.BENCH_KEEP === '1';
+configure({ name: 'pullthrough', keep: KEEP });
 const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
 // Copy the build at start, so a rebuild of dist/ during the run (tests, colleagues) does not
 // change what later scenarios measure.
@@ -191,206 +209,12 @@ const IDLE_WAIT_MS = 60_000; // at most this long for the caches' upstream traff
 const REPO = 'bench/pullthrough';
 const TAG = 'v1';
 const UPSTREAM_NAME = 'upstream.bench'; // regmirror's name for the upstream (a host-like name)
-const MT = {
-  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
-  ociConfig: 'application/vnd.oci.image.config.v1+json',
-  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
-};
-// What containerd 1.6 sends when resolving a tag (see shared/docs/sandbox.md).
-const MANIFEST_ACCEPT = [
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  MT.ociManifest,
-  'application/vnd.oci.image.index.v1+json',
-  '*/*',
-].join(', ');
-
-const t0 = Date.now();
-const elapsedS = () => (Date.now() - t0) / 1000;
-const log = (...a) => console.error(`[pullthrough +${elapsedS().toFixed(1)}s]`, ...a);
 const round = (x, d = 2) => (x === null || x === undefined || !Number.isFinite(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
 
-function median(xs) {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (!s.length) return null;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
 // ---------------------------------------------------------------------------------------
-// Deterministic incompressible bytes: AES-256-CTR of zeros, key derived from a label.
-// ---------------------------------------------------------------------------------------
-
-const ZEROS = Buffer.alloc(MIB);
-
-function cipherFor(label) {
-  const key = createHash('sha256').update(`regmirror-bench/pullthrough/${label}`).digest();
-  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-}
-
-/** `size` bytes, generated 1 MiB at a time and hashed on the way (never held in memory). */
-function genStream(label, size, hash) {
-  const c = cipherFor(label);
-  let left = size;
-  return new Readable({
-    highWaterMark: 2 * MIB,
-    read() {
-      if (left <= 0) {
-        this.push(null);
-        return;
-      }
-      const n = Math.min(left, MIB);
-      left -= n;
-      const buf = c.update(n === MIB ? ZEROS : ZEROS.subarray(0, n));
-      hash.update(buf);
-      this.push(buf);
-    },
-  });
-}
-
-const sha256 = (buf) => `sha256:${createHash('sha256').update(buf).digest('hex')}`;
-
-// ---------------------------------------------------------------------------------------
-// Processes: started here, stopped here by PID, always.
-// ---------------------------------------------------------------------------------------
-
-const children = new Set();
-const stopping = new Set();
-const tempDirs = [];
-
-function startProcess(name, cmd, args, logFile, { ipc = false, env } = {}) {
-  const fd = fs.openSync(logFile, 'a');
-  const child = spawn(cmd, args, { stdio: ipc ? ['ignore', fd, fd, 'ipc'] : ['ignore', fd, fd], cwd: ROOT, env: env ?? process.env });
-  fs.closeSync(fd);
-  const entry = { name, child, pid: child.pid, done: false, logFile };
-  entry.exited = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      if (!stopping.has(entry)) log(`${name} (pid ${child.pid}) exited unexpectedly: code ${code}, signal ${signal}`);
-      entry.done = true;
-      entry.exitInfo = { code, signal };
-      children.delete(entry);
-      resolve(entry.exitInfo);
-    });
-    child.on('error', (err) => {
-      entry.done = true;
-      entry.exitInfo = { error: err.message };
-      children.delete(entry);
-      resolve(entry.exitInfo);
-    });
-  });
-  children.add(entry);
-  return entry;
-}
-
-async function stopProcess(entry, graceMs = 5000) {
-  if (entry.done) return entry.exitInfo;
-  stopping.add(entry);
-  try {
-    process.kill(entry.pid, 'SIGTERM');
-  } catch {
-    /* already gone */
-  }
-  const info = await Promise.race([entry.exited, sleep(graceMs).then(() => null)]);
-  if (info) return info;
-  log(`${entry.name} (pid ${entry.pid}) did not stop in ${graceMs} ms: SIGKILL`);
-  try {
-    process.kill(entry.pid, 'SIGKILL');
-  } catch {
-    /* already gone */
-  }
-  return Promise.race([entry.exited, sleep(2000)]);
-}
-
-let cleaningUp = null;
-function cleanup() {
-  cleaningUp ??= (async () => {
-    await Promise.all([...children].map((e) => stopProcess(e)));
-    if (!KEEP) for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-    else for (const d of tempDirs) log(`kept ${d}`);
-  })();
-  return cleaningUp;
-}
-
-function installExitHandlers() {
-  process.on('exit', () => {
-    for (const e of children) {
-      try {
-        process.kill(e.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  });
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-    process.on(sig, () => {
-      log(`${sig}: stopping servers`);
-      cleanup().finally(() => process.exit(130));
-    });
-  }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function readRssKiB(pid) {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-function rssSampler(pid, everyMs = 200) {
-  const samples = [];
-  const take = () => {
-    const k = readRssKiB(pid);
-    if (k !== null) samples.push(k);
-  };
-  take();
-  const timer = setInterval(take, everyMs);
-  return {
-    stop() {
-      clearInterval(timer);
-      take();
-      if (!samples.length) return null;
-      return { startMiB: round(samples[0] / 1024, 1), peakMiB: round(Math.max(...samples) / 1024, 1), endMiB: round(samples.at(-1) / 1024, 1) };
-    },
-  };
-}
-
-// CPU accounting from /proc (see bench/run.mjs): per-process CPU seconds, and the share of
+// Processes (bench/lib.mjs) and CPU accounting: per-process CPU seconds, and the share of
 // the machine's CPU used by processes that are not part of this benchmark.
-let CLK_TCK = 100;
-try {
-  CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim()) || 100;
-} catch {
-  /* keep 100 */
-}
-const NCPU = os.cpus().length;
-
-function pidCpuTicks(pid) {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return { user: Number(f[11]), sys: Number(f[12]) };
-  } catch {
-    return { user: 0, sys: 0 };
-  }
-}
-
-function machineBusyTicks() {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq] = f;
-  return user + nice + system + irq + softirq;
-}
+// ---------------------------------------------------------------------------------------
 
 /** pids: { role: pid } */
 function cpuSnapshot(pids) {
@@ -414,65 +238,9 @@ function cpuDelta(a, b) {
   return out;
 }
 
-/** Wait (bounded) until the machine's CPU is < 10% busy over 2 s (as bench/run.mjs does). */
-async function waitQuiet(maxS) {
-  const deadline = Date.now() + maxS * 1000;
-  for (let i = 0; Date.now() < deadline && i < 10_000; i++) {
-    const a = machineBusyTicks();
-    await sleep(2000);
-    const share = (machineBusyTicks() - a) / CLK_TCK / (2 * NCPU);
-    if (share < 0.1) {
-      log(`machine quiet (${(share * 100).toFixed(0)}% busy)`);
-      return;
-    }
-    if (i % 5 === 0) log(`waiting for a quiet machine: ${(share * 100).toFixed(0)}% busy`);
-  }
-  log(`machine still busy after ${maxS} s: running anyway`);
-}
-
 // ---------------------------------------------------------------------------------------
 // HTTP (node:http, loopback only, every request with a deadline)
 // ---------------------------------------------------------------------------------------
-
-const seedAgent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-
-/** Small request/response (seeding, readiness). Bodies are kept up to 1 MiB. */
-function request(method, url, { headers = {}, body, timeoutMs = 30_000, agent = seedAgent } = {}) {
-  const u = new URL(url);
-  assertLoopback(u.hostname);
-  return new Promise((resolve, reject) => {
-    const req = http.request({ method, hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers, agent }, (res) => {
-      const chunks = [];
-      let n = 0;
-      res.on('data', (c) => {
-        if (n < MIB) chunks.push(c);
-        n += c.length;
-      });
-      res.on('end', () => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), bytes: n });
-      });
-      res.on('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-    });
-    const timer = setTimeout(() => req.destroy(new Error(`${method} ${url} timed out after ${timeoutMs} ms`)), timeoutMs);
-    req.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    if (body instanceof Readable) {
-      body.on('error', (e) => req.destroy(e));
-      body.pipe(req);
-    } else req.end(body);
-  });
-}
-
-function expectStatus(res, want, what) {
-  if (res.status !== want) throw new Error(`${what}: HTTP ${res.status} (want ${want}): ${res.body.toString('utf8').slice(0, 300)}`);
-  return res;
-}
 
 /**
  * GET that streams the body through sha256 and checks digest and size. Resolves with
@@ -533,57 +301,14 @@ function fetchVerified(url, { agent, headers = {}, deadlineAt, expect, keepBody 
   });
 }
 
-async function waitReady(base, entry, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
-    try {
-      const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
-      if (r.status === 200) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) {
-      last = e.message;
-    }
-    await sleep(100);
-  }
-  throw new Error(`${entry.name} not ready after ${timeoutMs} ms (${last})`);
-}
-
 // ---------------------------------------------------------------------------------------
 // Upstream: docker-registry + counting proxy, seeded with the image
 // ---------------------------------------------------------------------------------------
 
-function distributionConfig(dir, port, remoteurl) {
-  const lines = [
-    'version: 0.1',
-    'log:',
-    '  level: error',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  cache:',
-    '    blobdescriptor: inmemory',
-    '  filesystem:',
-    `    rootdirectory: ${path.join(dir, 'storage')}`,
-  ];
-  if (!remoteurl) lines.push('  delete:', '    enabled: true');
-  lines.push('http:', `  addr: 127.0.0.1:${port}`);
-  if (remoteurl) lines.push('proxy:', `  remoteurl: ${remoteurl}`);
-  lines.push('');
-  const cfg = path.join(dir, 'registry.yml');
-  fs.writeFileSync(cfg, lines.join('\n'));
-  return cfg;
-}
-
 async function startUpstream(dir) {
   fs.mkdirSync(dir, { recursive: true });
-  const port = await freePort();
-  const cfg = distributionConfig(dir, port, null);
-  const entry = startProcess('upstream docker-registry', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
-  const base = `http://127.0.0.1:${port}`;
-  await waitReady(base, entry);
-  return { name: 'upstream', base, entry, pid: entry.pid };
+  const { base, entry, pid } = await startDockerRegistry(dir, 'upstream docker-registry');
+  return { name: 'upstream', base, entry, pid };
 }
 
 async function startCountingProxy(dir, targetBase) {
@@ -638,7 +363,7 @@ async function pushLayer(base, label, size) {
   const loc = new URL(post.headers.location, base);
   const hash = createHash('sha256');
   const patch = expectStatus(
-    await request('PATCH', loc.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body: genStream(label, size, hash), timeoutMs: 120_000 }),
+    await request('PATCH', loc.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body: genStream(`pullthrough/${label}`, size, hash), timeoutMs: 120_000 }),
     202,
     'PATCH upload',
   );
@@ -716,12 +441,8 @@ async function startRegmirror(dir, upstreamBase) {
 
 async function startDistributionProxy(dir, upstreamBase) {
   fs.mkdirSync(dir, { recursive: true });
-  const port = await freePort();
-  const cfg = distributionConfig(dir, port, upstreamBase);
-  const entry = startProcess('docker-registry proxy', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
-  const base = `http://127.0.0.1:${port}`;
-  await waitReady(base, entry);
-  return { name: 'docker-registry', base, entry, pid: entry.pid, dir };
+  const { base, entry, pid } = await startDockerRegistry(dir, 'docker-registry proxy', upstreamBase);
+  return { name: 'docker-registry', base, entry, pid, dir };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -790,7 +511,7 @@ async function pullScenario(label, cache, nClients, img, upstream, proxy) {
   const clients = await Promise.all(Array.from({ length: nClients }, (_, i) => pullImage(cache.base, img, deadlineAt, i)));
   const wallMs = hr() - start;
   const cpu = cpuDelta(cpu0, cpuSnapshot(pids));
-  const rssOut = rss.stop();
+  const rssOut = rssSummary(rss.stop());
   const idle = await proxy.waitIdle();
   const st = await proxy.stats(true);
   if (cache.entry.done) throw new Error(`${cache.name} exited during ${label}: ${JSON.stringify(cache.entry.exitInfo)}`);
@@ -996,14 +717,6 @@ function markdown(meta, rows, notes) {
   return L.join('\n');
 }
 
-function versionOf(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return null;
-  }
-}
-
 /** Newest mtime under a directory (bounded walk): when the measured build was made. */
 function newestMtime(dir) {
   let newest = 0;
@@ -1023,17 +736,6 @@ function newestMtime(dir) {
     }
   }
   return newest ? new Date(newest).toISOString() : null;
-}
-
-function onPath(bin) {
-  return (process.env.PATH || '').split(path.delimiter).some((d) => {
-    try {
-      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,44 +20,65 @@
  * BENCH_SLICES (2: each measurement as A B B A slices), BENCH_WAIT_QUIET=seconds (first wait, at most that long, for other CPU load to stop).
  * See bench/README.md. Only 127.0.0.1 is ever contacted.
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { createCipheriv, createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import {
+  HERE,
+  ROOT,
+  MIB,
+  MT,
+  MANIFEST_ACCEPT,
+  agent,
+  cleanup,
+  CLK_TCK,
+  configure,
+  envNum,
+  expectStatus,
+  freePort,
+  genBuffer,
+  genStream,
+  installExitHandlers,
+  log,
+  machineBusyTicks,
+  median,
+  NCPU,
+  onPath,
+  pidCpuTicks,
+  readRssKiB,
+  request,
+  rssSampler,
+  rssSummary,
+  sha256,
+  startDockerRegistry,
+  startedPids,
+  startProcess,
+  stopProcess,
+  streamDigest,
+  tempDirs,
+  versionOf,
+  waitQuiet,
+  waitReady,
+} from './lib.mjs';
 
 // ---------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..');
-
-function envNum(name, def, min, max) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min || n > max) throw new Error(`${name}=${raw}: must be a number in [${min}, ${max}]`);
-  return n;
-}
 
 const SECONDS = envNum('BENCH_SECONDS', 10, 1, 120);
 const WARMUP = envNum('BENCH_WARMUP', 2, 0, 30);
 const PUSH_REPS = Math.round(envNum('BENCH_PUSH_REPS', 3, 1, 10));
 const BIG_MIB = Math.round(envNum('BENCH_BIG_MIB', 256, 1, 4096));
 const SMALL_COUNT = 64;
-const MIB = 1024 * 1024;
 const BIG_SIZE = BIG_MIB * MIB;
 const SMALL_SIZE = MIB;
 const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const KEEP = process.env.BENCH_KEEP === '1' || PROFILE;
+configure({ name: 'bench', keep: KEEP });
 const ALL_METRICS = ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet', 'push'];
 const ONLY = (process.env.BENCH_ONLY || ALL_METRICS.join(',')).split(',').map((x) => x.trim()).filter(Boolean);
 for (const m of ONLY) if (!ALL_METRICS.includes(m)) throw new Error(`BENCH_ONLY: unknown metric ${m} (known: ${ALL_METRICS.join(', ')})`);
@@ -72,232 +93,24 @@ const HARD_LIMIT_S = envNum('BENCH_TIMEOUT', 240 + 8 * (SECONDS + WARMUP) + PUSH
 const REPO = 'bench/core';
 const TAG = 'bench';
 const TAG_V2S2 = 'bench-v2s2';
-const MT = {
-  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
-  ociConfig: 'application/vnd.oci.image.config.v1+json',
-  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
-  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
-  dockerConfig: 'application/vnd.docker.container.image.v1+json',
-  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
-};
-// What containerd 1.6 sends when resolving a tag (see shared/docs/sandbox.md).
-const MANIFEST_ACCEPT = [
-  MT.dockerManifest,
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  MT.ociManifest,
-  'application/vnd.oci.image.index.v1+json',
-  '*/*',
-].join(', ');
-
-const t0 = Date.now();
-const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
-const log = (...a) => console.error(`[bench +${elapsed()}s]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------
-// Deterministic incompressible bytes: AES-256-CTR of zeros, key derived from a label.
+// Processes (bench/lib.mjs) and CPU accounting
 // ---------------------------------------------------------------------------------------
 
-const CHUNK = MIB;
-const ZEROS = Buffer.alloc(CHUNK);
-
-function cipherFor(label) {
-  const key = createHash('sha256').update(`regmirror-bench/${label}`).digest();
-  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-}
-
-/** A stream of `size` bytes, produced 1 MiB at a time (never held whole in memory). */
-function genStream(label, size) {
-  const c = cipherFor(label);
-  let left = size;
-  return new Readable({
-    highWaterMark: 2 * CHUNK,
-    read() {
-      if (left <= 0) {
-        this.push(null);
-        return;
-      }
-      const n = Math.min(left, CHUNK);
-      left -= n;
-      this.push(c.update(n === CHUNK ? ZEROS : ZEROS.subarray(0, n)));
-    },
-  });
-}
-
-/** Small blobs (1 MiB) are fine to hold in memory. */
-function genBuffer(label, size) {
-  return cipherFor(label).update(Buffer.alloc(size));
-}
-
-function sha256(buf) {
-  return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
-}
-
-/** Digest of a generated stream, computed chunk by chunk. */
-function streamDigest(label, size) {
-  const c = cipherFor(label);
-  const h = createHash('sha256');
-  for (let left = size; left > 0; left -= CHUNK) {
-    const n = Math.min(left, CHUNK);
-    h.update(c.update(n === CHUNK ? ZEROS : ZEROS.subarray(0, n)));
-  }
-  return `sha256:${h.digest('hex')}`;
-}
-
-// ---------------------------------------------------------------------------------------
-// Processes: started here, stopped here by PID, always.
-// ---------------------------------------------------------------------------------------
-
-const children = new Set(); // { name, child, pid, exited: Promise }
-const tempDirs = [];
-
-function startProcess(name, cmd, args, logFile) {
-  const fd = fs.openSync(logFile, 'a');
-  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], cwd: ROOT });
-  fs.closeSync(fd);
-  const entry = { name, child, pid: child.pid, done: false };
-  entry.exited = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      if (!stopping.has(entry)) log(`${name} (pid ${child.pid}) exited unexpectedly: code ${code}, signal ${signal}`);
-      entry.done = true;
-      entry.exitInfo = { code, signal };
-      children.delete(entry);
-      resolve(entry.exitInfo);
-    });
-    child.on('error', (err) => {
-      entry.done = true;
-      entry.exitInfo = { error: err.message };
-      children.delete(entry);
-      resolve(entry.exitInfo);
-    });
-  });
-  children.add(entry);
-  if (child.pid) ourPids.add(child.pid);
-  return entry;
-}
-
-const stopping = new Set();
-async function stopProcess(entry, graceMs = 5000) {
-  if (entry.done) return entry.exitInfo;
-  stopping.add(entry);
-  try {
-    process.kill(entry.pid, 'SIGTERM');
-  } catch {
-    /* already gone */
-  }
-  const info = await Promise.race([entry.exited, sleep(graceMs).then(() => null)]);
-  if (info) return info;
-  log(`${entry.name} (pid ${entry.pid}) did not stop in ${graceMs} ms: SIGKILL`);
-  try {
-    process.kill(entry.pid, 'SIGKILL');
-  } catch {
-    /* already gone */
-  }
-  return Promise.race([entry.exited, sleep(2000)]);
-}
-
-let cleaningUp = null;
-function cleanup() {
-  cleaningUp ??= (async () => {
-    await Promise.all([...children].map((e) => stopProcess(e)));
-    if (!KEEP) for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-    else for (const d of tempDirs) log(`kept ${d}`);
-  })();
-  return cleaningUp;
-}
-
-// Last resort if the process exits some other way: kill what is still running.
-process.on('exit', () => {
-  for (const e of children) {
-    try {
-      process.kill(e.pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-});
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    log(`${sig}: stopping servers`);
-    cleanup().finally(() => process.exit(130));
-  });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function readRssKiB(pid) {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Samples VmRSS every `everyMs` until stop(); start/end are taken at start()/stop(). */
-function rssSampler(pid, everyMs = 200) {
-  const samples = [];
-  const take = () => {
-    const kib = readRssKiB(pid);
-    if (kib !== null) samples.push(kib);
-  };
-  take();
-  const timer = setInterval(take, everyMs);
-  return {
-    stop() {
-      clearInterval(timer);
-      take();
-      const mib = (k) => Math.round((k / 1024) * 10) / 10;
-      return {
-        startMiB: mib(samples[0]),
-        peakMiB: mib(Math.max(...samples)),
-        endMiB: mib(samples[samples.length - 1]),
-        samples: samples.length,
-      };
-    },
-  };
-}
+installExitHandlers();
 
 // CPU accounting from /proc: the server's own CPU time for a run, and how much CPU the
 // rest of the machine (other people's work, not this benchmark) took meanwhile.
-let CLK_TCK = 100;
-try {
-  CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5000 }).trim()) || 100;
-} catch {
-  /* keep 100 */
-}
-const NCPU = os.cpus().length;
-const ourPids = new Set([process.pid]);
-
-function pidCpuTicks(pid) {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]); // utime + stime
-  } catch {
-    return 0;
-  }
-}
-
-function machineBusyTicks() {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq] = f;
-  return user + nice + system + irq + softirq;
+function cpuTicks(pid) {
+  const t = pidCpuTicks(pid);
+  return t.user + t.sys;
 }
 
 function cpuSnapshot(serverPid) {
   const ours = {};
-  for (const p of ourPids) ours[p] = pidCpuTicks(p);
-  return { at: process.hrtime.bigint(), busy: machineBusyTicks(), server: pidCpuTicks(serverPid), ours };
+  for (const p of [process.pid, ...startedPids]) ours[p] = cpuTicks(p);
+  return { at: process.hrtime.bigint(), busy: machineBusyTicks(), server: cpuTicks(serverPid), ours };
 }
 
 function cpuDelta(a, b) {
@@ -311,74 +124,6 @@ function cpuDelta(a, b) {
     // Kernel work on our behalf (softirq for loopback) is not in any process: a few % is normal.
     foreignCpuShare: Math.max(0, Math.round(((busy - ours) / CLK_TCK / (secs * NCPU)) * 1000) / 1000),
   };
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP helper (node:http, loopback only, every request with a deadline)
-// ---------------------------------------------------------------------------------------
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-
-function request(method, url, { headers = {}, body, timeoutMs = 30_000 } = {}) {
-  const u = new URL(url);
-  if (u.hostname !== '127.0.0.1') throw new Error(`refusing non-loopback URL ${url}`);
-  return new Promise((resolve, reject) => {
-    let timer;
-    const req = http.request(
-      { method, hostname: u.hostname, port: u.port, path: u.pathname + u.search, headers, agent },
-      (res) => {
-        const chunks = [];
-        let n = 0;
-        res.on('data', (c) => {
-          if (n < MIB) chunks.push(c); // responses here are small; never keep more than 1 MiB
-          n += c.length;
-        });
-        res.on('end', () => {
-          clearTimeout(timer);
-          resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), bytes: n });
-        });
-        res.on('error', (e) => {
-          clearTimeout(timer);
-          reject(e);
-        });
-      },
-    );
-    timer = setTimeout(() => req.destroy(new Error(`${method} ${url} timed out after ${timeoutMs} ms`)), timeoutMs);
-    req.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    if (body instanceof Readable) {
-      body.on('error', (e) => req.destroy(e));
-      body.pipe(req);
-    } else {
-      req.end(body);
-    }
-  });
-}
-
-function expectStatus(res, want, what) {
-  if (res.status !== want) {
-    throw new Error(`${what}: HTTP ${res.status} (want ${want}): ${res.body.toString('utf8').slice(0, 300)}`);
-  }
-  return res;
-}
-
-async function waitReady(base, entry, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
-    try {
-      const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
-      if (r.status === 200) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) {
-      last = e.message;
-    }
-    await sleep(100);
-  }
-  throw new Error(`${entry.name} not ready after ${timeoutMs} ms (${last})`);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -649,53 +394,8 @@ async function startRegmirror(dir) {
 }
 
 async function startDistribution(dir) {
-  const port = await freePort();
-  const cfg = path.join(dir, 'registry.yml');
-  // Debian's default config minus auth and the periodic health check; access log off
-  // (regmirror logs no access lines at level warn either).
-  fs.writeFileSync(
-    cfg,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: error',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  cache:',
-      '    blobdescriptor: inmemory',
-      '  filesystem:',
-      `    rootdirectory: ${path.join(dir, 'storage')}`,
-      '  delete:',
-      '    enabled: true',
-      'http:',
-      `  addr: 127.0.0.1:${port}`,
-      '',
-    ].join('\n'),
-  );
-  const entry = startProcess('docker-registry', 'docker-registry', ['serve', cfg], path.join(dir, 'server.log'));
-  const base = `http://127.0.0.1:${port}`;
-  await waitReady(base, entry);
-  return { name: 'docker-registry', base, entry, pid: entry.pid, dir };
-}
-
-function onPath(bin) {
-  return (process.env.PATH || '').split(path.delimiter).some((d) => {
-    try {
-      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-function versionOf(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return null;
-  }
+  const { base, entry, pid } = await startDockerRegistry(dir, 'docker-registry');
+  return { name: 'docker-registry', base, entry, pid, dir };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -741,11 +441,6 @@ function fmt(v, digits = 0) {
 function ratio(a, b) {
   if (a === null || b === null || a === undefined || b === undefined || !b) return null;
   return Math.round((a / b) * 100) / 100;
-}
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : null;
 }
 
 const RSS_FLAT_MIB = 64; // "flat": peak - start below this while serving a 256 MiB blob
@@ -870,7 +565,8 @@ async function benchAll(servers, seedData, results) {
         const sampler = m.rss ? rssSampler(srv.pid) : null;
         slices.get(srv.name).push(await cannonSlice(srv, m.opts, m.extra, sliceSeconds, k === 0));
         if (sampler) {
-          const r = sampler.stop();
+          const samples = sampler.stop();
+          const r = { ...rssSummary(samples), samples: samples.length };
           const prev = rss.get(srv.name);
           rss.set(srv.name, prev ? { startMiB: prev.startMiB, peakMiB: Math.max(prev.peakMiB, r.peakMiB), endMiB: r.endMiB, samples: prev.samples + r.samples } : r);
         }
@@ -913,7 +609,7 @@ async function benchPushes(servers, seedData, results) {
       const before = cpuSnapshot(srv.pid);
       const t = await pushStreamedBlob(srv.base, `${REPO}-push`, p.label, p.size, p.digest);
       const cpu = cpuDelta(before, cpuSnapshot(srv.pid));
-      const rss = sampler.stop();
+      const rss = rssSummary(sampler.stop());
       const out = results[srv.name].push;
       const MBps = Math.round((p.size / 1e6 / t.seconds) * 10) / 10;
       out.runs.push({ ...t, seconds: Math.round(t.seconds * 1000) / 1000, MBps, ...cpu, serverCpuSecondsPerGB: Math.round((cpu.serverCpuSeconds / (p.size / 1e9)) * 1000) / 1000 });
@@ -930,22 +626,6 @@ async function benchPushes(servers, seedData, results) {
     out.medianServerCpuSecondsPerGB = median(out.runs.map((r) => r.serverCpuSecondsPerGB));
     results[srv.name].rssPush = { peakMiB: out.rssPeakMiB ?? null };
   }
-}
-
-/** Wait (bounded) until the machine's CPU is < 10% busy over 2 s, so other work does not skew the run. */
-async function waitQuiet(maxS) {
-  const deadline = Date.now() + maxS * 1000;
-  for (let i = 0; Date.now() < deadline && i < 10_000; i++) {
-    const a = machineBusyTicks();
-    await sleep(2000);
-    const share = (machineBusyTicks() - a) / CLK_TCK / (2 * NCPU);
-    if (share < 0.1) {
-      log(`machine quiet (${(share * 100).toFixed(0)}% busy)`);
-      return;
-    }
-    if (i % 5 === 0) log(`waiting for a quiet machine: ${(share * 100).toFixed(0)}% busy`);
-  }
-  log(`machine still busy after ${maxS} s: running anyway`);
 }
 
 async function main() {

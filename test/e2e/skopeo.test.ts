@@ -1,7 +1,7 @@
 /**
  * End-to-end with the real skopeo binary against a live regmirror (in-process server).
  *
- * Images are built offline with the fixtures. skopeo runs with a scrubbed environment
+ * Images are built offline with the fixtures. skopeo runs (test/helpers/skopeo.ts) with a scrubbed environment
  * (temp HOME/XDG dirs, an empty registries.conf via --registries-conf, empty registries.d
  * and cert dirs, no credentials, no proxy variables, its blob-info cache in the temp dir),
  * and every reference names 127.0.0.1:<port> explicitly, so it never reaches the network.
@@ -13,12 +13,12 @@
  * Skipped only when skopeo is absent and CI !== 'true'; under CI a missing skopeo fails.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
-import { accessSync, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
 import { startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { errorCode, http } from '../helpers/http.js';
+import { type Skopeo, pullArgs, pushArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
+import { CI, missingTools } from '../helpers/tools.js';
 import {
   type Blob,
   type Image,
@@ -35,96 +35,15 @@ import {
   writeOciLayout,
 } from '../fixtures/images.js';
 
+/** Longer than the helper's default: these tests move multi-arch images with several layers. */
 const SKOPEO_TIMEOUT_MS = 90_000;
-
-function findOnPath(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
-    if (!dir) continue;
-    const p = path.join(dir, bin);
-    try {
-      accessSync(p, fsConstants.X_OK);
-      return p;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
-
-const SKOPEO = findOnPath('skopeo');
-const CI = process.env.CI === 'true';
-const e2e = SKOPEO || CI ? test : test.skip;
+const e2e = missingTools(['skopeo']).length === 0 || CI ? test : test.skip;
 
 // ---------------------------------------------------------------------------
-// skopeo runner
+// skopeo runner: test/helpers/skopeo.ts (scrubbed environment, --registries-conf <empty file>)
 
-interface Skopeo {
-  /** Runs `skopeo <global flags> <args>`; rejects with stderr on a non-zero exit. */
-  run(args: string[]): Promise<{ stdout: Buffer; stderr: string }>;
-  /** --cert-dir style flag value: an empty directory, so /etc/containers/certs.d is never read. */
-  certDir: string;
-}
-
-async function skopeo(t: ExecutionContext): Promise<Skopeo> {
-  if (!SKOPEO) throw new Error('skopeo is not installed but CI=true: the e2e tests require it (apt-get install skopeo)');
-  const root = await tempDir(t, 'regmirror-skopeo-');
-  const d = (...p: string[]) => path.join(root, ...p);
-  for (const sub of ['home', 'run', 'config', 'data', 'tmp', 'registries.d', 'certs']) await fs.mkdir(d(sub), { recursive: true, mode: 0o700 });
-  await fs.writeFile(d('registries.conf'), '');
-  await fs.writeFile(d('containers.conf'), '');
-  await fs.writeFile(d('auth.json'), '{"auths":{}}');
-  // Nothing inherited from the parent environment except PATH: no proxies, no auth.
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    HOME: d('home'),
-    XDG_RUNTIME_DIR: d('run'),
-    XDG_CONFIG_HOME: d('config'),
-    XDG_DATA_HOME: d('data'),
-    TMPDIR: d('tmp'),
-    CONTAINERS_REGISTRIES_CONF: d('registries.conf'),
-    CONTAINERS_CONF: d('containers.conf'),
-    REGISTRY_AUTH_FILE: d('auth.json'),
-    DOCKER_CONFIG: d('home'),
-    NO_PROXY: '*',
-    // containers/image keeps its blob-info cache in /var/lib/containers/cache for uid 0;
-    // for any other uid it uses $XDG_DATA_HOME. This keeps the cache inside the temp dir
-    // (no cross-test or cross-run state). skopeo only re-execs for containers-storage:.
-    _CONTAINERS_ROOTLESS_UID: '1000',
-  };
-  // --registries-conf is hidden in skopeo 1.9 but honoured (CONTAINERS_REGISTRIES_CONF is
-  // not, in this version); --insecure-policy means no policy.json is read.
-  const global = [
-    '--insecure-policy',
-    '--registries-conf', d('registries.conf'),
-    '--registries.d', d('registries.d'),
-    '--tmpdir', d('tmp'),
-    '--command-timeout', '80s',
-  ];
-  return {
-    certDir: d('certs'),
-    run(args) {
-      return new Promise((resolve, reject) => {
-        execFile(
-          SKOPEO!,
-          [...global, ...args],
-          { env, timeout: SKOPEO_TIMEOUT_MS, killSignal: 'SIGKILL', encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 },
-          (err, stdout, stderr) => {
-            const errText = stderr.toString('utf8');
-            if (err) reject(new Error(`skopeo ${args.join(' ')} failed: ${err.message}\n${errText}`));
-            else resolve({ stdout, stderr: errText });
-          },
-        );
-      });
-    },
-  };
-}
-
-function pushArgs(sk: Skopeo, src: string, dest: string): string[] {
-  return ['copy', '--all', '--preserve-digests', '--retry-times', '0', '--dest-tls-verify=false', '--dest-no-creds', '--dest-cert-dir', sk.certDir, src, dest];
-}
-
-function pullArgs(sk: Skopeo, src: string, dest: string): string[] {
-  return ['copy', '--all', '--preserve-digests', '--retry-times', '0', '--src-tls-verify=false', '--src-no-creds', '--src-cert-dir', sk.certDir, src, dest];
+function skopeo(t: ExecutionContext): Promise<Skopeo> {
+  return skopeoHelper(t, { timeoutMs: SKOPEO_TIMEOUT_MS });
 }
 
 function readArgs(sk: Skopeo): string[] {
@@ -300,8 +219,8 @@ e2e('Docker schema2 image: push and pull back without conversion, media type sta
   }
 
   const raw = await sk.run(['inspect', '--raw', ...readArgs(sk), ref]);
-  t.true(raw.stdout.equals(img.manifest.bytes), 'inspect --raw does not return the exact manifest bytes');
-  t.is((JSON.parse(raw.stdout.toString()) as { mediaType: string }).mediaType, MediaTypes.dockerManifest);
+  t.true(raw.stdoutBytes.equals(img.manifest.bytes), 'inspect --raw does not return the exact manifest bytes');
+  t.is((JSON.parse(raw.stdout) as { mediaType: string }).mediaType, MediaTypes.dockerManifest);
   assertNoServerErrors(t, s);
 });
 
@@ -327,19 +246,19 @@ e2e('inspect --raw returns the exact index; inspect works; list-tags lists every
 
   for (const tag of ['1.0', '1.1', 'latest']) {
     const raw = await sk.run(['inspect', '--raw', ...readArgs(sk), `docker://${repo}:${tag}`]);
-    t.true(raw.stdout.equals(idx.index.bytes), `inspect --raw of ${tag} is not the exact index`);
+    t.true(raw.stdoutBytes.equals(idx.index.bytes), `inspect --raw of ${tag} is not the exact index`);
   }
   const byDigest = await sk.run(['inspect', '--raw', ...readArgs(sk), `docker://${repo}@${idx.index.digest}`]);
-  t.true(byDigest.stdout.equals(idx.index.bytes));
+  t.true(byDigest.stdoutBytes.equals(idx.index.bytes));
   const arm = idx.images[1]!.image;
   const armRaw = await sk.run(['inspect', '--raw', ...readArgs(sk), `docker://${repo}@${arm.manifest.digest}`]);
-  t.true(armRaw.stdout.equals(arm.manifest.bytes), 'platform manifest by digest differs');
+  t.true(armRaw.stdoutBytes.equals(arm.manifest.bytes), 'platform manifest by digest differs');
   const cfgRaw = await sk.run(['--override-arch', 'arm64', '--override-variant', 'v8', '--override-os', 'linux', 'inspect', '--config', '--raw', ...readArgs(sk), `docker://${repo}:1.0`]);
-  t.true(cfgRaw.stdout.equals(arm.config.bytes), 'inspect --config --raw differs from the arm64 config blob');
+  t.true(cfgRaw.stdoutBytes.equals(arm.config.bytes), 'inspect --config --raw differs from the arm64 config blob');
 
   // Non-raw inspect: resolves the platform (arm64 forced), reads the config, lists tags.
   const info = JSON.parse(
-    (await sk.run(['--override-arch', 'arm64', '--override-variant', 'v8', '--override-os', 'linux', 'inspect', ...readArgs(sk), `docker://${repo}:1.0`])).stdout.toString(),
+    (await sk.run(['--override-arch', 'arm64', '--override-variant', 'v8', '--override-os', 'linux', 'inspect', ...readArgs(sk), `docker://${repo}:1.0`])).stdout,
   ) as { Name: string; Digest: string; RepoTags: string[]; Architecture: string; Os: string; Layers: string[] };
   t.is(info.Name, repo);
   t.is(info.Digest, idx.index.digest);
@@ -350,12 +269,12 @@ e2e('inspect --raw returns the exact index; inspect works; list-tags lists every
 
   const amd = idx.images[0]!.image;
   const amdInfo = JSON.parse(
-    (await sk.run(['--override-arch', 'amd64', '--override-os', 'linux', 'inspect', '--no-tags', ...readArgs(sk), `docker://${repo}:latest`])).stdout.toString(),
+    (await sk.run(['--override-arch', 'amd64', '--override-os', 'linux', 'inspect', '--no-tags', ...readArgs(sk), `docker://${repo}:latest`])).stdout,
   ) as { Architecture: string; Layers: string[] };
   t.is(amdInfo.Architecture, 'amd64');
   t.deepEqual(amdInfo.Layers, amd.layers.map((l) => l.digest));
 
-  const list = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${repo}`])).stdout.toString()) as {
+  const list = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${repo}`])).stdout) as {
     Repository: string;
     Tags: string[];
   };
@@ -398,10 +317,10 @@ e2e('repository with several path components (team/sub/app)', async (t) => {
   await assertLayoutHolds(t, dout, 'docker-v1', img.manifest, allBlobsOf(img));
 
   const raw = await sk.run(['inspect', '--raw', ...readArgs(sk), `docker://${repo}:v1`]);
-  t.true(raw.stdout.equals(idx.index.bytes));
-  const list = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${repo}`])).stdout.toString()) as { Tags: string[] };
+  t.true(raw.stdoutBytes.equals(idx.index.bytes));
+  const list = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${repo}`])).stdout) as { Tags: string[] };
   t.deepEqual([...list.Tags].sort(), ['docker-v1', 'v1']);
-  const deepList = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${deep}`])).stdout.toString()) as { Tags: string[] };
+  const deepList = JSON.parse((await sk.run(['list-tags', ...readArgs(sk), `docker://${deep}`])).stdout) as { Tags: string[] };
   t.deepEqual(deepList.Tags, ['v1']);
 
   // Prefixes of the name are distinct (empty) repositories, not aliases of it.

@@ -6,8 +6,8 @@
 import { type KeyObject, sign } from 'node:crypto';
 import fs from 'node:fs/promises';
 import bcrypt from 'bcryptjs';
-import { type Dispatcher, request } from 'undici';
-import { agent, type Method, type Res } from './http.js';
+import type { Dispatcher } from 'undici';
+import { http, type Method, type Res } from './http.js';
 import { findOnPath, runOk } from './tools.js';
 
 /** Write an htpasswd file with bcrypt entries (cost 5: fast, still real bcrypt). */
@@ -45,26 +45,13 @@ export function decodeJwt(token: string): Jwt {
   };
 }
 
-/** Like helpers/http.ts `http`, through the given dispatcher (default: the shared agent). */
-export async function req(
+/** helpers/http.ts `http`, through the given dispatcher (default: the shared agent); any method name. */
+export function req(
   method: Method | string,
   url: string,
   opts: { headers?: Record<string, string | string[]>; body?: Buffer | string; dispatcher?: Dispatcher } = {},
 ): Promise<Res> {
-  const res = await request(url, { method: method as Dispatcher.HttpMethod, headers: opts.headers, body: opts.body, dispatcher: opts.dispatcher ?? agent });
-  const body = Buffer.from(await res.body.arrayBuffer());
-  return {
-    status: res.statusCode,
-    headers: res.headers,
-    body,
-    json<T>() {
-      return JSON.parse(body.toString('utf8')) as T;
-    },
-    header(name: string) {
-      const v = res.headers[name.toLowerCase()];
-      return Array.isArray(v) ? v.join(', ') : v;
-    },
-  };
+  return http(method as Method, url, opts);
 }
 
 /** GET <base>/token for `scopes`, optionally with Basic credentials; returns the raw response. */

@@ -1,6 +1,6 @@
 /** A thin undici client for tests: short keep-alive, whole-body reads, no surprises. */
 import { createHash } from 'node:crypto';
-import { Agent, request } from 'undici';
+import { Agent, type Dispatcher, request } from 'undici';
 
 export const agent = new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10, connections: 64 });
 
@@ -14,16 +14,17 @@ export interface Res {
 
 export type Method = 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
 
+/** One request, whole body read; through `dispatcher` if given (TLS/mTLS agents), else the shared agent. */
 export async function http(
   method: Method,
   url: string,
-  opts: { headers?: Record<string, string | string[]>; body?: Buffer | string | NodeJS.ReadableStream } = {},
+  opts: { headers?: Record<string, string | string[]>; body?: Buffer | string | NodeJS.ReadableStream; dispatcher?: Dispatcher } = {},
 ): Promise<Res> {
   const res = await request(url, {
     method,
     headers: opts.headers,
     body: opts.body as Buffer | string | undefined,
-    dispatcher: agent,
+    dispatcher: opts.dispatcher ?? agent,
   });
   const body = Buffer.from(await res.body.arrayBuffer());
   return {

@@ -1,5 +1,5 @@
 /**
- * The real skopeo binary with a scrubbed environment, as in test/e2e/skopeo.test.ts: temp
+ * The real skopeo binary with a scrubbed environment (used by every test that runs skopeo): temp
  * HOME/XDG dirs, an empty (or test-provided) registries.conf passed with
  * --registries-conf, empty containers.conf,
  * registries.d and cert dir, no inherited credentials or proxies, and its blob-info cache
@@ -15,8 +15,11 @@ import { requireTool, runOk } from './tools.js';
 export const SKOPEO_TIMEOUT_MS = 60_000;
 
 export interface Skopeo {
-  /** `skopeo <global flags> <args>`; rejects with stderr on a non-zero exit or timeout. */
-  run(args: string[]): Promise<{ stdout: string; stderr: string }>;
+  /**
+   * `skopeo <global flags> <args>`; rejects with stderr on a non-zero exit or timeout.
+   * `stdoutBytes` is stdout exactly as written (e.g. `inspect --raw` compared byte for byte).
+   */
+  run(args: string[]): Promise<{ stdout: string; stdoutBytes: Buffer; stderr: string }>;
   /** An empty directory for --*-cert-dir, so /etc/containers/certs.d is never read. */
   certDir: string;
   /** The registries.conf skopeo reads (empty unless written with `setRegistriesConf`). */
@@ -24,7 +27,18 @@ export interface Skopeo {
   setRegistriesConf(toml: string): Promise<void>;
 }
 
-export async function skopeo(t: ExecutionContext): Promise<Skopeo> {
+export interface SkopeoOptions {
+  /** Per command: SIGKILL after this; skopeo's own --command-timeout is 5 s less. */
+  timeoutMs?: number;
+}
+
+/**
+ * Every command gets the global flags `--insecure-policy --registries-conf <file>
+ * --registries.d <dir> --tmpdir <dir> --command-timeout <s>`, so no caller can forget the
+ * registries.conf isolation.
+ */
+export async function skopeo(t: ExecutionContext, opts: SkopeoOptions = {}): Promise<Skopeo> {
+  const timeoutMs = opts.timeoutMs ?? SKOPEO_TIMEOUT_MS;
   const bin = requireTool('skopeo', 'skopeo');
   const root = await tempDir(t, 'regmirror-skopeo-');
   const d = (...p: string[]) => path.join(root, ...p);
@@ -44,12 +58,15 @@ export async function skopeo(t: ExecutionContext): Promise<Skopeo> {
     REGISTRY_AUTH_FILE: d('auth.json'),
     DOCKER_CONFIG: d('home'),
     NO_PROXY: '*',
-    // Keeps containers/image's blob-info cache under $XDG_DATA_HOME even as root.
+    // containers/image keeps its blob-info cache in /var/lib/containers/cache for uid 0; for
+    // any other uid under $XDG_DATA_HOME, i.e. the temp dir (no cross-test or cross-run
+    // state). skopeo only re-execs for containers-storage:, which the tests never use.
     _CONTAINERS_ROOTLESS_UID: '1000',
   };
   // skopeo 1.9 does not honour CONTAINERS_REGISTRIES_CONF (it still reads
   // /etc/containers/registries.conf); the hidden global --registries-conf flag works.
-  const global = ['--insecure-policy', '--registries-conf', d('registries.conf'), '--registries.d', d('registries.d'), '--tmpdir', d('tmp'), '--command-timeout', `${SKOPEO_TIMEOUT_MS / 1000 - 5}s`];
+  // --insecure-policy: no policy.json is read.
+  const global = ['--insecure-policy', '--registries-conf', d('registries.conf'), '--registries.d', d('registries.d'), '--tmpdir', d('tmp'), '--command-timeout', `${Math.round(timeoutMs / 1000) - 5}s`];
   return {
     certDir: d('certs'),
     registriesConf: d('registries.conf'),
@@ -57,8 +74,8 @@ export async function skopeo(t: ExecutionContext): Promise<Skopeo> {
       await fs.writeFile(d('registries.conf'), toml);
     },
     async run(args) {
-      const r = await runOk(bin, [...global, ...args], { env, timeoutMs: SKOPEO_TIMEOUT_MS });
-      return { stdout: r.stdout, stderr: r.stderr };
+      const r = await runOk(bin, [...global, ...args], { env, timeoutMs });
+      return { stdout: r.stdout, stdoutBytes: r.stdoutBytes, stderr: r.stderr };
     },
   };
 }

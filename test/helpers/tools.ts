@@ -53,6 +53,8 @@ export function freePort(): Promise<number> {
 export interface RunResult {
   code: number | null;
   stdout: string;
+  /** stdout exactly as the command wrote it (for byte-for-byte comparisons). */
+  stdoutBytes: Buffer;
   stderr: string;
   timedOut: boolean;
   ms: number;
@@ -69,13 +71,14 @@ export function run(
     execFile(
       file,
       [...args],
-      { env: opts.env ?? process.env, cwd: opts.cwd, timeout: opts.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 32 * 1024 * 1024, encoding: 'utf8' },
+      { env: opts.env ?? process.env, cwd: opts.cwd, timeout: opts.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 32 * 1024 * 1024, encoding: 'buffer' },
       (err, stdout, stderr) => {
         const e = err as (Error & { code?: number | string; killed?: boolean; signal?: string }) | null;
         resolve({
           code: e ? (typeof e.code === 'number' ? e.code : null) : 0,
-          stdout,
-          stderr,
+          stdout: stdout.toString('utf8'),
+          stdoutBytes: stdout,
+          stderr: stderr.toString('utf8'),
           timedOut: Boolean(e?.killed && e.signal === 'SIGKILL'),
           ms: Date.now() - started,
         });
