@@ -546,8 +546,9 @@ async function pullScenario(label, cache, nClients, img, upstream, proxy) {
 
 /**
  * TTFB of cold layers: round i GETs layer i from the upstream directly, through the
- * counting proxy (the upstream as the caches see it) and through each fresh cache, in a
- * rotating order, waiting for upstream traffic to stop before each GET.
+ * counting proxy (the upstream as the caches see it) and through each fresh cache (warmed
+ * with the manifest and config first), in a rotating order, waiting for upstream traffic
+ * to stop before each GET.
  */
 async function ttfbScenario(kinds, fresh, retire, img, upstream, proxy) {
   const upstreams = [{ name: 'upstream-direct', base: upstream.base }, { name: 'upstream', base: proxy.base }];
@@ -563,6 +564,14 @@ async function ttfbScenario(kinds, fresh, retire, img, upstream, proxy) {
       for (const c of caches) await retire(c);
       caches = [];
       for (const k of kinds) caches.push(await fresh(k));
+      // A mirror is a long-running process: warm each fresh cache (code paths, upstream
+      // connection, token) with the manifest and the config blob, which are cold misses
+      // too, so the rounds measure steady-state TTFB rather than a just-started process.
+      for (const c of caches) {
+        const warmAt = Date.now() + SCENARIO_TIMEOUT_S * 1000;
+        await fetchVerified(`${c.base}/v2/${REPO}/manifests/${TAG}`, { agent, headers: { accept: MANIFEST_ACCEPT }, deadlineAt: warmAt });
+        await fetchVerified(`${c.base}/v2/${REPO}/blobs/${img.config.digest}`, { agent, deadlineAt: warmAt, expect: img.config });
+      }
       targets = [...upstreams, ...caches.map((c) => ({ name: c.name, base: c.base, cache: c }))];
     }
     const layer = img.layers[li];

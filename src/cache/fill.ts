@@ -302,13 +302,14 @@ export class FillManager {
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'upstream broke mid-blob; resuming with Range');
         }
       }
-      await writer!.flush();
       const actual = hasher.currentDigest();
       if (actual !== f.digest) {
         throw new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { expected: f.digest } });
       }
-      // Verified bytes may be served in full now; durability (fsync, rename, row) follows.
+      // Verified bytes may be served in full now (the tail is still in memory); durability
+      // (write, fsync, rename, row) follows.
       f.verify();
+      await writer!.flush();
       await fh!.sync();
       await fh.close();
       fh = null;
