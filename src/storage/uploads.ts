@@ -20,6 +20,8 @@ import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } fro
 interface LiveState {
   hasher: HashingCounter | null; // null: hash state lost (restart, failed write): rehash at finish
   busy: boolean;
+  /** Offset after the last completed append; fresher than a stat taken before it finished. */
+  size: number | null;
 }
 
 export interface UploadSession {
@@ -62,7 +64,7 @@ export class UploadManager {
     const id = randomUUID();
     await fs.writeFile(this.paths.upload(id), '');
     this.meta.createUpload(id, repo);
-    this.live.set(id, { hasher: new HashingCounter(algorithm), busy: false });
+    this.live.set(id, { hasher: new HashingCounter(algorithm), busy: false, size: 0 });
     return { id, repo, size: 0 };
   }
 
@@ -99,6 +101,8 @@ export class UploadManager {
       this.live.delete(session.id);
       throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     }
+    // get() stat'ed the file before any append that finished since: trust the live offset.
+    if (state.size !== null) session.size = state.size;
     if (range && range.start !== session.size) {
       body.resume();
       throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${session.size}`, { status: 416, headers: rangeHeader(session.size) });
@@ -129,6 +133,7 @@ export class UploadManager {
         throw new RegistryError('SIZE_INVALID', `expected ${expected} bytes, received ${written}`);
       }
       state.hasher = hasher;
+      state.size = base + written;
       return base + written;
     } catch (e) {
       // Roll the file back to the last good offset so the session stays usable.
@@ -189,7 +194,7 @@ export class UploadManager {
   private stateOf(id: string): LiveState {
     let s = this.live.get(id);
     if (!s) {
-      s = { hasher: null, busy: false };
+      s = { hasher: null, busy: false, size: null };
       this.live.set(id, s);
     }
     return s;
