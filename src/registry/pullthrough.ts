@@ -30,6 +30,9 @@ export interface BlobAnswer {
   file?: string;
 }
 
+/** Where a miss goes: the upstream and the repository name there. */
+type UpstreamRoute = { upstream: UpstreamConfig; remoteName: string };
+
 const STALE_WARNING = '299 - "regmirror: upstream unavailable, serving cached content"';
 /** How deep completeFromUpstream follows indexes of indexes (conformance has nested-index). */
 const MAX_INDEX_NESTING = 4;
@@ -114,7 +117,7 @@ export class PullThrough {
     return r.ns && r.upstream ? { 'OCI-Namespace': r.ns } : {};
   }
 
-  private routeOrThrow(r: Resolution): { upstream: UpstreamConfig; remoteName: string } | null {
+  private routeOrThrow(r: Resolution): UpstreamRoute | null {
     if (r.error) throw new RegistryError('NAME_UNKNOWN', r.error);
     return r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
   }
@@ -163,7 +166,7 @@ export class PullThrough {
    */
   private revalidateTag(
     repo: RepoName,
-    up: { upstream: UpstreamConfig; remoteName: string },
+    up: UpstreamRoute,
     tag: string,
     key: string,
     accept: readonly string[],
@@ -197,7 +200,7 @@ export class PullThrough {
   /** GET a manifest upstream (single-flight), verify it, store it, return it. */
   private fetchManifest(
     repo: RepoName,
-    up: { upstream: UpstreamConfig; remoteName: string },
+    up: UpstreamRoute,
     reference: string,
     accept: readonly string[],
     tag: { name: string; acceptKey: string } | null,
@@ -213,7 +216,7 @@ export class PullThrough {
 
   private async doFetchManifest(
     repo: RepoName,
-    up: { upstream: UpstreamConfig; remoteName: string },
+    up: UpstreamRoute,
     reference: string,
     accept: readonly string[],
     tag: { name: string; acceptKey: string } | null,
@@ -313,7 +316,7 @@ export class PullThrough {
     return { size, headers, file: this.local.blobs.path(digest), open: (start, end) => this.local.openBlob(digest, start, end) };
   }
 
-  private startFill(repo: RepoName, up: { upstream: UpstreamConfig; remoteName: string }, digest: Digest, expectedSize?: number): BlobFill {
+  private startFill(repo: RepoName, up: UpstreamRoute, digest: Digest, expectedSize?: number): BlobFill {
     const source: FillSource = {
       open: async (offset) => {
         const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/blobs/${digest}`, offset > 0 ? { range: `bytes=${offset}-` } : {});
@@ -350,7 +353,7 @@ export class PullThrough {
 
   private async completeTree(
     repo: RepoName,
-    up: { upstream: UpstreamConfig; remoteName: string },
+    up: UpstreamRoute,
     blobs: Descriptor[],
     manifests: Descriptor[],
     depth: number,
@@ -425,7 +428,7 @@ export class PullThrough {
   // ---- plumbing --------------------------------------------------------------------
 
   private async upstreamRequest(
-    up: { upstream: UpstreamConfig; remoteName: string },
+    up: UpstreamRoute,
     method: 'GET' | 'HEAD',
     path: string,
     opts: { accept?: string; range?: string; timeoutMs?: number },
@@ -444,7 +447,7 @@ export class PullThrough {
   }
 }
 
-function originOf(up: { upstream: UpstreamConfig; remoteName: string }): string {
+function originOf(up: UpstreamRoute): string {
   return `${up.upstream.name}|${up.remoteName}`;
 }
 
