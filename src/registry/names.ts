@@ -27,10 +27,6 @@ export function parseRepoName(raw: string): RepoName {
   return raw as RepoName;
 }
 
-export function isTag(raw: string): boolean {
-  return TAG_RE.test(raw);
-}
-
 export function parseTag(raw: string): Tag {
   if (!TAG_RE.test(raw)) throw new RegistryError('TAG_INVALID', 'invalid tag', { detail: { tag: raw.slice(0, 200) } });
   return raw as Tag;
@@ -68,8 +64,4 @@ export function parseReference(raw: string): Reference {
     throw new RegistryError('TAG_INVALID', 'invalid tag', { detail: { reference: raw.slice(0, 200) } });
   }
   return { kind: 'tag', tag: raw as Tag };
-}
-
-export function referenceString(ref: Reference): string {
-  return ref.kind === 'tag' ? ref.tag : ref.digest;
 }

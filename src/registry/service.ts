@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { RegistryError } from './errors.js';
 import { type ParsedManifest, parseManifest } from './manifests.js';
 import { acceptsMediaType } from './mediatypes.js';
-import { type Digest, type Reference, type RepoName, type Tag, digestAlgorithm } from './names.js';
+import { type Digest, type Reference, type RepoName, digestAlgorithm } from './names.js';
 import { createHash } from 'node:crypto';
 import type { BlobStore } from '../storage/blobs.js';
 import type { ManifestMeta, ManifestRecord, MetadataStore, Provenance } from '../storage/db.js';
@@ -99,13 +99,6 @@ export class RegistryService {
     if (!ok) throw new RegistryError('MANIFEST_UNKNOWN');
   }
 
-  /** Size of a blob visible in `repo`, or BLOB_UNKNOWN. */
-  statBlob(repo: RepoName, digest: Digest): number {
-    const size = this.blobs.statInRepo(repo, digest);
-    if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
-    return size;
-  }
-
   openBlob(digest: Digest, start?: number, end?: number): Readable {
     return this.blobs.open(digest, start, end);
   }
@@ -133,9 +126,5 @@ export class RegistryService {
   referrers(repo: RepoName, subject: Digest, artifactType: string | undefined): ManifestMeta[] {
     const all = this.meta.referrers(repo, subject);
     return artifactType === undefined ? all : all.filter((m) => m.artifactType === artifactType);
-  }
-
-  tagOf(repo: RepoName, tag: Tag): Digest | undefined {
-    return this.meta.tag(repo, tag)?.digest;
   }
 }

@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import type { MetadataStore, Provenance } from './db.js';
 import type { StoragePaths } from './paths.js';
 import { RegistryError } from '../registry/errors.js';
-import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../registry/names.js';
+import { type Digest, type DigestAlgorithm, type RepoName } from '../registry/names.js';
 
 const READ_CHUNK_BYTES = 1024 * 1024;
 
@@ -90,16 +90,6 @@ export class BlobStore {
     await fs.mkdir(this.paths.uploadsDir, { recursive: true });
   }
 
-  /** Size of a blob visible in `repo`, verifying the file is really there. */
-  statInRepo(repo: RepoName, digest: Digest): number | undefined {
-    return this.meta.repoBlobSize(repo, digest);
-  }
-
-  /** Whether the content store holds the blob at all (any repository). */
-  exists(digest: Digest): number | undefined {
-    return this.meta.blobSize(digest);
-  }
-
   path(digest: Digest): string {
     return this.paths.blob(digest);
   }
@@ -160,8 +150,4 @@ export class BlobStore {
     this.meta.deleteBlobRow(digest);
     await fs.rm(this.paths.blob(digest), { force: true });
   }
-}
-
-export function algorithmOf(d: Digest): DigestAlgorithm {
-  return digestAlgorithm(d);
 }

@@ -166,7 +166,6 @@ export class MetadataStore {
          ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, provenance = excluded.provenance,
            updated_at = excluded.updated_at, checked_at = excluded.checked_at`,
       ),
-      touchTag: db.prepare<[number, number, string]>('UPDATE tags SET checked_at = ? WHERE repo_id = ? AND name = ?'),
       deleteTag: db.prepare<[number, string]>('DELETE FROM tags WHERE repo_id = ? AND name = ?'),
       deleteTagsOf: db.prepare<[number, string]>('DELETE FROM tags WHERE repo_id = ? AND digest = ?'),
       listTags: db.prepare<[number, string, number], { name: string }>(
@@ -188,7 +187,6 @@ export class MetadataStore {
       ),
       deleteUpload: db.prepare<[string]>('DELETE FROM uploads WHERE id = ?'),
       allUploads: db.prepare<[], { id: string; created_at: number }>('SELECT id, created_at FROM uploads'),
-      touchBlob: db.prepare<[number, string]>('UPDATE blobs SET last_access = ? WHERE digest = ?'),
       unreferencedBlobs: db.prepare<[], { digest: string }>(
         `SELECT b.digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)`,
       ),
@@ -206,9 +204,6 @@ export class MetadataStore {
         `SELECT mc.digest FROM manifest_content mc WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = mc.digest)`,
       ),
       deleteContent: db.prepare<[string]>('DELETE FROM manifest_content WHERE digest = ?'),
-      childrenInRepo: db.prepare<[number, string], { child: string; kind: string }>(
-        'SELECT child, kind FROM manifest_refs WHERE digest = ?2 AND ?1 = ?1',
-      ),
       upstreamTag: db.prepare<[number, string, string], { digest: string; checked_at: number }>(
         'SELECT digest, checked_at FROM upstream_tags WHERE repo_id = ? AND name = ? AND accept_key = ?',
       ),
@@ -223,10 +218,6 @@ export class MetadataStore {
       listUpstreamTags: db.prepare<[number], { name: string }>('SELECT DISTINCT name FROM upstream_tags WHERE repo_id = ?'),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
-      ),
-      missingBlobRefs: db.prepare<[string, number], { child: string }>(
-        `SELECT r.child FROM manifest_refs r WHERE r.digest = ? AND r.kind = 'blob'
-           AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.repo_id = ? AND rb.digest = r.child)`,
       ),
     };
   }
@@ -296,10 +287,6 @@ export class MetadataStore {
     return id !== undefined && this.s.unlinkBlob.run(id, digest).changes > 0;
   }
 
-  touchBlob(digest: Digest): void {
-    this.s.touchBlob.run(Date.now(), digest);
-  }
-
   manifest(repo: RepoName, digest: Digest): ManifestRecord | undefined {
     const id = this.repoId(repo);
     if (id === undefined) return undefined;
@@ -321,13 +308,6 @@ export class MetadataStore {
     return id !== undefined && this.s.hasManifest.get(id, digest) !== undefined;
   }
 
-  /** Blob references of a stored manifest that `repo` does not link (should be none). */
-  missingBlobRefs(repo: RepoName, digest: Digest): Digest[] {
-    const id = this.repoId(repo);
-    if (id === undefined) return [];
-    return this.s.missingBlobRefs.all(digest, id).map((r) => r.child as Digest);
-  }
-
   /** Store a manifest, its references and (optionally) a tag: one transaction. */
   putManifest(repo: RepoName, m: NewManifest, tags: string[], provenance: Provenance): void {
     this.db.transaction(() => {
@@ -345,11 +325,6 @@ export class MetadataStore {
     if (id === undefined) return undefined;
     const row = this.s.tag.get(id, tag);
     return row && { digest: row.digest as Digest, provenance: row.provenance as Provenance, checkedAt: row.checked_at };
-  }
-
-  touchTag(repo: RepoName, tag: string): void {
-    const id = this.repoId(repo);
-    if (id !== undefined) this.s.touchTag.run(Date.now(), id, tag);
   }
 
   deleteTag(repo: RepoName, tag: string): boolean {

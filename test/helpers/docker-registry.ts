@@ -5,7 +5,7 @@
  * is parsed so tests can count exactly what the upstream served. Stopped by PID in
  * t.teardown; `kill()` simulates the upstream dying mid-test.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';

@@ -12,6 +12,7 @@ import httpNode from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
+import type { Server } from 'node:net';
 import { http, pushBlob, sha256, type Res } from '../helpers/http.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { makeImage, makeLayer, randomBytes as seededBytes, type Artifact, type Blob, type Flavor, type Image, type ImageIndex } from '../fixtures/images.js';
@@ -253,4 +254,14 @@ export function noServerErrors(t: ExecutionContext): void {
     }),
   );
   t.deepEqual(errors, [], 'the server logged errors (5xx)');
+}
+
+/** Wait (bounded) until the server holds no connections. */
+export async function connectionsDrain(server: Server, timeoutMs = 5000): Promise<boolean> {
+  for (const end = Date.now() + timeoutMs; Date.now() < end; ) {
+    const n = await new Promise<number>((resolve) => server.getConnections((_e, c) => resolve(c)));
+    if (n === 0) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
 }

@@ -3,25 +3,15 @@
  * (protocol.md 1.4; conformance v1.1.1 01/02 and main "data sets"). Deletes are in
  * management.test.ts, malformed bodies in errors.test.ts.
  */
-import type { Server } from 'node:net';
 import test from 'ava';
 import { errorCode, http, pushBlob, sha256 } from '../helpers/http.js';
 import { EMPTY_BLOB, MediaTypes, descriptor, jsonBlob, makeBlob, makeIndex, randomBytes } from '../fixtures/images.js';
-import { ALL_MANIFEST_TYPES, assertError, DOCKER_LIST, DOCKER_MANIFEST, noServerErrors, OCI_INDEX, OCI_MANIFEST, pushBlobs, pushImage, pushIndex, putManifest, rawGet, sampleImage, serve, sha512, streamRequest } from './_support.js';
+import { ALL_MANIFEST_TYPES, assertError, connectionsDrain, DOCKER_LIST, DOCKER_MANIFEST, noServerErrors, OCI_INDEX, OCI_MANIFEST, pushBlobs, pushImage, pushIndex, putManifest, rawGet, sampleImage, serve, sha512, streamRequest } from './_support.js';
 
 test.afterEach(noServerErrors);
 
 const BOTH_OCI = `${OCI_INDEX}, ${OCI_MANIFEST}`;
 
-/** Wait (bounded) until the server holds no connections. */
-async function connectionsDrain(server: Server, timeoutMs = 5000): Promise<boolean> {
-  for (const end = Date.now() + timeoutMs; Date.now() < end; ) {
-    const n = await new Promise<number>((resolve) => server.getConnections((_e, c) => resolve(c)));
-    if (n === 0) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return false;
-}
 
 test('PUT by tag: 201 with digest and a fetchable Location; GET/HEAD by tag and digest are exact', async (t) => {
   const s = await serve(t);

@@ -3,7 +3,6 @@
  * main suite's push styles): monolithic POST, POST+PUT, chunked PATCH, streamed PATCH,
  * PUT with a final chunk, status, cancel, cross-repository mount, bad digests.
  */
-import type { Server } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import test, { type ExecutionContext } from 'ava';
@@ -13,7 +12,7 @@ import { createLogger } from '../../src/ops/logger.js';
 import { tempDir } from '../helpers/server.js';
 import { http, pushBlob, sha256, type Res } from '../helpers/http.js';
 import { randomBytes } from '../fixtures/images.js';
-import { assertError, listTree, noServerErrors, rawGet, serve, sha512, streamRequest } from './_support.js';
+import { assertError, connectionsDrain, listTree, noServerErrors, rawGet, serve, sha512, streamRequest } from './_support.js';
 
 test.afterEach(noServerErrors);
 
@@ -437,14 +436,6 @@ test('limits.maxBlobBytes: oversized uploads are refused with 413 and the server
   t.is(await pushBlob(s.url, 'up/limit', ok), sha256(ok));
 });
 
-async function connectionsDrain(server: Server, timeoutMs = 5000): Promise<boolean> {
-  for (const end = Date.now() + timeoutMs; Date.now() < end; ) {
-    const n = await new Promise<number>((resolve) => server.getConnections((_e, c) => resolve(c)));
-    if (n === 0) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return false;
-}
 
 test('concurrency: two PUTs closing the same session, parallel pushes of identical content — never a 5xx', async (t) => {
   const s = await serve(t);

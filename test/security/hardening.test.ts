@@ -22,7 +22,7 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { basic, decodeJwt, getToken, pushImageWith, req, writeHtpasswd } from '../helpers/authn.js';
+import { basic, decodeJwt, getToken, req, writeHtpasswd } from '../helpers/authn.js';
 import { errorCode, http, pushBlob, sha256 } from '../helpers/http.js';
 import { type TestServer, startServer, tempDir } from '../helpers/server.js';
 import { MediaTypes } from '../fixtures/images.js';
