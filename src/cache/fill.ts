@@ -141,15 +141,23 @@ export class BlobFill {
     }
   }
 
-  /** Bytes at `pos` (up to `limit`) from the in-memory window, or null if not there. */
-  private fromMemory(pos: number, limit: number): Buffer | null {
-    if (pos < this.recentStart) return null;
+  /**
+   * Bytes [pos, limit) that are in the in-memory window, as slices of the received
+   * chunks (no copies); empty if `pos` is not in memory (any longer).
+   */
+  memorySlices(pos: number, limit: number): Buffer[] {
+    const out: Buffer[] = [];
+    if (pos < this.recentStart) return out;
     let off = this.recentStart;
     for (const c of this.recent) {
-      if (pos < off + c.length) return c.subarray(pos - off, Math.min(c.length, limit - off));
+      if (off >= limit) break;
+      if (pos < off + c.length) {
+        const from = Math.max(pos, off) - off;
+        out.push(c.subarray(from, Math.min(c.length, limit - off)));
+      }
       off += c.length;
     }
-    return null;
+    return out;
   }
 
   verify(): void {
@@ -164,7 +172,10 @@ export class BlobFill {
     return this.size === null ? this.received : Math.min(this.received, this.size - 1);
   }
 
-  /** Stream bytes [start, end] (inclusive) as they land in the file. */
+  /**
+   * Stream bytes [start, end] (inclusive) as they land in the file. Blob GETs use
+   * sendFillRange (src/http/sendfile.ts) instead; this serves multipart ranges and tests.
+   */
   reader(start: number, end: number): Readable {
     const fill = this;
     async function* gen(): AsyncGenerator<Buffer> {
@@ -176,10 +187,12 @@ export class BlobFill {
           const next = fill.changed();
           const avail = Math.min(fill.readable(), end + 1);
           if (pos < avail) {
-            const mem = fill.fromMemory(pos, avail);
-            if (mem && mem.length > 0) {
-              pos += mem.length;
-              yield mem;
+            const mem = fill.memorySlices(pos, avail);
+            if (mem.length > 0) {
+              for (const m of mem) {
+                pos += m.length;
+                yield m;
+              }
               continue;
             }
             // Not in memory: pos < memoryStart <= written, so the file has these bytes.
@@ -208,7 +221,7 @@ export class BlobFill {
    * in that window finds neither a temp file nor a committed state: it waits for the
    * outcome instead of failing.
    */
-  private async openFile(): Promise<FileHandle> {
+  async openFile(): Promise<FileHandle> {
     try {
       return await fs.open(this.tempPath, 'r');
     } catch (e) {

@@ -8,7 +8,7 @@ import { type ByteRange, parseRangeHeader } from '../registry/range.js';
 import type { BlobAnswer } from '../registry/pullthrough.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam } from './request.js';
-import { DIRECT_MIN_BYTES, sendFileRange } from './sendfile.js';
+import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
 
 export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
   const digest = parseDigest(rawDigest);
@@ -32,6 +32,7 @@ export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string,
   if (ranges === null) {
     reply.header('content-type', 'application/octet-stream').header('content-length', size);
     if (head || size === 0) return reply.send();
+    if (blob.fill) return sendFillRange(reply, blob.fill, 0, size - 1);
     if (blob.file && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, blob.file, 0, size - 1);
     return reply.send(open(0, size - 1));
   }
@@ -43,6 +44,7 @@ export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string,
       .header('content-range', `bytes ${r.start}-${r.end}/${size}`)
       .header('content-length', r.end - r.start + 1);
     if (head) return reply.send();
+    if (blob.fill) return sendFillRange(reply, blob.fill, r.start, r.end);
     if (blob.file && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, blob.file, r.start, r.end);
     return reply.send(open(r.start, r.end));
   }

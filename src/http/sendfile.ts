@@ -1,13 +1,17 @@
 /**
- * Serve a byte range of a committed blob file straight to the socket with two reused
- * buffers: read the next chunk while the previous one is being written, and reuse a
- * buffer only after its write completed. Node has no sendfile for HTTP, and a plain
- * fs.ReadStream allocates a fresh buffer per chunk; for multi-GB layers that allocation
- * and the GC it causes were about half of the server's CPU (bench/README.md).
+ * Blob bodies written straight to the socket, for committed files and for fills in
+ * progress. Node has no sendfile for HTTP, a plain fs.ReadStream allocates a fresh buffer
+ * per chunk, and a Readable per response adds a stream hop per chunk; for multi-GB layers
+ * served to many clients that allocation, the GC it causes and the per-chunk overhead were
+ * about half of the server's CPU (bench/README.md). Here file bytes go through two reused
+ * buffers (read the next chunk while the previous one is being written; reuse a buffer only
+ * after its write completed) and bytes of a fill still in memory are written as they are.
  */
+import type { FileHandle } from 'node:fs/promises';
 import fs from 'node:fs/promises';
-import type { OutgoingHttpHeaders } from 'node:http';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
+import type { BlobFill } from '../cache/fill.js';
 
 const CHUNK = 1024 * 1024;
 /** Below this a normal stream is as cheap, and keeps fastify's send path. */
@@ -23,38 +27,136 @@ function release(b: Buffer): void {
   if (pool.length < POOL_MAX) pool.push(b);
 }
 
+class ClientGone extends Error {
+  constructor() {
+    super('client went away');
+  }
+}
+
+/** Resolves when the socket wants more (or is gone: the caller checks `destroyed`). */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+/**
+ * File bytes through two pooled buffers. `read` fills a buffer (at most `max` bytes) and
+ * returns how many it read; a buffer goes back into use only after its write completed.
+ */
+class DoubleBufferedWriter {
+  private readonly bufs: Buffer[] = [];
+  private readonly writes: Array<Promise<boolean> | null> = [null, null];
+  private i = 0;
+
+  constructor(private readonly res: ServerResponse) {}
+
+  async send(max: number, read: (buf: Buffer, n: number) => Promise<number>): Promise<number> {
+    const pending = this.writes[this.i];
+    if (pending && !(await pending)) throw new ClientGone();
+    if (this.res.destroyed) throw new ClientGone();
+    const buf = (this.bufs[this.i] ??= acquire());
+    const n = await read(buf, Math.min(CHUNK, max));
+    this.writes[this.i] = new Promise<boolean>((resolve) => this.res.write(buf.subarray(0, n), (err) => resolve(!err)));
+    this.i ^= 1;
+    return n;
+  }
+
+  /** Every write completed (or one failed). */
+  async settled(): Promise<void> {
+    const results = await Promise.all(this.writes);
+    if (results.some((ok) => ok === false)) throw new ClientGone();
+  }
+
+  /** Pool the buffers; only when no write can still reference them. */
+  release(): void {
+    this.bufs.forEach(release);
+  }
+}
+
+/**
+ * Take the response over from fastify (onResponse hooks still run on 'finish') and run
+ * `body`; a failure aborts the connection, so the client never sees a short body as whole.
+ */
+async function direct(reply: FastifyReply, body: (res: ServerResponse, out: DoubleBufferedWriter) => Promise<void>): Promise<void> {
+  const res = reply.raw;
+  reply.hijack();
+  res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
+  const out = new DoubleBufferedWriter(res);
+  try {
+    await body(res, out);
+    await out.settled();
+    res.end();
+    out.release();
+  } catch (e) {
+    // A write may still reference a buffer: drop them instead of pooling.
+    res.destroy(e instanceof Error ? e : undefined);
+  }
+}
+
 /** Send [start, end] of `file` with the status and headers already set on `reply`. */
 export async function sendFileRange(reply: FastifyReply, file: string, start: number, end: number): Promise<void> {
   const fh = await fs.open(file, 'r'); // before hijack: a failure still gets a normal error reply
-  const res = reply.raw;
-  reply.hijack(); // onResponse hooks (access log, metrics) still run on 'finish'
-  res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-  const bufs = [acquire(), acquire()];
-  const writes: Array<Promise<boolean> | null> = [null, null];
-  let clean = true;
   try {
-    let pos = start;
-    let i = 0;
-    while (pos <= end) {
-      // This buffer may still be queued on the socket from two chunks ago.
-      if (writes[i] && !(await writes[i])) throw new Error('client went away');
-      if (res.destroyed) throw new Error('client went away');
-      const buf = bufs[i]!;
-      const { bytesRead } = await fh.read(buf, 0, Math.min(CHUNK, end + 1 - pos), pos);
-      if (bytesRead === 0) throw new Error('blob file is shorter than its recorded size');
-      pos += bytesRead;
-      writes[i] = new Promise<boolean>((resolve) => res.write(buf.subarray(0, bytesRead), (err) => resolve(!err)));
-      i ^= 1;
-    }
-    const results = await Promise.all(writes);
-    if (results.some((ok) => ok === false)) throw new Error('client went away');
-    res.end();
-  } catch (e) {
-    clean = false;
-    // A write may still reference a buffer: drop them instead of pooling.
-    res.destroy(e instanceof Error ? e : undefined);
+    await direct(reply, async (_res, out) => {
+      for (let pos = start; pos <= end; ) {
+        const n = await out.send(end + 1 - pos, async (buf, max) => (await fh.read(buf, 0, max, pos)).bytesRead);
+        if (n === 0) throw new Error('blob file is shorter than its recorded size');
+        pos += n;
+      }
+    });
   } finally {
     await fh.close().catch(() => undefined);
-    if (clean) bufs.forEach(release);
+  }
+}
+
+/**
+ * Send [start, end] of a blob while its fill is running: bytes still in the fill's memory
+ * window go out as they arrived (one corked batch per wake-up), older ones from the file.
+ * The last byte waits for the digest check; a failed fill aborts the connection.
+ */
+export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: number, end: number): Promise<void> {
+  // Opened only when this reader falls behind the memory window.
+  const file: { fh: FileHandle | null } = { fh: null };
+  try {
+    await direct(reply, async (res, out) => {
+      let pos = start;
+      while (pos <= end) {
+        if (res.destroyed) throw new ClientGone();
+        const next = fill.changed();
+        const avail = Math.min(fill.readable(), end + 1);
+        if (pos < avail) {
+          const mem = fill.memorySlices(pos, avail);
+          if (mem.length > 0) {
+            res.cork();
+            let more = true;
+            for (const m of mem) {
+              more = res.write(m);
+              pos += m.length;
+            }
+            res.uncork();
+            if (!more) await drained(res);
+            continue;
+          }
+          // Fell behind the memory window: these bytes are in the file.
+          const fh = (file.fh ??= await fill.openFile());
+          const at = pos;
+          const n = await out.send(Math.min(avail, fill.memoryStart) - pos, async (buf, max) => (await fh.read(buf, 0, max, at)).bytesRead);
+          if (n === 0) throw new Error('blob file shorter than recorded progress');
+          pos += n;
+          continue;
+        }
+        if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
+        await next;
+      }
+    });
+  } finally {
+    await file.fh?.close().catch(() => undefined);
   }
 }

@@ -28,6 +28,8 @@ export interface BlobAnswer {
   open: ((start: number, end: number) => Readable) | null;
   /** The committed file, when the blob is served from local storage. */
   file?: string;
+  /** The fill in progress, when the blob is being fetched from the upstream. */
+  fill?: BlobFill;
 }
 
 /** Where a miss goes: the upstream and the repository name there. */
@@ -309,7 +311,7 @@ export class PullThrough {
       await fill.done;
       return this.localBlob(digest, fill.written, headers);
     }
-    return { size: fill.size, headers, open: (start, end) => fill.reader(start, end) };
+    return { size: fill.size, headers, fill, open: (start, end) => fill.reader(start, end) };
   }
 
   private localBlob(digest: Digest, size: number, headers: Record<string, string>): BlobAnswer {

@@ -76,6 +76,43 @@ test('single-flight: 8 concurrent GETs of a cold blob cost exactly 1 upstream GE
   t.deepEqual(await fs.readFile(blobFile(s, blob)), blob.bytes);
 });
 
+test('clients joining a fill after the in-memory window moved on read the earlier bytes from the growing file', async (t) => {
+  const { fake, s } = await setup(t);
+  const MiB = 1024 * KiB;
+  // Larger than the fill's in-memory window (8 MiB), so late joiners start on disk.
+  const blob = bigBlob(24 * MiB, 'late-joiners');
+  fake.addBlob(REPO, blob);
+  fake.faults.push({ method: 'GET', path: /\/blobs\//, throttle: { chunkBytes: 256 * KiB, intervalMs: 20 } });
+  const upstreamProgress = () => {
+    const up = fake.find({ method: 'GET', path: /\/blobs\// })[0];
+    return { finished: up?.finished ?? false, bytes: up?.bytes ?? 0 };
+  };
+
+  const first = fetchStream(blobUrl(s, blob));
+  await waitFor(() => upstreamProgress().bytes >= 12 * MiB, WAIT_MS, 'upstream past 12 MiB');
+  t.false(upstreamProgress().finished, 'the fill is still running when the late clients arrive');
+  const [a, whole, early, late] = await Promise.all([
+    first,
+    fetchStream(blobUrl(s, blob), { onFirstByte: upstreamProgress }),
+    fetchStream(blobUrl(s, blob), { headers: { range: `bytes=${MiB}-${2 * MiB - 1}` }, onFirstByte: upstreamProgress }),
+    fetchStream(blobUrl(s, blob), { headers: { range: `bytes=${20 * MiB}-` } }),
+  ]);
+  t.is(a.status, 200);
+  t.true(a.body.equals(blob.bytes), 'first client');
+  t.is(whole.status, 200);
+  t.is(whole.error, null);
+  t.true(whole.body.equals(blob.bytes), 'late whole-blob client');
+  t.false((whole.atFirstByte as { finished: boolean }).finished, 'served from the fill, not the committed file');
+  t.is(early.status, 206);
+  t.true(early.body.equals(blob.bytes.subarray(MiB, 2 * MiB)), 'range behind the window');
+  t.false((early.atFirstByte as { finished: boolean }).finished);
+  t.is(late.status, 206);
+  t.true(late.body.equals(blob.bytes.subarray(20 * MiB)), 'range ahead of the fill');
+  t.is(fake.blobGets(blob.digest), 1, 'one upstream GET');
+  t.is(fake.bytesSent, blob.size);
+  await waitFor(() => storedSize(s, blob) === blob.size, WAIT_MS, 'blob committed');
+});
+
 test('the first byte reaches the client while the upstream is still sending', async (t) => {
   const { fake, s } = await setup(t);
   const blob = bigBlob(512 * KiB, 'first-byte');
