@@ -5,7 +5,7 @@
  * fs.ReadStream allocates a fresh buffer per chunk; for multi-GB layers that allocation
  * and the GC it causes were about half of the server's CPU (bench/README.md).
  */
-import fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyReply } from 'fastify';
 
@@ -23,9 +23,8 @@ function release(b: Buffer): void {
   if (pool.length < POOL_MAX) pool.push(b);
 }
 
-/** Send [start, end] of `file` with the status and headers already set on `reply`. */
-export async function sendFileRange(reply: FastifyReply, file: string, start: number, end: number): Promise<void> {
-  const fh = await fs.open(file, 'r'); // before hijack: a failure still gets a normal error reply
+/** Send [start, end] of the open file `fh` (the caller closes it) with the status and headers already set on `reply`. */
+export async function sendFileRange(reply: FastifyReply, fh: FileHandle, start: number, end: number): Promise<void> {
   const res = reply.raw;
   reply.hijack(); // onResponse hooks (access log, metrics) still run on 'finish'
   res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
@@ -54,7 +53,6 @@ export async function sendFileRange(reply: FastifyReply, file: string, start: nu
     // A write may still reference a buffer: drop them instead of pooling.
     res.destroy(e instanceof Error ? e : undefined);
   } finally {
-    await fh.close().catch(() => undefined);
     if (clean) bufs.forEach(release);
   }
 }
