@@ -203,6 +203,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       }, config.cache.evictIntervalMs)
     : null;
   eviction?.unref();
+  let closing: Promise<void> | null = null;
 
   return {
     fastify,
@@ -236,20 +237,24 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
       return { host: addr.address, port: addr.port, url: `${tls ? 'https' : 'http'}://${h}:${addr.port}` };
     },
-    async close() {
-      clearInterval(sweep);
-      clearInterval(accessFlush);
-      if (eviction) clearInterval(eviction);
-      const p = plain as http.Server | null;
-      if (p?.listening) {
-        p.closeAllConnections();
-        await new Promise<void>((resolve) => p.close(() => resolve()));
-      }
-      await fastify.close();
-      await Promise.all([...clients.values()].map((c) => c.close()));
-      await evictor.idle();
-      lastAccess.flush();
-      meta.close();
+    close() {
+      // Idempotent: a test (or a signal) may close an app that its teardown closes again.
+      closing ??= (async () => {
+        clearInterval(sweep);
+        clearInterval(accessFlush);
+        if (eviction) clearInterval(eviction);
+        const p = plain as http.Server | null;
+        if (p?.listening) {
+          p.closeAllConnections();
+          await new Promise<void>((resolve) => p.close(() => resolve()));
+        }
+        await fastify.close();
+        await Promise.all([...clients.values()].map((c) => c.close()));
+        await evictor.idle();
+        lastAccess.flush();
+        meta.close();
+      })();
+      return closing;
     },
   };
 }
