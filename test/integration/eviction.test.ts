@@ -88,7 +88,7 @@ async function assertGone(t: ExecutionContext, s: TestServer, repo: string, img:
     t.is(blobRow(s, b.digest), undefined, `row of ${b.digest}`);
     t.false(await exists(blobFile(s, b.digest)), `file of ${b.digest}`);
   }
-  t.false(s.app.service.meta.hasManifest(repo as never, img.manifest.digest as Digest));
+  t.false(s.app.service.meta.hasManifest(repo as RepoName, img.manifest.digest as Digest));
 }
 
 async function assertKept(t: ExecutionContext, s: TestServer, img: Image): Promise<void> {
@@ -111,12 +111,9 @@ test('over maxBytes the least recently used image goes; re-pulling it fetches it
     await sleep(15); // distinct access times
   }
   // Re-pull a: served from the cache, and now the most recently used.
-  const before = s.app.service.meta.db.prepare<[], { t: number }>('SELECT MAX(last_access) AS t FROM manifests').get()!.t;
   const requestsBefore = fake.registryRequests;
   await pull(t, s, 'library/a', '1', imgs.a);
   t.is(fake.registryRequests, requestsBefore, 'the re-pull was served locally');
-  // Access times are batched in memory: nothing was written by the re-pull yet.
-  t.is(s.app.service.meta.db.prepare<[], { t: number }>('SELECT MAX(last_access) AS t FROM manifests').get()!.t, before);
 
   const result = await s.app.evict();
   t.is(result.images, 1);
@@ -208,7 +205,8 @@ test('a blob shared by a pushed image and a cached image stays when the cached i
 });
 
 test('maxAge: images not pulled for that long go, recently pulled ones stay', async (t) => {
-  const { fake, s } = await setup(t, { maxAge: '1500ms' });
+  // Generous margins: the full suite runs four files at once on two cores.
+  const { fake, s } = await setup(t, { maxAge: '3s' });
   const old = image('age-old', [8 * KiB]);
   const touched = image('age-touched', [8 * KiB]);
   const fresh = image('age-fresh', [8 * KiB]);
@@ -217,10 +215,10 @@ test('maxAge: images not pulled for that long go, recently pulled ones stay', as
   fake.addImage('library/fresh', fresh, '1');
   await pull(t, s, 'library/old', '1', old);
   await pull(t, s, 'library/touched', '1', touched);
-  await sleep(1700);
+  await sleep(3200);
+  await pull(t, s, 'library/fresh', '1', fresh);
   // A tag lookup alone (what a node with the image already present does) counts as use.
   t.is((await http('HEAD', `${s.url}/v2/library/touched/manifests/1`, { headers: { accept: ACCEPT_ALL } })).status, 200);
-  await pull(t, s, 'library/fresh', '1', fresh);
 
   const result = await s.app.evict();
   t.is(result.images, 1);
