@@ -243,6 +243,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         clearInterval(sweep);
         clearInterval(accessFlush);
         if (eviction) clearInterval(eviction);
+        const evicting = evictor.stop();
         const p = plain as http.Server | null;
         if (p?.listening) {
           p.closeAllConnections();
@@ -250,7 +251,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         }
         await fastify.close();
         await Promise.all([...clients.values()].map((c) => c.close()));
-        await evictor.idle();
+        await evicting;
         lastAccess.flush();
         meta.close();
       })();

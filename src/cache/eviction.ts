@@ -54,6 +54,7 @@ export class Evictor {
   /** Called after each run that evicted something; metrics. */
   onEvicted: ((r: EvictionResult) => void) | null = null;
   private running: Promise<EvictionResult> | null = null;
+  private stopped = false;
   private readonly busy: (digest: Digest) => boolean;
   private readonly now: () => number;
 
@@ -77,8 +78,9 @@ export class Evictor {
     return this.running;
   }
 
-  /** Wait for a pass in progress (shutdown). */
-  async idle(): Promise<void> {
+  /** Shutdown: a pass in progress stops after its current unit; wait for it. */
+  async stop(): Promise<void> {
+    this.stopped = true;
     await this.running?.catch(() => undefined);
   }
 
@@ -109,6 +111,7 @@ export class Evictor {
         await this.blobs.removeFiles(ev.blobs.map((b) => b.digest)).catch((err: unknown) => {
           this.opts.log?.warn({ err }, 'eviction: removing blob files failed (gc removes orphans)');
         });
+        if (this.stopped) break;
       }
     }
     result.cachedBytes = this.meta.cachedBytes();
