@@ -40,8 +40,6 @@ export interface App {
   httpAddress(): { host: string; port: number } | null;
   /** Run one cache eviction pass now (the server also runs one every cache.evictInterval). */
   evict(): Promise<EvictionResult>;
-  /** Write batched last-access times to the database now (otherwise every few seconds). */
-  flushAccess(): void;
   /** Listen on config.listen (or the given port) and return the bound address. */
   listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
   close(): Promise<void>;
@@ -221,7 +219,6 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       return a && typeof a !== 'string' ? { host: a.address, port: a.port } : null;
     },
     evict: () => evictor.run(),
-    flushAccess: () => lastAccess.flush(),
     async listen(port = config.listen.port, host = config.listen.host) {
       await fastify.listen({ port, host });
       const p = plain as http.Server | null;
