@@ -22,6 +22,8 @@ import { MetadataStore } from './storage/db.js';
 import { storagePaths } from './storage/paths.js';
 import { UploadManager } from './storage/uploads.js';
 import { FillManager } from './cache/fill.js';
+import { type EvictionResult, Evictor } from './cache/eviction.js';
+import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
 import { UpstreamClient } from './upstream/client.js';
 import { Router } from './upstream/routing.js';
@@ -36,6 +38,8 @@ export interface App {
   reloadTls(): void;
   /** The extra plain-HTTP listener (tls.httpListen), once listening. */
   httpAddress(): { host: string; port: number } | null;
+  /** Run one cache eviction pass now (the server also runs one every cache.evictInterval). */
+  evict(): Promise<EvictionResult>;
   /** Listen on config.listen (or the given port) and return the bound address. */
   listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
   close(): Promise<void>;
@@ -46,6 +50,10 @@ export interface BuildOptions {
 }
 
 const SWEEP_INTERVAL_MS = 10 * 60_000;
+/** Batched last-access times are written this often (one transaction). */
+const ACCESS_FLUSH_MS = 5_000;
+/** The cached-bytes gauge runs a query over all blobs: at most this often. */
+const CACHED_BYTES_TTL_MS = 30_000;
 
 function tlsOptions(tls: TlsConfig): https.ServerOptions {
   return {
@@ -70,6 +78,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   for (const u of config.upstreams.values()) clients.set(u.name, new UpstreamClient(u, logger.child({ upstream: u.name })));
   const fills = new FillManager(paths, blobs, logger.child({ component: 'fill' }), maxBlob);
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
+  const lastAccess = new AccessRecorder(meta);
+  pull.access = lastAccess;
+  const evictor = new Evictor(meta, blobs, config.cache, {
+    busy: (digest) => fills.inFlight(digest) !== undefined,
+    flush: () => lastAccess.flush(),
+    log: logger.child({ component: 'evict' }),
+  });
 
   // With TLS, the same request handler also serves an optional plain-HTTP listener
   // (loopback/dev), so both share one app, one database and one set of fills.
@@ -110,7 +125,20 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   fastify.addHook('onRequest', async (_req, reply) => {
     reply.header('docker-distribution-api-version', 'registry/2.0');
   });
-  const metrics = new Metrics({ inflightFills: () => fills.size });
+  let cachedBytes = { value: 0, at: -Infinity };
+  const metrics = new Metrics({
+    inflightFills: () => fills.size,
+    cachedBytes: () => {
+      if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: meta.cachedBytes(), at: Date.now() };
+      return cachedBytes.value;
+    },
+  });
+  evictor.onEvicted = (r) => {
+    metrics.evictedBytes.inc(r.bytes);
+    metrics.evictedBlobs.inc(r.blobs);
+    metrics.evictedImages.inc(r.images);
+    cachedBytes = { value: r.cachedBytes, at: Date.now() };
+  };
   for (const c of clients.values()) {
     c.onResponse = (method, status, headers) => {
       metrics.upstreamRequests.inc({ upstream: c.name, method, status: String(status) });
@@ -159,6 +187,21 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
   }, SWEEP_INTERVAL_MS);
   sweep.unref();
+  const accessFlush = setInterval(() => {
+    try {
+      lastAccess.flush();
+    } catch (err) {
+      logger.warn({ err }, 'writing last-access times failed');
+    }
+  }, ACCESS_FLUSH_MS);
+  accessFlush.unref();
+  const eviction = evictor.enabled
+    ? setInterval(() => {
+        evictor.run().catch((err: unknown) => logger.warn({ err }, 'cache eviction failed'));
+      }, config.cache.evictIntervalMs)
+    : null;
+  eviction?.unref();
+  let closing: Promise<void> | null = null;
 
   return {
     fastify,
@@ -175,6 +218,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const a = (plain as http.Server | null)?.address();
       return a && typeof a !== 'string' ? { host: a.address, port: a.port } : null;
     },
+    evict: () => evictor.run(),
     async listen(port = config.listen.port, host = config.listen.host) {
       await fastify.listen({ port, host });
       const p = plain as http.Server | null;
@@ -190,16 +234,25 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
       return { host: addr.address, port: addr.port, url: `${tls ? 'https' : 'http'}://${h}:${addr.port}` };
     },
-    async close() {
-      clearInterval(sweep);
-      const p = plain as http.Server | null;
-      if (p?.listening) {
-        p.closeAllConnections();
-        await new Promise<void>((resolve) => p.close(() => resolve()));
-      }
-      await fastify.close();
-      await Promise.all([...clients.values()].map((c) => c.close()));
-      meta.close();
+    close() {
+      // Idempotent: a test (or a signal) may close an app that its teardown closes again.
+      closing ??= (async () => {
+        clearInterval(sweep);
+        clearInterval(accessFlush);
+        if (eviction) clearInterval(eviction);
+        const evicting = evictor.stop();
+        const p = plain as http.Server | null;
+        if (p?.listening) {
+          p.closeAllConnections();
+          await new Promise<void>((resolve) => p.close(() => resolve()));
+        }
+        await fastify.close();
+        await Promise.all([...clients.values()].map((c) => c.close()));
+        await evicting;
+        lastAccess.flush();
+        meta.close();
+      })();
+      return closing;
     },
   };
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * regmirror command line: `regmirror serve [--config FILE]`, `regmirror gc`,
+ * regmirror command line: `regmirror serve [--config FILE]`, `regmirror gc [--evict]`,
  * `regmirror config check|print`. Loads config once, builds the app, handles signals.
  */
 import { parseArgs } from 'node:util';
@@ -14,7 +14,9 @@ const USAGE = `usage: regmirror <command> [options]
 
 commands:
   serve [--config FILE]          run the registry mirror (embedded default config without --config)
-  gc [--config FILE] [--dry-run] remove blobs and manifests no repository references
+  gc [--config FILE] [--dry-run] [--evict]
+                                 remove blobs and manifests no repository references;
+                                 --evict first applies cache.maxAge and cache.maxBytes
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
 `;
@@ -23,7 +25,7 @@ async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, evict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
   });
   const [cmd, sub] = positionals;
   if (values.help || !cmd) {
@@ -60,7 +62,11 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'gc': {
       const config = loadConfig(values.config);
-      const result = await collectGarbage(config, { dryRun: values['dry-run'] === true });
+      const evict = values.evict === true;
+      if (evict && config.cache.maxBytes === null && config.cache.maxAgeMs === null) {
+        process.stderr.write('regmirror: --evict: neither cache.maxBytes nor cache.maxAge is set; nothing is evicted\n');
+      }
+      const result = await collectGarbage(config, { dryRun: values['dry-run'] === true, evict });
       process.stdout.write(`${JSON.stringify(result)}\n`);
       return 0;
     }

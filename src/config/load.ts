@@ -8,6 +8,7 @@ import YAML from 'yaml';
 import { KNOWN_REGISTRIES } from './known.js';
 import {
   type AuthConfig,
+  type CacheConfig,
   type TlsConfig,
   type Config,
   type CredentialsConfig,
@@ -76,6 +77,24 @@ export class Section {
     const ms = parseDurationMs(v);
     if (ms === undefined) throw new ConfigError(`${this.key(k)}: "${String(v)}" is not a duration (e.g. 30s, 5m, 24h)`);
     return ms;
+  }
+
+  /** A duration where null means "no limit"; absent = `def`. Zero is refused (it would mean "immediately"). */
+  optionalDurationMs(k: string, def: string | null): number | null {
+    const v = this.raw(k);
+    if (v === null || (v === undefined && def === null)) return null;
+    const ms = this.durationMs(k, def ?? '0');
+    if (ms <= 0) throw new ConfigError(`${this.key(k)}: must be greater than zero (null = no limit)`);
+    return ms;
+  }
+
+  /** A size where null means "unlimited"; absent = `def`. Zero is refused (it would evict everything). */
+  optionalBytes(k: string, def: string | null): number | null {
+    const v = this.raw(k);
+    if (v === null || (v === undefined && def === null)) return null;
+    const n = this.bytes(k, def ?? 0);
+    if (n <= 0) throw new ConfigError(`${this.key(k)}: must be greater than zero (null = unlimited)`);
+    return n;
   }
 
   bytes(k: string, def: string | number): number {
@@ -167,6 +186,7 @@ export function configFromObject(doc: unknown): Config {
     idleTimeoutMs: h.durationMs('idleTimeout', '5m'),
   };
   h.done();
+  const cache = parseCache(root.section('cache'));
   const tls = parseTls(root.section('tls'));
   const authRaw = root.raw('auth');
   const auth = authRaw === undefined || authRaw === null ? null : parseAuth(Section.of('auth', authRaw));
@@ -179,7 +199,7 @@ export function configFromObject(doc: unknown): Config {
   const namespaces = root.list('namespaces').map((v, i) => parseNamespace(Section.of(`namespaces[${i}]`, v), upstreams));
   const rewrites = root.list('rewrites').map((v, i) => parseRewrite(Section.of(`rewrites[${i}]`, v), upstreams));
   root.done();
-  return deepFreeze({ listen, storage, log, limits, http, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
+  return deepFreeze({ listen, storage, log, limits, http, cache, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
 }
 
 export function parseConfigYaml(text: string, source: string): Config {
@@ -202,6 +222,18 @@ export function loadConfig(file?: string): Config {
     throw new ConfigError(`cannot read config file ${file}: ${(e as Error).message}`);
   }
   return parseConfigYaml(text, file);
+}
+
+/** Absent section = no budget and no age limit (the embedded default config sets maxAge). */
+function parseCache(c: Section): CacheConfig {
+  const cache = {
+    maxBytes: c.optionalBytes('maxBytes', null),
+    maxAgeMs: c.optionalDurationMs('maxAge', null),
+    evictIntervalMs: c.durationMs('evictInterval', '10m'),
+  };
+  c.done();
+  if (cache.evictIntervalMs < 1000) throw new ConfigError('cache.evictInterval: must be at least 1s');
+  return cache;
 }
 
 function parseTls(t: Section): TlsConfig | null {

@@ -90,6 +90,16 @@ export interface AuthConfig {
   readonly loginRateLimit: { readonly maxFailures: number; readonly windowMs: number };
 }
 
+/** Disk budget and age limit for content pulled through from upstreams (never pushed content). */
+export interface CacheConfig {
+  /** Bytes of cached blobs kept on disk; least recently used images go first. null = unlimited. */
+  readonly maxBytes: number | null;
+  /** Cached images not pulled for this long are evicted. null = never. */
+  readonly maxAgeMs: number | null;
+  /** How often the running server checks both limits. */
+  readonly evictIntervalMs: number;
+}
+
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
   /** Data directory: blobs, uploads, regmirror.db. */
@@ -103,6 +113,7 @@ export interface Config {
     /** Abandoned upload sessions are removed after this long. */
     readonly uploadTtlMs: number;
   };
+  readonly cache: CacheConfig;
   readonly tls: TlsConfig | null;
   /** null: no client authentication (every request may pull, push and delete). */
   readonly auth: AuthConfig | null;
@@ -133,6 +144,13 @@ http:
   keepAliveTimeout: 65s
   headersTimeout: 60s
   idleTimeout: 5m
+# Pulled-through content only (pushed content is never evicted). Set maxBytes to what the
+# disk can spare (there is no safe guess); images nobody pulled for 90 days are dropped
+# and fetched again on the next pull.
+cache:
+  maxBytes: null
+  maxAge: 90d
+  evictInterval: 10m
 # Client access: anonymous pull; pushes and deletes need a user. Add users with
 #   htpasswd -B -c ./htpasswd alice   and set auth.htpasswd: ./htpasswd
 auth:

@@ -1,21 +1,53 @@
 /** GET | HEAD | DELETE /v2/<name>/blobs/<digest>, with single and multi-range support. */
 import { randomBytes } from 'node:crypto';
+import fs, { type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
-import { type RepoName, parseDigest } from '../registry/names.js';
+import { type Digest, type RepoName, parseDigest } from '../registry/names.js';
 import { type ByteRange, parseRangeHeader } from '../registry/range.js';
-import type { BlobAnswer } from '../registry/pullthrough.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam } from './request.js';
 import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
 
+const READ_CHUNK_BYTES = 1024 * 1024;
+
+/** Open a committed blob file, or null if it is gone (evicted after the lookup). */
+async function openIfPresent(file: string): Promise<FileHandle | null> {
+  try {
+    return await fs.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/**
+ * Look the blob up and, for a GET served from disk, open its file before any header is
+ * sent. Eviction deletes the row before the file, so a file that vanished between the
+ * lookup and the open means the row is gone too: asking again fetches from the upstream
+ * (or answers a clean 404 for local-only content). Once open, the file can be unlinked
+ * and the transfer still completes from the descriptor.
+ */
+async function lookupAndOpen(pull: Deps['pull'], repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
+  for (let attempt = 0; ; attempt++) {
+    const blob = await pull.getBlob(repo, ns, digest, head);
+    if (head || !blob.file || blob.size === 0) return { blob, fh: null };
+    const fh = await openIfPresent(blob.file);
+    if (fh) return { blob, fh };
+    if (attempt > 0) throw new RegistryError('UNAVAILABLE', 'blob was removed while being served; retry', { status: 503 });
+  }
+}
+
 export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
   const digest = parseDigest(rawDigest);
   const head = req.method === 'HEAD';
-  const blob = await pull.getBlob(repo, queryParam(queryOf(req), 'ns'), digest, head);
+  const { blob, fh } = await lookupAndOpen(pull, repo, queryParam(queryOf(req), 'ns'), digest, head);
+  // 'close' follows every response (finished, failed or aborted); close the file then.
+  if (fh) reply.raw.once('close', () => void fh.close().catch(() => undefined));
   const { size } = blob;
-  const open = (start: number, end: number) => {
+  const open = (start: number, end: number): Readable => {
+    if (fh) return fh.createReadStream({ start, end, autoClose: false, highWaterMark: READ_CHUNK_BYTES });
     if (!blob.open) throw new Error('blob answer has no body');
     return blob.open(start, end);
   };
@@ -33,7 +65,7 @@ export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string,
     reply.header('content-type', 'application/octet-stream').header('content-length', size);
     if (head || size === 0) return reply.send();
     if (blob.fill) return sendFillRange(reply, blob.fill, 0, size - 1);
-    if (blob.file && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, blob.file, 0, size - 1);
+    if (fh && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, 0, size - 1);
     return reply.send(open(0, size - 1));
   }
   if (ranges.length === 1) {
@@ -45,14 +77,14 @@ export async function getBlob({ pull }: Deps, repo: RepoName, rawDigest: string,
       .header('content-length', r.end - r.start + 1);
     if (head) return reply.send();
     if (blob.fill) return sendFillRange(reply, blob.fill, r.start, r.end);
-    if (blob.file && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, blob.file, r.start, r.end);
+    if (fh && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, r.start, r.end);
     return reply.send(open(r.start, r.end));
   }
-  return sendMultipart(blob, size, ranges, req, reply);
+  return sendMultipart(open, size, ranges, req, reply);
 }
 
 /** multipart/byteranges (RFC 9110 §14.6), used by zstd:chunked partial pulls. */
-function sendMultipart(blob: BlobAnswer, size: number, ranges: ByteRange[], req: FastifyRequest, reply: FastifyReply) {
+function sendMultipart(open: (start: number, end: number) => Readable, size: number, ranges: ByteRange[], req: FastifyRequest, reply: FastifyReply) {
   const boundary = randomBytes(16).toString('hex');
   const heads = ranges.map(
     (r, i) => `${i === 0 ? '' : '\r\n'}--${boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end}/${size}\r\n\r\n`,
@@ -60,8 +92,7 @@ function sendMultipart(blob: BlobAnswer, size: number, ranges: ByteRange[], req:
   const tail = `\r\n--${boundary}--\r\n`;
   const length = heads.reduce((n, h) => n + Buffer.byteLength(h), 0) + ranges.reduce((n, r) => n + r.end - r.start + 1, 0) + tail.length;
   reply.code(206).header('content-type', `multipart/byteranges; boundary=${boundary}`).header('content-length', length);
-  if (req.method === 'HEAD' || !blob.open) return reply.send();
-  const open = blob.open;
+  if (req.method === 'HEAD') return reply.send();
   async function* parts() {
     for (let i = 0; i < ranges.length; i++) {
       yield Buffer.from(heads[i]!);

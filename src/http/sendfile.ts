@@ -8,7 +8,6 @@
  * after its write completed) and bytes of a fill still in memory are written as they are.
  */
 import type { FileHandle } from 'node:fs/promises';
-import fs from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { BlobFill } from '../cache/fill.js';
@@ -100,20 +99,18 @@ async function direct(reply: FastifyReply, body: (res: ServerResponse, out: Doub
   }
 }
 
-/** Send [start, end] of `file` with the status and headers already set on `reply`. */
-export async function sendFileRange(reply: FastifyReply, file: string, start: number, end: number): Promise<void> {
-  const fh = await fs.open(file, 'r'); // before hijack: a failure still gets a normal error reply
-  try {
-    await direct(reply, async (_res, out) => {
-      for (let pos = start; pos <= end; ) {
-        const n = await out.send(end + 1 - pos, async (buf, max) => (await fh.read(buf, 0, max, pos)).bytesRead);
-        if (n === 0) throw new Error('blob file is shorter than its recorded size');
-        pos += n;
-      }
-    });
-  } finally {
-    await fh.close().catch(() => undefined);
-  }
+/**
+ * Send [start, end] of the open file `fh` (the caller opened it before any header went
+ * out, and closes it) with the status and headers already set on `reply`.
+ */
+export async function sendFileRange(reply: FastifyReply, fh: FileHandle, start: number, end: number): Promise<void> {
+  await direct(reply, async (_res, out) => {
+    for (let pos = start; pos <= end; ) {
+      const n = await out.send(end + 1 - pos, async (buf, max) => (await fh.read(buf, 0, max, pos)).bytesRead);
+      if (n === 0) throw new Error('blob file is shorter than its recorded size');
+      pos += n;
+    }
+  });
 }
 
 /**

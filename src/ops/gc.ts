@@ -1,11 +1,13 @@
 /**
  * Garbage collection: delete blobs no repository links and manifest content no
- * repository holds. Offline (the server should not be running on the same storage) to
+ * repository holds; with `evict`, first apply the cache policy (cache.maxAge,
+ * cache.maxBytes) as the running server does (cache/eviction.ts). Offline (the server should not be running on the same storage) to
  * avoid racing an upload that is about to link a blob. Rows go first, then files, so a
  * crash mid-GC leaves only orphan files, which the next GC removes.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { type EvictionResult, Evictor } from '../cache/eviction.js';
 import type { Config } from '../config/schema.js';
 import { type Digest, isDigest } from '../registry/names.js';
 import { BlobStore } from '../storage/blobs.js';
@@ -18,13 +20,23 @@ export interface GcResult {
   orphanFilesRemoved: number;
   manifestsRemoved: number;
   dryRun: boolean;
+  /** Present when run with `evict`. */
+  eviction?: EvictionResult;
 }
 
-export async function collectGarbage(config: Pick<Config, 'storage' | 'limits'>, opts: { dryRun: boolean }): Promise<GcResult> {
+export async function collectGarbage(
+  config: Pick<Config, 'storage' | 'limits' | 'cache'>,
+  opts: { dryRun: boolean; evict?: boolean },
+): Promise<GcResult> {
   const paths = storagePaths(config.storage);
   const meta = new MetadataStore(paths.db);
   try {
     const store = new BlobStore(paths, meta);
+    let eviction: EvictionResult | undefined;
+    if (opts.evict) {
+      const evictor = new Evictor(meta, store, config.cache);
+      eviction = opts.dryRun ? evictor.dryRun() : await evictor.run();
+    }
     // Manifest content no repository holds goes first, so its references stop counting.
     const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
     const linksRemoved = opts.dryRun ? 0 : meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
@@ -44,7 +56,14 @@ export async function collectGarbage(config: Pick<Config, 'storage' | 'limits'>,
         }
       }
     }
-    return { linksRemoved, blobsRemoved: unreferenced.length, orphanFilesRemoved: orphans, manifestsRemoved, dryRun: opts.dryRun };
+    return {
+      linksRemoved,
+      blobsRemoved: unreferenced.length,
+      orphanFilesRemoved: orphans,
+      manifestsRemoved,
+      dryRun: opts.dryRun,
+      ...(eviction ? { eviction } : {}),
+    };
   } finally {
     meta.close();
   }

@@ -44,8 +44,32 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(opts: { inflightFills: () => number }) {
+  readonly evictedBytes = new Counter({
+    name: 'regmirror_cache_evicted_bytes_total',
+    help: 'Blob bytes deleted by cache eviction (cache.maxBytes, cache.maxAge)',
+    registers: [this.registry],
+  });
+  readonly evictedBlobs = new Counter({
+    name: 'regmirror_cache_evicted_blobs_total',
+    help: 'Blobs deleted by cache eviction',
+    registers: [this.registry],
+  });
+  readonly evictedImages = new Counter({
+    name: 'regmirror_cache_evicted_images_total',
+    help: 'Cached images (manifest with its child manifests and blob links) evicted',
+    registers: [this.registry],
+  });
+
+  constructor(opts: { inflightFills: () => number; cachedBytes: () => number }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'regmirror_' });
+    new Gauge({
+      name: 'regmirror_cache_bytes',
+      help: 'Bytes of cached (pulled-through, evictable) blobs on disk; pushed content is not counted',
+      registers: [this.registry],
+      collect() {
+        this.set(opts.cachedBytes());
+      },
+    });
     new Gauge({
       name: 'regmirror_blob_fills_inflight',
       help: 'Upstream blob downloads in progress',

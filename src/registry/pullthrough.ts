@@ -8,6 +8,7 @@ import type { UpstreamConfig } from '../config/schema.js';
 import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
 import { type Resolution, Router } from '../upstream/routing.js';
 import { type UpstreamClient, type UpstreamResponse, UpstreamUnavailableError, readBody } from '../upstream/client.js';
+import type { AccessRecorder } from '../storage/access.js';
 import type { ManifestRecord } from '../storage/db.js';
 import { RegistryError } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
@@ -85,6 +86,8 @@ export class PullThrough {
   private readonly revalidations = new Map<string, Promise<Digest | null>>();
   /** Called with each lookup's outcome; metrics. */
   onCache: ((kind: 'manifest' | 'blob', result: 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated') => void) | null = null;
+  /** Notes what was served (last access drives eviction); set by the app. */
+  access: AccessRecorder | null = null;
 
   constructor(
     private readonly local: RegistryService,
@@ -126,7 +129,14 @@ export class PullThrough {
 
   // ---- manifests -------------------------------------------------------------------
 
+  /** Serve a manifest (GET or HEAD), noting the access for eviction. */
   async getManifest(repo: RepoName, ns: string | undefined, ref: Reference, accept: readonly string[]): Promise<ManifestAnswer> {
+    const answer = await this.findManifest(repo, ns, ref, accept);
+    this.access?.manifest(repo, answer.record.digest);
+    return answer;
+  }
+
+  private async findManifest(repo: RepoName, ns: string | undefined, ref: Reference, accept: readonly string[]): Promise<ManifestAnswer> {
     const meta = this.local.meta;
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);
@@ -265,7 +275,14 @@ export class PullThrough {
 
   // ---- blobs -----------------------------------------------------------------------
 
+  /** Serve a blob (GET or HEAD), noting the access for eviction unless only the upstream answered. */
   async getBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean): Promise<BlobAnswer> {
+    const answer = await this.findBlob(repo, ns, digest, head);
+    if (answer.open) this.access?.blob(digest);
+    return answer;
+  }
+
+  private async findBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean): Promise<BlobAnswer> {
     const meta = this.local.meta;
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);

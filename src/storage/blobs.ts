@@ -77,6 +77,9 @@ export async function hashFile(file: string, algorithm: DigestAlgorithm): Promis
 }
 
 export class BlobStore {
+  /** File unlinks in progress, by digest (rows already gone). */
+  private readonly deleting = new Map<Digest, Promise<void>>();
+
   constructor(
     private readonly paths: StoragePaths,
     private readonly meta: MetadataStore,
@@ -129,15 +132,20 @@ export class BlobStore {
    * before the DB row that depends on it is written.
    */
   async commit(sourcePath: string, digest: Digest, size: number, repo: RepoName, provenance: Provenance): Promise<void> {
-    const target = this.paths.blob(digest);
+    // An eviction that already dropped this digest's row may still be unlinking its file:
+    // renaming ours into place first would let that unlink delete the new copy.
+    for (let pending = this.deleting.get(digest); pending; pending = this.deleting.get(digest)) await pending.catch(() => undefined);
     if (this.meta.blobSize(digest) !== undefined) {
-      // Already stored (dedupe): the existing file is verified content; drop ours.
+      // Already stored (dedupe): the existing file is verified content. Link it in the same
+      // tick as the check, so an eviction cannot drop the row in between; then drop ours.
+      this.meta.recordBlob(repo, digest, size, provenance);
       await fs.rm(sourcePath, { force: true });
-    } else {
-      await fs.mkdir(path.dirname(target), { recursive: true });
-      await fs.rename(sourcePath, target);
-      await fsyncDir(path.dirname(target));
+      return;
     }
+    const target = this.paths.blob(digest);
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await fs.rename(sourcePath, target);
+    await fsyncDir(path.dirname(target));
     this.meta.recordBlob(repo, digest, size, provenance);
   }
 
@@ -148,6 +156,22 @@ export class BlobStore {
   /** Remove an unreferenced blob: row first, then file (a crash leaves only an orphan file). */
   async remove(digest: Digest): Promise<void> {
     this.meta.deleteBlobRow(digest);
-    await fs.rm(this.paths.blob(digest), { force: true });
+    await this.removeFiles([digest]);
+  }
+
+  /**
+   * Unlink the files of blobs whose rows are already deleted. Registered before the first
+   * await, so a commit of the same digest waits for it (see commit). Readers that already
+   * opened a file keep reading it: an unlinked file lives until its last descriptor closes.
+   */
+  removeFiles(digests: readonly Digest[]): Promise<void> {
+    const all = digests.map((d) => {
+      const p = fs.rm(this.paths.blob(d), { force: true }).finally(() => {
+        if (this.deleting.get(d) === p) this.deleting.delete(d);
+      });
+      this.deleting.set(d, p);
+      return p;
+    });
+    return Promise.all(all).then(() => undefined);
   }
 }

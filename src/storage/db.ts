@@ -33,6 +33,40 @@ export interface TagRecord {
   checkedAt: number;
 }
 
+/** A cached image in one repository: a manifest no other manifest there references. */
+export interface CachedImage {
+  repoId: number;
+  digest: Digest;
+  /** Latest access of the manifest or its child manifests (ms). */
+  lastAccess: number;
+}
+
+/** A cached blob link no manifest of its repository references (fetched by digest alone). */
+export interface LooseBlob {
+  repoId: number;
+  digest: Digest;
+  lastAccess: number;
+}
+
+export interface Evicted {
+  manifests: number;
+  /** Blob rows deleted: the caller removes their files afterwards. */
+  blobs: Array<{ digest: Digest; size: number }>;
+}
+
+/**
+ * Content reachable from anything pushed (a pushed manifest link, a tag, through manifest
+ * references, in any repository: conservative, since blob files are shared). Never evicted.
+ */
+const KEEP_CTE = `keep(d) AS (
+  SELECT digest FROM manifests WHERE provenance = 'pushed'
+  UNION SELECT digest FROM tags
+  UNION SELECT r.child FROM manifest_refs r JOIN keep ON r.digest = keep.d)`;
+
+/** Last access of a cached image: its manifest or any child manifest in the same repository. */
+const IMAGE_ACCESS = `MAX(m.last_access, COALESCE((SELECT MAX(c.last_access) FROM manifest_refs r
+  JOIN manifests c ON c.repo_id = m.repo_id AND c.digest = r.child WHERE r.digest = m.digest AND r.kind = 'manifest'), 0))`;
+
 export interface NewManifest extends ManifestRecord {
   refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }>;
 }
@@ -113,6 +147,11 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (repo_id, name, accept_key)
   ) WITHOUT ROWID;
   `,
+  // v3: eviction asks "does anything pushed reach this digest?" by digest alone.
+  `
+  CREATE INDEX tags_by_digest ON tags(digest);
+  CREATE INDEX upstream_tags_digest ON upstream_tags(repo_id, digest);
+  `,
 ];
 
 export class MetadataStore {
@@ -139,8 +178,10 @@ export class MetadataStore {
       insertBlob: db.prepare<[string, number, number, number]>(
         'INSERT OR IGNORE INTO blobs(digest, size, created_at, last_access) VALUES (?, ?, ?, ?)',
       ),
+      // A push of a blob already linked as cached makes it pushed (never evicted), as for manifests.
       linkBlob: db.prepare<[number, string, string, number]>(
-        'INSERT OR IGNORE INTO repo_blobs(repo_id, digest, provenance, created_at) VALUES (?, ?, ?, ?)',
+        `INSERT INTO repo_blobs(repo_id, digest, provenance, created_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT(repo_id, digest) DO UPDATE SET provenance = 'pushed' WHERE excluded.provenance = 'pushed'`,
       ),
       unlinkBlob: db.prepare<[number, string]>('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
       manifest: db.prepare<[number, string], { digest: string; media_type: string; size: number; body: Buffer; artifact_type: string | null; subject: string | null; annotations: string | null }>(
@@ -219,6 +260,53 @@ export class MetadataStore {
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
       ),
+      touchBlob: db.prepare<[number, string, number]>('UPDATE blobs SET last_access = ? WHERE digest = ? AND last_access < ?'),
+      touchManifest: db.prepare<[number, number, string, number]>(
+        'UPDATE manifests SET last_access = ? WHERE repo_id = ? AND digest = ? AND last_access < ?',
+      ),
+      cachedBytes: db.prepare<[], { bytes: number }>(
+        `WITH RECURSIVE ${KEEP_CTE}
+         SELECT COALESCE(SUM(b.size), 0) AS bytes FROM blobs b
+         WHERE EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'cached')
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'pushed')
+           AND b.digest NOT IN (SELECT d FROM keep)`,
+      ),
+      cachedImages: db.prepare<[], { repo_id: number; digest: string; last_access: number }>(
+        `WITH RECURSIVE ${KEEP_CTE}
+         SELECT m.repo_id, m.digest, ${IMAGE_ACCESS} AS last_access FROM manifests m
+         WHERE m.provenance = 'cached' AND m.digest NOT IN (SELECT d FROM keep)
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p ON p.repo_id = m.repo_id AND p.digest = r.digest WHERE r.child = m.digest)`,
+      ),
+      looseBlobs: db.prepare<[number], { repo_id: number; digest: string; last_access: number }>(
+        `WITH RECURSIVE ${KEEP_CTE}
+         SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.provenance = 'cached' AND b.last_access < ? AND rb.digest NOT IN (SELECT d FROM keep)
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)`,
+      ),
+      imageAccess: db.prepare<[number, string], { provenance: string; last_access: number }>(
+        `SELECT m.provenance, ${IMAGE_ACCESS} AS last_access FROM manifests m WHERE m.repo_id = ? AND m.digest = ?`,
+      ),
+      // Walks up from a digest: is it, or anything that references it, pushed content?
+      isProtected: db.prepare<[string], { one: number }>(
+        `WITH RECURSIVE up(d) AS (SELECT ? UNION SELECT r.digest FROM manifest_refs r JOIN up ON r.child = up.d)
+         SELECT 1 AS one FROM up
+         WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.digest = up.d AND m.provenance = 'pushed')
+            OR EXISTS (SELECT 1 FROM tags t WHERE t.digest = up.d)
+            OR EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = up.d AND rb.provenance = 'pushed')
+         LIMIT 1`,
+      ),
+      childManifests: db.prepare<[string], { d: string }>(
+        `WITH RECURSIVE sub(d) AS (SELECT ? UNION SELECT r.child FROM manifest_refs r JOIN sub ON r.digest = sub.d WHERE r.kind = 'manifest')
+         SELECT d FROM sub`,
+      ),
+      childBlobs: db.prepare<[string], { child: string }>("SELECT child FROM manifest_refs WHERE digest = ? AND kind = 'blob'"),
+      manifestLink: db.prepare<[number, string], { provenance: string }>('SELECT provenance FROM manifests WHERE repo_id = ? AND digest = ?'),
+      blobLink: db.prepare<[number, string], { provenance: string }>('SELECT provenance FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
+      blobLinked: db.prepare<[string], { one: number }>('SELECT 1 AS one FROM repo_blobs WHERE digest = ? LIMIT 1'),
+      blobRow: db.prepare<[string], { size: number; last_access: number }>('SELECT size, last_access FROM blobs WHERE digest = ?'),
+      contentHeld: db.prepare<[string], { one: number }>('SELECT 1 AS one FROM manifests WHERE digest = ? LIMIT 1'),
+      deleteUpstreamTagsOf: db.prepare<[number, string]>('DELETE FROM upstream_tags WHERE repo_id = ? AND digest = ?'),
     };
   }
 
@@ -421,6 +509,103 @@ export class MetadataStore {
   referencedInRepo(repo: RepoName, digest: Digest): boolean {
     const id = this.repoId(repo);
     return id !== undefined && this.s.referencedInRepo.get(id, digest) !== undefined;
+  }
+
+  /** Record batched accesses (see AccessRecorder): one transaction, timestamps only move forward. */
+  touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): void {
+    this.db.transaction(() => {
+      for (const [digest, at] of blobs) this.s.touchBlob.run(at, digest, at);
+      for (const m of manifests) {
+        const id = this.repoId(m.repo);
+        if (id !== undefined) this.s.touchManifest.run(m.at, id, m.digest, m.at);
+      }
+    })();
+  }
+
+  /** Bytes of blobs that came from an upstream and nothing pushed needs (what cache.maxBytes bounds). */
+  cachedBytes(): number {
+    return this.s.cachedBytes.get()!.bytes;
+  }
+
+  /** Eviction candidates: cached images (roots in their repository) with their last access. */
+  cachedImages(): CachedImage[] {
+    return this.s.cachedImages.all().map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+  }
+
+  /** Eviction candidates: cached blob links no manifest of their repository references, idle since before `before`. */
+  looseBlobs(before: number): LooseBlob[] {
+    return this.s.looseBlobs.all(before).map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+  }
+
+  private isProtected(digest: string): boolean {
+    return this.s.isProtected.get(digest) !== undefined;
+  }
+
+  /**
+   * Drop a blob row if nothing links it any more, nothing pushed reaches it and `busy` (an
+   * in-flight fill) does not claim it. Inside the caller's transaction.
+   */
+  private dropBlobIfUnused(digest: string, busy: (d: Digest) => boolean, out: Evicted['blobs']): void {
+    if (this.s.blobLinked.get(digest) || this.isProtected(digest) || busy(digest as Digest)) return;
+    const row = this.s.blobRow.get(digest);
+    if (!row) return;
+    this.s.deleteBlob.run(digest);
+    out.push({ digest: digest as Digest, size: row.size });
+  }
+
+  /**
+   * Evict one cached image, in one transaction: its upstream tag rows, its manifest links
+   * (with child manifests nothing else in the repository references), its blob links, blob
+   * rows nobody links any more, and manifest content no repository holds. Returns null when
+   * the image changed since it was chosen (accessed after `notAfter`, pushed, or now
+   * referenced). Blob files are the caller's to remove, after this returns.
+   */
+  evictImage(repoId: number, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Evicted | null {
+    return this.db.transaction((): Evicted | null => {
+      const root = this.s.imageAccess.get(repoId, digest);
+      if (!root || root.provenance !== 'cached' || root.last_access > notAfter) return null;
+      if (this.isProtected(digest) || this.s.referencedInRepo.get(repoId, digest)) return null;
+      const children = this.s.childManifests.all(digest).map((r) => r.d).filter((d) => d !== digest);
+      const removed = [digest as string];
+      this.s.unlinkManifest.run(repoId, digest);
+      // Child manifests go once no remaining manifest of the repository references them
+      // (another cached index may share a platform manifest); repeat for nested indexes.
+      for (let changed = true; changed; ) {
+        changed = false;
+        for (const c of children) {
+          if (removed.includes(c) || this.s.manifestLink.get(repoId, c)?.provenance !== 'cached') continue;
+          if (this.s.referencedInRepo.get(repoId, c) || this.isProtected(c)) continue;
+          this.s.unlinkManifest.run(repoId, c);
+          removed.push(c);
+          changed = true;
+        }
+      }
+      const blobs = new Set<string>();
+      for (const m of removed) {
+        this.s.deleteUpstreamTagsOf.run(repoId, m);
+        for (const r of this.s.childBlobs.all(m)) blobs.add(r.child);
+      }
+      const out: Evicted = { manifests: removed.length, blobs: [] };
+      for (const b of blobs) {
+        if (this.s.blobLink.get(repoId, b)?.provenance === 'cached' && !this.s.referencedInRepo.get(repoId, b)) this.s.unlinkBlob.run(repoId, b);
+        this.dropBlobIfUnused(b, busy, out.blobs);
+      }
+      for (const m of removed) if (!this.s.contentHeld.get(m)) this.s.deleteContent.run(m);
+      return out;
+    })();
+  }
+
+  /** Evict a loose cached blob link (and the blob, if nothing else needs it): one transaction. */
+  evictLooseBlob(repoId: number, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Evicted | null {
+    return this.db.transaction((): Evicted | null => {
+      const row = this.s.blobRow.get(digest);
+      if (!row || row.last_access > notAfter || this.s.blobLink.get(repoId, digest)?.provenance !== 'cached') return null;
+      if (this.s.referencedInRepo.get(repoId, digest)) return null;
+      this.s.unlinkBlob.run(repoId, digest);
+      const out: Evicted = { manifests: 0, blobs: [] };
+      this.dropBlobIfUnused(digest, busy, out.blobs);
+      return out;
+    })();
   }
 
   /** GC mark phase: drop repository links no manifest needs (see danglingLinks). */

@@ -28,6 +28,14 @@ const bad: Array<[string, RegExp]> = [
   ['rewrites: [{ upstream: nowhere, pattern: x, replace: y }]', /rewrites\[0\].upstream/],
   ['upstreams: { docker.io: { credentials: { username: bob, password: "${REGMIRROR_TEST_UNSET_VAR}" } } }', /REGMIRROR_TEST_UNSET_VAR/],
   ['storage: [a]', /storage/],
+  ['cache: { maxBytes: lots }', /cache.maxBytes: "lots" is not a size/],
+  ['cache: { maxBytes: 0 }', /cache.maxBytes: must be greater than zero/],
+  ['cache: { maxBytes: -5 }', /cache.maxBytes/],
+  ['cache: { maxAge: forever }', /cache.maxAge: "forever" is not a duration/],
+  ['cache: { maxAge: 0s }', /cache.maxAge: must be greater than zero/],
+  ['cache: { evictInterval: 10ms }', /cache.evictInterval: must be at least 1s/],
+  ['cache: { maxSize: 10GiB }', /cache.maxSize: unknown key/],
+  ['cache: 5', /cache: must be a mapping/],
 ];
 for (const [yaml, re] of bad) {
   test(`rejects: ${yaml}`, (t) => {
@@ -36,6 +44,17 @@ for (const [yaml, re] of bad) {
     t.regex(e!.message, re);
   });
 }
+
+test('cache: absent = unlimited and never; sizes, durations and null parse; the default config keeps 90 days', (t) => {
+  t.deepEqual(configFromObject({}).cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000 });
+  t.deepEqual(configFromObject({ cache: { maxBytes: '50GiB', maxAge: '30d', evictInterval: '30s' } }).cache, {
+    maxBytes: 50 * 1024 ** 3,
+    maxAgeMs: 30 * 86_400_000,
+    evictIntervalMs: 30_000,
+  });
+  t.deepEqual(parseConfigYaml('cache: { maxBytes: null, maxAge: null }', 't.yml').cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000 });
+  t.deepEqual(loadConfig().cache, { maxBytes: null, maxAgeMs: 90 * 86_400_000, evictIntervalMs: 600_000 });
+});
 
 test('credentials from environment variables; durations and sizes', (t) => {
   process.env.REGMIRROR_TEST_PW = 's3cret';

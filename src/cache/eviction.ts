@@ -1,0 +1,162 @@
+/**
+ * Eviction of pulled-through content: everything not accessed for `maxAgeMs`, then least
+ * recently used images until the cached blob bytes fit `maxBytes`. Only content that came
+ * from an upstream is eligible; whatever pushed content reaches (a pushed manifest, a tag,
+ * a pushed blob link, in any repository) stays. A later pull simply fetches it again.
+ *
+ * The unit is an image (a cached manifest no other manifest of its repository references,
+ * with its child manifests and blob links), so a tag is never left pointing at half an
+ * image; cached blobs linked without any manifest are a unit of their own. Each unit is one
+ * SQLite transaction that re-checks the candidate (MetadataStore.evictImage); blob files
+ * are unlinked after it commits (rows first, then files: a crash leaves only orphan files).
+ */
+import type { Logger } from 'pino';
+import type { CacheConfig } from '../config/schema.js';
+import type { Digest } from '../registry/names.js';
+import type { BlobStore } from '../storage/blobs.js';
+import type { Evicted, MetadataStore } from '../storage/db.js';
+
+/**
+ * Loose cached blobs younger than this are left alone: a push into a pull-through
+ * namespace links the blobs it completes from upstream just before its manifest.
+ */
+const LOOSE_GRACE_MS = 10 * 60_000;
+
+export interface EvictionResult {
+  images: number;
+  manifests: number;
+  blobs: number;
+  bytes: number;
+  /** Cached blob bytes after the run. */
+  cachedBytes: number;
+  dryRun: boolean;
+}
+
+interface Candidate {
+  kind: 'image' | 'blob';
+  repoId: number;
+  digest: Digest;
+  lastAccess: number;
+}
+
+export interface EvictorOptions {
+  /** Digests that must stay (blob fills in flight). */
+  busy?: (digest: Digest) => boolean;
+  /** Write pending access times first, so the order is current. */
+  flush?: () => void;
+  log?: Logger;
+  now?: () => number;
+}
+
+class DryRunRollback extends Error {}
+
+export class Evictor {
+  /** Called after each run that evicted something; metrics. */
+  onEvicted: ((r: EvictionResult) => void) | null = null;
+  private running: Promise<EvictionResult> | null = null;
+  private stopped = false;
+  private readonly busy: (digest: Digest) => boolean;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly meta: MetadataStore,
+    private readonly blobs: Pick<BlobStore, 'removeFiles'>,
+    private readonly policy: Pick<CacheConfig, 'maxBytes' | 'maxAgeMs'>,
+    private readonly opts: EvictorOptions = {},
+  ) {
+    this.busy = opts.busy ?? (() => false);
+    this.now = opts.now ?? Date.now;
+  }
+
+  get enabled(): boolean {
+    return this.policy.maxBytes !== null || this.policy.maxAgeMs !== null;
+  }
+
+  /** One eviction pass; a call while one runs joins it. */
+  run(): Promise<EvictionResult> {
+    this.running ??= this.doRun().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  /** Shutdown: a pass in progress stops after its current unit; wait for it. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.running?.catch(() => undefined);
+  }
+
+  /** What a pass would evict now, without changing anything (all in a rolled-back transaction). */
+  dryRun(): EvictionResult {
+    this.opts.flush?.();
+    const result = this.emptyResult(true);
+    try {
+      this.meta.db.transaction(() => {
+        for (const ev of this.evictions(this.now())) this.add(result, ev);
+        throw new DryRunRollback();
+      })();
+    } catch (e) {
+      if (!(e instanceof DryRunRollback)) throw e;
+    }
+    result.cachedBytes = this.meta.cachedBytes() - result.bytes;
+    return result;
+  }
+
+  private async doRun(): Promise<EvictionResult> {
+    const started = this.now();
+    this.opts.flush?.();
+    const result = this.emptyResult(false);
+    if (this.enabled) {
+      for (const ev of this.evictions(started)) {
+        this.add(result, ev);
+        // Between units the server keeps serving; every unit re-checks its candidate.
+        await this.blobs.removeFiles(ev.blobs.map((b) => b.digest)).catch((err: unknown) => {
+          this.opts.log?.warn({ err }, 'eviction: removing blob files failed (gc removes orphans)');
+        });
+        if (this.stopped) break;
+      }
+    }
+    result.cachedBytes = this.meta.cachedBytes();
+    this.opts.log?.info(
+      { images: result.images, manifests: result.manifests, blobs: result.blobs, bytes: result.bytes, cachedBytes: result.cachedBytes, ms: this.now() - started },
+      'cache eviction',
+    );
+    if (result.manifests > 0 || result.blobs > 0) this.onEvicted?.(result);
+    return result;
+  }
+
+  private emptyResult(dryRun: boolean): EvictionResult {
+    return { images: 0, manifests: 0, blobs: 0, bytes: 0, cachedBytes: 0, dryRun };
+  }
+
+  private add(result: EvictionResult, ev: Evicted & { kind: Candidate['kind'] }): void {
+    if (ev.kind === 'image') result.images++;
+    result.manifests += ev.manifests;
+    result.blobs += ev.blobs.length;
+    result.bytes += ev.blobs.reduce((n, b) => n + b.size, 0);
+  }
+
+  /** Evict candidates in order of last access while either limit is exceeded. Synchronous per unit. */
+  private *evictions(now: number): Generator<Evicted & { kind: Candidate['kind'] }> {
+    const { maxBytes, maxAgeMs } = this.policy;
+    let cached = this.meta.cachedBytes();
+    const overBudget = () => maxBytes !== null && cached > maxBytes;
+    if (!overBudget() && maxAgeMs === null) return;
+    for (const c of this.candidates(now)) {
+      const tooOld = maxAgeMs !== null && c.lastAccess < now - maxAgeMs;
+      // Sorted oldest first: once neither limit applies, none applies to the rest.
+      if (!tooOld && !overBudget()) return;
+      const ev =
+        c.kind === 'image'
+          ? this.meta.evictImage(c.repoId, c.digest, c.lastAccess, this.busy)
+          : this.meta.evictLooseBlob(c.repoId, c.digest, c.lastAccess, this.busy);
+      if (!ev) continue;
+      cached -= ev.blobs.reduce((n, b) => n + b.size, 0);
+      yield { ...ev, kind: c.kind };
+    }
+  }
+
+  private candidates(now: number): Candidate[] {
+    const images: Candidate[] = this.meta.cachedImages().map((i) => ({ kind: 'image', ...i }));
+    const loose: Candidate[] = this.meta.looseBlobs(now - LOOSE_GRACE_MS).map((b) => ({ kind: 'blob', ...b }));
+    return [...images, ...loose].sort((a, b) => a.lastAccess - b.lastAccess);
+  }
+}
