@@ -9,6 +9,9 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { DEFAULT_CONFIG_YAML } from './config/schema.js';
 import { createLogger } from './ops/logger.js';
 import { collectGarbage } from './ops/gc.js';
+import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 
 const USAGE = `usage: regmirror <command> [options]
 
@@ -19,13 +22,28 @@ commands:
                                  --evict first applies cache.maxAge and cache.maxBytes
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
+  client-config <containerd|k3s|registries.conf> --mirror URL [--config FILE]
+                [--ca FILE] [--namespace PREFIX] [--out DIR]
+                                 node configuration pointing every configured upstream at
+                                 this mirror (containerd hosts.toml per registry, k3s/RKE2
+                                 registries.yaml, CRI-O/podman registries.conf); printed,
+                                 or written under DIR
 `;
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, evict: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      config: { type: 'string', short: 'c' },
+      'dry-run': { type: 'boolean' },
+      evict: { type: 'boolean' },
+      mirror: { type: 'string' },
+      ca: { type: 'string' },
+      namespace: { type: 'string' },
+      out: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   const [cmd, sub] = positionals;
   if (values.help || !cmd) {
@@ -82,6 +100,29 @@ async function main(argv: string[]): Promise<number> {
       }
       process.stderr.write(USAGE);
       return 2;
+    case 'client-config': {
+      if (!sub || !isClientKind(sub)) {
+        process.stderr.write(`regmirror: client-config needs one of ${CLIENT_KINDS.join(', ')}\n`);
+        return 2;
+      }
+      if (!values.mirror) {
+        process.stderr.write('regmirror: client-config needs --mirror URL (the mirror as nodes reach it)\n');
+        return 2;
+      }
+      const config = loadConfig(values.config);
+      const files = clientConfig(config, sub, { mirror: values.mirror, ca: values.ca, namespace: values.namespace });
+      for (const [rel, content] of Object.entries(files)) {
+        if (values.out) {
+          const file = path.join(values.out, rel);
+          await fs.mkdir(path.dirname(file), { recursive: true });
+          await fs.writeFile(file, content);
+          process.stdout.write(`wrote ${file}\n`);
+        } else {
+          process.stdout.write(`# ==> ${rel} <==\n${content}\n`);
+        }
+      }
+      return 0;
+    }
     default:
       process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);
       return 2;
@@ -94,6 +135,7 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     if (err instanceof ConfigError) process.stderr.write(`regmirror: config error: ${err.message}\n`);
+    else if (err instanceof ClientConfigError) process.stderr.write(`regmirror: client-config: ${err.message}\n`);
     else process.stderr.write(`regmirror: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exitCode = 1;
   },

@@ -17,9 +17,11 @@
  * Skipped only when a tool is missing and CI !== 'true'; under CI a missing tool fails.
  */
 import test, { type ExecutionContext } from 'ava';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { type Containerd, startContainerd, writeHostsToml } from '../helpers/containerd.js';
 import { type AccessEntry, type DockerRegistry, seedRegistry, settleAccessLog, startDockerRegistry } from '../helpers/docker-registry.js';
 import { startServer, tempDir, type TestServer } from '../helpers/server.js';
@@ -51,6 +53,7 @@ const UP = 'upstream.test:5000';
 /** How containerd sends it (Go's url.Values.Encode escapes ':'). */
 const NS_UP = 'ns=upstream.test%3A5000';
 const REPO = 'library/busybox';
+const execFileP = promisify(execFile);
 const CREDS = { username: 'mirror', password: `pw-${sha256(String(process.pid)).slice(7, 23)}` };
 
 // ---------------------------------------------------------------------------
@@ -538,4 +541,53 @@ e2e('bulk push into a pull-through namespace whose upstream has the image; then 
 
   const late = requests().slice(pushReqs.length);
   t.deepEqual(late.filter((r) => r.status >= 400 && r.url !== '/v2/'), [], 'nothing failed after the upstream died');
+});
+
+// ---------------------------------------------------------------------------
+// (h)
+
+e2e('generated node config: `regmirror client-config` containerd hosts.toml and registries.conf pull through the mirror', async (t) => {
+  const env = await setup(t);
+  const serverConfig = {
+    upstreams: { [UP]: upstreamEntry(env.reg), 'upstream.test': upstreamEntry(env.reg) },
+    defaultUpstream: null,
+    // A host with a port cannot be a path component: registries.conf needs this prefix.
+    namespaces: [{ prefix: 'up5000', upstream: UP }],
+  };
+  const s = await startServer(t, serverConfig);
+  const requests = watchRequests(s);
+  const configFile = path.join(env.work, 'regmirror.yml');
+  await fs.writeFile(configFile, JSON.stringify({ listen: '127.0.0.1:0', storage: path.join(env.work, 'unused'), ...serverConfig })); // JSON is YAML
+  const cli = (...args: string[]) => execFileP(process.execPath, ['dist/cli.js', 'client-config', ...args, '--config', configFile, '--mirror', s.url]);
+
+  // containerd: one hosts.toml per upstream, written by the CLI.
+  const hostsDir = path.join(env.work, 'generated-certs.d');
+  await cli('containerd', '--out', hostsDir);
+  const files = (await fs.readdir(hostsDir)).sort();
+  t.deepEqual(files, [UP, 'upstream.test'].sort());
+  for (const f of files) {
+    const text = await fs.readFile(path.join(hostsDir, f, 'hosts.toml'), 'utf8');
+    t.false(text.includes(CREDS.password), 'no credentials in generated files');
+    t.notRegex(text, /auth/i);
+  }
+  const ref = `${UP}/${REPO}:1.0`;
+  await env.ctd.pull(ref, { namespace: 'gen', hostsDir, platform: 'linux/amd64' });
+  await assertImage(t, env.ctd, 'gen', ref, V1.index.digest);
+  await assertContent(t, env.ctd, 'gen', [V1.index, AMD64.manifest, AMD64.config, ...AMD64.layers]);
+  const fromCtd = requests().filter(fromContainerd);
+  t.true(fromCtd.some((r) => r.method === 'HEAD' && r.url === `/v2/${REPO}/manifests/1.0?${NS_UP}` && r.status === 200), `no tag HEAD with ${NS_UP}: ${summary(fromCtd)}`);
+  t.deepEqual(fromCtd.filter((r) => r.status !== 200), [], 'regmirror answered containerd with 200 throughout');
+  await settleAccessLog(env.reg);
+  t.false(env.reg.accessLog().some((e) => e.userAgent.startsWith('containerd/')), 'containerd fell back to the server instead of using the mirror');
+
+  // CRI-O/podman/skopeo: registries.conf from the CLI (stdout), the port-named upstream under its namespace.
+  const { stdout } = await cli('registries.conf');
+  const conf = stdout.replace(/^# ==> .* <==\n/m, '');
+  t.true(conf.includes(`location = "${s.hostPort}/up5000"`), conf);
+  t.true(conf.includes(`location = "${s.hostPort}/upstream.test"`), conf);
+  await env.sk.setRegistriesConf(conf);
+  const out = path.join(env.work, 'via-registries-conf');
+  await env.sk.run(pullArgs(env.sk, `docker://${ref}`, `oci:${out}:1.0`));
+  await assertLayoutHolds(t, out, '1.0', V1.index, V1_BLOBS);
+  t.true(requests().some((r) => r.method === 'GET' && r.url === `/v2/up5000/${REPO}/manifests/1.0` && r.status === 200), 'skopeo used the generated mirror');
 });

@@ -1,0 +1,135 @@
+/**
+ * Client configuration generated from the upstream table, so nodes are pointed at the
+ * mirror by the same table that routes their requests (no hand-kept hosts.toml per
+ * registry; anchors.md §10 idea 2):
+ *
+ * - containerd `config_path` (`/etc/containerd/certs.d/<registry>/hosts.toml`): one file
+ *   per upstream; containerd adds `?ns=<registry>` to every mirror request, which routes
+ *   it. With `namespace`, the mirror URL carries `/v2/<prefix>` + `override_path`
+ *   (Anthos-style; the namespace must route by `ns`).
+ * - k3s/RKE2 `registries.yaml`: a mirror entry per upstream (k3s writes hosts.toml for its
+ *   containerd, so `?ns=` routes here too).
+ * - CRI-O/podman `registries.conf`: a `[[registry.mirror]]` per upstream whose location
+ *   names the upstream in the path: a namespace prefix mapped to that upstream, else the
+ *   registry host itself (`mirror:5000/docker.io`); hosts with a port cannot be a path
+ *   component, so those need a namespace entry and are otherwise listed as skipped.
+ *
+ * Only names and URLs from the config appear; never credentials.
+ */
+import type { Config, UpstreamConfig } from '../config/schema.js';
+
+export const CLIENT_KINDS = ['containerd', 'k3s', 'registries.conf'] as const;
+export type ClientKind = (typeof CLIENT_KINDS)[number];
+
+export interface ClientConfigOptions {
+  /** The mirror as nodes reach it: `https://mirror.example:5000`. */
+  mirror: string;
+  /** CA file path on the nodes, for a mirror with a private CA. */
+  ca?: string;
+  /** A `namespaces[]` prefix to put in the mirror URL (containerd only, override_path). */
+  namespace?: string;
+}
+
+/** Relative path -> file content. */
+export type ClientFiles = Record<string, string>;
+
+export class ClientConfigError extends Error {}
+
+/** The mirror URL without a trailing slash; only http(s) with a host, no credentials or query. */
+function mirrorUrl(raw: string): URL {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new ClientConfigError(`mirror: not a URL: ${JSON.stringify(raw)}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ClientConfigError('mirror: must be an http:// or https:// URL');
+  if (u.username || u.password || u.search || u.hash || (u.pathname !== '/' && u.pathname !== '')) {
+    throw new ClientConfigError('mirror: give scheme, host and port only (no path, credentials or query)');
+  }
+  return u;
+}
+
+const toml = (s: string) => JSON.stringify(s); // TOML basic strings share JSON's escapes for these inputs
+
+/** The registry's own endpoint, for containerd's fallback `server`. */
+function serverOf(up: UpstreamConfig): string {
+  return up.endpoints[0] ?? `https://${up.name}`;
+}
+
+function sortedUpstreams(config: Config): UpstreamConfig[] {
+  return [...config.upstreams.values()].sort((a, b) => a.name.localeCompare(b.name));
+}
+
+function containerdFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
+  let hostUrl = mirror.origin;
+  if (opts.namespace !== undefined) {
+    const ns = config.namespaces.find((n) => n.prefix === opts.namespace);
+    if (!ns) throw new ClientConfigError(`namespace: no namespaces[] entry has prefix ${JSON.stringify(opts.namespace)}`);
+    if (ns.upstream !== 'ns') throw new ClientConfigError(`namespace: ${ns.prefix} maps to ${ns.upstream} only; for every registry it must be {upstream: ns}`);
+    hostUrl = `${mirror.origin}/v2/${ns.prefix}`;
+  }
+  const files: ClientFiles = {};
+  for (const up of sortedUpstreams(config)) {
+    const lines = [
+      `# ${up.name} through regmirror; containerd falls back to the registry itself (server) when the mirror fails.`,
+      `server = ${toml(serverOf(up))}`,
+      '',
+      `[host.${toml(hostUrl)}]`,
+      '  capabilities = ["pull", "resolve"]',
+    ];
+    if (opts.namespace !== undefined) lines.push('  override_path = true');
+    if (opts.ca) lines.push(`  ca = ${toml(opts.ca)}`);
+    files[`${up.name}/hosts.toml`] = `${lines.join('\n')}\n`;
+  }
+  return files;
+}
+
+function k3sFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
+  const lines = ['# /etc/rancher/k3s/registries.yaml (RKE2: /etc/rancher/rke2/registries.yaml)', 'mirrors:'];
+  for (const up of sortedUpstreams(config)) {
+    lines.push(`  ${JSON.stringify(up.name)}:`, `    endpoint:`, `      - ${JSON.stringify(mirror.origin)}`);
+  }
+  if (opts.ca) lines.push('configs:', `  ${JSON.stringify(mirror.host)}:`, '    tls:', `      ca_file: ${JSON.stringify(opts.ca)}`);
+  return { 'registries.yaml': `${lines.join('\n')}\n` };
+}
+
+/** A repository path component per the distribution spec: `[a-z0-9]+(?:[._-][a-z0-9]+)*`. */
+const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$/;
+
+function registriesConfFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
+  const lines = ['# /etc/containers/registries.conf.d/regmirror.conf (CRI-O, podman, skopeo, buildah)'];
+  if (opts.ca) lines.push(`# Private CA: install it as /etc/containers/certs.d/${mirror.host}/ca.crt`);
+  const skipped: string[] = [];
+  for (const up of sortedUpstreams(config)) {
+    const ns = config.namespaces.find((n) => n.upstream === up.name);
+    const prefix = ns?.prefix ?? (PATH_COMPONENT.test(up.name) ? up.name : null);
+    if (prefix === null) {
+      skipped.push(up.name);
+      continue;
+    }
+    lines.push('', '[[registry]]', `prefix = ${toml(up.name)}`, `location = ${toml(up.name)}`, '[[registry.mirror]]', `location = ${toml(`${mirror.host}/${prefix}`)}`);
+    if (mirror.protocol === 'http:') lines.push('insecure = true');
+  }
+  for (const name of skipped) {
+    lines.push('', `# ${name}: a host with a port cannot be a path component; add namespaces: [{prefix: <name>, upstream: ${JSON.stringify(name)}}] to mirror it`);
+  }
+  return { 'registries.conf': `${lines.join('\n')}\n` };
+}
+
+export function clientConfig(config: Config, kind: ClientKind, opts: ClientConfigOptions): ClientFiles {
+  const mirror = mirrorUrl(opts.mirror);
+  if (opts.namespace !== undefined && kind !== 'containerd') throw new ClientConfigError('namespace: only containerd hosts.toml carries a path prefix (override_path)');
+  switch (kind) {
+    case 'containerd':
+      return containerdFiles(config, mirror, opts);
+    case 'k3s':
+      return k3sFiles(config, mirror, opts);
+    case 'registries.conf':
+      return registriesConfFiles(config, mirror, opts);
+  }
+}
+
+export function isClientKind(s: string): s is ClientKind {
+  return (CLIENT_KINDS as readonly string[]).includes(s);
+}
