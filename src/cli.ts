@@ -10,6 +10,7 @@ import { DEFAULT_CONFIG_YAML } from './config/schema.js';
 import { createLogger } from './ops/logger.js';
 import { collectGarbage } from './ops/gc.js';
 import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
+import { prefetchImage } from './ops/prefetch.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
@@ -28,6 +29,10 @@ commands:
                                  this mirror (containerd hosts.toml per registry, k3s/RKE2
                                  registries.yaml, CRI-O/podman registries.conf); printed,
                                  or written under DIR
+  prefetch --mirror URL [--file LIST] [--platform OS/ARCH ...] [--user USER:PASS] [IMAGE ...]
+                                 pull images through a running mirror (all of an index's
+                                 platforms unless --platform), so a rollout finds them
+                                 cached; LIST has one image per line (# comments)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -42,6 +47,9 @@ async function main(argv: string[]): Promise<number> {
       ca: { type: 'string' },
       namespace: { type: 'string' },
       out: { type: 'string' },
+      file: { type: 'string' },
+      platform: { type: 'string', multiple: true },
+      user: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -122,6 +130,28 @@ async function main(argv: string[]): Promise<number> {
         }
       }
       return 0;
+    }
+    case 'prefetch': {
+      if (!values.mirror) {
+        process.stderr.write('regmirror: prefetch needs --mirror URL\n');
+        return 2;
+      }
+      const images = positionals.slice(1);
+      if (values.file) {
+        const text = await fs.readFile(values.file, 'utf8');
+        images.push(...text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean));
+      }
+      if (images.length === 0) {
+        process.stderr.write('regmirror: prefetch needs images (arguments or --file)\n');
+        return 2;
+      }
+      let failed = 0;
+      for (const image of images) {
+        const r = await prefetchImage(image, { mirror: values.mirror, platforms: values.platform ?? [], user: values.user });
+        if (r.error) failed++;
+        process.stdout.write(`${JSON.stringify(r)}\n`);
+      }
+      return failed > 0 ? 1 : 0;
     }
     default:
       process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);
