@@ -21,7 +21,7 @@ export class Metrics {
   });
   readonly cacheResults = new Counter({
     name: 'regmirror_cache_requests_total',
-    help: 'Pull-through lookups by kind (manifest|blob) and result (hit|miss|joined|stale|revalidated)',
+    help: 'Pull-through lookups by kind (manifest|blob|referrers) and result (hit|miss|joined|stale|revalidated; referrers: local = upstream failed, nothing cached)',
     labelNames: ['kind', 'result'] as const,
     registers: [this.registry],
   });

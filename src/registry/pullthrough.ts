@@ -14,6 +14,7 @@ import { RegistryError } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
 import { MANIFEST_TYPES, MT, bareMediaType, isManifestType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
+import { type ReferrerDescriptor, ReferrersCache, localReferrer, mergeReferrers } from './referrers.js';
 import { type RegistryService, digestOf } from './service.js';
 import type { Readable } from 'node:stream';
 
@@ -32,6 +33,15 @@ export interface BlobAnswer {
   /** The fill in progress, when the blob is being fetched from the upstream. */
   fill?: BlobFill;
 }
+
+export interface ReferrersAnswer {
+  manifests: ReferrerDescriptor[];
+  headers: Record<string, string>;
+}
+
+export type CacheKind = 'manifest' | 'blob' | 'referrers';
+/** `local` (referrers only): the upstream failed and nothing was cached, so the answer is local. */
+export type CacheResult = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated' | 'local';
 
 /** Where a miss goes: the upstream and the repository name there. */
 type UpstreamRoute = { upstream: UpstreamConfig; remoteName: string };
@@ -84,8 +94,9 @@ function isTransient(e: unknown): boolean {
 export class PullThrough {
   private readonly manifestFlights = new Map<string, Promise<ManifestRecord>>();
   private readonly revalidations = new Map<string, Promise<Digest | null>>();
+  private readonly referrerLists: ReferrersCache;
   /** Called with each lookup's outcome; metrics. */
-  onCache: ((kind: 'manifest' | 'blob', result: 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated') => void) | null = null;
+  onCache: ((kind: CacheKind, result: CacheResult) => void) | null = null;
   /** Notes what was served (last access drives eviction); set by the app. */
   access: AccessRecorder | null = null;
 
@@ -95,9 +106,11 @@ export class PullThrough {
     private readonly clients: ReadonlyMap<string, UpstreamClient>,
     private readonly fills: FillManager,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.referrerLists = new ReferrersCache((up, path, timeoutMs) => this.upstreamRequest(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log);
+  }
 
-  private count<T>(kind: 'manifest' | 'blob', result: 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated', value: T): T {
+  private count<T>(kind: CacheKind, result: CacheResult, value: T): T {
     this.onCache?.(kind, result);
     return value;
   }
@@ -442,6 +455,29 @@ export class PullThrough {
       if (cachedTags.length === 0) throw e instanceof RegistryError && e.code !== 'UNAVAILABLE' ? e : unavailable(e);
       return { tags: cachedTags.sort().filter((t) => t > last).slice(0, n), headers: { ...headers, Warning: STALE_WARNING } };
     }
+  }
+
+  // ---- referrers -------------------------------------------------------------------
+
+  /**
+   * Referrers of `subject`: the local ones (pushed, or cached manifests naming it) merged
+   * with the upstream's list when the path pulls through, then filtered. Upstream trouble
+   * never fails the request: the API must not answer 404 (clients would fall back to the
+   * tag schema) or 5xx (verification would fail outright).
+   */
+  async referrers(repo: RepoName, ns: string | undefined, subject: Digest, artifactType: string | undefined): Promise<ReferrersAnswer> {
+    const r = this.resolve(repo, ns);
+    let headers = this.nsHeaders(r);
+    const local = this.local.referrers(repo, subject, undefined).map(localReferrer);
+    let all = local;
+    // An unconfigured ?ns= host or a `local` namespace is never dialled: local list only.
+    if (!r.error && r.upstream && r.remoteName) {
+      const found = await this.referrerLists.lookup({ upstream: r.upstream, remoteName: r.remoteName }, subject);
+      this.onCache?.('referrers', found.result);
+      if (found.result === 'stale') headers = { ...headers, Warning: STALE_WARNING };
+      all = mergeReferrers(local, found.manifests);
+    }
+    return { manifests: artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType), headers };
   }
 
   // ---- plumbing --------------------------------------------------------------------

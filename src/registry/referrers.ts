@@ -1,0 +1,233 @@
+/**
+ * Referrers lists from upstreams (distribution-spec 1.1 "Listing Referrers"), for
+ * pull-through repositories: signatures and SBOMs attached upstream (cosign, notation,
+ * ratify) must be visible through the mirror.
+ *
+ * The upstream list is fetched unfiltered (one cache entry serves every `artifactType`),
+ * following `Link: rel="next"` within bounds, validated descriptor by descriptor, and kept
+ * in memory only: a referrers list changes whenever someone attaches a signature, so it is
+ * cached like a tag (`upstreams[].tags.ttl`), served stale when the upstream fails, and
+ * lost on restart (the referenced manifests themselves are cached on disk as usual when
+ * clients pull them by digest).
+ */
+import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
+import type { UpstreamConfig } from '../config/schema.js';
+import { type UpstreamResponse, readBody } from '../upstream/client.js';
+import type { ManifestMeta } from '../storage/db.js';
+import { MT } from './mediatypes.js';
+import { type Digest, isDigest } from './names.js';
+
+export interface ReferrerDescriptor {
+  mediaType: string;
+  digest: Digest;
+  size: number;
+  artifactType?: string;
+  annotations?: Record<string, string>;
+}
+
+/** Bounds on what one upstream list may cost (pages, bytes per page, entries in all). */
+export const REFERRERS_MAX_PAGES = 10;
+export const REFERRERS_MAX_PAGE_BYTES = 4 * 1024 * 1024;
+const MAX_ENTRIES = 10_000;
+/** In-memory cache: at most this many lists, and roughly this many bytes of descriptors. */
+const CACHE_MAX_LISTS = 10_000;
+const CACHE_MAX_BYTES = 64 * 1024 * 1024;
+
+type Route = { upstream: UpstreamConfig; remoteName: string };
+export type FetchPage = (up: Route, path: string, timeoutMs: number | undefined) => Promise<UpstreamResponse>;
+
+export interface UpstreamReferrers {
+  manifests: ReferrerDescriptor[];
+  /** hit: fresh cache; miss: fetched; joined: shared a fetch in flight; stale: cached copy
+   *  after an upstream failure; local: upstream failed and nothing cached (empty list). */
+  result: 'hit' | 'miss' | 'joined' | 'stale' | 'local';
+}
+
+interface Entry {
+  manifests: ReferrerDescriptor[];
+  fetchedAt: number;
+}
+
+/** Upstream answers meaning "nothing visible there": cached as an empty list. */
+const ABSENT = new Set([401, 403, 404]);
+
+class ReferrersFetchError extends Error {
+  override name = 'ReferrersFetchError';
+}
+
+function isStringRecord(v: unknown): v is Record<string, string> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
+}
+
+/** One descriptor as listed upstream, or null when it lacks what a client needs. */
+function referrerDescriptor(v: unknown): ReferrerDescriptor | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.mediaType !== 'string' || o.mediaType === '' || typeof o.digest !== 'string' || !isDigest(o.digest)) return null;
+  if (typeof o.size !== 'number' || !Number.isSafeInteger(o.size) || o.size < 0) return null;
+  const d: ReferrerDescriptor = { mediaType: o.mediaType, digest: o.digest, size: o.size };
+  if (typeof o.artifactType === 'string') d.artifactType = o.artifactType;
+  if (isStringRecord(o.annotations)) d.annotations = o.annotations;
+  return d;
+}
+
+/** An upstream referrers page: its valid descriptors (malformed entries dropped), or null if it is no index. */
+export function parseReferrersPage(body: Buffer): ReferrerDescriptor[] | null {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(body.toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (typeof doc !== 'object' || doc === null || !Array.isArray((doc as { manifests?: unknown }).manifests)) return null;
+  const mt = (doc as { mediaType?: unknown }).mediaType;
+  if (mt !== undefined && mt !== MT.ociIndex) return null;
+  return (doc as { manifests: unknown[] }).manifests.map(referrerDescriptor).filter((d) => d !== null);
+}
+
+/** Whether Link parameters (`; rel="next"; type=...`) name the relation `next`. */
+function isNextRel(params: string): boolean {
+  for (const p of params.split(';')) {
+    const m = /^\s*rel\s*=\s*"?([^"]*)"?\s*$/i.exec(p);
+    if (m) return m[1]!.toLowerCase().split(/\s+/).includes('next');
+  }
+  return false;
+}
+
+/** The target of the `rel="next"` link in a Link header (RFC 8288), if any. */
+export function nextLink(header: string | string[] | undefined): string | null {
+  for (const value of Array.isArray(header) ? header : header ? [header] : []) {
+    for (const m of value.matchAll(/<([^>]*)>([^,]*)/g)) {
+      if (isNextRel(m[2]!)) return m[1]!;
+    }
+  }
+  return null;
+}
+
+/**
+ * The path (for UpstreamClient.request) of a next page, or null when the link leaves the
+ * upstream: it must resolve to one of the configured endpoints and to the same referrers
+ * path (only the query may change), so an upstream cannot point the mirror elsewhere.
+ */
+export function nextPagePath(link: string, pageUrl: string, endpoints: readonly string[], path: string): string | null {
+  let u: URL;
+  try {
+    u = new URL(link, pageUrl);
+  } catch {
+    return null;
+  }
+  for (const e of endpoints) {
+    const base = new URL(e);
+    if (u.origin === base.origin && u.pathname === `${base.pathname.replace(/\/+$/, '')}${path}`) return `${path}${u.search}`;
+  }
+  return null;
+}
+
+export function localReferrer(m: ManifestMeta): ReferrerDescriptor {
+  const d: ReferrerDescriptor = { mediaType: m.mediaType, digest: m.digest, size: m.size };
+  if (m.artifactType) d.artifactType = m.artifactType;
+  if (m.annotations) {
+    try {
+      const a = JSON.parse(m.annotations) as unknown;
+      if (isStringRecord(a)) d.annotations = a;
+    } catch {
+      // stored by us from a parsed manifest; unreadable means leave it out
+    }
+  }
+  return d;
+}
+
+/** Union by digest; local descriptors win (they describe bytes this mirror holds). */
+export function mergeReferrers(local: readonly ReferrerDescriptor[], upstream: readonly ReferrerDescriptor[]): ReferrerDescriptor[] {
+  const out = [...local];
+  const seen = new Set(local.map((d) => d.digest));
+  for (const d of upstream) {
+    if (seen.has(d.digest)) continue;
+    seen.add(d.digest);
+    out.push(d);
+  }
+  return out;
+}
+
+function entryBytes(e: Entry): number {
+  return 64 + e.manifests.reduce((n, d) => n + 128 + d.mediaType.length + (d.artifactType?.length ?? 0) + JSON.stringify(d.annotations ?? {}).length, 0);
+}
+
+/** Cached, single-flighted upstream referrers lists, keyed by upstream, remote name and subject. */
+export class ReferrersCache {
+  private readonly lists = new LRUCache<string, Entry>({ max: CACHE_MAX_LISTS, maxSize: CACHE_MAX_BYTES, sizeCalculation: entryBytes });
+  private readonly flights = new Map<string, Promise<Entry>>();
+
+  constructor(
+    private readonly fetchPage: FetchPage,
+    private readonly log: Logger,
+  ) {}
+
+  async lookup(up: Route, subject: Digest): Promise<UpstreamReferrers> {
+    const key = `${up.upstream.name}|${up.remoteName}|${subject}`;
+    const cached = this.lists.get(key);
+    if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { manifests: cached.manifests, result: 'hit' };
+    let flight = this.flights.get(key);
+    const joined = flight !== undefined;
+    if (!flight) {
+      // With a stale copy to fall back on, a hung upstream must not hold the client long.
+      const timeoutMs = cached ? up.upstream.tags.revalidateTimeoutMs : undefined;
+      flight = this.fetchAll(up, subject, timeoutMs)
+        .then((manifests) => {
+          const entry = { manifests, fetchedAt: Date.now() };
+          this.lists.set(key, entry);
+          return entry;
+        })
+        .finally(() => this.flights.delete(key));
+      this.flights.set(key, flight);
+    }
+    try {
+      return { manifests: (await flight).manifests, result: joined ? 'joined' : 'miss' };
+    } catch (e) {
+      const ctx = { upstream: up.upstream.name, repo: up.remoteName, subject, err: (e as Error).message };
+      if (cached) {
+        this.log.warn(ctx, 'serving stale referrers: upstream unavailable');
+        return { manifests: cached.manifests, result: 'stale' };
+      }
+      this.log.warn(ctx, 'upstream referrers unavailable: serving local referrers only');
+      return { manifests: [], result: 'local' };
+    }
+  }
+
+  /** Every page of the upstream list (bounded). Throws on failures worth a stale answer. */
+  private async fetchAll(up: Route, subject: Digest, timeoutMs: number | undefined): Promise<ReferrerDescriptor[]> {
+    const path = `/v2/${up.remoteName}/referrers/${subject}`;
+    const all: ReferrerDescriptor[] = [];
+    const requested = new Set<string>();
+    let next: string | null = path;
+    for (let page = 0; next !== null; page++) {
+      if (page >= REFERRERS_MAX_PAGES || all.length >= MAX_ENTRIES) {
+        this.log.warn({ upstream: up.upstream.name, repo: up.remoteName, subject, pages: page }, 'upstream referrers list truncated');
+        break;
+      }
+      requested.add(next);
+      const res = await this.fetchPage(up, next, timeoutMs);
+      if (res.status !== 200) {
+        await res.body.dump();
+        // No referrers API, unknown repository, or no access: nothing upstream to add.
+        // The upstream's WWW-Authenticate stays here (its realm is not ours).
+        if (page === 0 && ABSENT.has(res.status)) {
+          this.log.debug({ upstream: up.upstream.name, repo: up.remoteName, status: res.status }, 'upstream lists no referrers');
+          return [];
+        }
+        throw new ReferrersFetchError(`upstream answered ${res.status}`);
+      }
+      const items = parseReferrersPage(await readBody(res, REFERRERS_MAX_PAGE_BYTES));
+      if (!items) throw new ReferrersFetchError('upstream referrers response is not an image index');
+      all.push(...items);
+      const link = nextLink(res.headers.link);
+      next = link === null ? null : nextPagePath(link, res.url, up.upstream.endpoints, path);
+      if (link !== null && next === null) {
+        this.log.warn({ upstream: up.upstream.name, repo: up.remoteName, subject }, 'upstream referrers Link leaves the upstream: not followed');
+      }
+      if (next !== null && requested.has(next)) next = null; // a link back to a page already read
+    }
+    return all.slice(0, MAX_ENTRIES);
+  }
+}
