@@ -195,6 +195,22 @@ export class ReferrersCache {
     }
   }
 
+  /**
+   * The referrers tag schema (distribution-spec 1.1 "Referrers Tag Schema"): an image index
+   * tagged `<alg>-<hex>` whose entries are the referrers, kept by registries without the
+   * API. Absent or unreadable: no referrers.
+   */
+  private async fromTagSchema(up: Route, subject: Digest, timeoutMs: number | undefined): Promise<ReferrerDescriptor[]> {
+    const [alg, hex] = subject.split(':') as [string, string];
+    const res = await this.fetchPage(up, `/v2/${up.remoteName}/manifests/${alg}-${hex.slice(0, 64)}`, timeoutMs);
+    if (res.status !== 200) {
+      await res.body.dump();
+      if (res.status >= 500 || res.status === 429) throw new ReferrersFetchError(`upstream answered ${res.status} for the referrers tag`);
+      return [];
+    }
+    return (parseReferrersPage(await readBody(res, REFERRERS_MAX_PAGE_BYTES)) ?? []).slice(0, MAX_ENTRIES);
+  }
+
   /** Every page of the upstream list (bounded). Throws on failures worth a stale answer. */
   private async fetchAll(up: Route, subject: Digest, timeoutMs: number | undefined): Promise<ReferrerDescriptor[]> {
     const path = `/v2/${up.remoteName}/referrers/${subject}`;
@@ -214,7 +230,9 @@ export class ReferrersCache {
         // The upstream's WWW-Authenticate stays here (its realm is not ours).
         if (page === 0 && ABSENT.has(res.status)) {
           this.log.debug({ upstream: up.upstream.name, repo: up.remoteName, status: res.status }, 'upstream lists no referrers');
-          return [];
+          // 404 = no referrers API: what clients would do next is read the tag schema. They
+          // never will here (the mirror answers 200), so the mirror reads it for them.
+          return res.status === 404 ? this.fromTagSchema(up, subject, timeoutMs) : [];
         }
         throw new ReferrersFetchError(`upstream answered ${res.status}`);
       }

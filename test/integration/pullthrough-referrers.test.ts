@@ -291,6 +291,27 @@ test('upstream 404 (no referrers API), 401 and 403 give 200 with the local list;
   }
 });
 
+test('an upstream without the referrers API: the referrers tag schema (sha256-<hex> index) is read for the client', async (t) => {
+  const { fake, s } = await setup(t, { fake: { referrers: { enabled: false } } });
+  const { img, sig, sbom } = signedImage(fake, 'library/app', 'tag-schema');
+  // What an OCI 1.1 client pushes to a registry without the API: an index under <alg>-<hex>.
+  const tag = img.manifest.digest.replace(':', '-');
+  const tagIndex = JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [desc(sig), desc(sbom)] });
+  fake.addManifest('library/app', tagIndex, OCI_INDEX, { tag });
+
+  t.deepEqual(listed(t, await referrers(s, 'library/app', img.manifest.digest)), byDigest([desc(sig), desc(sbom)]));
+  t.is(fake.referrersRequests().length, 1, 'the API was asked first');
+  t.is(fake.manifestRequests('GET').filter((r) => r.path === `/v2/library/app/manifests/${tag}`).length, 1, 'then the tag schema');
+  const filtered = await referrers(s, 'library/app', img.manifest.digest, `?artifactType=${encodeURIComponent(SBOM_TYPE)}`);
+  t.deepEqual(listed(t, filtered), [desc(sbom)]);
+  t.is(fake.totalRequests, 2, 'cached for the TTL like an API answer');
+
+  // No tag either: an empty list, still 200.
+  const bare = sampleImage('tag-schema-none');
+  fake.addImage('library/app', bare);
+  t.deepEqual(listed(t, await referrers(s, 'library/app', bare.manifest.digest)), []);
+});
+
 test('pagination: Link rel="next" is followed on the upstream, within bounds; a Link to another host is not', async (t) => {
   const { fake, s } = await setup(t, { fake: { referrers: { pageSize: 2 } } });
   const img = sampleImage('paged');
