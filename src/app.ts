@@ -170,7 +170,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
   const access = config.auth ? new AccessControl(config.auth, paths.root, logger.child({ component: 'auth' })) : null;
-  const deps = { svc: service, pull, access };
+  const deps = { svc: service, pull, access, onBlobServed: (source: 'disk' | 'fill', bytes: number) => metrics.blobBytesServed.inc({ source }, bytes) };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
   fastify.get('/metrics', async (_req, reply) => {

@@ -8,4 +8,6 @@ export interface Deps {
   pull: PullThrough;
   /** null when the config has no `auth` section (open registry). */
   access: AccessControl | null;
+  /** Called with the body size of each complete blob GET and where it came from; metrics. */
+  onBlobServed?: (source: 'disk' | 'fill', bytes: number) => void;
 }

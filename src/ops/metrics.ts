@@ -37,6 +37,12 @@ export class Metrics {
     labelNames: ['upstream'] as const,
     registers: [this.registry],
   });
+  readonly blobBytesServed = new Counter({
+    name: 'regmirror_blob_bytes_served_total',
+    help: 'Blob bytes of complete GET responses, by source: disk (stored, pushed or cached) or fill (streamed while downloading from an upstream). Minus regmirror_upstream_blob_bytes_total: upstream traffic saved',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
   readonly rateLimitRemaining = new Gauge({
     name: 'regmirror_upstream_ratelimit_remaining',
     help: 'Last ratelimit-remaining value an upstream reported (Docker Hub pulls left in the window)',

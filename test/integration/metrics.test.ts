@@ -2,7 +2,8 @@ import test from 'ava';
 import { http } from '../helpers/http.js';
 import { startServer } from '../helpers/server.js';
 import { sampleImage } from './_support.js';
-import { ACCEPT_ALL, startFake, upstreamEntry } from './_pullthrough.js';
+import { ACCEPT_ALL, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
+import type { Digest } from '../../src/registry/names.js';
 
 const UP = 'metrics.test';
 
@@ -40,9 +41,29 @@ test('/metrics counts upstream requests, cache hits and misses, and blob bytes',
   );
   t.is(metric(text, 'regmirror_upstream_requests_total', { upstream: UP, method: 'GET', status: '200' }), 2);
   t.is(metric(text, 'regmirror_upstream_blob_bytes_total', { upstream: UP }), layer.size);
+  // Served: the first GET from the fill, the second from disk (or the fill, if still committing).
+  const fromFill = metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill' });
+  t.true(fromFill >= layer.size);
+  t.is(fromFill + metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk' }), 2 * layer.size);
   t.true(metric(text, 'regmirror_http_requests_total', { area: 'manifest', method: 'GET', status: '2xx' }) >= 2);
   t.true(text.includes('regmirror_blob_fills_inflight'));
   t.false(/authorization|password|token/i.test(text.replace(/regmirror_[a-z_]+/g, '')), 'no secrets or auth data in metrics');
 
   t.is((await http('GET', `${s.url}/healthz`)).status, 200);
+});
+
+test('blob bytes served: from the fill, then from disk; a range by its length; HEAD adds nothing', async (t) => {
+  const fake = await startFake(t);
+  const s = await startServer(t, { upstreams: { [UP]: upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: UP });
+  const img = sampleImage('served');
+  fake.addImage('library/app', img, 'v1');
+  const layer = img.layers[1]!;
+  const url = `${s.url}/v2/library/app/blobs/${layer.digest}`;
+  t.is((await http('GET', url)).status, 200);
+  await waitFor(async () => (await http('HEAD', url)).status === 200 && s.app.service.meta.blobSize(layer.digest as Digest) !== undefined, 10_000, 'blob committed');
+  t.is((await http('GET', url, { headers: { range: 'bytes=10-109' } })).status, 206);
+  t.is((await http('HEAD', url)).status, 200);
+  const text = (await http('GET', `${s.url}/metrics`)).body.toString();
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill' }), layer.size);
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk' }), 100, 'the range only; HEAD sends no body');
 });
