@@ -16,6 +16,7 @@ import { MANIFEST_TYPES, MT, bareMediaType, isManifestType } from './mediatypes.
 import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
 import { type ReferrerDescriptor, ReferrersCache, localReferrer, mergeReferrers } from './referrers.js';
 import { type RegistryService, digestOf } from './service.js';
+import { TagListCache, TagListStatusError } from './taglists.js';
 import type { Readable } from 'node:stream';
 
 export interface ManifestAnswer {
@@ -69,7 +70,7 @@ function retryAfter(res: UpstreamResponse): Record<string, string> {
 }
 
 /** Map an upstream status to what the downstream client sees (protocol.md 6.10). */
-function upstreamError(res: UpstreamResponse, notFound: 'MANIFEST_UNKNOWN' | 'BLOB_UNKNOWN'): RegistryError {
+function upstreamError(res: UpstreamResponse, notFound: 'MANIFEST_UNKNOWN' | 'BLOB_UNKNOWN' | 'NAME_UNKNOWN'): RegistryError {
   const s = res.status;
   // Docker Hub answers 401 for repositories that do not exist or are private. Never
   // forward the upstream's WWW-Authenticate: its realm is not ours.
@@ -95,6 +96,7 @@ export class PullThrough {
   private readonly manifestFlights = new Map<string, Promise<ManifestRecord>>();
   private readonly revalidations = new Map<string, Promise<Digest | null>>();
   private readonly referrerLists: ReferrersCache;
+  private readonly tagLists: TagListCache;
   /** Called with each lookup's outcome; metrics. */
   onCache: ((kind: CacheKind, result: CacheResult) => void) | null = null;
   /** Notes what was served (last access drives eviction); set by the app. */
@@ -107,6 +109,7 @@ export class PullThrough {
     private readonly fills: FillManager,
     private readonly log: Logger,
   ) {
+    this.tagLists = new TagListCache((up, path, timeoutMs) => this.upstreamRequest(up, 'GET', path, { accept: 'application/json', timeoutMs }));
     this.referrerLists = new ReferrersCache((up, path, timeoutMs) => this.upstreamRequest(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log);
   }
 
@@ -442,17 +445,14 @@ export class PullThrough {
     const up = r.error ? null : r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
     if (pushed || !up) return { tags: this.local.listTags(repo, last, n), headers };
     try {
-      const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/tags/list`, { accept: 'application/json' });
-      if (res.status !== 200) {
-        await res.body.dump();
-        throw upstreamError(res, 'MANIFEST_UNKNOWN');
-      }
-      const doc = JSON.parse((await readBody(res, 16 * 1024 * 1024)).toString('utf8')) as { tags?: unknown };
-      const all = Array.isArray(doc.tags) ? doc.tags.filter((t): t is string => typeof t === 'string') : [];
-      return { tags: [...new Set(all)].sort().filter((t) => t > last).slice(0, n), headers };
+      const { tags, stale } = await this.tagLists.lookup(up);
+      const page = tags.filter((t) => t > last).slice(0, n);
+      return { tags: page, headers: stale ? { ...headers, Warning: STALE_WARNING } : headers };
     } catch (e) {
+      const err = e instanceof TagListStatusError ? upstreamError(e.response, 'NAME_UNKNOWN') : unavailable(e);
+      // Nothing listed since the start: the tags this mirror has resolved there.
       const cachedTags = meta.upstreamTagNames(repo);
-      if (cachedTags.length === 0) throw e instanceof RegistryError && e.code !== 'UNAVAILABLE' ? e : unavailable(e);
+      if (cachedTags.length === 0 || !isTransient(err)) throw err;
       return { tags: cachedTags.sort().filter((t) => t > last).slice(0, n), headers: { ...headers, Warning: STALE_WARNING } };
     }
   }

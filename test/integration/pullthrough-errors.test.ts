@@ -9,7 +9,7 @@ import { startServer, type TestServer } from '../helpers/server.js';
 import { errorCode, http, sha256 } from '../helpers/http.js';
 import type { FakeUpstream, FakeUpstreamOptions } from '../fixtures/fake-upstream.js';
 import { sampleImage } from './_support.js';
-import { ACCEPT_ALL, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
+import { ACCEPT_ALL, sleep, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 
 const UP = 'hub.test';
 
@@ -245,8 +245,8 @@ test('endpoint failover: a dead first endpoint is skipped, the second serves', a
   t.is(fake.bytesSent, img.manifest.size + img.layers[0]!.size);
 });
 
-test('tags/list goes upstream; with the upstream down it falls back to the tags seen, with a Warning', async (t) => {
-  const { fake, s } = await setup(t);
+test('tags/list: the upstream list is cached for the tags TTL, so a client paging through it costs one upstream fetch', async (t) => {
+  const { fake, s } = await setup(t, { upstream: { tags: { ttl: '5m' } } });
   fake.addImage('library/app', sampleImage('tags-a'), 'a');
   fake.addImage('library/app', sampleImage('tags-b'), 'b');
   fake.addImage('library/app', sampleImage('tags-c'), 'c');
@@ -256,17 +256,42 @@ test('tags/list goes upstream; with the upstream down it falls back to the tags 
   const page = await get(s, '/v2/library/app/tags/list?n=2');
   t.deepEqual(page.json<{ tags: string[] }>().tags, ['a', 'b']);
   t.truthy(page.header('link'));
+  const page2 = await get(s, '/v2/library/app/tags/list?n=2&last=b');
+  t.deepEqual(page2.json<{ tags: string[] }>().tags, ['c']);
   t.is((await get(s, '/v2/library/app/manifests/b')).status, 200);
-  t.is(fake.count({ path: '/v2/library/app/tags/list' }), 2);
+  t.is(fake.count({ path: '/v2/library/app/tags/list' }), 1, 'one upstream fetch within the TTL');
 
+  await fake.stop();
+  // Nothing was listed for `never`: no list to fall back on.
+  const none = await get(s, '/v2/library/never/tags/list');
+  t.is(none.status, 503);
+  t.is(fake.count({ path: '/v2/library/app/tags/list' }), 1);
+});
+
+test('tags/list after the TTL: refetched; with the upstream down, the last full list (not only the tags pulled) with a Warning', async (t) => {
+  const { fake, s } = await setup(t, { upstream: { tags: { ttl: '1s' } } });
+  for (const tag of ['a', 'b', 'c']) fake.addImage('library/app', sampleImage(`ttl-${tag}`), tag);
+  t.deepEqual((await get(s, '/v2/library/app/tags/list')).json<{ tags: string[] }>().tags, ['a', 'b', 'c']);
+  fake.addImage('library/app', sampleImage('ttl-d'), 'd');
+  await sleep(1100);
+  t.deepEqual((await get(s, '/v2/library/app/tags/list')).json<{ tags: string[] }>().tags, ['a', 'b', 'c', 'd']);
+  t.is(fake.count({ path: '/v2/library/app/tags/list' }), 2);
+  await sleep(1100);
   await fake.stop();
   const stale = await get(s, '/v2/library/app/tags/list');
   t.is(stale.status, 200);
-  t.deepEqual(stale.json<{ tags: string[] }>().tags, ['b']);
+  t.deepEqual(stale.json<{ tags: string[] }>().tags, ['a', 'b', 'c', 'd']);
   t.regex(stale.header('warning') ?? '', /^299 /);
-  const none = await get(s, '/v2/library/never/tags/list');
-  t.is(none.status, 503);
-  t.is(fake.count({ path: '/v2/library/app/tags/list' }), 2);
+});
+
+test('tags/list: an upstream that paginates is followed to the end (same host only)', async (t) => {
+  const { fake, s } = await setup(t, { fake: { tagsPageSize: 2 } });
+  const tags = ['v1', 'v2', 'v3', 'v4', 'v5'];
+  for (const tag of tags) fake.addImage('library/app', sampleImage(`page-${tag}`), tag);
+  t.deepEqual((await get(s, '/v2/library/app/tags/list')).json<{ tags: string[] }>().tags, tags);
+  const pages = fake.find({ path: '/v2/library/app/tags/list' });
+  t.is(pages.length, 3);
+  t.deepEqual(pages.map((p) => p.query.get('last')), [null, 'v2', 'v4']);
 });
 
 test('a dead upstream is marked offline: within the window stale tags and misses answer at once without dialling', async (t) => {

@@ -1,6 +1,7 @@
 /** Pure helpers of the upstream referrers lookup: Link parsing, next-page confinement, merging. */
 import test from 'ava';
-import { mergeReferrers, nextLink, nextPagePath, parseReferrersPage } from '../../src/registry/referrers.js';
+import { mergeReferrers, parseReferrersPage } from '../../src/registry/referrers.js';
+import { nextLink, nextPagePath } from '../../src/upstream/pagination.js';
 import type { Digest } from '../../src/registry/names.js';
 
 const D1 = `sha256:${'1'.repeat(64)}` as Digest;

@@ -1,0 +1,90 @@
+/**
+ * Upstream tag lists (`GET /v2/<name>/tags/list`) for pull-through repositories: fetched
+ * whole (following `Link: rel="next"` on the same upstream and path, bounded), cached in
+ * memory for the upstream's tags TTL and single-flighted, so a client paging with `n` and
+ * `last` costs one upstream fetch, and the last list is served (stale, with a Warning)
+ * when the upstream is down (anchors.md: "tag lists not served offline").
+ */
+import { LRUCache } from 'lru-cache';
+import type { UpstreamConfig } from '../config/schema.js';
+import { type UpstreamResponse, readBody } from '../upstream/client.js';
+import { nextLink, nextPagePath } from '../upstream/pagination.js';
+
+const MAX_PAGES = 50;
+const MAX_PAGE_BYTES = 16 * 1024 * 1024;
+const CACHE_MAX_LISTS = 10_000;
+/** Roughly this many bytes of tag names in the cache. */
+const CACHE_MAX_BYTES = 64 * 1024 * 1024;
+
+type Route = { upstream: UpstreamConfig; remoteName: string };
+type FetchPage = (up: Route, path: string, timeoutMs: number | undefined) => Promise<UpstreamResponse>;
+
+interface Entry {
+  tags: string[];
+  fetchedAt: number;
+}
+
+/** A non-200 answer; the caller maps it like any upstream error. */
+export class TagListStatusError extends Error {
+  constructor(readonly response: UpstreamResponse) {
+    super(`upstream answered ${response.status}`);
+  }
+}
+
+export class TagListCache {
+  private readonly lists = new LRUCache<string, Entry>({
+    max: CACHE_MAX_LISTS,
+    maxSize: CACHE_MAX_BYTES,
+    sizeCalculation: (e) => 64 + e.tags.reduce((n, t) => n + t.length + 16, 0),
+  });
+  private readonly flights = new Map<string, Promise<string[]>>();
+
+  constructor(private readonly fetchPage: FetchPage) {}
+
+  /**
+   * The upstream's sorted, de-duplicated tags. `stale` is set when the upstream failed and
+   * an older list was served; without one, the failure is thrown.
+   */
+  async lookup(up: Route): Promise<{ tags: string[]; stale: boolean }> {
+    const key = `${up.upstream.name}|${up.remoteName}`;
+    const cached = this.lists.get(key);
+    if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { tags: cached.tags, stale: false };
+    let flight = this.flights.get(key);
+    if (!flight) {
+      // With an older list to fall back on, a hung upstream must not hold the client long.
+      flight = this.fetchAll(up, cached ? up.upstream.tags.revalidateTimeoutMs : undefined).finally(() => this.flights.delete(key));
+      this.flights.set(key, flight);
+    }
+    try {
+      const tags = await flight;
+      this.lists.set(key, { tags, fetchedAt: Date.now() });
+      return { tags, stale: false };
+    } catch (e) {
+      // A 404 (the repository is gone upstream) is believed; anything else (no answer, 5xx,
+      // 429, auth trouble) falls back to the older list, like stale manifests.
+      if (!cached || (e instanceof TagListStatusError && e.response.status === 404)) throw e;
+      return { tags: cached.tags, stale: true };
+    }
+  }
+
+  private async fetchAll(up: Route, timeoutMs: number | undefined): Promise<string[]> {
+    const path = `/v2/${up.remoteName}/tags/list`;
+    const all = new Set<string>();
+    const seen = new Set<string>();
+    let next: string | null = path;
+    for (let page = 0; next !== null && page < MAX_PAGES; page++) {
+      seen.add(next);
+      const res = await this.fetchPage(up, next, timeoutMs);
+      if (res.status !== 200) {
+        await res.body.dump();
+        throw new TagListStatusError(res);
+      }
+      const doc = JSON.parse((await readBody(res, MAX_PAGE_BYTES)).toString('utf8')) as { tags?: unknown };
+      if (Array.isArray(doc.tags)) for (const t of doc.tags) if (typeof t === 'string') all.add(t);
+      const link = nextLink(res.headers.link);
+      next = link === null ? null : nextPagePath(link, res.url, up.upstream.endpoints, path);
+      if (next !== null && seen.has(next)) next = null;
+    }
+    return [...all].sort();
+  }
+}
