@@ -11,6 +11,7 @@ import { createLogger } from './ops/logger.js';
 import { collectGarbage } from './ops/gc.js';
 import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
 import { prefetchImage } from './ops/prefetch.js';
+import { fsck } from './ops/fsck.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
@@ -21,6 +22,10 @@ commands:
   gc [--config FILE] [--dry-run] [--evict]
                                  remove blobs and manifests no repository references;
                                  --evict first applies cache.maxAge and cache.maxBytes
+  fsck [--config FILE] [--repair]
+                                 re-hash every stored blob; --repair drops damaged cached
+                                 blobs (refetched on the next pull); exit 1 if any damage
+                                 remains
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
   client-config <containerd|k3s|registries.conf> --mirror URL [--config FILE]
@@ -43,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string', short: 'c' },
       'dry-run': { type: 'boolean' },
       evict: { type: 'boolean' },
+      repair: { type: 'boolean' },
       mirror: { type: 'string' },
       ca: { type: 'string' },
       namespace: { type: 'string' },
@@ -95,6 +101,11 @@ async function main(argv: string[]): Promise<number> {
       const result = await collectGarbage(config, { dryRun: values['dry-run'] === true, evict });
       process.stdout.write(`${JSON.stringify(result)}\n`);
       return 0;
+    }
+    case 'fsck': {
+      const result = await fsck(loadConfig(values.config), { repair: values.repair === true });
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+      return result.problems.some((p) => !p.repaired) ? 1 : 0;
     }
     case 'config':
       if (sub === 'default') {

@@ -232,6 +232,8 @@ export class MetadataStore {
         `SELECT b.digest FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)`,
       ),
       deleteBlob: db.prepare<[string]>('DELETE FROM blobs WHERE digest = ?'),
+      allBlobs: db.prepare<[], { digest: string; size: number }>('SELECT digest, size FROM blobs ORDER BY digest'),
+      blobPushed: db.prepare<[string], { one: number }>("SELECT 1 AS one FROM repo_blobs WHERE digest = ? AND provenance = 'pushed' LIMIT 1"),
       // Links no manifest of the repository references: cached ones always (they exist only
       // for a manifest), pushed ones once older than the grace period (abandoned pushes).
       danglingLinks: db.prepare<[number], { repo_id: number; digest: string }>(
@@ -620,6 +622,16 @@ export class MetadataStore {
   /** GC: blobs no repository links, and manifest content no repository holds. */
   unreferencedBlobs(): Digest[] {
     return this.s.unreferencedBlobs.all().map((r) => r.digest as Digest);
+  }
+
+  /** Every stored blob (fsck). */
+  allBlobs(): Array<{ digest: Digest; size: number }> {
+    return this.s.allBlobs.all().map((r) => ({ digest: r.digest as Digest, size: r.size }));
+  }
+
+  /** Whether some repository holds this blob as pushed content (nothing upstream can restore it). */
+  blobPushed(digest: Digest): boolean {
+    return this.s.blobPushed.get(digest) !== undefined;
   }
 
   /** Drop a blob row; the caller unlinks the file afterwards (row first keeps the invariant). */

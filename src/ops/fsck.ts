@@ -1,0 +1,63 @@
+/**
+ * `regmirror fsck`: re-hash every stored blob against its digest and size, so disk
+ * corruption (bit rot, a truncated copy, a file deleted by hand) is found before a client
+ * gets bad bytes. Serving never re-hashes (that would cost a full read per pull); this is
+ * the scrub to run from cron or after an unclean storage event.
+ *
+ * `--repair` drops damaged blobs that came from an upstream (links and row in one
+ * transaction, then the file): the next pull fetches them again. Damaged pushed blobs
+ * cannot be restored from anywhere and are only reported. Offline, like gc.
+ */
+import fs from 'node:fs/promises';
+import type { Config } from '../config/schema.js';
+import { type Digest, digestAlgorithm } from '../registry/names.js';
+import { hashFile } from '../storage/blobs.js';
+import { MetadataStore } from '../storage/db.js';
+import { storagePaths } from '../storage/paths.js';
+
+export interface FsckProblem {
+  digest: Digest;
+  problem: 'missing' | 'size' | 'digest';
+  /** Pushed content: cannot be refetched. */
+  pushed: boolean;
+  repaired: boolean;
+}
+
+export interface FsckResult {
+  checked: number;
+  bytes: number;
+  problems: FsckProblem[];
+}
+
+export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: boolean }): Promise<FsckResult> {
+  const paths = storagePaths(config.storage);
+  const meta = new MetadataStore(paths.db);
+  const out: FsckResult = { checked: 0, bytes: 0, problems: [] };
+  try {
+    for (const { digest, size } of meta.allBlobs()) {
+      out.checked++;
+      const file = paths.blob(digest);
+      let problem: FsckProblem['problem'] | null = null;
+      try {
+        const got = await hashFile(file, digestAlgorithm(digest));
+        out.bytes += got.size;
+        if (got.size !== size) problem = 'size';
+        else if (got.digest !== digest) problem = 'digest';
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        problem = 'missing';
+      }
+      if (!problem) continue;
+      const pushed = meta.blobPushed(digest);
+      const repaired = opts.repair && !pushed;
+      if (repaired) {
+        meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
+        await fs.rm(file, { force: true });
+      }
+      out.problems.push({ digest, problem, pushed, repaired });
+    }
+    return out;
+  } finally {
+    meta.close();
+  }
+}
