@@ -4,7 +4,7 @@
  * metadata row is written after the rename (see paths.ts for the crash invariant).
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import { createReadStream, createWriteStream, type ReadStream, type WriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -15,6 +15,7 @@ import { RegistryError } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName } from '../registry/names.js';
 
 const READ_CHUNK_BYTES = 1024 * 1024;
+const WRITE_BATCH_BYTES = 1024 * 1024;
 
 export interface WrittenBlob {
   tempPath: string;
@@ -68,9 +69,43 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * Joins small chunks into ~1 MiB before a file write stream. Every file write is a round
+ * trip to the libuv threadpool, and waking a pool thread costs about as much as copying
+ * 64 KiB (over a quarter of the event loop's time on a 256 MiB push arriving in 64 KiB
+ * chunks); one concat copy is far cheaper than the wake-ups it saves.
+ */
+export function coalesce(): Transform {
+  let parts: Buffer[] = [];
+  let n = 0;
+  const take = () => {
+    const out = Buffer.concat(parts, n);
+    parts = [];
+    n = 0;
+    return out;
+  };
+  return new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      parts.push(chunk);
+      n += chunk.length;
+      if (n >= WRITE_BATCH_BYTES) cb(null, take());
+      else cb();
+    },
+    flush(cb) {
+      if (n > 0) cb(null, take());
+      else cb();
+    },
+  });
+}
+
+/** A file write stream for coalesced chunks: a few batches may queue (written with writev). */
+export function batchedWriteStream(file: string, flags = 'w'): WriteStream {
+  return createWriteStream(file, { flags, highWaterMark: 4 * WRITE_BATCH_BYTES });
+}
+
 export async function hashFile(file: string, algorithm: DigestAlgorithm): Promise<{ digest: Digest; size: number }> {
   const h = new HashingCounter(algorithm);
-  await pipeline(createReadStream(file), h, async function* (src) {
+  await pipeline(createReadStream(file, { highWaterMark: READ_CHUNK_BYTES }), h, async function* (src) {
     for await (const _ of src) void _;
   });
   return { digest: `${algorithm}:${h.hash.digest('hex')}` as Digest, size: h.bytes };
@@ -117,7 +152,7 @@ export class BlobStore {
       },
     });
     try {
-      await pipeline(body, h, limit, createWriteStream(tempPath));
+      await pipeline(body, h, limit, coalesce(), batchedWriteStream(tempPath));
       await fsyncFile(tempPath);
     } catch (e) {
       await fs.rm(tempPath, { force: true });

@@ -5,12 +5,11 @@
  * in memory and is rebuilt from the file when missing or when another algorithm is asked.
  */
 import { randomUUID } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { BlobStore, HashingCounter, fsyncFile, hashFile } from './blobs.js';
+import { BlobStore, HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './blobs.js';
 import type { MetadataStore } from './db.js';
 import type { StoragePaths } from './paths.js';
 import { UPLOAD_ID_RE } from './paths.js';
@@ -128,7 +127,7 @@ export class UploadManager {
       },
     });
     try {
-      await pipeline(body, counter, createWriteStream(this.paths.upload(session.id), { flags: 'a' }));
+      await pipeline(body, counter, coalesce(), batchedWriteStream(this.paths.upload(session.id), 'a'));
       if (expected !== undefined && written !== expected) {
         throw new RegistryError('SIZE_INVALID', `expected ${expected} bytes, received ${written}`);
       }

@@ -460,7 +460,10 @@ test('concurrency: two PUTs closing the same session, parallel pushes of identic
 test('a second PATCH while one is still streaming into the session is refused and does not corrupt it', async (t) => {
   const s = await serve(t);
   const loc = await startSession(t, s.url, 'up/busy');
-  const first = randomBytes(50_000, 'busy-first');
+  // Over 1 MiB per half: the server writes in ~1 MiB batches, so half the body is visible
+  // in the session's offset only once a batch is full.
+  const first = randomBytes(3 * 1024 * 1024, 'busy-first');
+  const half = first.length / 2;
   // Raw socket: headers and half of the body now, the rest later.
   const [host, port] = s.hostPort.split(':') as [string, string];
   const net = await import('node:net');
@@ -472,7 +475,7 @@ test('a second PATCH while one is still streaming into the session is refused an
     sock.on('close', () => resolve(out));
   });
   sock.write(`PATCH ${loc} HTTP/1.1\r\nHost: ${s.hostPort}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Range: 0-${first.length - 1}\r\nContent-Length: ${first.length}\r\n\r\n`);
-  sock.write(first.subarray(0, 25_000));
+  sock.write(first.subarray(0, half));
   // Wait (bounded) until the first half has landed: the first PATCH is then mid-body.
   for (let i = 0; i < 250; i++) {
     const st = await http('GET', `${s.url}${loc}`);
@@ -485,7 +488,7 @@ test('a second PATCH while one is still streaming into the session is refused an
   t.true(second.status === 416 || second.status === 409 || second.status === 400, `concurrent PATCH got ${second.status}`);
 
   // write, not end: a half-closed request is aborted by node's server (httpAllowHalfOpen).
-  sock.write(first.subarray(25_000));
+  sock.write(first.subarray(half));
   const raw = await response;
   t.regex(raw, /^HTTP\/1\.1 202 /, raw.slice(0, 200));
   t.regex(raw, new RegExp(`\\r\\nrange: 0-${first.length - 1}\\r\\n`, 'i'));
