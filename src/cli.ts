@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 /**
- * regmirror command line: `regmirror serve [--config FILE]`, `regmirror gc [--evict]`,
- * `regmirror config check|print`. Loads config once, builds the app, handles signals.
+ * regmirror command line: `serve`, the offline storage tools (`gc [--evict]`, `fsck`),
+ * `config check|default`, and the node-side helpers (`client-config`, `prefetch`). Loads
+ * config once, builds the app, handles signals.
  */
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig } from './config/load.js';
@@ -12,8 +15,6 @@ import { collectGarbage } from './ops/gc.js';
 import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
 import { prefetchImage } from './ops/prefetch.js';
 import { fsck } from './ops/fsck.js';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 
 const USAGE = `usage: regmirror <command> [options]
 
