@@ -333,6 +333,7 @@ function parseUpstreams(sec: Section): Map<string, UpstreamConfig> {
       headersTimeoutMs: timeouts.durationMs('headers', '30s'),
       bodyTimeoutMs: timeouts.durationMs('body', '60s'),
       offlineMs: timeouts.durationMs('offline', '10s'),
+      probeIntervalMs: timeouts.durationMs('probe', '500ms'),
       maxConnections: positiveInt(u.raw('maxConnections') ?? 32, u.key('maxConnections')),
       libraryPrefix: u.bool('libraryPrefix', known?.libraryPrefix ?? false),
       tags: { ttlMs: tags.durationMs('ttl', '5m'), immutable, revalidateTimeoutMs: tags.durationMs('revalidateTimeout', '5s') },

@@ -28,6 +28,8 @@ export interface UpstreamConfig {
   readonly bodyTimeoutMs: number;
   /** After every endpoint failed to connect or answer, fail fast for this long. */
   readonly offlineMs: number;
+  /** While offline, probe the upstream this often and close the window when it answers (0: never). */
+  readonly probeIntervalMs: number;
   readonly maxConnections: number;
   /** Docker Hub: one-component names get `library/`. */
   readonly libraryPrefix: boolean;

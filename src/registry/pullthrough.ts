@@ -12,10 +12,11 @@ import type { AccessRecorder } from '../storage/access.js';
 import type { ManifestRecord } from '../storage/db.js';
 import { RegistryError } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
-import { MANIFEST_TYPES, MT, bareMediaType, isManifestType } from './mediatypes.js';
+import { MANIFEST_TYPES, MT, bareMediaType, isIndexType, isManifestType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
 import { type ReferrerDescriptor, ReferrersCache, localReferrer, mergeReferrers } from './referrers.js';
 import { type RegistryService, digestOf } from './service.js';
+import { chooseStaleVariant, clientReads, defaultPlatformChild } from './stale.js';
 import { TagListCache, TagListStatusError } from './taglists.js';
 import type { Readable } from 'node:stream';
 
@@ -168,24 +169,47 @@ export class PullThrough {
 
     // Keyed by upstream and remote name too: one local path can reach several upstreams
     // (?ns=a vs ?ns=b), and one upstream's tag must never answer for another's.
-    const key = `${up.upstream.name}|${up.remoteName}|${acceptKey(accept)}`;
+    const key = `${originOf(up)}|${acceptKey(accept)}`;
     const cached = meta.upstreamTag(repo, ref.tag, key);
     const cachedRecord = cached && meta.manifest(repo, cached.digest);
-    if (cached && cachedRecord) {
+    try {
+      if (!cached || !cachedRecord) {
+        return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
+      }
       const fresh = Date.now() - cached.checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(ref.tag));
       if (fresh) return this.hit('manifest', { record: cachedRecord, headers });
-      try {
-        const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
-        if (digest === cached.digest) return this.count('manifest', 'revalidated', { record: cachedRecord, headers });
-        const record = await this.fetchManifest(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
-        return this.miss('manifest', { record, headers });
-      } catch (e) {
-        if (!isTransient(e)) throw e;
-        this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
-        return this.count('manifest', 'stale', { record: cachedRecord, headers: { ...headers, Warning: STALE_WARNING } });
-      }
+      const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
+      if (digest === cached.digest) return this.count('manifest', 'revalidated', { record: cachedRecord, headers });
+      const record = await this.fetchManifest(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
+      return this.miss('manifest', { record, headers });
+    } catch (e) {
+      if (!isTransient(e)) throw e;
+      // Whichever client cached the tag: any variant this client reads beats a 503.
+      const stale = this.staleTag(repo, ref.tag, up, accept);
+      if (!stale) throw e;
+      this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, digest: stale.digest, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
+      return this.count('manifest', 'stale', { record: stale, headers: { ...headers, Warning: STALE_WARNING } });
     }
-    return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
+  }
+
+  /**
+   * A cached manifest of `tag` from this upstream repository that the client reads,
+   * whichever client's Accept set cached it (rules in stale.ts); undefined if none.
+   */
+  private staleTag(repo: RepoName, tag: string, up: UpstreamRoute, accept: readonly string[]): ManifestRecord | undefined {
+    const meta = this.local.meta;
+    const variants = meta.upstreamTagVariants(repo, tag, `${originOf(up)}|`);
+    const chosen = chooseStaleVariant(variants, accept);
+    if (chosen) return meta.manifest(repo, chosen.digest);
+    // None the client reads: the linux/amd64 entry of a cached index, if held.
+    for (const v of variants) {
+      if (!isIndexType(v.mediaType)) continue;
+      const index = meta.manifest(repo, v.digest);
+      const child = index && defaultPlatformChild(index.body);
+      const record = child && clientReads(accept, child.mediaType) ? meta.manifest(repo, child.digest) : undefined;
+      if (record) return record;
+    }
+    return undefined;
   }
 
   /**

@@ -258,6 +258,14 @@ export class MetadataStore {
         'UPDATE upstream_tags SET checked_at = ? WHERE repo_id = ? AND name = ? AND accept_key = ?',
       ),
       deleteUpstreamTag: db.prepare<[number, string]>('DELETE FROM upstream_tags WHERE repo_id = ? AND name = ?'),
+      // Every Accept variant of a tag from one upstream repository (key prefix), newest first.
+      upstreamTagVariants: db.prepare<[number, string, number, string], { digest: string; checked_at: number; media_type: string }>(
+        `SELECT ut.digest, ut.checked_at, mc.media_type FROM upstream_tags ut
+         JOIN manifests m ON m.repo_id = ut.repo_id AND m.digest = ut.digest
+         JOIN manifest_content mc ON mc.digest = ut.digest
+         WHERE ut.repo_id = ? AND ut.name = ? AND substr(ut.accept_key, 1, ?) = ?
+         ORDER BY ut.checked_at DESC`,
+      ),
       listUpstreamTags: db.prepare<[number], { name: string }>('SELECT DISTINCT name FROM upstream_tags WHERE repo_id = ?'),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
@@ -489,6 +497,18 @@ export class MetadataStore {
       this.s.linkManifest.run(id, m.digest, 'cached', now, now);
       if (tag) this.s.upsertUpstreamTag.run(id, tag.name, tag.acceptKey, m.digest, now);
     })();
+  }
+
+  /**
+   * The cached manifests a tag resolved to for any Accept set, from the upstream
+   * repository whose keys start with `keyPrefix` (`<upstream>|<remote name>|`), newest first.
+   */
+  upstreamTagVariants(repo: RepoName, tag: string, keyPrefix: string): Array<{ digest: Digest; checkedAt: number; mediaType: string }> {
+    const id = this.repoId(repo);
+    if (id === undefined) return [];
+    return this.s.upstreamTagVariants
+      .all(id, tag, keyPrefix.length, keyPrefix)
+      .map((r) => ({ digest: r.digest as Digest, checkedAt: r.checked_at, mediaType: r.media_type }));
   }
 
   touchUpstreamTag(repo: RepoName, tag: string, acceptKey: string): void {

@@ -11,12 +11,15 @@ import type { Logger } from 'pino';
 import { Agent, type Dispatcher, ProxyAgent, request } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type Challenge, parseChallenges } from './challenge.js';
+import { UpstreamHealth } from './health.js';
 import { type WireCredentials, credentialSource } from './credentials.js';
 
 export const USER_AGENT = 'regmirror/0.1 (+pull-through OCI mirror)';
 const MAX_REDIRECTS = 10;
 /** Tokens are refreshed this long before they expire. */
 const TOKEN_MARGIN_MS = 10_000;
+/** Upper bound on one liveness probe while the upstream is marked offline. */
+const PROBE_TIMEOUT_MS = 5_000;
 
 export interface UpstreamResponse {
   status: number;
@@ -64,7 +67,7 @@ export class UpstreamClient {
   private readonly hostAuth = new Map<string, HostAuth>();
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
   private readonly tokenFetches = new Map<string, Promise<string | null>>();
-  private offlineUntil = 0;
+  readonly health: UpstreamHealth;
   /** Called for every upstream response (status) or transport failure ('error'); metrics. */
   onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null) => void) | null = null;
   /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
@@ -92,10 +95,34 @@ export class UpstreamClient {
     };
     this.dispatcher = dispatcher ?? (config.proxy ? new ProxyAgent({ uri: config.proxy, ...opts, requestTls: connect }) : new Agent(opts));
     if (config.insecureSkipVerify) log.warn({ upstream: config.name }, 'TLS verification is disabled for this upstream');
+    this.health = new UpstreamHealth(config.name, config.offlineMs, config.probeIntervalMs, () => this.probe(), log);
   }
 
   async close(): Promise<void> {
+    this.health.close();
     await this.dispatcher.close();
+  }
+
+  /**
+   * Whether the upstream answers at all: `GET /v2/` on each endpoint, no credentials,
+   * short timeout. Any status below 500 (401 included) means it is back.
+   */
+  private async probe(): Promise<boolean> {
+    for (const endpoint of this.config.endpoints) {
+      try {
+        const res = await request(`${endpoint}/v2/`, {
+          method: 'GET',
+          headers: { 'user-agent': USER_AGENT },
+          dispatcher: this.dispatcher,
+          signal: AbortSignal.timeout(Math.min(this.config.headersTimeoutMs, PROBE_TIMEOUT_MS)),
+        });
+        await res.body.dump();
+        if (res.statusCode < 500) return true;
+      } catch {
+        // still down: try the next endpoint
+      }
+    }
+    return false;
   }
 
   /**
@@ -106,7 +133,7 @@ export class UpstreamClient {
     // A hung or dead upstream must not make every request wait for timeouts: after a
     // complete failure, fail fast (callers serve stale content) until the window ends and
     // the next request probes again (verdaccio's max_fails/fail_timeout, simplified).
-    if (Date.now() < this.offlineUntil) throw new UpstreamUnavailableError('upstream marked offline after a failure');
+    if (this.health.offline) throw new UpstreamUnavailableError('upstream marked offline after a failure');
     let lastError: unknown;
     const endpoints = this.config.endpoints;
     for (let i = 0; i < endpoints.length; i++) {
@@ -133,14 +160,12 @@ export class UpstreamClient {
   }
 
   private markOffline(reason: string): void {
-    if (this.config.offlineMs <= 0) return;
-    this.offlineUntil = Date.now() + this.config.offlineMs;
-    this.log.warn({ upstream: this.name, forMs: this.config.offlineMs, reason }, 'upstream marked offline');
+    this.health.markOffline(reason);
   }
 
   /** Whether requests currently fail fast. */
   get offline(): boolean {
-    return Date.now() < this.offlineUntil;
+    return this.health.offline;
   }
 
   private async sendWithAuth(startUrl: string, req: UpstreamRequest): Promise<UpstreamResponse> {

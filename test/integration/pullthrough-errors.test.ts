@@ -295,7 +295,8 @@ test('tags/list: an upstream that paginates is followed to the end (same host on
 });
 
 test('a dead upstream is marked offline: within the window stale tags and misses answer at once without dialling', async (t) => {
-  const { fake, s } = await setup(t, { upstream: { timeouts: { offline: '30s' } } });
+  // probe: 0s keeps the window open after the upstream is back (probing: pullthrough-stale).
+  const { fake, s } = await setup(t, { upstream: { timeouts: { offline: '30s', probe: '0s' } } });
   const img = sampleImage('offline');
   fake.addImage('library/app', img, 'v1');
   t.is((await get(s, '/v2/library/app/manifests/v1')).status, 200);
