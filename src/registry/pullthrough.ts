@@ -148,7 +148,9 @@ export class PullThrough {
 
   /** Serve a manifest (GET or HEAD), noting the access for eviction. */
   async getManifest(repo: RepoName, ns: string | undefined, ref: Reference, accept: readonly string[]): Promise<ManifestAnswer> {
-    const answer = await this.findManifest(repo, ns, ref, accept);
+    const answer = await this.findManifest(repo, ns, ref, accept).catch((e: unknown) => {
+      throw this.onPushPath(repo, ns, e, () => new RegistryError('MANIFEST_UNKNOWN', 'not held here, and the upstream could not be asked'));
+    });
     this.access?.manifest(repo, answer.record.digest);
     return answer;
   }
@@ -273,7 +275,8 @@ export class PullThrough {
     accept: readonly string[],
     tag: { name: string; acceptKey: string } | null,
   ): Promise<ManifestRecord> {
-    const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept) });
+    const timeoutMs = this.lookupTimeout(this.resolve(repo, undefined), up);
+    const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept), timeoutMs });
     if (res.status !== 200) {
       await res.body.dump();
       if (res.status === 404 && tag) this.local.meta.deleteUpstreamTag(repo, tag.name);
@@ -313,11 +316,30 @@ export class PullThrough {
     return record;
   }
 
+  /**
+   * Pushes never depend on the upstream: under a namespace with `push: true` (the bulk-load
+   * target, often air-gapped) a lookup the upstream could not answer is a plain miss, 404,
+   * so push tools upload the content instead of aborting on a 503.
+   */
+  private onPushPath(repo: RepoName, ns: string | undefined, e: unknown, miss: () => RegistryError): unknown {
+    if (!(e instanceof RegistryError) || !isTransient(e)) return e;
+    const r = this.resolve(repo, ns);
+    if (r.error || !r.namespace?.push) return e;
+    return miss();
+  }
+
+  /** Push targets fail fast on a hung upstream: bounded like a tag revalidation. */
+  private lookupTimeout(r: Resolution, up: UpstreamRoute): number | undefined {
+    return r.namespace?.push ? up.upstream.tags.revalidateTimeoutMs : undefined;
+  }
+
   // ---- blobs -----------------------------------------------------------------------
 
   /** Serve a blob (GET or HEAD), noting the access for eviction unless only the upstream answered. */
   async getBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean): Promise<BlobAnswer> {
-    const answer = await this.findBlob(repo, ns, digest, head);
+    const answer = await this.findBlob(repo, ns, digest, head).catch((e: unknown) => {
+      throw this.onPushPath(repo, ns, e, () => new RegistryError('BLOB_UNKNOWN', 'not held here, and the upstream could not be asked', { detail: { digest } }));
+    });
     if (answer.open) this.access?.blob(digest);
     return answer;
   }
@@ -343,7 +365,7 @@ export class PullThrough {
     const fill0 = this.fills.inFlight(digest);
     const inflight = fill0 && fill0.origin !== originOf(up) ? fill0 : undefined;
     if (stored !== undefined || (head && !fill0) || inflight) {
-      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, {});
+      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, { timeoutMs: this.lookupTimeout(r, up) });
       await res.body.dump();
       if (res.status !== 200) throw upstreamError(res, 'BLOB_UNKNOWN');
       // Re-read: a fill may have committed the blob while the HEAD was in flight.
