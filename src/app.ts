@@ -38,8 +38,11 @@ export interface App {
   reloadTls(): void;
   /** The extra plain-HTTP listener (tls.httpListen), once listening. */
   httpAddress(): { host: string; port: number } | null;
-  /** Run one cache eviction pass now (the server also runs one every cache.evictInterval). */
-  evict(): Promise<EvictionResult>;
+  /**
+   * Run one cache eviction pass now (the server also runs one every cache.evictInterval);
+   * `at` measures ages as if it were that time (tests, without waiting out cache.maxAge).
+   */
+  evict(at?: number): Promise<EvictionResult>;
   /** Listen on config.listen (or the given port) and return the bound address. */
   listen(port?: number, host?: string): Promise<{ host: string; port: number; url: string }>;
   close(): Promise<void>;
@@ -218,7 +221,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const a = (plain as http.Server | null)?.address();
       return a && typeof a !== 'string' ? { host: a.address, port: a.port } : null;
     },
-    evict: () => evictor.run(),
+    evict: (at) => evictor.run(at),
     async listen(port = config.listen.port, host = config.listen.host) {
       await fastify.listen({ port, host });
       const p = plain as http.Server | null;

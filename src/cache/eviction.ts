@@ -72,9 +72,9 @@ export class Evictor {
     return this.policy.maxBytes !== null || this.policy.maxAgeMs !== null;
   }
 
-  /** One eviction pass; a call while one runs joins it. */
-  run(): Promise<EvictionResult> {
-    this.running ??= this.doRun().finally(() => (this.running = null));
+  /** One eviction pass (ages measured at `at`, default now); a call while one runs joins it. */
+  run(at?: number): Promise<EvictionResult> {
+    this.running ??= this.doRun(at).finally(() => (this.running = null));
     return this.running;
   }
 
@@ -100,12 +100,12 @@ export class Evictor {
     return result;
   }
 
-  private async doRun(): Promise<EvictionResult> {
+  private async doRun(at: number | undefined): Promise<EvictionResult> {
     const started = this.now();
     this.opts.flush?.();
     const result = this.emptyResult(false);
     if (this.enabled) {
-      for (const ev of this.evictions(started)) {
+      for (const ev of this.evictions(at ?? started)) {
         this.add(result, ev);
         // Between units the server keeps serving; every unit re-checks its candidate.
         await this.blobs.removeFiles(ev.blobs.map((b) => b.digest)).catch((err: unknown) => {

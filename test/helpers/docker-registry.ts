@@ -15,7 +15,8 @@ import { tempDir } from './server.js';
 import { type Skopeo, pushArgs, skopeo } from './skopeo.js';
 import { exited, freePort, requireTool, runOk, sleep, stopChild, trackChild, waitFor } from './tools.js';
 
-const START_TIMEOUT_MS = 15_000;
+// A ceiling, not a wait: readiness is probed; a loaded 2-core machine can take long.
+const START_TIMEOUT_MS = 90_000;
 
 export interface BasicCredentials {
   username: string;

@@ -205,8 +205,10 @@ test('a blob shared by a pushed image and a cached image stays when the cached i
 });
 
 test('maxAge: images not pulled for that long go, recently pulled ones stay', async (t) => {
-  // Generous margins: the full suite runs four files at once on two cores.
-  const { fake, s } = await setup(t, { maxAge: '3s' });
+  // Ages are measured at a chosen time (app.evict(at)), so a loaded machine's slow pulls
+  // cannot move an image across the maxAge line.
+  const MAX_AGE_MS = 3_600_000;
+  const { fake, s } = await setup(t, { maxAge: '1h' });
   const old = image('age-old', [8 * KiB]);
   const touched = image('age-touched', [8 * KiB]);
   const fresh = image('age-fresh', [8 * KiB]);
@@ -215,12 +217,15 @@ test('maxAge: images not pulled for that long go, recently pulled ones stay', as
   fake.addImage('library/fresh', fresh, '1');
   await pull(t, s, 'library/old', '1', old);
   await pull(t, s, 'library/touched', '1', touched);
-  await sleep(3200);
+  const before = Date.now();
+  await waitFor(() => Date.now() > before + 20, 1_000, 'the clock to move on');
+  const line = Date.now();
   await pull(t, s, 'library/fresh', '1', fresh);
   // A tag lookup alone (what a node with the image already present does) counts as use.
   t.is((await http('HEAD', `${s.url}/v2/library/touched/manifests/1`, { headers: { accept: ACCEPT_ALL } })).status, 200);
 
-  const result = await s.app.evict();
+  // Evict as if it were maxAge after `line`: everything used before it is too old.
+  const result = await s.app.evict(line - 1 + MAX_AGE_MS);
   t.is(result.images, 1);
   await assertGone(t, s, 'library/old', old);
   await assertKept(t, s, touched);
