@@ -200,13 +200,19 @@ export class PullThrough {
    */
   private staleTag(repo: RepoName, tag: string, up: UpstreamRoute, accept: readonly string[]): ManifestRecord | undefined {
     const meta = this.local.meta;
-    const variants = meta.upstreamTagVariants(repo, tag, `${originOf(up)}|`);
+    const variants = meta.upstreamTagVariants(tag, `${originOf(up)}|`);
+    // A variant cached under another local path of the same upstream repository is
+    // linked here first, so this path's child manifest and blob requests find it too.
+    const held = (v: (typeof variants)[number]) => {
+      if (v.repoId !== meta.repoId(repo)) meta.adoptCachedManifest(v.repoId, repo, v.digest);
+      return meta.manifest(repo, v.digest);
+    };
     const chosen = chooseStaleVariant(variants, accept);
-    if (chosen) return meta.manifest(repo, chosen.digest);
+    if (chosen) return held(chosen);
     // None the client reads: the linux/amd64 entry of a cached index, if held.
     for (const v of variants) {
       if (!isIndexType(v.mediaType)) continue;
-      const index = meta.manifest(repo, v.digest);
+      const index = held(v);
       const child = index && defaultPlatformChild(index.body);
       const record = child && clientReads(accept, child.mediaType) ? meta.manifest(repo, child.digest) : undefined;
       if (record) return record;

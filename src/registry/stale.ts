@@ -27,8 +27,8 @@ export function clientReads(accept: readonly string[], mediaType: string): boole
  * The variant to serve: the most recently confirmed one the client reads; on equal
  * times an index wins for clients that read indexes (it covers every platform).
  */
-export function chooseStaleVariant(variants: readonly TagVariant[], accept: readonly string[]): TagVariant | undefined {
-  let best: TagVariant | undefined;
+export function chooseStaleVariant<T extends TagVariant>(variants: readonly T[], accept: readonly string[]): T | undefined {
+  let best: T | undefined;
   for (const v of variants) {
     if (!clientReads(accept, v.mediaType)) continue;
     if (!best || v.checkedAt > best.checkedAt || (v.checkedAt === best.checkedAt && isIndexType(v.mediaType) && !isIndexType(best.mediaType))) best = v;

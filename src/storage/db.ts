@@ -152,6 +152,10 @@ const MIGRATIONS: string[] = [
   CREATE INDEX tags_by_digest ON tags(digest);
   CREATE INDEX upstream_tags_digest ON upstream_tags(repo_id, digest);
   `,
+  // v4: stale answers look a tag up across every local path of one upstream repository.
+  `
+  CREATE INDEX upstream_tags_name ON upstream_tags(name);
+  `,
 ];
 
 export class MetadataStore {
@@ -258,13 +262,14 @@ export class MetadataStore {
         'UPDATE upstream_tags SET checked_at = ? WHERE repo_id = ? AND name = ? AND accept_key = ?',
       ),
       deleteUpstreamTag: db.prepare<[number, string]>('DELETE FROM upstream_tags WHERE repo_id = ? AND name = ?'),
-      // Every Accept variant of a tag from one upstream repository (key prefix), newest first.
-      upstreamTagVariants: db.prepare<[number, string, number, string], { digest: string; checked_at: number; media_type: string }>(
-        `SELECT ut.digest, ut.checked_at, mc.media_type FROM upstream_tags ut
+      // Every Accept variant of a tag from one upstream repository (key prefix), under any
+      // local path that reaches it, newest first.
+      upstreamTagVariants: db.prepare<[string, number, string], { repo_id: number; digest: string; checked_at: number; media_type: string }>(
+        `SELECT ut.repo_id, ut.digest, ut.checked_at, mc.media_type FROM upstream_tags ut
          JOIN manifests m ON m.repo_id = ut.repo_id AND m.digest = ut.digest
          JOIN manifest_content mc ON mc.digest = ut.digest
-         WHERE ut.repo_id = ? AND ut.name = ? AND substr(ut.accept_key, 1, ?) = ?
-         ORDER BY ut.checked_at DESC`,
+         WHERE ut.name = ? AND substr(ut.accept_key, 1, ?) = ?
+         ORDER BY ut.checked_at DESC LIMIT 100`,
       ),
       listUpstreamTags: db.prepare<[number], { name: string }>('SELECT DISTINCT name FROM upstream_tags WHERE repo_id = ?'),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
@@ -501,14 +506,29 @@ export class MetadataStore {
 
   /**
    * The cached manifests a tag resolved to for any Accept set, from the upstream
-   * repository whose keys start with `keyPrefix` (`<upstream>|<remote name>|`), newest first.
+   * repository whose keys start with `keyPrefix` (`<upstream>|<remote name>|`), under any
+   * local path (CRI-O's host-in-path and containerd's ?ns= reach one upstream repository
+   * by different names), newest first.
    */
-  upstreamTagVariants(repo: RepoName, tag: string, keyPrefix: string): Array<{ digest: Digest; checkedAt: number; mediaType: string }> {
-    const id = this.repoId(repo);
-    if (id === undefined) return [];
+  upstreamTagVariants(tag: string, keyPrefix: string): Array<{ repoId: number; digest: Digest; checkedAt: number; mediaType: string }> {
     return this.s.upstreamTagVariants
-      .all(id, tag, keyPrefix.length, keyPrefix)
-      .map((r) => ({ digest: r.digest as Digest, checkedAt: r.checked_at, mediaType: r.media_type }));
+      .all(tag, keyPrefix.length, keyPrefix)
+      .map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, checkedAt: r.checked_at, mediaType: r.media_type }));
+  }
+
+  /**
+   * Link a cached manifest that repository `fromRepoId` holds into `repo`, with the child
+   * manifests it holds under it (their blobs are then reachable through the references).
+   * Only for paths that resolve to the same upstream repository: same content, same source.
+   */
+  adoptCachedManifest(fromRepoId: number, repo: RepoName, digest: Digest): void {
+    this.db.transaction(() => {
+      const id = this.ensureRepo(repo);
+      const now = Date.now();
+      for (const { d } of this.s.childManifests.all(digest)) {
+        if (this.s.manifestLink.get(fromRepoId, d)) this.s.linkManifest.run(id, d, 'cached', now, now);
+      }
+    })();
   }
 
   touchUpstreamTag(repo: RepoName, tag: string, acceptKey: string): void {

@@ -83,6 +83,32 @@ test('a client that reads no index gets the cached index entry for linux/amd64',
   t.regex(res.header('warning') ?? '', /^299 /);
 });
 
+test('a tag cached through another local path of the same upstream repository (host in path vs ?ns=) is served, with its children and blobs', async (t) => {
+  const { fake, s } = await setup(t);
+  const idx = multiArch('alias');
+  fake.addIndex('library/app', idx, 'v1');
+  const amd64 = idx.images[0]!.image;
+  // CRI-O style: registries.conf location mirror/<registry host>, so the host is in the path.
+  const viaHost = (p: string) => `${s.url}/v2/${UP}/library/app/${p}`;
+  t.is((await http('GET', viaHost('manifests/v1'), { headers: { accept: INDEX_FIRST } })).status, 200);
+  t.is((await http('GET', viaHost(`manifests/${amd64.manifest.digest}`), { headers: { accept: INDEX_FIRST } })).status, 200);
+  for (const b of [amd64.config, ...amd64.layers]) t.is((await http('GET', viaHost(`blobs/${b.digest}`))).status, 200);
+  await fake.stop();
+
+  // containerd style: the plain path with ?ns=.
+  const viaNs = (p: string) => `${s.url}/v2/library/app/${p}?ns=${UP}`;
+  const tag = await http('GET', viaNs('manifests/v1'), { headers: { accept: CONTAINERD } });
+  t.is(tag.status, 200);
+  t.is(tag.header('docker-content-digest'), idx.index.digest);
+  t.regex(tag.header('warning') ?? '', /^299 /);
+  const child = await http('GET', viaNs(`manifests/${amd64.manifest.digest}`), { headers: { accept: CONTAINERD } });
+  t.is(child.status, 200);
+  t.deepEqual(child.body, amd64.manifest.bytes);
+  for (const b of [amd64.config, ...amd64.layers]) t.deepEqual((await http('GET', viaNs(`blobs/${b.digest}`))).body, b.bytes);
+  // Another upstream repository's tag of the same name is never used.
+  t.is((await http('GET', `${s.url}/v2/library/other/manifests/v1?ns=${UP}`, { headers: { accept: CONTAINERD } })).status, 503);
+});
+
 test('across variants the most recently confirmed digest wins', async (t) => {
   const { fake, s } = await setup(t);
   const first = sampleImage('moved-1');
