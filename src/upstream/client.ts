@@ -131,9 +131,22 @@ export class UpstreamClient {
    */
   async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     // A hung or dead upstream must not make every request wait for timeouts: after a
-    // complete failure, fail fast (callers serve stale content) until the window ends and
-    // the next request probes again (verdaccio's max_fails/fail_timeout, simplified).
-    if (this.health.offline) throw new UpstreamUnavailableError('upstream marked offline after a failure');
+    // complete failure, fail fast (callers serve stale content) until a probe or the end
+    // of the window lets one trial request through (health.ts).
+    const admission = this.health.admit();
+    if (admission === 'reject') throw new UpstreamUnavailableError('upstream marked offline after a failure');
+    if (admission === 'ok') return this.send(req);
+    try {
+      const res = await this.send(req);
+      this.health.trialDone(true);
+      return res;
+    } catch (e) {
+      this.health.trialDone(false, errorSummary(e));
+      throw e;
+    }
+  }
+
+  private async send(req: UpstreamRequest): Promise<UpstreamResponse> {
     let lastError: unknown;
     const endpoints = this.config.endpoints;
     for (let i = 0; i < endpoints.length; i++) {
