@@ -272,7 +272,7 @@ export class FillManager {
    * then gets a clear error instead of a transfer aborted when the disk runs full. The
    * bytes other fills still have to write count as taken. Streaming the blob through
    * uncached instead would cost one upstream fetch per client and bypass the digest check
-   * that holds back the last byte; see README "Failure behaviour".
+   * that holds back the last byte (README, "Caching rules").
    */
   private async ensureSpace(f: BlobFill, size: number, body: AsyncIterable<Buffer>): Promise<void> {
     let pending = 0;
