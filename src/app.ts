@@ -50,6 +50,8 @@ export interface App {
 
 export interface BuildOptions {
   logger?: Logger;
+  /** How often batched last-access times are written (tests); default ACCESS_FLUSH_MS. */
+  accessFlushMs?: number;
 }
 
 const SWEEP_INTERVAL_MS = 10 * 60_000;
@@ -83,9 +85,23 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
+  // With the disk full every flush fails until space is freed: say so once (warn), then
+  // only at debug, and once more when it works again; the times stay pending meanwhile.
+  let accessFailing = false;
+  const flushAccess = () => {
+    try {
+      lastAccess.flush();
+      if (accessFailing) logger.info('writing last-access times works again');
+      accessFailing = false;
+    } catch (err) {
+      if (accessFailing) logger.debug({ err: (err as Error).message }, 'writing last-access times still failing');
+      else logger.warn({ err }, 'writing last-access times failed; retrying every flush, next report when it works');
+      accessFailing = true;
+    }
+  };
   const evictor = new Evictor(meta, blobs, config.cache, {
     busy: (digest) => fills.inFlight(digest) !== undefined,
-    flush: () => lastAccess.flush(),
+    flush: flushAccess,
     log: logger.child({ component: 'evict' }),
   });
 
@@ -190,13 +206,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
   }, SWEEP_INTERVAL_MS);
   sweep.unref();
-  const accessFlush = setInterval(() => {
-    try {
-      lastAccess.flush();
-    } catch (err) {
-      logger.warn({ err }, 'writing last-access times failed');
-    }
-  }, ACCESS_FLUSH_MS);
+  const accessFlush = setInterval(flushAccess, opts.accessFlushMs ?? ACCESS_FLUSH_MS);
   accessFlush.unref();
   const eviction = evictor.enabled
     ? setInterval(() => {
@@ -252,7 +262,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         await fastify.close();
         await Promise.all([...clients.values()].map((c) => c.close()));
         await evicting;
-        lastAccess.flush();
+        flushAccess();
         meta.close();
       })();
       return closing;

@@ -22,6 +22,7 @@ import { RegistryError } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
 import { type BlobStore, HashingCounter } from '../storage/blobs.js';
 import type { StoragePaths } from '../storage/paths.js';
+import { ensureFree } from '../storage/space.js';
 
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
@@ -266,6 +267,28 @@ export class FillManager {
     return f;
   }
 
+  /**
+   * Refuse a fill that cannot fit (507) before any client got response headers: a client
+   * then gets a clear error instead of a transfer aborted when the disk runs full. The
+   * bytes other fills still have to write count as taken. Streaming the blob through
+   * uncached instead would cost one upstream fetch per client and bypass the digest check
+   * that holds back the last byte (README, "Caching rules").
+   */
+  private async ensureSpace(f: BlobFill, size: number, body: AsyncIterable<Buffer>): Promise<void> {
+    let pending = 0;
+    for (const other of this.fills.values()) if (other !== f && other.size !== null) pending += Math.max(0, other.size - other.written);
+    try {
+      await ensureFree(this.paths.tmpDir, size + pending);
+    } catch (e) {
+      // Never read: release the upstream connection. undici reports a destroyed body as an
+      // 'error' (AbortError), which must not become an uncaught exception.
+      const stream = body as Partial<Pick<Readable, 'on' | 'destroy'>>;
+      stream.on?.('error', () => undefined);
+      stream.destroy?.();
+      throw e;
+    }
+  }
+
   private async run(f: BlobFill, repo: RepoName, source: FillSource, expectedSize?: number): Promise<void> {
     const hasher = new HashingCounter(digestAlgorithm(f.digest));
     const started = Date.now();
@@ -291,6 +314,7 @@ export class FillManager {
               throw new RegistryError('BLOB_UNKNOWN', 'upstream blob size differs from the manifest descriptor', { status: 502 });
             }
             if (size !== null && size > this.maxBlobBytes) throw new RegistryError('SIZE_INVALID', 'blob exceeds the configured maximum size', { status: 502 });
+            if (size !== null) await this.ensureSpace(f, size, opened.body);
             f.markReady(size);
           }
         } catch (e) {
@@ -310,7 +334,8 @@ export class FillManager {
           if (f.size === null || w.received === f.size) break;
           throw new Error(`upstream body ended early at ${w.received} of ${f.size} bytes`);
         } catch (e) {
-          if (e instanceof RegistryError || resumes >= MAX_RESUMES || f.size === null) throw e;
+          // A failed local write (ENOSPC) is no upstream break: resuming cannot help.
+          if (e instanceof RegistryError || writer?.failed || resumes >= MAX_RESUMES || f.size === null) throw e;
           resumes++;
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'upstream broke mid-blob; resuming with Range');
         }
@@ -368,6 +393,11 @@ class QueuedWriter {
     this.fill.accept(chunk);
     this.running ??= this.drain();
     if (this.queuedBytes > MAX_QUEUED) await this.flush();
+  }
+
+  /** A write to the temp file failed (every later push and flush throws it). */
+  get failed(): boolean {
+    return this.error !== null;
   }
 
   async flush(): Promise<void> {

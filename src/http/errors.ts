@@ -4,7 +4,8 @@
  * anything else is UNKNOWN/500 with no internals in the body, and is logged.
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { ERROR_CODES, type ErrorCode, RegistryError, isRegistryError } from '../registry/errors.js';
+import { ERROR_CODES, type ErrorCode, RegistryError, insufficientStorage, isRegistryError } from '../registry/errors.js';
+import { isStorageFull } from '../storage/space.js';
 
 export function errorBody(code: ErrorCode, message: string, detail?: unknown): string {
   const err: Record<string, unknown> = { code, message };
@@ -37,6 +38,12 @@ export function installErrorHandler(app: FastifyInstance): void {
     // and server.close() waits for it. Close it once the error has been sent.
     if (req.raw.destroyed && !req.raw.complete) reply.header('connection', 'close');
     if (isRegistryError(err)) return sendRegistryError(reply, err);
+    if (isStorageFull(err)) {
+      // ENOSPC or SQLITE_FULL from a write not mapped where it happened: nothing was
+      // committed (every write rolls back or is discarded), so the client may simply retry.
+      req.log.warn({ err: (err as Error).message }, 'insufficient storage: request refused');
+      return sendRegistryError(reply, insufficientStorage());
+    }
     const fe = err as FastifyError;
     const mapped = fromFastifyError(fe);
     if (mapped.status >= 500) req.log.error({ err }, 'unhandled error');

@@ -58,8 +58,8 @@ export async function putManifest({ svc, pull }: Deps, repo: RepoName, rawRef: s
   const contentType = String(req.headers['content-type'] ?? '');
   const parsed = parseManifest(body, contentType);
   await pull.completeFromUpstream(repo, queryParam(q, 'ns'), parsed.requiredBlobs, parsed.requiredManifests);
-  const { digest, subject } = svc.putManifest(repo, ref, contentType, body, parsed);
-  for (const t of extraTags) svc.putManifest(repo, { kind: 'tag', tag: t }, contentType, body, parsed);
+  // One transaction for the manifest and all its tags: a failed write (SQLITE_FULL) leaves none of them.
+  const { digest, subject } = svc.putManifest(repo, ref, contentType, body, parsed, 'pushed', extraTags);
   reply.code(201).header('location', `/v2/${repo}/manifests/${digest}`).header('docker-content-digest', digest);
   if (subject) reply.header('oci-subject', subject);
   if (extraTags.length > 0) reply.header('oci-tag', extraTags.join(', '));

@@ -51,12 +51,17 @@ export async function startUpload({ svc, access }: Deps, repo: RepoName, req: Fa
     const len = declaredLength(req);
     const limit = maxBlobBytes(svc);
     if (len !== undefined && len > limit) throw new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${limit} bytes`, { status: 413 });
-    const written = await svc.blobs.writeTemp(bodyStream(req), digestAlgorithm(digest), limit);
+    const written = await svc.blobs.writeTemp(bodyStream(req), digestAlgorithm(digest), limit, len);
     if (written.digest !== digest || (len !== undefined && written.size !== len)) {
       await svc.blobs.discard(written.tempPath);
       throw written.digest !== digest ? new RegistryError('DIGEST_INVALID', undefined, { detail: { expected: digest } }) : new RegistryError('SIZE_INVALID');
     }
-    await svc.blobs.commit(written.tempPath, digest, written.size, repo, 'pushed');
+    try {
+      await svc.blobs.commit(written.tempPath, digest, written.size, repo, 'pushed');
+    } catch (e) {
+      await svc.blobs.discard(written.tempPath); // e.g. SQLITE_FULL: commit gave the file back
+      throw e;
+    }
     return blobCreated(reply, repo, digest);
   }
   discardBody(req);

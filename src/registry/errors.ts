@@ -51,3 +51,15 @@ export class RegistryError extends Error {
 export function isRegistryError(e: unknown): e is RegistryError {
   return e instanceof RegistryError;
 }
+
+/**
+ * The mirror's disk (or database) is full. 507 Insufficient Storage (RFC 4918 11.5) says
+ * exactly that, and clients treat it like any 5xx (retry later); the spec has no code for
+ * it, and UNAVAILABLE ("the registry cannot serve this now") is the closest. `headers`:
+ * e.g. the Range an upload session can resume from.
+ */
+export const INSUFFICIENT_STORAGE = 507;
+
+export function insufficientStorage(headers?: Record<string, string>): RegistryError {
+  return new RegistryError('UNAVAILABLE', 'insufficient storage on the mirror', { status: INSUFFICIENT_STORAGE, ...(headers ? { headers } : {}) });
+}

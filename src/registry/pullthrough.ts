@@ -9,8 +9,9 @@ import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
 import { type Resolution, Router } from '../upstream/routing.js';
 import { type UpstreamClient, type UpstreamResponse, UpstreamUnavailableError, readBody } from '../upstream/client.js';
 import type { AccessRecorder } from '../storage/access.js';
+import { isStorageFull } from '../storage/space.js';
 import type { ManifestRecord } from '../storage/db.js';
-import { RegistryError } from './errors.js';
+import { RegistryError, insufficientStorage } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
 import { MANIFEST_TYPES, MT, bareMediaType, isIndexType, isManifestType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
@@ -249,7 +250,7 @@ export class PullThrough {
         if (res.status !== 200) throw upstreamError(res, 'MANIFEST_UNKNOWN');
         const d = String(res.headers['docker-content-digest'] ?? '');
         if (!isDigest(d)) return null;
-        if (d === current) this.local.meta.touchUpstreamTag(repo, tag, key);
+        if (d === current) this.bestEffort('tag check time', () => this.local.meta.touchUpstreamTag(repo, tag, key));
         return d;
       })().finally(() => this.revalidations.delete(flightKey));
       this.revalidations.set(flightKey, p);
@@ -285,7 +286,7 @@ export class PullThrough {
     const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept), timeoutMs });
     if (res.status !== 200) {
       await res.body.dump();
-      if (res.status === 404 && tag) this.local.meta.deleteUpstreamTag(repo, tag.name);
+      if (res.status === 404 && tag) this.bestEffort('upstream tag removal', () => this.local.meta.deleteUpstreamTag(repo, tag.name));
       throw upstreamError(res, 'MANIFEST_UNKNOWN');
     }
     const body = await readBody(res, this.local.limits.maxManifestBytes).catch((e: unknown) => {
@@ -317,8 +318,9 @@ export class PullThrough {
       // Serve what the upstream serves, even if we cannot interpret it; it is verified by digest.
     }
     const record: ManifestRecord = { digest, mediaType, size: body.length, artifactType, subject, annotations, body };
-    this.local.meta.putCachedManifest(repo, { ...record, refs }, tag);
-    this.log.info({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'manifest cached');
+    if (this.bestEffort('manifest cache', () => this.local.meta.putCachedManifest(repo, { ...record, refs }, tag))) {
+      this.log.info({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'manifest cached');
+    }
     return record;
   }
 
@@ -360,7 +362,7 @@ export class PullThrough {
     // from upstream references it, or the upstream confirms it below.
     const stored = meta.blobSize(digest);
     if (stored !== undefined && meta.referencedInRepo(repo, digest)) {
-      meta.linkBlob(repo, digest, 'cached');
+      this.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
       return this.hit('blob', this.localBlob(digest, stored, headers));
     }
     const up = this.routeOrThrow(r);
@@ -377,7 +379,7 @@ export class PullThrough {
       // Re-read: a fill may have committed the blob while the HEAD was in flight.
       const storedNow = stored ?? meta.blobSize(digest);
       if (storedNow !== undefined) {
-        meta.linkBlob(repo, digest, 'cached');
+        this.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
         return this.hit('blob', this.localBlob(digest, storedNow, headers));
       }
       if (head) {
@@ -449,7 +451,19 @@ export class PullThrough {
     const missingBlobs = blobs.filter((d) => meta.repoBlobSize(repo, d.digest) === undefined);
     const missingManifests = manifests.filter((d) => !meta.hasManifest(repo, d.digest));
     const tasks: Array<Promise<unknown>> = [];
-    for (const d of missingManifests) tasks.push(this.fetchManifest(repo, up, d.digest, [d.mediaType], null).catch(() => undefined));
+    // A reference the disk had no room for must fail the push with 507, not with a
+    // misleading MANIFEST_BLOB_UNKNOWN; other upstream failures leave it to the normal check.
+    let full = false;
+    const noteFull = (e: unknown) => void (full ||= isStorageFull(e));
+    for (const d of missingManifests) {
+      tasks.push(
+        this.fetchManifest(repo, up, d.digest, [d.mediaType], null).then(
+          // Fetched but not stored: only when the disk is full (see bestEffort in doFetchManifest).
+          () => void (full ||= !meta.hasManifest(repo, d.digest)),
+          () => undefined,
+        ),
+      );
+    }
     for (const d of missingBlobs) {
       tasks.push(
         (async () => {
@@ -462,10 +476,11 @@ export class PullThrough {
           const fill = this.startFill(repo, up, d.digest, d.size);
           await fill.done;
           meta.linkBlob(repo, d.digest, 'cached');
-        })().catch(() => undefined),
+        })().catch(noteFull),
       );
     }
     await Promise.all(tasks);
+    if (full) throw insufficientStorage();
     // An index's children may be held only as cached copies: tools such as crane skip the
     // PUT of a child manifest whose HEAD answers 200, and that HEAD fetched just the
     // manifest from upstream, never its blobs. The pushed index must be local content as a
@@ -533,6 +548,22 @@ export class PullThrough {
   }
 
   // ---- plumbing --------------------------------------------------------------------
+
+  /**
+   * A metadata write on the read path that the answer does not depend on (caching a
+   * manifest just fetched, a tag's check time, a blob link): with the disk full it is
+   * skipped and the read is answered anyway. Returns whether it was written.
+   */
+  private bestEffort(what: string, write: () => void): boolean {
+    try {
+      write();
+      return true;
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      this.log.warn({ what, err: (e as Error).message }, 'storage full: served without caching');
+      return false;
+    }
+  }
 
   private async upstreamRequest(
     up: UpstreamRoute,

@@ -57,6 +57,8 @@ export class RegistryService {
     body: Buffer,
     parsed: ParsedManifest = parseManifest(body, contentType),
     provenance: Provenance = 'pushed',
+    /** More tags for the same manifest (`?tag=`), written in the same transaction. */
+    extraTags: readonly string[] = [],
   ): PutManifestResult {
     const digest = ref.kind === 'digest' ? digestOf(body, digestAlgorithm(ref.digest)) : digestOf(body);
     if (ref.kind === 'digest' && digest !== ref.digest) {
@@ -87,7 +89,7 @@ export class RegistryService {
           ...parsed.requiredManifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const })),
         ],
       },
-      ref.kind === 'tag' ? [ref.tag] : [],
+      [...(ref.kind === 'tag' ? [ref.tag] : []), ...extraTags],
       provenance,
     );
     return { digest, subject: parsed.subject };

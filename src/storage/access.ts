@@ -7,6 +7,7 @@
  */
 import type { Digest, RepoName } from '../registry/names.js';
 import type { MetadataStore } from './db.js';
+import { isStorageFull } from './space.js';
 
 /** Flushed early when this many distinct entries are pending (bounded memory). */
 const MAX_PENDING = 50_000;
@@ -22,7 +23,7 @@ export class AccessRecorder {
 
   blob(digest: Digest): void {
     this.blobs.set(digest, this.now());
-    if (this.blobs.size >= MAX_PENDING) this.flush();
+    if (this.blobs.size >= MAX_PENDING) this.flushEarly();
   }
 
   manifest(repo: RepoName, digest: Digest): void {
@@ -31,20 +32,37 @@ export class AccessRecorder {
     const e = this.manifests.get(key);
     if (e) e.at = at;
     else this.manifests.set(key, { repo, digest, at });
-    if (this.manifests.size >= MAX_PENDING) this.flush();
+    if (this.manifests.size >= MAX_PENDING) this.flushEarly();
   }
 
   get pending(): number {
     return this.blobs.size + this.manifests.size;
   }
 
-  /** Write what was noted since the last flush (one transaction). */
+  /**
+   * Write what was noted since the last flush (one transaction). If the write fails (the
+   * disk is full) the times stay pending for the next flush; nothing runs in between, as
+   * this is synchronous.
+   */
   flush(): void {
     if (this.pending === 0) return;
-    const blobs = this.blobs;
-    const manifests = [...this.manifests.values()];
+    this.meta.touchAccess(this.blobs, [...this.manifests.values()]);
     this.blobs = new Map();
     this.manifests = new Map();
-    this.meta.touchAccess(blobs, manifests);
+  }
+
+  /**
+   * The bound was reached during a request: that request must not fail because the
+   * database cannot be written, so a failed write drops the pending times (memory stays
+   * bounded; eviction is only less precise). The periodic flush reports failures.
+   */
+  private flushEarly(): void {
+    try {
+      this.flush();
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      this.blobs = new Map();
+      this.manifests = new Map();
+    }
   }
 }

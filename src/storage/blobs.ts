@@ -11,6 +11,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MetadataStore, Provenance } from './db.js';
 import type { StoragePaths } from './paths.js';
+import { ensureFree } from './space.js';
 import { RegistryError } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName } from '../registry/names.js';
 
@@ -114,6 +115,8 @@ export async function hashFile(file: string, algorithm: DigestAlgorithm): Promis
 export class BlobStore {
   /** File unlinks in progress, by digest (rows already gone). */
   private readonly deleting = new Map<Digest, Promise<void>>();
+  /** Commits between their rename and their row, by digest. */
+  private readonly committing = new Map<Digest, number>();
 
   constructor(
     private readonly paths: StoragePaths,
@@ -142,7 +145,13 @@ export class BlobStore {
    * Stream `body` into a temp file, hashing with the algorithm of `expected` (or sha256),
    * and fsync it. The caller commits or discards the result.
    */
-  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number): Promise<WrittenBlob> {
+  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, expectedBytes?: number): Promise<WrittenBlob> {
+    if (expectedBytes !== undefined) {
+      await ensureFree(this.paths.tmpDir, expectedBytes).catch((e: unknown) => {
+        body.resume(); // drained, so the connection stays usable for the error response
+        throw e;
+      });
+    }
     const tempPath = this.paths.tempFile();
     const h = new HashingCounter(algorithm);
     const limit = new Transform({
@@ -165,6 +174,10 @@ export class BlobStore {
    * Move a verified, fsynced file into the content store and record it for `repo`.
    * Rename is atomic; the directory is fsynced so the rename survives a power cut
    * before the DB row that depends on it is written.
+   *
+   * If recording fails (SQLITE_FULL: the disk is full), the file goes back to
+   * `sourcePath`, so the caller still owns it (an upload session stays finishable, a temp
+   * file is discarded) and the store holds no file without a row.
    */
   async commit(sourcePath: string, digest: Digest, size: number, repo: RepoName, provenance: Provenance): Promise<void> {
     // An eviction that already dropped this digest's row may still be unlinking its file:
@@ -178,10 +191,26 @@ export class BlobStore {
       return;
     }
     const target = this.paths.blob(digest);
-    await fs.mkdir(path.dirname(target), { recursive: true });
-    await fs.rename(sourcePath, target);
-    await fsyncDir(path.dirname(target));
-    this.meta.recordBlob(repo, digest, size, provenance);
+    this.committing.set(digest, (this.committing.get(digest) ?? 0) + 1);
+    let moved = false;
+    try {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.rename(sourcePath, target);
+      moved = true;
+      await fsyncDir(path.dirname(target));
+      this.meta.recordBlob(repo, digest, size, provenance);
+    } catch (e) {
+      // Only while no other commit of this digest is between its rename and its row: that
+      // one may have replaced our file with its own, which must stay.
+      if (moved && this.committing.get(digest) === 1 && this.meta.blobSize(digest) === undefined) {
+        await fs.rename(target, sourcePath).catch(() => undefined);
+      }
+      throw e;
+    } finally {
+      const n = this.committing.get(digest)! - 1;
+      if (n === 0) this.committing.delete(digest);
+      else this.committing.set(digest, n);
+    }
   }
 
   async discard(tempPath: string): Promise<void> {

@@ -13,7 +13,8 @@ import { BlobStore, HashingCounter, batchedWriteStream, coalesce, fsyncFile, has
 import type { MetadataStore } from './db.js';
 import type { StoragePaths } from './paths.js';
 import { UPLOAD_ID_RE } from './paths.js';
-import { RegistryError } from '../registry/errors.js';
+import { ensureFree, isStorageFull } from './space.js';
+import { RegistryError, insufficientStorage } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../registry/names.js';
 
 interface LiveState {
@@ -62,7 +63,12 @@ export class UploadManager {
   async start(repo: RepoName, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadSession> {
     const id = randomUUID();
     await fs.writeFile(this.paths.upload(id), '');
-    this.meta.createUpload(id, repo);
+    try {
+      this.meta.createUpload(id, repo);
+    } catch (e) {
+      await fs.rm(this.paths.upload(id), { force: true }); // no session without its row (SQLITE_FULL)
+      throw e;
+    }
     this.live.set(id, { hasher: new HashingCounter(algorithm), busy: false, size: 0 });
     return { id, repo, size: 0 };
   }
@@ -112,6 +118,14 @@ export class UploadManager {
       throw new RegistryError('SIZE_INVALID', 'Content-Length does not match Content-Range');
     }
     state.busy = true;
+    try {
+      // Known length: refuse before reading a byte what cannot fit (see space.ts).
+      if (expected !== undefined) await ensureFree(this.paths.uploadsDir, expected, rangeHeader(session.size));
+    } catch (e) {
+      state.busy = false;
+      body.resume();
+      throw e;
+    }
     // Hash into a copy and adopt it only if the whole chunk lands, so a rollback keeps
     // the session's running hash valid.
     const hasher = state.hasher ? state.hasher.clone() : null;
@@ -135,8 +149,10 @@ export class UploadManager {
       state.size = base + written;
       return base + written;
     } catch (e) {
-      // Roll the file back to the last good offset so the session stays usable.
+      // Roll the file back to the last good offset so the session stays usable (also on
+      // ENOSPC: the chunk is not counted, and the client may resend it from `base`).
       await fs.truncate(this.paths.upload(session.id), base).catch(() => undefined);
+      if (isStorageFull(e)) throw insufficientStorage(rangeHeader(base));
       throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted', { detail: { offset: base } });
     } finally {
       state.busy = false;
@@ -171,9 +187,21 @@ export class UploadManager {
         throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
       }
       await fsyncFile(file);
-      await this.blobs.commit(file, digest, size, session.repo, 'pushed');
-      this.meta.deleteUpload(session.id);
+      try {
+        await this.blobs.commit(file, digest, size, session.repo, 'pushed');
+      } catch (e) {
+        // The data file is back in place (see BlobStore.commit): the session is intact and
+        // the same PUT succeeds once there is space again.
+        throw isStorageFull(e) ? insufficientStorage(rangeHeader(session.size)) : e;
+      }
       this.live.delete(session.id);
+      try {
+        this.meta.deleteUpload(session.id);
+      } catch (e) {
+        // The blob is committed; a row left behind (SQLITE_FULL) has no data file any more,
+        // so the session answers BLOB_UPLOAD_UNKNOWN and the next sweep drops the row.
+        if (!isStorageFull(e)) throw e;
+      }
       return size;
     } finally {
       state.busy = false;
