@@ -11,7 +11,8 @@
  *   2. SIGKILL at a point drawn from a seeded schedule: a random delay while the upstream
  *      holds the blob responses (nothing of the round committed yet), a random delay, a
  *      random share of the round's cold bytes sent by the upstream (mid-fill), or right
- *      after the N-th blob file rename, before its row (test/helpers/kill-on-blob-rename.ts);
+ *      before or after the N-th blob file rename, before its row
+ *      (test/helpers/kill-on-blob-rename.ts);
  *   3. with the server down: `regmirror fsck` exits 0 and reports no problem; every row's
  *      file and every file under blobs/ hashes to its name; no committed row was lost;
  *   4. restart: storage/tmp was wiped; a full pull returns every byte of the round's image
@@ -20,7 +21,7 @@
  * 20 rounds as 4 serial chains of 5: a chain's rounds share one storage directory (so
  * earlier rounds' blobs are cached, and must be neither lost nor fetched again), and each
  * chain is its own test, well inside ava's timeout on a loaded machine. Every server runs
- * with the rename hook preloaded; it does nothing until a `rename` round arms it. At the
+ * with the rename hook preloaded; it does nothing until a rename round arms it. At the
  * end the kills must have covered: nothing of a round committed, fills in progress (temp
  * files left), a file without its row, and a round cut after some blobs committed.
  * CRASH_FILL_SEED=<n> repeats the schedule and the images (the seed is in the test log);
@@ -59,16 +60,16 @@ function prng(seed: number): () => number {
   };
 }
 
-type KillKind = 'held' | 'delay' | 'bytes' | 'rename';
+type KillKind = 'held' | 'delay' | 'bytes' | 'before-rename' | 'after-rename';
 interface Plan {
   kind: KillKind;
-  /** held, delay: ms after the clients start; bytes: share of the cold layer bytes; rename: N. */
+  /** held, delay: ms after the clients start; bytes: share of the cold layer bytes; renames: N. */
   at: number;
 }
 
-/** One chain's kill points: every kind once, `bytes` twice, in a random order. */
+/** One chain's kill points: every kind once, in a random order. */
 function schedule(rand: () => number): Plan[] {
-  const kinds: KillKind[] = ['held', 'rename', 'bytes', 'bytes', 'delay'];
+  const kinds: KillKind[] = ['held', 'before-rename', 'after-rename', 'bytes', 'delay'];
   for (let i = kinds.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [kinds[i], kinds[j]] = [kinds[j]!, kinds[i]!];
@@ -211,6 +212,15 @@ async function fsckClean(t: ExecutionContext, config: string, what: string): Pro
 
 const subset = (a: Set<string>, b: Set<string>) => [...a].filter((d) => !b.has(d));
 
+/** Files outside blobs/ other than the database: where a fill might have staged data and left it. */
+async function strayFiles(storage: string): Promise<string[]> {
+  const entries = await fs.readdir(storage, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => !e.isDirectory())
+    .map((e) => path.relative(storage, path.join(e.parentPath, e.name)))
+    .filter((rel) => !rel.startsWith(`blobs${path.sep}`) && !/^regmirror\.db(-wal|-shm)?$/.test(rel));
+}
+
 // ---------------------------------------------------------------------------
 
 const SEED = Number(process.env.CRASH_FILL_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -247,7 +257,8 @@ async function chain(t: ExecutionContext, n: number): Promise<void> {
     const what = `chain ${n} round ${round} (${plan.kind} ${plan.kind === 'bytes' ? plan.at.toFixed(2) : plan.at})`;
     fake.addIndex(img.repo, img.index, img.tag);
     fake.faults = plan.kind === 'held' ? [{ ...THROTTLE, headerDelayMs: 30_000 }] : [THROTTLE];
-    if (plan.kind === 'rename') await fs.writeFile(killFile, `${img.tag} ${plan.at}`);
+    const renameHook = plan.kind === 'before-rename' || plan.kind === 'after-rename';
+    if (renameHook) await fs.writeFile(killFile, `${img.tag} ${plan.at} ${plan.kind === 'before-rename' ? 'before' : 'after'}`);
     const roundStart = fake.requests.length;
     const rowsBefore = rows;
     const coldSent = () =>
@@ -285,7 +296,8 @@ async function chain(t: ExecutionContext, n: number): Promise<void> {
     const orphans = new Set(subset(files, rows));
     // A file without its row is replaced by the next fill of that digest: only this round can leave one.
     t.deepEqual(subset(orphans, img.cold), [], `${what}: a file without a row survived a later pull`);
-    if (plan.kind === 'rename') t.true(orphans.size > 0, `${what}: no file without its row after the kill at a rename`);
+    if (plan.kind === 'after-rename') t.true(orphans.size > 0, `${what}: no file without its row after the kill after a rename`);
+    if (plan.kind === 'before-rename') t.true(tmpLeft.length > 0, `${what}: no verified temp file left by the kill before a rename`);
     const committed = new Set([...img.cold].filter((d) => rows.has(d)));
     if (plan.kind === 'held') t.is(committed.size, 0, `${what}: committed while the upstream held every blob`);
     covered.nothingCommitted += committed.size === 0 ? 1 : 0;
@@ -300,6 +312,7 @@ async function chain(t: ExecutionContext, n: number): Promise<void> {
     fake.faults = [];
     server = await start();
     await assertTmpEmpty(t, storage);
+    t.deepEqual(await strayFiles(storage), [], `${what}: files left outside blobs/ after the restart`);
     const verifyStart = fake.requests.length;
     await withTimeout(verifyPull(t, server.url, img, rand), PHASE_TIMEOUT_MS, `${what}: verification pull`);
     const blobGets = (from: number, d: string) => fake.requests.slice(from).filter((r) => r.method === 'GET' && r.path === `/v2/${img.repo}/blobs/${d}`).length;
@@ -319,6 +332,7 @@ async function chain(t: ExecutionContext, n: number): Promise<void> {
     for (const d of img.blobs.keys()) rows.add(d);
     prev = img.shared;
     t.log(`${what}: ${crashSummary}; round ${Date.now() - began} ms`);
+    if (!t.passed) return; // later rounds would only repeat the failure
   }
 
   await server.kill();

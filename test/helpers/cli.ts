@@ -17,7 +17,8 @@ import { http } from './http.js';
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
 
-const START_TIMEOUT_MS = 20_000;
+/** Generous: a child start-up on a loaded 2-core machine has taken over 20 s. */
+const START_TIMEOUT_MS = 60_000;
 const MAX_LOG_LINES = 100_000;
 const TOOL_TIMEOUT_MS = 60_000;
 
