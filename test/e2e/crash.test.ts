@@ -12,23 +12,17 @@
  *   - a fresh upload of the same blob succeeds and GET returns exactly its bytes.
  * Plus: a manifest acknowledged with 201 survives a SIGKILL right after the response.
  *
- * `npm test` builds dist/ before running ava; the child runs dist/cli.js from the repo root.
+ * The child-process plumbing and the storage checks are in test/helpers/cli.ts.
  */
 import test, { type ExecutionContext } from 'ava';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { request as undiciRequest } from 'undici';
 import { tempDir } from '../helpers/server.js';
 import { agent, errorCode, http, pushBlob, pushManifest } from '../helpers/http.js';
+import { assertBlobStoreIntact, assertTmpEmpty, digestOfStream, startCli, waitFor, withTimeout, writeConfig } from '../helpers/cli.js';
 import { MediaTypes, allBlobsOf, makeImage, makeIndex, makeLayer, randomBytes, randomStream } from '../fixtures/images.js';
-
-const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const CLI = path.join(REPO_ROOT, 'dist', 'cli.js');
 
 const MiB = 1024 * 1024;
 const BLOB_SIZE = 64 * MiB;
@@ -37,43 +31,11 @@ const KILL_AFTER = 16 * MiB;
 /** ...and the server is killed once at least this much of them is on disk. */
 const MIN_ON_DISK = 8 * MiB;
 
-const START_TIMEOUT_MS = 20_000;
 const STEP_TIMEOUT_MS = 30_000;
 const TRANSFER_TIMEOUT_MS = 90_000;
 
 // ---------------------------------------------------------------------------
 // small utilities
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Poll `probe` every 20 ms until it returns a value other than undefined (bounded). */
-async function waitFor<T>(probe: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-async function digestOfStream(src: AsyncIterable<Buffer>): Promise<{ digest: string; size: number }> {
-  const h = createHash('sha256');
-  let size = 0;
-  for await (const c of src) {
-    h.update(c);
-    size += c.length;
-  }
-  return { digest: `sha256:${h.digest('hex')}`, size };
-}
 
 /** Bytes [from, to) of `src`. */
 async function* byteRange(src: AsyncIterable<Buffer>, from: number, to = Number.POSITIVE_INFINITY): AsyncGenerator<Buffer> {
@@ -84,105 +46,6 @@ async function* byteRange(src: AsyncIterable<Buffer>, from: number, to = Number.
     if (end > start) yield c.subarray(start, end);
     pos += c.length;
     if (pos >= to) return;
-  }
-}
-
-// ---------------------------------------------------------------------------
-// the server as a child process
-
-interface Server {
-  url: string;
-  child: ChildProcess;
-  /** Last lines of the child's stdout/stderr, for failure messages. */
-  output: string[];
-  /** SIGKILL and wait (bounded) until the process is gone. */
-  kill(): Promise<void>;
-}
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-async function killHard(child: ChildProcess): Promise<void> {
-  if (exited(child)) return;
-  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGKILL');
-  await withTimeout(gone, 10_000, `server pid ${child.pid} to exit after SIGKILL`);
-}
-
-async function writeConfig(dir: string): Promise<{ config: string; storage: string }> {
-  const storage = path.join(dir, 'storage');
-  const config = path.join(dir, 'config.yml');
-  await fs.writeFile(
-    config,
-    [
-      'listen: 127.0.0.1:0',
-      `storage: ${JSON.stringify(storage)}`,
-      'log:',
-      '  level: info',
-      'limits:',
-      '  maxManifestBytes: 4MiB',
-      '  maxBlobBytes: 0',
-      '  uploadTtl: 1h',
-      '',
-    ].join('\n'),
-  );
-  return { config, storage };
-}
-
-/** Start `node dist/cli.js serve --config <config>`; resolves when GET /v2/ answers 200. */
-async function startCli(t: ExecutionContext, config: string): Promise<Server> {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm test does)`);
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', config], {
-    cwd: path.dirname(config),
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NODE_OPTIONS: '' },
-  });
-  t.teardown(() => killHard(child));
-  const output: string[] = [];
-  let url: string | undefined;
-  let partial = '';
-  const onData = (chunk: Buffer) => {
-    const lines = (partial + chunk.toString('utf8')).split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) {
-      output.push(line);
-      if (output.length > 200) output.shift();
-      if (url === undefined && line.includes('regmirror listening')) {
-        try {
-          url = (JSON.parse(line) as { url?: string }).url;
-        } catch {
-          // not JSON: ignore
-        }
-      }
-    }
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
-  const describe = () => `pid ${child.pid}, exit ${child.exitCode ?? child.signalCode}, output:\n${output.join('\n')}${partial}`;
-  try {
-    const listening = await waitFor(
-      async () => {
-        if (exited(child)) throw new Error('server exited during start-up');
-        return url;
-      },
-      START_TIMEOUT_MS,
-      'the "regmirror listening" log line',
-    );
-    if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(listening)) throw new Error(`unexpected listen url ${listening}`);
-    await waitFor(
-      async () => {
-        if (exited(child)) throw new Error('server exited during start-up');
-        const res = await http('GET', `${listening}/v2/`).catch(() => undefined);
-        return res?.status === 200 ? true : undefined;
-      },
-      START_TIMEOUT_MS,
-      `GET ${listening}/v2/`,
-    );
-    return { url: listening, child, output, kill: () => killHard(child) };
-  } catch (e) {
-    await killHard(child);
-    throw new Error(`${(e as Error).message}\n${describe()}`);
   }
 }
 
@@ -258,38 +121,6 @@ async function largestDataFile(storage: string): Promise<number> {
 
 // ---------------------------------------------------------------------------
 // checks
-
-/**
- * Walk storage/blobs: every file must sit at sha256/<hex[0:2]>/<hex> and hash to <hex>.
- * Returns the digests found.
- */
-async function assertBlobStoreIntact(t: ExecutionContext, storage: string): Promise<Set<string>> {
-  const blobsDir = path.join(storage, 'blobs');
-  const found = new Set<string>();
-  const entries = await fs.readdir(blobsDir, { recursive: true, withFileTypes: true });
-  for (const e of entries) {
-    const full = path.join(e.parentPath, e.name);
-    const rel = path.relative(blobsDir, full);
-    if (e.isDirectory()) continue;
-    if (!e.isFile()) {
-      t.fail(`unexpected non-regular file in blobs: ${rel}`);
-      continue;
-    }
-    const m = /^sha256\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(rel.split(path.sep).join('/'));
-    if (!m || !m[2]!.startsWith(m[1]!)) {
-      t.fail(`unexpected file in blobs (not sha256/<xx>/<hex>): ${rel}`);
-      continue;
-    }
-    const { digest, size } = await digestOfStream(createReadStream(full));
-    t.is(digest, `sha256:${m[2]}`, `blobs/${rel} holds partial or wrong content (${size} bytes)`);
-    found.add(`sha256:${m[2]}`);
-  }
-  return found;
-}
-
-async function assertTmpEmpty(t: ExecutionContext, storage: string): Promise<void> {
-  t.deepEqual(await fs.readdir(path.join(storage, 'tmp')), [], 'storage/tmp is not empty after restart');
-}
 
 async function assertBlobUnknown(t: ExecutionContext, base: string, repo: string, digest: string): Promise<void> {
   const head = await http('HEAD', `${base}/v2/${repo}/blobs/${digest}`);
