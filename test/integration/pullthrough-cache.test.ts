@@ -96,7 +96,7 @@ test('pushed content wins: a pushed tag is served locally with ?ns=, the upstrea
 test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET by digest only when it changed', async (t) => {
   // Long enough that a loaded CI machine still makes the "within the TTL" requests in time
   // (checked below, so a slow run fails with a clear message rather than a wrong digest).
-  const TTL_MS = 6000;
+  const TTL_MS = 15_000;
   const { fake, s } = await setup(t, { upstream: { tags: { ttl: `${TTL_MS}ms` } } });
   const v1 = sampleImage('ttl-v1');
   const v2 = sampleImage('ttl-v2');
