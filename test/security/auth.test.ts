@@ -21,6 +21,7 @@ import { Htpasswd } from '../../src/auth/htpasswd.js';
 import { basic, decodeJwt, getToken, parseChallenge, pushImageWith, req, signJwt, writeHtpasswd } from '../helpers/authn.js';
 import { errorCode, sha256 } from '../helpers/http.js';
 import { type TestServer, startServer, tempDir } from '../helpers/server.js';
+import { waitFor } from '../helpers/tools.js';
 import { sampleImage } from '../integration/_support.js';
 
 const USERS = { alice: 'alice-Pw-1', bob: 'bob-Pw-2', carol: 'carol-Pw-3', dave: 'dave-Pw-4', colon: 'pa:ss:word' };
@@ -390,7 +391,11 @@ test('failed logins are rate-limited per client address: 429 with Retry-After', 
 });
 
 test('failed-login window: a success resets the count, and the block expires', async (t) => {
-  const s = await authServer(t, { loginRateLimit: { maxFailures: 2, window: '1500ms' }, token: { service: 'reg' } });
+  // Generous enough that two sequential failures fit in it on a loaded machine; the expiry
+  // is awaited by polling (a blocked request is refused before the password check, so
+  // polling does not extend the block), and checked against the window from below.
+  const windowMs = 8_000;
+  const s = await authServer(t, { loginRateLimit: { maxFailures: 2, window: `${windowMs}ms` }, token: { service: 'reg' } });
   const base = s.url;
   const form = (password: string) =>
     req('POST', `${base}/token`, {
@@ -399,11 +404,12 @@ test('failed-login window: a success resets the count, and the block expires', a
     });
   t.is((await form('bad')).status, 401);
   t.is((await form(USERS.bob)).status, 200, 'one failure does not block');
+  const firstFailureSent = Date.now();
   t.is((await form('bad')).status, 401, 'the success reset the count');
   t.is((await form('bad')).status, 401);
   t.is((await form(USERS.bob)).status, 429, 'two failures in the window: blocked');
-  await new Promise((r) => setTimeout(r, 1700));
-  t.is((await form(USERS.bob)).status, 200, 'the block ends with the window');
+  const unblockedAt = await waitFor(async () => ((await form(USERS.bob)).status === 200 ? Date.now() : undefined), windowMs + 60_000, 'the block to end', 250);
+  t.true(unblockedAt >= firstFailureSent + windowMs, `blocked for the whole window (${unblockedAt - firstFailureSent} ms >= ${windowMs} ms)`);
 });
 
 /** What skopeo, podman and CRI-O send to a Basic challenge when they have no credentials. */
