@@ -1,7 +1,9 @@
 /**
  * Client authentication and authorization for /v2 and the token endpoint.
  *
- *   Basic:  `Authorization: Basic` checked against the htpasswd file.
+ *   Basic:  `Authorization: Basic` checked against the htpasswd file. Empty credentials
+ *           (`Basic Og==`, i.e. ":") are anonymous: skopeo, podman and CRI-O answer a Basic
+ *           challenge that way when they have no credentials for the registry.
  *   Bearer: JWTs issued by GET/POST /token (Docker token auth), scoped per repository.
  * Rules (first match wins) decide who may pull, push and delete. An anonymous request
  * that is not allowed gets 401 with a challenge; a signed-in user who is not allowed
@@ -63,10 +65,16 @@ export class AccessControl {
     if (wait > 0) throw new RegistryError('TOOMANYREQUESTS', 'too many failed logins; try again later', { headers: { 'Retry-After': String(wait) } });
   }
 
-  /** Verify Basic credentials; throws 401 on failure (never silently anonymous). */
-  private async basicUser(req: FastifyRequest, value: string): Promise<string> {
-    this.rateLimited(req);
+  /**
+   * Verify Basic credentials: the user name, or null for empty credentials (anonymous, not a
+   * login attempt, so never rate-limited or counted). Anything else that does not verify,
+   * including a user without a password or a password without a user, is a failed login:
+   * 401, never silently anonymous.
+   */
+  private async basicUser(req: FastifyRequest, value: string): Promise<string | null> {
     const decoded = Buffer.from(value, 'base64').toString('utf8');
+    if (decoded === ':') return null;
+    this.rateLimited(req);
     const i = decoded.indexOf(':');
     const user = i > 0 ? decoded.slice(0, i) : '';
     const pass = i > 0 ? decoded.slice(i + 1) : '';
@@ -88,7 +96,8 @@ export class AccessControl {
     const value = sp > 0 ? header.slice(sp + 1).trim() : '';
     let result: AuthResult = { principal: ANONYMOUS, claims: null };
     if (scheme === 'basic') {
-      result = { principal: this.principalFor(await this.basicUser(req, value)), claims: null };
+      const user = await this.basicUser(req, value);
+      result = { principal: user === null ? ANONYMOUS : this.principalFor(user), claims: null };
     } else if (scheme === 'bearer') {
       const claims = this.issuer?.verify(value) ?? null;
       if (!claims) throw this.unauthorized(req, null, 'invalid or expired token', 'invalid_token');
@@ -181,8 +190,9 @@ export class AccessControl {
       }
       const user = form.get('username') ?? '';
       const pass = form.get('password') ?? '';
+      // An empty user and password is anonymous here too (the same rule as empty Basic).
       const who = await this.basicUser(req, Buffer.from(`${user}:${pass}`).toString('base64'));
-      const t = grant(this.principalFor(who), form.getAll('scope'));
+      const t = grant(who === null ? ANONYMOUS : this.principalFor(who), form.getAll('scope'));
       return sendJson(reply.header('cache-control', 'no-store'), { access_token: t.token, token: t.token, expires_in: t.expiresIn, issued_at: t.issuedAt });
     });
   }

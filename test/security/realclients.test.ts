@@ -9,7 +9,9 @@
  *  - containerd (`ctr images pull --hosts-dir`, hosts.toml with `ca = ...`): no
  *    credentials -> refused; a static `[host."...".header] Authorization = "Basic ..."`
  *    works; `ctr --user` (token flow: POST /token) works; token scopes are enforced per
- *    repository (a user without pull on team/** gets nothing).
+ *    repository (a user without pull on team/** gets nothing);
+ *  - skopeo without credentials against Basic-only auth (`auth.token: null`): it sends empty
+ *    Basic credentials, which are anonymous (pulls work, never a failed login or 429).
  *
  * Skipped only when the tool is missing and CI !== 'true' (under CI a missing tool fails).
  * skopeo and containerd run with scrubbed environments and temp dirs (helpers/skopeo.ts,
@@ -178,4 +180,62 @@ containerdTest('containerd over TLS: hosts.toml ca + static Basic header, ctr --
   const bobPrivate = await ctrPull(c, ref('private/app'), userDir, 'bob', ['--user', `bob:${USERS.bob}`]);
   t.is(bobPrivate.code, 0, fail(bobPrivate));
   t.deepEqual((await c.images('bob')).map((i) => i.digest), [priv.manifest.digest]);
+});
+
+skopeoTest('skopeo without credentials against Basic-only auth (auth.token: null): anonymous pulls work, empty Basic is never a failed login', async (t) => {
+  // skopeo (like podman and CRI-O, containers/image) answers a Basic challenge with an empty
+  // user and password when it has no credentials: `Authorization: Basic Og==`.
+  const dir = await tempDir(t, 'regmirror-basic-only-');
+  const htpasswd = path.join(dir, 'htpasswd');
+  await writeHtpasswd(htpasswd, USERS);
+  const s = await startServer(t, {
+    auth: {
+      htpasswd,
+      token: null,
+      rules: [
+        { repositories: 'private/**', pull: ['authenticated'], push: ['authenticated'], delete: [] },
+        { repositories: '**', pull: ['anonymous'], push: ['authenticated'], delete: ['authenticated'] },
+      ],
+      // Far below the number of requests skopeo makes below: a counted empty login would show as 429.
+      loginRateLimit: { maxFailures: 2, window: '10m' },
+    },
+  });
+  const img = sampleImage('skopeo-basic-only');
+  t.is((await pushImageWith(s.url, 'open/app', img, 'v1', { headers: { authorization: ALICE } })).status, 201);
+  t.is((await pushImageWith(s.url, 'private/app', img, 'v1', { headers: { authorization: ALICE } })).status, 201);
+  t.is((await req('GET', `${s.url}/v2/`)).header('www-authenticate'), 'Basic realm="regmirror"', 'Basic-only challenge');
+
+  const sk = await skopeo(t);
+  const ref = (repo: string) => `docker://${s.hostPort}/${repo}:v1`;
+  const plain = ['--tls-verify=false', '--cert-dir', sk.certDir, '--retry-times', '0'];
+  // No credential flags at all (the scrubbed auth.json is empty), then explicitly --no-creds.
+  for (const creds of [[], ['--no-creds']]) {
+    const inspected = await sk.run(['inspect', '--raw', ...plain, ...creds, ref('open/app')]);
+    t.deepEqual(inspected.stdoutBytes, img.manifest.bytes, `inspect ${creds.join(' ') || '(no flags)'}`);
+  }
+  for (const creds of [[], ['--src-no-creds']]) {
+    const out = await tempDir(t, 'regmirror-basic-only-out-');
+    await sk.run(['copy', '--preserve-digests', '--retry-times', '0', '--src-tls-verify=false', '--src-cert-dir', sk.certDir, ...creds, ref('open/app'), `oci:${out}:v1`]);
+    t.is((await readOciLayoutRef(out, 'v1'))?.digest, img.manifest.digest, `copy ${creds.join(' ') || '(no flags)'}`);
+    for (const b of [...img.layers, img.config]) t.deepEqual(await readOciLayoutBlob(out, b.digest), b.bytes);
+  }
+
+  // Where anonymous may not act: 401 (authentication required), not 429. The message holds
+  // ports, temp paths and digests, so a bare /429/ could match by chance.
+  const NOT_RATE_LIMITED = /\b429\b|too ?many ?requests|toomanyrequests/i;
+  const privateErr = await t.throwsAsync(sk.run(['inspect', '--raw', ...plain, ref('private/app')]));
+  t.regex(privateErr?.message ?? '', /401|unauthorized|authentication required/i);
+  t.notRegex(privateErr?.message ?? '', NOT_RATE_LIMITED);
+  const src = await tempDir(t, 'regmirror-basic-only-src-');
+  await writeOciLayout(src, [{ tag: 'v1', root: img.manifest }], [...img.layers, img.config]);
+  const pushErr = await t.throwsAsync(
+    sk.run(['copy', '--retry-times', '0', '--preserve-digests', '--dest-tls-verify=false', '--dest-cert-dir', sk.certDir, `oci:${src}:v1`, ref('open/other')]),
+  );
+  t.regex(pushErr?.message ?? '', /401|unauthorized|authentication required/i);
+  t.notRegex(pushErr?.message ?? '', NOT_RATE_LIMITED);
+
+  t.false(s.logs.some((l) => l.includes('failed login')), 'no request counted as a failed login');
+  t.is((await req('GET', `${s.url}/v2/`, { headers: { authorization: ALICE } })).status, 200, 'the address is not blocked');
+  // With credentials skopeo still signs in (Basic with the real password).
+  await sk.run(['inspect', '--raw', ...plain, '--creds', `alice:${USERS.alice}`, ref('private/app')]);
 });
