@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { UpstreamConfig } from '../config/schema.js';
 import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
 import { type Resolution, Router } from '../upstream/routing.js';
-import { type UpstreamClient, UpstreamProtocolError, type UpstreamResponse, UpstreamUnavailableError, readBody } from '../upstream/client.js';
+import { type UpstreamClient, UpstreamProtocolError, type UpstreamResponse, UpstreamUnavailableError, minimumRate, readBody } from '../upstream/client.js';
 import type { AccessRecorder } from '../storage/access.js';
 import type { ManifestRecord } from '../storage/db.js';
 import { RegistryError } from './errors.js';
@@ -258,7 +258,7 @@ export class PullThrough {
       if (res.status === 404 && tag) this.local.meta.deleteUpstreamTag(repo, tag.name);
       throw upstreamError(res, 'MANIFEST_UNKNOWN');
     }
-    const body = await readBody(res, this.local.limits.maxManifestBytes).catch((e: unknown) => {
+    const body = await readBody(res, this.local.limits.maxManifestBytes, up.upstream.bodyTimeoutMs).catch((e: unknown) => {
       throw unavailable(e);
     });
     let verified: VerifiedManifest;
@@ -355,13 +355,16 @@ export class PullThrough {
     const source: FillSource = {
       open: async (offset) => {
         const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/blobs/${digest}`, offset > 0 ? { range: `bytes=${offset}-` } : {});
+        // A trickling upstream fails the fill for good (a RegistryError is not resumed): a
+        // new request starts afresh instead of every client waiting on it.
+        const body = () => minimumRate(res.body, up.upstream.bodyTimeoutMs, () => new RegistryError('UNAVAILABLE', 'upstream sends the blob too slowly', { status: 503 }));
         if (offset === 0 && res.status === 200) {
           const len = res.headers['content-length'];
-          return { size: len === undefined ? null : Number(len), body: res.body as AsyncIterable<Buffer> };
+          return { size: len === undefined ? null : Number(len), body: body() };
         }
         if (offset > 0 && res.status === 206) {
           const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
-          if (m && Number(m[1]) === offset) return { size: null, body: res.body as AsyncIterable<Buffer> };
+          if (m && Number(m[1]) === offset) return { size: null, body: body() };
         }
         await res.body.dump();
         if (offset > 0) throw new Error(`upstream cannot resume at ${offset} (status ${res.status})`);
