@@ -357,14 +357,15 @@ export class PullThrough {
         const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/blobs/${digest}`, offset > 0 ? { range: `bytes=${offset}-` } : {});
         // A trickling upstream fails the fill for good (a RegistryError is not resumed): a
         // new request starts afresh instead of every client waiting on it.
+        const release = () => void res.body.dump().catch(() => undefined);
         const body = () => minimumRate(res.body, up.upstream.bodyTimeoutMs, () => new RegistryError('UNAVAILABLE', 'upstream sends the blob too slowly', { status: 503 }));
         if (offset === 0 && res.status === 200) {
           const len = res.headers['content-length'];
-          return { size: len === undefined ? null : Number(len), body: body() };
+          return { size: len === undefined ? null : Number(len), body: body(), abort: release };
         }
         if (offset > 0 && res.status === 206) {
           const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
-          if (m && Number(m[1]) === offset) return { size: null, body: body() };
+          if (m && Number(m[1]) === offset) return { size: null, body: body(), abort: release };
         }
         await res.body.dump();
         if (offset > 0) throw new Error(`upstream cannot resume at ${offset} (status ${res.status})`);

@@ -363,7 +363,8 @@ export async function* minimumRate(
       yield r.value;
     }
   } finally {
-    if (!finished) body.destroy();
+    // The stream's own iterator destroys it on return (and handles its error event).
+    if (!finished) await Promise.resolve(it.return?.()).catch(() => undefined);
   }
 }
 
