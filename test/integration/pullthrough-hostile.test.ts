@@ -21,7 +21,7 @@ import test, { type ExecutionContext } from 'ava';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { errorCode, http, sha256, type Res } from '../helpers/http.js';
 import type { Fault, FakeUpstream, FakeUpstreamOptions } from '../fixtures/fake-upstream.js';
-import { type Blob, type Image, makeBlob, makeIndex, randomBytes } from '../fixtures/images.js';
+import { type Blob, type Image, makeBlob, makeImage, makeIndex, makeLayer, randomBytes } from '../fixtures/images.js';
 import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, listTree, sampleImage } from './_support.js';
 import { ACCEPT_ALL, fetchStream, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 
@@ -40,7 +40,10 @@ interface Env {
   s: TestServer;
 }
 
-async function setup(t: ExecutionContext, opts: { fake?: FakeUpstreamOptions; upstream?: Record<string, unknown> } = {}): Promise<Env> {
+async function setup(
+  t: ExecutionContext,
+  opts: { fake?: FakeUpstreamOptions; upstream?: Record<string, unknown>; server?: Record<string, unknown> } = {},
+): Promise<Env> {
   const bad = await startFake(t, opts.fake);
   const good = await startFake(t);
   const goodImg = sampleImage(`good-${seed(t.title)}`);
@@ -52,6 +55,7 @@ async function setup(t: ExecutionContext, opts: { fake?: FakeUpstreamOptions; up
       [GOOD]: upstreamEntry(good, { tags: { ttl: '0s' } }),
     },
     defaultUpstream: BAD,
+    ...opts.server,
   });
   return { bad, good, goodImg, s };
 }
@@ -398,6 +402,36 @@ test('manifest body trickling under 1 KiB/s: given up after timeouts.body of wai
   const ok = await get(s, '/v2/library/app/manifests/v1');
   t.is(ok.status, 200);
   t.deepEqual(ok.body, img.manifest.bytes);
+});
+
+test('bulk push into a pull-through path: an upstream blob whose length differs from the manifest descriptor is not taken; the PUT fails cleanly, then succeeds', async (t) => {
+  // One connection: a refused body that were not released would hold it, and the retry below would hang.
+  const env = await setup(t, { upstream: { maxConnections: 1 }, server: { namespaces: [{ prefix: 'mirror', upstream: BAD, push: true }] } });
+  const { bad, s } = env;
+  // A layer larger than the socket buffers, so an unreleased body would hold the connection.
+  const big = makeLayer([{ name: 'big.bin', content: randomBytes(4 * 1024 * KiB, 'hostile-descriptor-size') }], { gzip: false });
+  const img = makeImage({ layers: [big] });
+  bad.addImage('library/app', img, '1.0');
+  const layer = img.layers[0]!;
+  // HEADs (what push tools ask) are right; the GET the PUT triggers sends 10 bytes too many.
+  bad.faults.push({ method: 'GET', path: new RegExp(`/blobs/${layer.digest}$`), lengthDelta: 10 });
+  for (const b of [...img.layers, img.config]) t.is((await head(s, `/v2/mirror/library/app/blobs/${b.digest}`)).status, 200, 'skipped by the push tool');
+
+  const put = await http('PUT', `${s.url}/v2/mirror/library/app/manifests/1.0`, { headers: { 'content-type': img.manifest.mediaType }, body: img.manifest.bytes });
+  assertOciError(t, put, 400, 'MANIFEST_BLOB_UNKNOWN');
+  await waitFor(() => s.logs.some((l) => l.includes('differs from the manifest descriptor')), WAIT_MS, 'size mismatch logged');
+  t.false(blobStored(s, layer), 'the wrong-length blob is not stored');
+  const refused = bad.find({ method: 'GET', path: new RegExp(`/blobs/${layer.digest}$`) });
+  t.is(refused.length, 1, 'refused on the announced length: not retried');
+  await waitFor(() => refused[0]!.finished || refused[0]!.aborted, WAIT_MS, 'the refused response released');
+  await assertUnaffected(t, env);
+  await assertStoreClean(t, s);
+
+  bad.faults.length = 0;
+  const again = await http('PUT', `${s.url}/v2/mirror/library/app/manifests/1.0`, { headers: { 'content-type': img.manifest.mediaType }, body: img.manifest.bytes });
+  t.is(again.status, 201, again.body.toString());
+  const b = await get(s, `/v2/mirror/library/app/blobs/${layer.digest}`);
+  t.true(b.body.equals(layer.bytes));
 });
 
 // ---- redirects ---------------------------------------------------------------------
