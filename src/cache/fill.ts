@@ -26,7 +26,8 @@ import { ensureFree } from '../storage/space.js';
 
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
-  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer> }>;
+  /** `abort` releases a body the fill refuses before reading it (size checks), so its connection is freed. */
+  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer>; abort?: () => void }>;
 }
 
 const MAX_RESUMES = 3;
@@ -301,8 +302,9 @@ export class FillManager {
       let resumes = 0;
       for (;;) {
         let body: AsyncIterable<Buffer>;
+        let opened: Awaited<ReturnType<FillSource['open']>> | null = null;
         try {
-          const opened = await source.open(writer ? writer.received : 0);
+          opened = await source.open(writer ? writer.received : 0);
           if (!fh) {
             fh = await opening;
             writer = new QueuedWriter(fh, f);
@@ -318,6 +320,7 @@ export class FillManager {
             f.markReady(size);
           }
         } catch (e) {
+          opened?.abort?.();
           if (f.state === 'starting' || resumes >= MAX_RESUMES) throw e;
           resumes++;
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'resume failed, retrying');

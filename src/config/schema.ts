@@ -24,7 +24,7 @@ export interface UpstreamConfig {
   readonly proxy: string | null;
   readonly connectTimeoutMs: number;
   readonly headersTimeoutMs: number;
-  /** Idle time allowed between body chunks. */
+  /** Idle time allowed between body chunks; also the window for the minimum body rate (upstream/client.ts). */
   readonly bodyTimeoutMs: number;
   /** After every endpoint failed to connect or answer, fail fast for this long. */
   readonly offlineMs: number;

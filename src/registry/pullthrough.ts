@@ -7,17 +7,18 @@ import type { Logger } from 'pino';
 import type { UpstreamConfig } from '../config/schema.js';
 import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
 import { type Resolution, Router } from '../upstream/routing.js';
-import { type UpstreamClient, type UpstreamResponse, UpstreamUnavailableError, readBody } from '../upstream/client.js';
+import { type UpstreamClient, UpstreamProtocolError, type UpstreamResponse, UpstreamUnavailableError, minimumRate, readBody } from '../upstream/client.js';
 import type { AccessRecorder } from '../storage/access.js';
 import { isStorageFull } from '../storage/space.js';
 import type { ManifestRecord } from '../storage/db.js';
 import { RegistryError, insufficientStorage } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
-import { MANIFEST_TYPES, MT, bareMediaType, isIndexType, isManifestType } from './mediatypes.js';
-import { type Digest, type Reference, type RepoName, digestAlgorithm, isDigest } from './names.js';
+import { MANIFEST_TYPES, MT, isIndexType } from './mediatypes.js';
+import { type Digest, type Reference, type RepoName, isDigest } from './names.js';
 import { type ReferrerDescriptor, ReferrersCache, localReferrer, mergeReferrers } from './referrers.js';
-import { type RegistryService, digestOf } from './service.js';
+import type { RegistryService } from './service.js';
 import { chooseStaleVariant, clientReads, defaultPlatformChild } from './stale.js';
+import { UpstreamManifestRefused, type VerifiedManifest, verifyUpstreamManifest } from './upstreammanifest.js';
 import { TagListCache, TagListStatusError } from './taglists.js';
 import type { Readable } from 'node:stream';
 
@@ -85,6 +86,8 @@ function upstreamError(res: UpstreamResponse, notFound: 'MANIFEST_UNKNOWN' | 'BL
 
 function unavailable(e: unknown): RegistryError {
   if (e instanceof RegistryError) return e;
+  // The upstream answered, but unusably (redirect loop, failing token service): say so.
+  if (e instanceof UpstreamProtocolError) return new RegistryError('UNAVAILABLE', e.message, { status: e.status ?? 502 });
   return new RegistryError('UNAVAILABLE', 'upstream registry unreachable', { status: 503 });
 }
 
@@ -289,34 +292,31 @@ export class PullThrough {
       if (res.status === 404 && tag) this.bestEffort('upstream tag removal', () => this.local.meta.deleteUpstreamTag(repo, tag.name));
       throw upstreamError(res, 'MANIFEST_UNKNOWN');
     }
-    const body = await readBody(res, this.local.limits.maxManifestBytes).catch((e: unknown) => {
+    const body = await readBody(res, this.local.limits.maxManifestBytes, up.upstream.bodyTimeoutMs).catch((e: unknown) => {
       throw unavailable(e);
     });
-    const byDigest = isDigest(reference);
-    const digest = digestOf(body, byDigest ? digestAlgorithm(reference) : 'sha256');
-    const announced = String(res.headers['docker-content-digest'] ?? '');
-    if ((byDigest && digest !== reference) || (!byDigest && isDigest(announced) && announced.startsWith('sha256:') && announced !== digest)) {
-      this.log.error({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'upstream integrity error: manifest digest mismatch, not cached');
-      throw new RegistryError('UNAVAILABLE', 'upstream manifest does not match its digest', { status: 502 });
-    }
-    const mediaType = upstreamMediaType(String(res.headers['content-type'] ?? ''), body);
-    if (mediaType === MT.dockerSchema1 || mediaType === MT.dockerSchema1Signed) {
-      // Policy: schema1 is neither produced nor proxied (containerd 2 and dockerd >= 26 refuse it).
-      throw new RegistryError('MANIFEST_UNKNOWN', 'Docker schema1 manifests are not supported by this mirror');
-    }
-    let refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }> = [];
-    let subject: Digest | null = null;
-    let artifactType: string | null = null;
-    let annotations: string | null = null;
+    let verified: VerifiedManifest;
     try {
-      const parsed = parseManifest(body, mediaType);
-      refs = [...parsed.allBlobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })), ...parsed.requiredManifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const }))];
-      subject = parsed.subject;
-      artifactType = parsed.artifactType;
-      annotations = parsed.annotations ? JSON.stringify(parsed.annotations) : null;
-    } catch {
-      // Serve what the upstream serves, even if we cannot interpret it; it is verified by digest.
+      verified = verifyUpstreamManifest(body, {
+        contentType: String(res.headers['content-type'] ?? ''),
+        announcedDigest: String(res.headers['docker-content-digest'] ?? ''),
+        reference,
+        accept: tag ? accept : null,
+      });
+    } catch (e) {
+      if (e instanceof UpstreamManifestRefused) {
+        this.log.error(
+          { upstream: up.upstream.name, repo: up.remoteName, reference, reason: e.reason, contentType: String(res.headers['content-type'] ?? '').slice(0, 100), bytes: body.length },
+          `upstream integrity error: ${e.reason === 'digest' ? 'manifest digest mismatch' : e.message}, not cached`,
+        );
+      }
+      throw e;
     }
+    const { digest, mediaType, parsed } = verified;
+    const refs = [...parsed.allBlobs.map((d) => ({ digest: d.digest, kind: 'blob' as const })), ...parsed.requiredManifests.map((d) => ({ digest: d.digest, kind: 'manifest' as const }))];
+    const subject = parsed.subject;
+    const artifactType = parsed.artifactType;
+    const annotations = parsed.annotations ? JSON.stringify(parsed.annotations) : null;
     const record: ManifestRecord = { digest, mediaType, size: body.length, artifactType, subject, annotations, body };
     if (this.bestEffort('manifest cache', () => this.local.meta.putCachedManifest(repo, { ...record, refs }, tag))) {
       this.log.info({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'manifest cached');
@@ -409,13 +409,17 @@ export class PullThrough {
     const source: FillSource = {
       open: async (offset) => {
         const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/blobs/${digest}`, offset > 0 ? { range: `bytes=${offset}-` } : {});
+        // A trickling upstream fails the fill for good (a RegistryError is not resumed): a
+        // new request starts afresh instead of every client waiting on it.
+        const release = () => void res.body.dump().catch(() => undefined);
+        const body = () => minimumRate(res.body, up.upstream.bodyTimeoutMs, () => new RegistryError('UNAVAILABLE', 'upstream sends the blob too slowly', { status: 503 }));
         if (offset === 0 && res.status === 200) {
           const len = res.headers['content-length'];
-          return { size: len === undefined ? null : Number(len), body: res.body as AsyncIterable<Buffer> };
+          return { size: len === undefined ? null : Number(len), body: body(), abort: release };
         }
         if (offset > 0 && res.status === 206) {
           const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
-          if (m && Number(m[1]) === offset) return { size: null, body: res.body as AsyncIterable<Buffer> };
+          if (m && Number(m[1]) === offset) return { size: null, body: body(), abort: release };
         }
         await res.body.dump();
         if (offset > 0) throw new Error(`upstream cannot resume at ${offset} (status ${res.status})`);
@@ -587,18 +591,4 @@ export class PullThrough {
 
 function originOf(up: UpstreamRoute): string {
   return `${up.upstream.name}|${up.remoteName}`;
-}
-
-/** The stored media type: the upstream Content-Type, or the body's own when generic. */
-function upstreamMediaType(contentType: string, body: Buffer): string {
-  const ct = bareMediaType(contentType);
-  if (isManifestType(ct) || ct === MT.dockerSchema1 || ct === MT.dockerSchema1Signed) return ct;
-  try {
-    const doc = JSON.parse(body.toString('utf8')) as { mediaType?: unknown; manifests?: unknown; schemaVersion?: unknown };
-    if (typeof doc.mediaType === 'string') return doc.mediaType;
-    if (doc.schemaVersion === 1) return MT.dockerSchema1;
-    return Array.isArray(doc.manifests) ? MT.ociIndex : MT.ociManifest;
-  } catch {
-    return ct || 'application/octet-stream';
-  }
 }

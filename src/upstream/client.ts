@@ -40,6 +40,18 @@ export class UpstreamUnavailableError extends Error {
   }
 }
 
+/**
+ * The upstream answered, but unusably: a redirect loop, a token service that fails or
+ * hands out tokens the registry then rejects. Not a reason to mark the upstream offline
+ * (`status` is set); the message is safe to show to clients (no URLs, no secrets).
+ */
+export class UpstreamProtocolError extends UpstreamUnavailableError {
+  override name = 'UpstreamProtocolError';
+  constructor(message: string, status = 502) {
+    super(message, status);
+  }
+}
+
 export interface UpstreamRequest {
   method: 'GET' | 'HEAD';
   /** Path under the endpoint, starting with /v2/. */
@@ -228,9 +240,15 @@ export class UpstreamClient {
         // No way to authenticate: hand the 401 to the caller (body already consumed).
         return { status, headers: res.headers, body: emptyBody(), url: url.toString() };
       }
+      if (status === 401 && auth?.startsWith('Bearer ') && parseChallenges(res.headers['www-authenticate']).some((c) => c.params.error === 'invalid_token')) {
+        // Even a token fetched just now was refused: an expired token (a realm whose clock
+        // or expires_in is wrong) or a broken realm, not a missing repository.
+        await res.body.dump();
+        throw new UpstreamProtocolError('upstream rejected the token its token service issued (expired or invalid)');
+      }
       return { status, headers: res.headers, body: res.body as UpstreamResponse['body'], url: url.toString() };
     }
-    throw new UpstreamUnavailableError('too many redirects');
+    throw new UpstreamProtocolError(`upstream redirect loop (more than ${MAX_REDIRECTS} redirects)`);
   }
 
   /**
@@ -298,24 +316,32 @@ export class UpstreamClient {
     // Basic credentials go to the realm named by the upstream's own challenge, nowhere else.
     if (creds?.kind === 'basic') headers.authorization = basicHeader(creds.username, creds.password);
     const res = await request(u, { method: 'GET', headers, dispatcher: this.dispatcher });
+    const realmForLog = `${u.origin}${u.pathname}`;
     if (res.statusCode !== 200) {
       await res.body.dump();
-      this.log.warn({ upstream: this.name, realm: `${u.origin}${u.pathname}`, status: res.statusCode }, 'token request failed');
+      this.log.warn({ upstream: this.name, realm: realmForLog, status: res.statusCode }, 'token request failed');
+      // 401/403: the credentials (or anonymous access) were refused, so the request goes on
+      // without a token and the registry's answer decides. A failing token service is the
+      // upstream being unavailable, not a missing repository.
+      if (res.statusCode >= 500 || res.statusCode === 429) throw new UpstreamProtocolError(`upstream token service answered ${res.statusCode}`);
       return null;
     }
+    // A captive portal or proxy page in place of the token service: unavailable too.
     const text = await readCapped(res.body, 1024 * 1024);
-    let doc: { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown } | null;
     try {
       doc = JSON.parse(text) as typeof doc;
     } catch {
-      this.log.warn({ upstream: this.name }, 'token response is not JSON');
-      return null;
+      doc = null;
     }
-    const token = doc.token ?? doc.access_token;
-    if (!token) return null;
+    const token = doc?.token ?? doc?.access_token;
+    if (!doc || typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
+      this.log.warn({ upstream: this.name, realm: realmForLog, contentType: String(res.headers['content-type'] ?? '').slice(0, 100) }, 'token response carries no token');
+      throw new UpstreamProtocolError('upstream token service answered without a token');
+    }
     // expires_in defaults to 60 s and is never less than 60 s (token.md).
     const ttlMs = Math.max(60, typeof doc.expires_in === 'number' ? doc.expires_in : 60) * 1000;
-    const issued = doc.issued_at ? Date.parse(doc.issued_at) : NaN;
+    const issued = typeof doc.issued_at === 'string' ? Date.parse(doc.issued_at) : NaN;
     const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
     this.tokens.set(key, { token, expiresAt: start + ttlMs });
     return token;
@@ -337,16 +363,66 @@ async function readCapped(body: AsyncIterable<Buffer>, max: number): Promise<str
   return Buffer.concat(chunks).toString('utf8');
 }
 
-export async function readBody(res: UpstreamResponse, max: number): Promise<Buffer> {
+/** The slowest body an upstream may send, averaged over `timeouts.body` spent waiting for it. */
+export const MIN_BODY_BYTES_PER_SEC = 1024;
+
+/**
+ * Yield `body`'s chunks, failing (destroying it) once the time spent waiting for them adds
+ * up to `windowMs` with fewer than MIN_BODY_BYTES_PER_SEC * windowMs/1000 bytes received.
+ * The dispatcher's bodyTimeout only catches silence; a body dripping a byte a second never
+ * trips it, and would keep a fill (and every client joined to it) busy for days. Only time
+ * spent waiting on the upstream counts, never time the consumer takes (disk backpressure).
+ */
+export async function* minimumRate(
+  body: Readable,
+  windowMs: number,
+  tooSlow: () => Error = () => new UpstreamProtocolError('upstream sends the body too slowly', 503),
+): AsyncGenerator<Buffer> {
+  const minBytes = Math.max(1, Math.floor((MIN_BODY_BYTES_PER_SEC * windowMs) / 1000));
+  const it = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  let waited = 0;
+  let bytes = 0;
+  let finished = false;
+  try {
+    for (;;) {
+      const started = Date.now();
+      const r = await it.next();
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      waited += Date.now() - started;
+      bytes += r.value.length;
+      if (waited >= windowMs) {
+        if (bytes < minBytes) throw tooSlow();
+        waited = 0;
+        bytes = 0;
+      }
+      yield r.value;
+    }
+  } finally {
+    // The stream's own iterator destroys it on return (and handles its error event).
+    if (!finished) await Promise.resolve(it.return?.()).catch(() => undefined);
+  }
+}
+
+/** Read a whole (small) body; a stall past the body timeout or an oversized body is an UpstreamProtocolError. */
+export async function readBody(res: UpstreamResponse, max: number, minRateWindowMs?: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
-  for await (const c of res.body as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > max) {
-      res.body.destroy();
-      throw new UpstreamUnavailableError('upstream manifest exceeds the size limit');
+  const source: AsyncIterable<Buffer> = minRateWindowMs ? minimumRate(res.body, minRateWindowMs) : (res.body as AsyncIterable<Buffer>);
+  try {
+    for await (const c of source) {
+      n += c.length;
+      if (n > max) {
+        res.body.destroy();
+        throw new UpstreamProtocolError('upstream response exceeds the size limit');
+      }
+      chunks.push(c);
     }
-    chunks.push(c);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'UND_ERR_BODY_TIMEOUT') throw new UpstreamProtocolError('upstream stalled while sending the body (body timeout)', 503);
+    throw e;
   }
   return Buffer.concat(chunks, n);
 }
