@@ -44,10 +44,22 @@ export function installErrorHandler(app: FastifyInstance): void {
       req.log.warn({ err: (err as Error).message }, 'insufficient storage: request refused');
       return sendRegistryError(reply, insufficientStorage());
     }
+    if (clientWentAway(err, req)) {
+      // The client closed the connection mid-body: nobody reads this answer, and it is no
+      // server fault (a request body aborted while the server was between two steps).
+      req.log.info({ err: (err as Error).message }, 'client aborted the request body');
+      return sendRegistryError(reply, new RegistryError('BLOB_UPLOAD_INVALID', 'request body aborted by the client'));
+    }
     const fe = err as FastifyError;
     const mapped = fromFastifyError(fe);
     if (mapped.status >= 500) req.log.error({ err }, 'unhandled error');
     else req.log.debug({ err }, 'request error');
     return sendRegistryError(reply, mapped);
   });
+}
+
+/** node's 'aborted' (ECONNRESET) or a premature close of the request body the client cut. */
+function clientWentAway(err: unknown, req: FastifyRequest): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return req.raw.destroyed && !req.raw.complete && (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE');
 }
