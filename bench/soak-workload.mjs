@@ -130,7 +130,8 @@ export class Ledger {
   manifests = new Set(); // `${repo}@${digest}`
   blobs = new Set(); // `${repo}@${digest}`
   tagLists = new Set(); // repo
-  pushed = new Set(); // repo (local namespace)
+  /** Images pushed and pulled back intact, shaped like planned images (the final pass re-pulls them). */
+  pushedImages = [];
 }
 
 /** Down intervals of the upstream: [{ from, to }] (ms epoch; `to` null while down). */
@@ -333,8 +334,9 @@ const inRepo = (repo, digest) => `${repo}@${digest}`;
 /** Manifest by tag, config, then both layers at once; marks what was verified. */
 async function pullImage(c, ctx, img, kind) {
   const { ledger } = ctx;
+  const stateOf = (cached) => (img.pushed ? 'pushed' : cached ? 'cached' : 'uncached');
   const m = await call(c, ctx, `${kind}:manifest`, 'GET', `/v2/${img.repo}/manifests/${img.tag}`, {
-    state: ledger.tags.has(tagKey(img)) ? 'cached' : 'uncached',
+    state: stateOf(ledger.tags.has(tagKey(img))),
     headers: { accept: img.accept },
     expect: { digest: img.digest, size: img.manifest.length, mediaType: img.mediaType },
   });
@@ -343,7 +345,7 @@ async function pullImage(c, ctx, img, kind) {
   ledger.manifests.add(inRepo(img.repo, img.digest));
   const blob = async (b) => {
     const key = inRepo(img.repo, b.digest);
-    const r = await call(c, ctx, `${kind}:blob`, 'GET', `/v2/${img.repo}/blobs/${b.digest}`, { state: ledger.blobs.has(key) ? 'cached' : 'uncached', expect: b });
+    const r = await call(c, ctx, `${kind}:blob`, 'GET', `/v2/${img.repo}/blobs/${b.digest}`, { state: stateOf(ledger.blobs.has(key)), expect: b });
     if (r) ledger.blobs.add(key);
     return r !== null;
   };
@@ -486,7 +488,9 @@ const ACTION_FNS = {
       expect: { digest: mdigest, size: manifest.length, mediaType: MT.ociManifest },
     });
     const blob = await call(c, ctx, 'push:pullback', 'GET', `/v2/${repo}/blobs/${lay.digest}`, { ...st, expect: lay });
-    return back !== null && blob !== null;
+    if (back === null || blob === null) return false;
+    ctx.ledger.pushedImages.push({ repo, tag, pushed: true, accept: ACCEPT.oci, mediaType: MT.ociManifest, manifest, digest: mdigest, blobs: [cfg, lay] });
+    return true;
   },
 };
 
