@@ -178,15 +178,18 @@ export function classify({ state, method, res, timeline, offlineMs, slackMs }) {
   if (state !== 'uncached') return { explained: false, why: `${state} content` };
   const upstreamTrouble = timeline.troubleDuring(res.start - offlineMs - slackMs, res.end);
   if (!upstreamTrouble) return { explained: false, why: 'upstream was up' };
-  if (res.transport === 'aborted' && method === 'GET') return { explained: true, why: 'fill aborted while the upstream was down' };
+  // Reported apart: failures while the upstream was really down, and those only inside the
+  // mirror's offline window after it came back (issue #8 item 2 should make these vanish).
+  const when = timeline.troubleDuring(res.start, res.end) ? 'while the upstream was down' : 'after the upstream came back (offline window)';
+  if (res.transport === 'aborted' && method === 'GET') return { explained: true, why: `fill aborted ${when}` };
   if (res.transport) return { explained: false, why: `transport: ${res.error}` };
   const okStatus = res.status === 503 || res.status === 502 || res.status === 429;
   if (!okStatus) return { explained: false, why: `status ${res.status}` };
-  if (method === 'HEAD') return { explained: true, why: `HEAD ${res.status} while the upstream was down` };
+  if (method === 'HEAD') return { explained: true, why: `HEAD ${res.status} ${when}` };
   const code = errorCode(res);
   const want = res.status === 429 ? 'TOOMANYREQUESTS' : 'UNAVAILABLE';
   if (code !== want) return { explained: false, why: `status ${res.status} with code ${code}` };
-  return { explained: true, why: `${res.status} ${code} while the upstream was down` };
+  return { explained: true, why: `${res.status} ${code} ${when}` };
 }
 
 // =======================================================================================

@@ -697,7 +697,7 @@ function markdown(r) {
   lines.push('', '| requests | by status |', '| --- | --- |');
   for (const [k, v] of Object.entries(r.requests).sort()) lines.push(`| ${k} | ${Object.entries(v).map(([st, n]) => `${st}: ${n}`).join(', ')} |`);
   lines.push('', `Bytes to clients: ${round(r.bytesToClients / MIB)} MiB in ${r.loadSeconds} s. Stale answers (Warning: 299): ${r.staleAnswers}.`, '');
-  lines.push('Explained failures (uncached content while the upstream was down or frozen; rule: `classify()` in bench/soak-workload.mjs):', '');
+  lines.push('Explained failures (uncached content while the upstream was down or frozen, or within the offline window after it; rule: `classify()` in bench/soak-workload.mjs):', '');
   const ex = Object.entries(r.explained);
   if (ex.length === 0) lines.push('- none');
   for (const [why, n] of ex.sort((a, b) => b[1] - a[1])) lines.push(`- ${why}: ${n}`);
