@@ -344,7 +344,8 @@ async function seedUpstream(base, images) {
     const post = expectStatus(await request('POST', `${base}/v2/${repo}/blobs/uploads/`, { headers: { 'content-length': '0' } }), 202, 'POST upload');
     const put = new URL(post.headers.location, base);
     put.searchParams.set('digest', digest);
-    expectStatus(await request('PUT', put.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes().length) }, body: bytes() }), 201, `PUT blob ${repo}`);
+    const buf = bytes();
+    expectStatus(await request('PUT', put.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(buf.length) }, body: buf }), 201, `PUT blob ${repo}`);
     firstRepo.set(digest, repo);
   };
   const all = [...images.warm, ...images.cold];
