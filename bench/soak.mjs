@@ -171,6 +171,46 @@ function fdCounts(pid, storage) {
   return out;
 }
 
+/**
+ * Where the server's resident memory is, from /proc/<pid>/smaps: the brk heap, anonymous
+ * mappings (V8 spaces, and glibc's per-thread malloc arenas, reserved 64 MiB at a time),
+ * and file-backed mappings; plus the largest anonymous mappings. Tells allocator retention
+ * (RSS in arenas while the V8 heap and Buffers are flat) from a leak.
+ */
+function smapsSummary(pid) {
+  let text;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  } catch {
+    return null;
+  }
+  const kinds = { brkHeap: 0, anon: 0, file: 0, other: 0 };
+  const anon = [];
+  let cur = null;
+  for (const line of text.split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      const name = head[3].trim();
+      cur = { name, sizeKiB: (parseInt(head[2], 16) - parseInt(head[1], 16)) / 1024, kind: name === '[heap]' ? 'brkHeap' : name === '' ? 'anon' : name.startsWith('/') ? 'file' : 'other' };
+      if (cur.kind === 'anon') anon.push(cur);
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss && cur) {
+      cur.rssKiB = Number(rss[1]);
+      kinds[cur.kind] += cur.rssKiB;
+    }
+  }
+  const mib = (k) => round(k / 1024);
+  return {
+    rssMiB: Object.fromEntries(Object.entries(kinds).map(([k, v]) => [k, mib(v)])),
+    largestAnon: anon
+      .sort((a, b) => (b.rssKiB ?? 0) - (a.rssKiB ?? 0))
+      .slice(0, 8)
+      .map((m) => ({ sizeMiB: mib(m.sizeKiB), rssMiB: mib(m.rssKiB ?? 0) })),
+  };
+}
+
 /** Files in storage/tmp and storage/uploads (fills and uploads in progress). */
 function tempFiles(storage) {
   const list = (d) => {
@@ -471,7 +511,7 @@ async function main() {
   const prime = await verifyImages(mkCtx(new Stats()), images.warm, 'prime');
   if (prime.failed > 0) throw new Error(`priming the warm images failed: ${JSON.stringify(prime.samples.slice(0, 3))}`);
   await sleep(1000);
-  const baseline = { at: elapsedS(), ...procStatus(pid), fds: fdCounts(pid, storage), tempFiles: tempFiles(storage).length };
+  const baseline = { at: elapsedS(), ...procStatus(pid), fds: fdCounts(pid, storage), tempFiles: tempFiles(storage).length, smaps: smapsSummary(pid) };
   log(`primed; baseline RSS ${baseline.rssMiB} MiB, fds ${JSON.stringify(baseline.fds)}`);
 
   // Load.
@@ -493,7 +533,7 @@ async function main() {
     const s = takeSample('load');
     heapSample(base, s);
     if (!warmup && Date.now() - loadStart >= durationMs * 0.2) {
-      warmup = { ...s, fdsByKind: fdCounts(pid, storage) };
+      warmup = { ...s, fdsByKind: fdCounts(pid, storage), smaps: smapsSummary(pid) };
       log(`warm-up point: RSS ${s.rssMiB} MiB, ${s.fds} fds; ${stats.total('warm:manifest')} warm manifest GETs so far`);
     }
   }, SAMPLE_EVERY_MS);
@@ -526,6 +566,7 @@ async function main() {
     await sleep(500);
   }
   idle.settleMs = Date.now() - settleStart;
+  idle.smaps = smapsSummary(pid);
   log(`idle after ${idle.settleMs} ms: RSS ${idle.rssMiB} MiB, fds ${JSON.stringify(idle.fds)}, temp files ${idle.tempFiles.length}`);
 
   // Final pass, upstream up (and past the mirror's offline window): every image the run
@@ -603,6 +644,7 @@ async function main() {
     failures: stats.failures,
     failureSamples: stats.samples,
     flaps: { ...flapper.flaps, downIntervals: timeline.downs.map((d) => ({ fromS: round((d.from - loadStart) / 1000), toS: d.to === null ? null : round((d.to - loadStart) / 1000) })) },
+    smaps: { baseline: baseline.smaps, warmup: warmup.smaps ?? null, idle: idle.smaps },
     memory: { baseline: { rssMiB: baseline.rssMiB }, ...mem, idle: { rssMiB: idle.rssMiB, hwmMiB: idle.hwmMiB }, growthMiB: rssGrowth, idleGrowthMiB: rssIdleGrowth, heapGrowthMiB: heapGrowth },
     fds: { baseline: baseline.fds, warmup: warmup.fdsByKind, idle: idle.fds, settleMs: idle.settleMs },
     tempFilesIdle: idle.tempFiles.slice(0, 20),
@@ -707,6 +749,8 @@ function markdown(r) {
   lines.push(
     `RSS: ${m.baseline.rssMiB} MiB after priming. Around the warm-up point (t=${m.warmupWindowS.join('-')} s): floor ${m.rssFloor.warmup}, median ${m.rssMedian.warmup} MiB; last 20% (t=${m.endWindowS.join('-')} s): floor ${m.rssFloor.end}, median ${m.rssMedian.end} MiB; highest sample after warm-up ${m.peakAfterWarmupMiB} MiB; ${m.idle.rssMiB} MiB idle at the end (VmHWM ${m.idle.hwmMiB} MiB). V8 heap in use (medians): ${m.heapUsedMedian.warmup} -> ${m.heapUsedMedian.end} MiB; external (Buffers) ranged ${m.externalRangeMiB?.join('-')} MiB, which is most of the RSS sawtooth.`,
   );
+  const sm = (x) => (x ? `${JSON.stringify(x.rssMiB)}` : 'n/a');
+  lines.push(`Resident memory by mapping kind (MiB; /proc/<pid>/smaps): baseline ${sm(r.smaps.baseline)}; warm-up ${sm(r.smaps.warmup)}; idle ${sm(r.smaps.idle)}.`);
   const fd = (x) => (x ? `${x.total} (sockets ${x.socket}, storage files ${x.storageFiles}, other files ${x.otherFiles}, pipes ${x.pipe}, anon ${x.anon})` : 'n/a');
   lines.push(`File descriptors: baseline ${fd(r.fds.baseline)}; warm-up ${fd(r.fds.warmup)}; idle ${fd(r.fds.idle)} after ${r.fds.settleMs} ms.`);
   lines.push(`Server log lines at level error or above, or not JSON: ${r.serverErrorLines.count}.`);
