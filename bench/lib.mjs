@@ -180,6 +180,18 @@ export async function stopProcess(entry, graceMs = 5000) {
   return Promise.race([entry.exited, sleep(2000)]);
 }
 
+/** Sends `signal` (default SIGKILL) on purpose (no "exited unexpectedly" log); resolves once it exited. */
+export async function killProcess(entry, signal = 'SIGKILL') {
+  if (entry.done) return entry.exitInfo;
+  stopping.add(entry);
+  try {
+    process.kill(entry.pid, signal);
+  } catch {
+    /* already gone */
+  }
+  return entry.exited;
+}
+
 let cleaningUp = null;
 /** Stops every running child by PID and removes the temp dirs; once. */
 export function cleanup() {

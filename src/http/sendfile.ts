@@ -11,6 +11,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { BlobFill } from '../cache/fill.js';
+import { RegistryError } from '../registry/errors.js';
 
 const CHUNK = 1024 * 1024;
 /** Below this a normal stream is as cheap, and keeps fastify's send path. */
@@ -119,6 +120,7 @@ export async function sendFileRange(reply: FastifyReply, fh: FileHandle, start: 
  * The last byte waits for the digest check; a failed fill aborts the connection.
  */
 export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: number, end: number): Promise<void> {
+  await firstByte(fill, start);
   // Opened only when this reader falls behind the memory window.
   const file: { fh: FileHandle | null } = { fh: null };
   try {
@@ -155,5 +157,25 @@ export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: 
     });
   } finally {
     await file.fh?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Wait until the fill has a byte at `start` for this reader. Node sends the status line
+ * with the first body byte, so until then nothing has gone out: a fill that fails first
+ * (an upstream that answered 200, then died before any byte, and could not be resumed)
+ * gets a clean OCI error instead of a connection closed without a response, which
+ * clients report as "socket hang up" or EOF. The wait is bounded by the fill's own
+ * timeouts; the first byte still goes out as soon as it arrives.
+ */
+async function firstByte(fill: BlobFill, start: number): Promise<void> {
+  for (;;) {
+    if (fill.readable() > start) return;
+    if (fill.state === 'failed') {
+      if (fill.error instanceof RegistryError) throw fill.error;
+      throw new RegistryError('UNAVAILABLE', 'upstream failed before sending the blob', { status: 503 });
+    }
+    // Checked and subscribed in the same tick: no change can slip in between.
+    await fill.changed();
   }
 }
