@@ -3,83 +3,29 @@
  * `runtime.v1.ImageService/PullImage` on containerd's socket (test/helpers/cri.ts), then
  * `ImageStatus` to compare `repoDigests` with the upstream's own digest (what the Anthos
  * guide checks with `crictl inspecti`). The upstream is Debian's docker-registry with
- * Basic auth; regmirror runs in-process with its credentials.
+ * Basic auth; regmirror runs in-process with its credentials. containerd uses config_path
+ * (hosts.toml) for the registry `upstream.test:5000`: regmirror first, a closed port as the
+ * fallback `server`, so a failing mirror never falls back to anything real.
  *
- * - config_path (hosts.toml) pulls, anonymous and with `PullImageRequest.auth` (what a
- *   pod's imagePullSecrets become: username/password, no server_address) against a mirror
- *   that requires a login, Basic or token;
- * - the legacy CRI `registry.mirrors` / `registry.configs` form in config.toml, which only
- *   the CRI plugin reads, including what containerd 1.6 does with a path in an endpoint,
- *   and `regmirror client-config containerd-legacy` output used as is over TLS.
- *
- * The hosts.toml tests name the registry `upstream.test:5000` with a closed port as the
- * fallback `server`. The legacy form always appends the registry itself as the last
- * endpoint, so those tests name the registry `localhost:<closed port>`: a failing mirror
- * falls back to a refused local connection, never to a DNS lookup or the network.
+ * `PullImageRequest.auth` is what a pod's imagePullSecrets become (username/password, no
+ * server_address): containerd offers it to any host that answers 401, the mirror
+ * included. These tests pin what regmirror does with it (README "containerd via CRI").
  *
  * Skipped only when a tool is missing and CI !== 'true'; under CI a missing tool fails.
  */
-import test, { type ExecutionContext } from 'ava';
-import path from 'node:path';
-import { writeHtpasswd } from '../helpers/authn.js';
+import type { ExecutionContext } from 'ava';
 import { type Containerd, startContainerd, writeHostsToml } from '../helpers/containerd.js';
-import { type CriAuth, type CriClient, CriError, criClient } from '../helpers/cri.js';
+import { type CriClient, criClient } from '../helpers/cri.js';
 import { settleAccessLog } from '../helpers/docker-registry.js';
 import { startServer, type TestServer } from '../helpers/server.js';
-import { CI, missingTools } from '../helpers/tools.js';
-import {
-  AMD64,
-  CREDS,
-  NS_UP,
-  REPO,
-  TOOLS,
-  UP,
-  V1,
-  fromContainerd,
-  seededUpstream,
-  summary,
-  upstreamDigest,
-  upstreamEntry,
-  watchRequests,
-  type SeenRequest,
-  type Upstream,
-} from './_registry.js';
-
-const MISSING = missingTools(TOOLS);
-const e2e = MISSING.length === 0 || CI ? test : test.skip;
-
-/** The image the CRI picks on this machine (it pulls the host platform only). */
-const HOST_IMAGE = process.arch === 'arm64' ? V1.images[1]!.image : AMD64;
-/** regmirror's own user: what belongs in a pod's pull secret for the mirror. */
-const NODE = { username: 'node', password: 'node-pw-5c0f3b' };
-
-async function expectPullFails(t: ExecutionContext, cri: CriClient, ref: string, auth?: CriAuth): Promise<CriError> {
-  const err = await t.throwsAsync(cri.pull(ref, auth), { instanceOf: CriError });
-  t.log(`${ref}${auth ? ' with auth' : ''}: ${err?.details.slice(0, 300)}`);
-  return err as CriError;
-}
-
-/** ImageStatus shows the image by tag and by digest, with the upstream's digest (crictl inspecti). */
-async function assertCriImage(t: ExecutionContext, cri: CriClient, ref: string, repo: string, digest: string, imageRef: string): Promise<void> {
-  const img = await cri.status(ref);
-  t.truthy(img, `ImageStatus ${ref}: no image`);
-  t.deepEqual(img?.repoDigests, [`${repo}@${digest}`], 'repoDigests carry the upstream digest');
-  t.deepEqual(img?.repoTags, [ref]);
-  t.is(img?.id, HOST_IMAGE.config.digest, 'the image id is the host platform config digest');
-  t.is(img?.id, imageRef, 'PullImage returned the image id');
-  t.is((await cri.status(`${repo}@${digest}`))?.id, img?.id, 'ImageStatus by digest finds the same image');
-}
+import { CREDS, NS_UP, REPO, UP, V1, fromContainerd, seededUpstream, summary, upstreamDigest, upstreamEntry, watchRequests, type SeenRequest, type Upstream } from './_registry.js';
+import { HOST_IMAGE, NODE, assertCriImage, e2e, expectPullFails, leaked, loginRequired } from './_cri.js';
 
 /** A CRI containerd using hosts.toml for `UP`, with regmirror first and a closed port as server. */
 async function criWithHosts(t: ExecutionContext, up: Upstream, s: TestServer): Promise<{ ctd: Containerd; cri: CriClient }> {
   const ctd = await startContainerd(t, { cri: true });
   await writeHostsToml(ctd.criHostsDir!, UP, { server: up.closed, hosts: [{ url: s.url }] });
   return { ctd, cri: criClient(t, ctd.address) };
-}
-
-/** Whether regmirror's log holds `secret` anywhere. */
-function leaked(s: TestServer, secret: string): boolean {
-  return s.logs.some((l) => l.includes(secret));
 }
 
 // ---------------------------------------------------------------------------
@@ -117,28 +63,24 @@ e2e('CRI PullImage through hosts.toml (config_path): ImageStatus repoDigests mat
 
 e2e('imagePullSecrets via PullImageRequest.auth, mirror requires a Basic login: the mirror user works, the source registry secret gets 401 and never reaches the upstream', async (t) => {
   const up = await seededUpstream(t);
-  const htpasswd = path.join(up.work, 'htpasswd');
-  await writeHtpasswd(htpasswd, { [NODE.username]: NODE.password });
   const s = await startServer(t, {
     upstreams: { [UP]: upstreamEntry(up.reg) },
     defaultUpstream: null,
-    auth: {
-      htpasswd,
-      token: null,
-      rules: [{ repositories: '**', pull: ['authenticated'], push: ['authenticated'], delete: [] }],
-      loginRateLimit: { maxFailures: 1000 },
-    },
+    auth: await loginRequired(up),
   });
   const requests = watchRequests(s);
-  const { cri } = await criWithHosts(t, up, s);
+  const { ctd, cri } = await criWithHosts(t, up, s);
   const ref = `${UP}/${REPO}:1.0`;
   await settleAccessLog(up.reg);
   const upstreamBefore = up.reg.accessLog().length;
   const since = (n: number): SeenRequest[] => requests().slice(n).filter(fromContainerd);
 
-  // No pull secret: 401, containerd has nothing to answer with, falls through to the (closed) server.
+  // No pull secret: 401, containerd has nothing to answer with and goes on to the next host
+  // (the hosts.toml server, here a closed port); the error it reports is the mirror's 401.
   let mark = requests().length;
-  await expectPullFails(t, cri, ref);
+  const anonymous = await expectPullFails(t, cri, ref);
+  t.regex(anonymous.details, new RegExp(`pulling from host ${s.hostPort} failed with status code \\[manifests 1\\.0\\]: 401`));
+  t.regex(ctd.output(), new RegExp(`trying next host.*${up.closed.replace('http://', '')}`), 'containerd fell back to the server after the 401');
   t.deepEqual(
     since(mark).map((r) => [r.method, r.status, r.auth]),
     [['HEAD', 401, '']],
@@ -149,7 +91,8 @@ e2e('imagePullSecrets via PullImageRequest.auth, mirror requires a Basic login: 
   // offers it to the mirror (kubelet leaves server_address empty); regmirror checks it
   // against its htpasswd, answers 401 and counts a failed login; nothing goes upstream.
   mark = requests().length;
-  await expectPullFails(t, cri, ref, { username: CREDS.username, password: CREDS.password });
+  const refused = await expectPullFails(t, cri, ref, { username: CREDS.username, password: CREDS.password });
+  t.regex(refused.details, /401 Unauthorized/);
   const offered = since(mark);
   t.true(offered.some((r) => r.auth === 'basic' && r.status === 401), `the source-registry secret was offered to the mirror: ${summary(offered)}`);
   t.false(offered.some((r) => r.status === 200));
@@ -187,19 +130,49 @@ e2e('imagePullSecrets via PullImageRequest.auth, mirror requires a Basic login: 
   t.false(leaked(s, NODE.password), 'the mirror password is not logged');
 });
 
-e2e('imagePullSecrets against a token-auth mirror: containerd POSTs the pod secret to the mirror realm (grant_type=password) and pulls with the Bearer token', async (t) => {
+e2e('pod secrets the mirror refuses count as failed logins per node address: past loginRateLimit.maxFailures the node gets 429, even with the right user', async (t) => {
+  const MAX = 10; // the default loginRateLimit.maxFailures
   const up = await seededUpstream(t);
-  const htpasswd = path.join(up.work, 'htpasswd');
-  await writeHtpasswd(htpasswd, { [NODE.username]: NODE.password });
   const s = await startServer(t, {
     upstreams: { [UP]: upstreamEntry(up.reg) },
     defaultUpstream: null,
-    auth: {
-      htpasswd,
-      token: { service: 'regmirror-cri' },
-      rules: [{ repositories: '**', pull: ['authenticated'], push: ['authenticated'], delete: [] }],
-      loginRateLimit: { maxFailures: 1000 },
-    },
+    auth: await loginRequired(up, { loginRateLimit: { maxFailures: MAX, window: '10m' } }),
+  });
+  const requests = watchRequests(s);
+  const { cri } = await criWithHosts(t, up, s);
+  const ref = `${UP}/${REPO}:1.0`;
+  const refusedLogins = () => requests().filter((r) => fromContainerd(r) && r.auth === 'basic' && r.status === 401).length;
+
+  // Pods whose secrets are for the source registry, not the mirror: each refused pull costs
+  // the node several failed logins (containerd 1.6 sends the refused Basic again, 5 times
+  // in all), so with the default limit two such pulls lock the node out.
+  const first = await expectPullFails(t, cri, ref, { username: CREDS.username, password: `${CREDS.password}-0` });
+  t.regex(first.details, /401 Unauthorized/, 'below the limit: 401');
+  const perPull = refusedLogins();
+  t.log(`failed logins per refused CRI pull: ${perPull}`);
+  t.true(perPull >= 1);
+  let pulls = 1;
+  for (; pulls < MAX && refusedLogins() < MAX; pulls++) await expectPullFails(t, cri, ref, { username: CREDS.username, password: `${CREDS.password}-${pulls}` });
+  t.log(`refused pulls until the node was locked out: ${pulls}`);
+  t.is(refusedLogins(), MAX, 'logins were checked until the limit, then refused unchecked');
+
+  // Now every pull from this node (one client address) is refused before any password check.
+  const mark = requests().length;
+  const blocked = await expectPullFails(t, cri, ref, { username: NODE.username, password: NODE.password });
+  t.regex(blocked.details, /429 Too Many Requests/);
+  const reqs = requests().slice(mark).filter(fromContainerd);
+  t.true(reqs.some((r) => r.auth === 'basic' && r.status === 429), summary(reqs));
+  t.false(reqs.some((r) => r.status === 200));
+  t.is(refusedLogins(), MAX);
+  t.is(await cri.status(ref), null);
+});
+
+e2e('imagePullSecrets against a token-auth mirror: containerd POSTs the pod secret to the mirror realm (grant_type=password) and pulls with the Bearer token', async (t) => {
+  const up = await seededUpstream(t);
+  const s = await startServer(t, {
+    upstreams: { [UP]: upstreamEntry(up.reg) },
+    defaultUpstream: null,
+    auth: await loginRequired(up, { token: { service: 'regmirror-cri' } }),
   });
   const requests = watchRequests(s);
   const { cri } = await criWithHosts(t, up, s);
