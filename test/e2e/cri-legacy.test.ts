@@ -4,7 +4,8 @@
  * `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."<registry>"] endpoint = [...]`
  * and `registry.configs."<mirror host>"` (tls, auth), as the Anthos bare-metal guide and
  * `regmirror client-config containerd-legacy` write it. Checked here with containerd 1.6:
- * what it does with a path in an endpoint, and that a pod secret replaces configs auth.
+ * what it does with a path in an endpoint, that a pod secret replaces configs auth, and
+ * that it drops the whole CRI plugin when `mirrors` sits next to `config_path`.
  *
  * The legacy form always appends the registry itself as the last endpoint, so the
  * registry is named `localhost:<closed port>`: a failing mirror falls back to a refused
@@ -14,9 +15,10 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { createPki } from '../helpers/certs.js';
 import { startContainerd } from '../helpers/containerd.js';
-import { criClient } from '../helpers/cri.js';
+import { CriError, criClient } from '../helpers/cri.js';
 import { startServer } from '../helpers/server.js';
 import { freePort } from '../helpers/tools.js';
 import { CREDS, REPO, V1, execFileP, fromContainerd, seededUpstream, summary, upstreamEntry, watchRequests } from './_registry.js';
@@ -130,4 +132,14 @@ e2e('generated `client-config containerd-legacy` over TLS: CRI pulls with config
   t.false(reqs.some((r) => r.status === 200));
   t.is(await cri.status(ref), null);
   t.false(leaked(s, CREDS.password));
+});
+
+e2e('legacy mirrors next to registry.config_path: containerd 1.6 does not load the CRI plugin at all (PullImage is unimplemented)', async (t) => {
+  const reg = await localRegistryName();
+  const criRegistryToml = [`[${CRI_REGISTRY}]`, `  config_path = "/nonexistent/certs.d"`, `[${CRI_REGISTRY}.mirrors."${reg}"]`, '  endpoint = ["http://127.0.0.1:1"]'].join('\n');
+  const ctd = await startContainerd(t, { cri: true, criRegistryToml });
+  const cri = criClient(t, ctd.address);
+  const err = await t.throwsAsync(cri.pull(`${reg}/${REPO}:1.0`), { instanceOf: CriError });
+  t.is(err?.code, grpcStatus.UNIMPLEMENTED, err?.message);
+  t.regex(ctd.output(), /failed to load plugin io\.containerd\.grpc\.v1\.cri.*`mirrors` cannot be set when `config_path` is provided/);
 });

@@ -80,8 +80,8 @@ test('containerd-legacy: CRI registry.mirrors endpoint per upstream, /v2/<prefix
     conf,
     [
       '# Merge into /etc/containerd/config.toml (containerd 1.x, version = 2) and restart containerd.',
-      '# Legacy CRI form: read by the CRI plugin (kubelet, crictl) only, never by ctr; containerd refuses',
-      '# it together with registry.config_path (for that, use `regmirror client-config containerd`).',
+      '# Legacy CRI form: read by the CRI plugin (kubelet, crictl) only, never by ctr. Remove',
+      '# registry.config_path: with both, containerd does not load the CRI plugin at all.',
       '# containerd tries the mirror, then the registry itself, and sends ?ns=<registry> to the mirror.',
       '# The endpoint path /v2/<prefix> is used as written (an endpoint without a path gets /v2).',
       ...['docker.io', 'gcr.io', 'myreg.local:5000', 'quay.io'].flatMap((h) => [
