@@ -7,6 +7,13 @@
  *   per upstream; containerd adds `?ns=<registry>` to every mirror request, which routes
  *   it. With `namespace`, the mirror URL carries `/v2/<prefix>` + `override_path`
  *   (Anthos-style; the namespace must route by `ns`).
+ * - containerd's legacy CRI form (`containerd-legacy`, containerd 1.x `config.toml`):
+ *   `registry.mirrors."<upstream>".endpoint = [mirror]` per upstream and
+ *   `registry.configs."<mirror host>".tls.ca_file`. Only the CRI plugin reads it; an
+ *   endpoint path is used verbatim (no `/v2` added, checked with containerd 1.6), so the
+ *   namespace form is `<mirror>/v2/<prefix>`; without a path containerd uses `/v2`.
+ *   Credentials for the mirror go under `configs."<mirror host>".auth`, written only as a
+ *   commented placeholder.
  * - k3s/RKE2 `registries.yaml`: a mirror entry per upstream (k3s writes hosts.toml for its
  *   containerd, so `?ns=` routes here too).
  * - CRI-O/podman `registries.conf`: a `[[registry.mirror]]` per upstream whose location
@@ -18,7 +25,7 @@
  */
 import type { Config, UpstreamConfig } from '../config/schema.js';
 
-export const CLIENT_KINDS = ['containerd', 'k3s', 'registries.conf'] as const;
+export const CLIENT_KINDS = ['containerd', 'containerd-legacy', 'k3s', 'registries.conf'] as const;
 export type ClientKind = (typeof CLIENT_KINDS)[number];
 
 export interface ClientConfigOptions {
@@ -26,7 +33,7 @@ export interface ClientConfigOptions {
   mirror: string;
   /** CA file path on the nodes, for a mirror with a private CA. */
   ca?: string;
-  /** A `namespaces[]` prefix to put in the mirror URL (containerd only, override_path). */
+  /** A `namespaces[]` prefix to put in the mirror URL (containerd with override_path, containerd-legacy). */
   namespace?: string;
 }
 
@@ -61,14 +68,20 @@ function sortedUpstreams(config: Config): UpstreamConfig[] {
   return [...config.upstreams.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
+/**
+ * The mirror URL containerd gets: the origin, or `<origin>/v2/<prefix>` for a namespace
+ * that routes by `?ns=` (one URL serves every registry, so it must be `{upstream: ns}`).
+ */
+function containerdMirrorUrl(config: Config, mirror: URL, namespace: string | undefined): string {
+  if (namespace === undefined) return mirror.origin;
+  const ns = config.namespaces.find((n) => n.prefix === namespace);
+  if (!ns) throw new ClientConfigError(`namespace: no namespaces[] entry has prefix ${JSON.stringify(namespace)}`);
+  if (ns.upstream !== 'ns') throw new ClientConfigError(`namespace: ${ns.prefix} maps to ${ns.upstream} only; for every registry it must be {upstream: ns}`);
+  return `${mirror.origin}/v2/${ns.prefix}`;
+}
+
 function containerdFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
-  let hostUrl = mirror.origin;
-  if (opts.namespace !== undefined) {
-    const ns = config.namespaces.find((n) => n.prefix === opts.namespace);
-    if (!ns) throw new ClientConfigError(`namespace: no namespaces[] entry has prefix ${JSON.stringify(opts.namespace)}`);
-    if (ns.upstream !== 'ns') throw new ClientConfigError(`namespace: ${ns.prefix} maps to ${ns.upstream} only; for every registry it must be {upstream: ns}`);
-    hostUrl = `${mirror.origin}/v2/${ns.prefix}`;
-  }
+  const hostUrl = containerdMirrorUrl(config, mirror, opts.namespace);
   const files: ClientFiles = {};
   for (const up of sortedUpstreams(config)) {
     const lines = [
@@ -83,6 +96,33 @@ function containerdFiles(config: Config, mirror: URL, opts: ClientConfigOptions)
     files[`${up.name}/hosts.toml`] = `${lines.join('\n')}\n`;
   }
   return files;
+}
+
+const CRI_REGISTRY = 'plugins."io.containerd.grpc.v1.cri".registry';
+
+function containerdLegacyFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
+  const endpoint = containerdMirrorUrl(config, mirror, opts.namespace);
+  const lines = [
+    '# Merge into /etc/containerd/config.toml (containerd 1.x, version = 2) and restart containerd.',
+    '# Legacy CRI form: read by the CRI plugin (kubelet, crictl) only, never by ctr. Remove',
+    '# registry.config_path: with both, containerd does not load the CRI plugin at all.',
+    '# containerd tries the mirror, then the registry itself, and sends ?ns=<registry> to the mirror.',
+  ];
+  if (opts.namespace !== undefined) lines.push('# The endpoint path /v2/<prefix> is used as written (an endpoint without a path gets /v2).');
+  for (const up of sortedUpstreams(config)) {
+    lines.push('', `[${CRI_REGISTRY}.mirrors.${toml(up.name)}]`, `  endpoint = [${toml(endpoint)}]`);
+  }
+  const configs = `${CRI_REGISTRY}.configs.${toml(mirror.host)}`;
+  if (opts.ca) lines.push('', `[${configs}.tls]`, `  ca_file = ${toml(opts.ca)}`);
+  lines.push(
+    '',
+    '# If the mirror requires a login (auth.rules), its credentials for every node (a pod\'s',
+    '# imagePullSecrets, when kubelet sends them, replace these for that pull):',
+    `# [${configs}.auth]`,
+    '#   username = "<user>"',
+    '#   password = "<password>"',
+  );
+  return { 'regmirror-cri-registry.toml': `${lines.join('\n')}\n` };
 }
 
 function k3sFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
@@ -119,10 +159,14 @@ function registriesConfFiles(config: Config, mirror: URL, opts: ClientConfigOpti
 
 export function clientConfig(config: Config, kind: ClientKind, opts: ClientConfigOptions): ClientFiles {
   const mirror = mirrorUrl(opts.mirror);
-  if (opts.namespace !== undefined && kind !== 'containerd') throw new ClientConfigError('namespace: only containerd hosts.toml carries a path prefix (override_path)');
+  if (opts.namespace !== undefined && kind !== 'containerd' && kind !== 'containerd-legacy') {
+    throw new ClientConfigError('namespace: only containerd (hosts.toml override_path, or a legacy endpoint path) carries a path prefix');
+  }
   switch (kind) {
     case 'containerd':
       return containerdFiles(config, mirror, opts);
+    case 'containerd-legacy':
+      return containerdLegacyFiles(config, mirror, opts);
     case 'k3s':
       return k3sFiles(config, mirror, opts);
     case 'registries.conf':

@@ -89,18 +89,26 @@ export interface Env {
   sk: Skopeo;
 }
 
-/** docker-registry (Basic auth) holding `library/busybox:<tag>` for each image, plus a containerd. */
-export async function setup(t: ExecutionContext, images: Array<{ tag: string; idx: ImageIndex }> = [{ tag: '1.0', idx: V1 }]): Promise<Env> {
+export type Upstream = Omit<Env, 'ctd' | 'hostsDir'>;
+
+/** docker-registry (Basic auth) holding `library/busybox:<tag>` for each image (no containerd). */
+export async function seededUpstream(t: ExecutionContext, images: Array<{ tag: string; idx: ImageIndex }> = [{ tag: '1.0', idx: V1 }]): Promise<Upstream> {
   const sk = await skopeo(t);
-  const [reg, ctd, work, closedPort] = await Promise.all([startDockerRegistry(t, { auth: CREDS }), startContainerd(t), tempDir(t), freePort()]);
+  const [reg, work, closedPort] = await Promise.all([startDockerRegistry(t, { auth: CREDS }), tempDir(t), freePort()]);
   for (const { tag, idx } of images) {
     await seedRegistry(t, reg, { repo: REPO, tag, root: idx.index, blobs: allBlobsOf(idx) }, sk);
     const served = await upstreamDigest(reg, REPO, tag);
     if (served !== idx.index.digest) throw new Error(`seeded ${REPO}:${tag} but the upstream serves ${served}, not ${idx.index.digest}`);
   }
-  const hostsDir = path.join(work, 'certs.d');
+  return { reg, closed: `http://127.0.0.1:${closedPort}`, work, sk };
+}
+
+/** docker-registry (Basic auth) holding `library/busybox:<tag>` for each image, plus a containerd. */
+export async function setup(t: ExecutionContext, images: Array<{ tag: string; idx: ImageIndex }> = [{ tag: '1.0', idx: V1 }]): Promise<Env> {
+  const [up, ctd] = await Promise.all([seededUpstream(t, images), startContainerd(t)]);
+  const hostsDir = path.join(up.work, 'certs.d');
   await fs.mkdir(hostsDir, { recursive: true });
-  return { reg, ctd, hostsDir, closed: `http://127.0.0.1:${closedPort}`, work, sk };
+  return { ...up, ctd, hostsDir };
 }
 
 /** regmirror's upstream entry for the docker-registry, with its Basic credentials. */
@@ -114,6 +122,8 @@ export interface SeenRequest {
   /** The status sent (0 if no response head was sent yet). */
   status: number;
   ua: string;
+  /** The Authorization scheme sent (`basic`, `bearer`), '' for none; never the value. */
+  auth: string;
 }
 
 /**
@@ -123,9 +133,10 @@ export interface SeenRequest {
  * reaches onResponse (observed under load with containerd), so it would be missing there.
  */
 export function watchRequests(s: TestServer): () => SeenRequest[] {
-  const seen: Array<{ method: string; url: string; ua: string; res: ServerResponse }> = [];
+  const seen: Array<{ method: string; url: string; ua: string; auth: string; res: ServerResponse }> = [];
   s.app.fastify.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    seen.push({ method: req.method ?? '', url: req.url ?? '', ua: String(req.headers['user-agent'] ?? ''), res });
+    const auth = (req.headers.authorization ?? '').split(' ')[0]!.toLowerCase();
+    seen.push({ method: req.method ?? '', url: req.url ?? '', ua: String(req.headers['user-agent'] ?? ''), auth, res });
   });
   return () => seen.map(({ res, ...r }) => ({ ...r, status: res.headersSent ? res.statusCode : 0 }));
 }

@@ -7,8 +7,14 @@
  *
  * - The CRI plugin is disabled unless asked for: `ctr` does not need it, and by default
  *   its CNI dirs are /etc/cni/net.d and /opt/cni/bin (it watches, and may create, the
- *   former). With `cri: true` its registry config_path and CNI dirs point into the temp
- *   dir (checked: nothing is created outside it).
+ *   former). With `cri: true` its registry config_path (`criHostsDir`) and CNI dirs point
+ *   into the temp dir (checked: nothing is created outside it); it serves the CRI gRPC
+ *   services (runtime.v1 and v1alpha2) on the same socket as containerd's own API, and
+ *   puts images in the `k8s.io` containerd namespace. Only image pulls are used: no pod is
+ *   ever run, so the sandbox (pause) image and the missing CNI config do not matter (the
+ *   plugin logs "failed to load cni during init" and carries on). With `criRegistryToml`
+ *   there is no config_path: the given TOML (the legacy `registry.mirrors` /
+ *   `registry.configs` tables, which only the CRI plugin reads, never `ctr`) is appended.
  * - The metadata store uses content_sharing_policy "isolated" by default, so every
  *   containerd namespace is a fresh content store: a pull in a new namespace really
  *   fetches every blob again (through the mirror) instead of reusing another
@@ -52,9 +58,13 @@ export interface PullOptions {
 }
 
 export interface Containerd {
-  /** The gRPC socket (what `ctr --address` takes). */
+  /** The gRPC socket (what `ctr --address` takes; with `cri`, also the CRI endpoint). */
   address: string;
   dir: string;
+  /** The CRI plugin's registry config_path (hosts.toml dirs go here); null without `cri` or with `criRegistryToml`. */
+  criHostsDir: string | null;
+  /** The config.toml containerd was started with. */
+  configFile: string;
   pid: number;
   /** `ctr --address <sock> [-n <namespace>] <args>`; never rejects on a non-zero exit. */
   ctr(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<RunResult>;
@@ -78,7 +88,14 @@ function tomlString(s: string): string {
   return JSON.stringify(s);
 }
 
-function configToml(dir: string, opts: { cri: boolean; contentSharing: 'isolated' | 'shared' }): string {
+export interface ContainerdOptions {
+  cri?: boolean;
+  /** With `cri`: appended to config.toml instead of setting `registry.config_path`. */
+  criRegistryToml?: string;
+  contentSharing?: 'isolated' | 'shared';
+}
+
+function configToml(dir: string, opts: { cri: boolean; criRegistryToml?: string; contentSharing: 'isolated' | 'shared' }): string {
   const p = (...x: string[]) => tomlString(path.join(dir, ...x));
   const disabled = ['io.containerd.snapshotter.v1.aufs', 'io.containerd.snapshotter.v1.btrfs', 'io.containerd.snapshotter.v1.zfs', 'io.containerd.snapshotter.v1.devmapper'];
   if (!opts.cri) disabled.push('io.containerd.grpc.v1.cri');
@@ -107,9 +124,9 @@ function configToml(dir: string, opts: { cri: boolean; contentSharing: 'isolated
       '[plugins."io.containerd.grpc.v1.cri".cni]',
       `  bin_dir = ${p('cni', 'bin')}`,
       `  conf_dir = ${p('cni', 'net.d')}`,
-      '[plugins."io.containerd.grpc.v1.cri".registry]',
-      `  config_path = ${p('certs.d')}`,
     );
+    if (opts.criRegistryToml === undefined) lines.push('[plugins."io.containerd.grpc.v1.cri".registry]', `  config_path = ${p('certs.d')}`);
+    else lines.push(opts.criRegistryToml);
   }
   return `${lines.join('\n')}\n`;
 }
@@ -132,7 +149,7 @@ async function mountsUnder(dir: string): Promise<string[]> {
   return out.sort((a, b) => b.length - a.length);
 }
 
-export async function startContainerd(t: ExecutionContext, opts: { cri?: boolean; contentSharing?: 'isolated' | 'shared' } = {}): Promise<Containerd> {
+export async function startContainerd(t: ExecutionContext, opts: ContainerdOptions = {}): Promise<Containerd> {
   const containerdBin = requireTool('containerd', 'containerd');
   const ctrBin = requireTool('ctr', 'containerd');
   // Short base path: unix socket paths are limited to 108 bytes.
@@ -147,7 +164,10 @@ export async function startContainerd(t: ExecutionContext, opts: { cri?: boolean
   });
 
   const configFile = path.join(dir, 'config.toml');
-  await fs.writeFile(configFile, configToml(dir, { cri: opts.cri ?? false, contentSharing: opts.contentSharing ?? 'isolated' }));
+  const cri = opts.cri ?? false;
+  await fs.writeFile(configFile, configToml(dir, { cri, criRegistryToml: opts.criRegistryToml, contentSharing: opts.contentSharing ?? 'isolated' }));
+  const criHostsDir = cri && opts.criRegistryToml === undefined ? path.join(dir, 'certs.d') : null;
+  if (criHostsDir) await fs.mkdir(criHostsDir, { recursive: true });
   const address = path.join(dir, 'containerd.sock');
   const proc = spawn(containerdBin, ['--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'], env });
   child = proc;
@@ -188,6 +208,8 @@ export async function startContainerd(t: ExecutionContext, opts: { cri?: boolean
   const self: Containerd = {
     address,
     dir,
+    criHostsDir,
+    configFile,
     pid: proc.pid,
     ctr,
     tryPull: (ref, o) => ctr(pullArgs(ref, o), { namespace: o.namespace, timeoutMs: o.timeoutMs }),

@@ -34,6 +34,7 @@ test('containerd with an Anthos-style namespace: /v2/<prefix> and override_path;
   t.throws(() => clientConfig(config, 'containerd', { mirror: 'http://m:5000', namespace: 'dockerhub' }), { instanceOf: ClientConfigError, message: /maps to docker\.io only/ });
   t.throws(() => clientConfig(config, 'containerd', { mirror: 'http://m:5000', namespace: 'nope' }), { instanceOf: ClientConfigError, message: /no namespaces\[\] entry/ });
   t.throws(() => clientConfig(config, 'k3s', { mirror: 'http://m:5000', namespace: 'test-namespace' }), { instanceOf: ClientConfigError });
+  t.throws(() => clientConfig(config, 'registries.conf', { mirror: 'http://m:5000', namespace: 'test-namespace' }), { instanceOf: ClientConfigError });
 });
 
 test('k3s/RKE2 registries.yaml: every upstream mirrored to the one endpoint, CA under configs', (t) => {
@@ -67,4 +68,44 @@ test('the mirror must be a bare http(s) origin', (t) => {
   for (const mirror of ['mirror:5000', 'ftp://m', 'https://u:p@m:5000', 'https://m:5000/v2', 'https://m?x=1', 'not a url']) {
     t.throws(() => clientConfig(config, 'k3s', { mirror }), { instanceOf: ClientConfigError }, mirror);
   }
+});
+
+test('containerd-legacy: CRI registry.mirrors endpoint per upstream, /v2/<prefix> verbatim, tls.ca_file keyed by the mirror host, auth only as a placeholder', (t) => {
+  const { 'regmirror-cri-registry.toml': conf } = clientConfig(config, 'containerd-legacy', {
+    mirror: 'https://mirror.example:5000',
+    namespace: 'test-namespace',
+    ca: '/etc/containerd/mirror-ca.crt',
+  });
+  t.is(
+    conf,
+    [
+      '# Merge into /etc/containerd/config.toml (containerd 1.x, version = 2) and restart containerd.',
+      '# Legacy CRI form: read by the CRI plugin (kubelet, crictl) only, never by ctr. Remove',
+      '# registry.config_path: with both, containerd does not load the CRI plugin at all.',
+      '# containerd tries the mirror, then the registry itself, and sends ?ns=<registry> to the mirror.',
+      '# The endpoint path /v2/<prefix> is used as written (an endpoint without a path gets /v2).',
+      ...['docker.io', 'gcr.io', 'myreg.local:5000', 'quay.io'].flatMap((h) => [
+        '',
+        `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${h}"]`,
+        '  endpoint = ["https://mirror.example:5000/v2/test-namespace"]',
+      ]),
+      '',
+      '[plugins."io.containerd.grpc.v1.cri".registry.configs."mirror.example:5000".tls]',
+      '  ca_file = "/etc/containerd/mirror-ca.crt"',
+      '',
+      "# If the mirror requires a login (auth.rules), its credentials for every node (a pod's",
+      '# imagePullSecrets, when kubelet sends them, replace these for that pull):',
+      '# [plugins."io.containerd.grpc.v1.cri".registry.configs."mirror.example:5000".auth]',
+      '#   username = "<user>"',
+      '#   password = "<password>"',
+      '',
+    ].join('\n'),
+  );
+  t.false(conf.includes('hunter2') || conf.includes('bob'), 'no credentials');
+
+  // No namespace: the bare origin (containerd adds /v2); no CA: no tls table; plain http.
+  const plain = clientConfig(config, 'containerd-legacy', { mirror: 'http://10.0.0.5:5000' })['regmirror-cri-registry.toml']!;
+  t.regex(plain, /^\[plugins\."io\.containerd\.grpc\.v1\.cri"\.registry\.mirrors\."gcr\.io"\]\n {2}endpoint = \["http:\/\/10\.0\.0\.5:5000"\]$/m);
+  t.notRegex(plain, /\.tls\]|\/v2|override_path/);
+  t.throws(() => clientConfig(config, 'containerd-legacy', { mirror: 'http://m:5000', namespace: 'dockerhub' }), { instanceOf: ClientConfigError, message: /maps to docker\.io only/ });
 });
