@@ -167,7 +167,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     };
   }
   fills.onBytes = (origin, bytes) => metrics.upstreamBytes.inc({ upstream: origin.split('|', 1)[0]! }, bytes);
-  pull.onCache = (kind, result) => metrics.cacheResults.inc({ kind, result });
+  pull.onCache = (kind, result, upstream) => metrics.cacheResults.inc({ kind, result, upstream });
   fastify.addHook('onResponse', async (req, reply) => {
     const url = req.raw.url ?? '/';
     const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
@@ -189,7 +189,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
   const access = config.auth ? new AccessControl(config.auth, paths.root, logger.child({ component: 'auth' })) : null;
-  const deps = { svc: service, pull, access, onBlobServed: (source: 'disk' | 'fill', bytes: number) => metrics.blobBytesServed.inc({ source }, bytes) };
+  const deps = { svc: service, pull, access, onBlobServed: (source: 'disk' | 'fill', bytes: number, upstream: string) => metrics.blobBytesServed.inc({ source, upstream }, bytes) };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
   fastify.get('/metrics', async (_req, reply) => {
