@@ -78,6 +78,9 @@ test('JSON shape and figures follow real pulls: requests, hit ratio, bytes serve
     t.true(html.includes(`data-upstream="${UP}"`) && html.includes('http-equiv="refresh"') && html.includes(pkg.version));
     t.false(/<script/i.test(html), 'no scripts');
   }
+  const bare = await http('GET', `${s.url}/ui`);
+  t.is(bare.status, 301);
+  t.is(bare.header('location'), '/ui/');
   // Other paths keep answering the JSON 404 as before.
   t.true(isNotFound(await http('GET', `${s.url}/nothing-here`)));
 });
