@@ -14,6 +14,8 @@ import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
 import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
+import { StatusCollector, packageVersion } from './ops/status.js';
+import { registerStatus } from './http/status.js';
 import { parseApiPath } from './http/route.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
@@ -145,29 +147,44 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
   });
   let cachedBytes = { value: 0, at: -Infinity };
-  const metrics = new Metrics({
-    inflightFills: () => fills.size,
-    cachedBytes: () => {
-      if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: meta.cachedBytes(), at: Date.now() };
-      return cachedBytes.value;
-    },
+  const cachedBytesNow = () => {
+    if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: meta.cachedBytes(), at: Date.now() };
+    return cachedBytes.value;
+  };
+  const metrics = new Metrics({ inflightFills: () => fills.size, cachedBytes: cachedBytesNow });
+  const status = new StatusCollector({
+    version: packageVersion(),
+    maxBytes: config.cache.maxBytes,
+    cachedBytes: cachedBytesNow,
+    fills: () => fills.list(),
+    upstreams: [...clients.values()].map((c) => ({ name: c.name, offline: () => c.offline })),
   });
   evictor.onEvicted = (r) => {
+    status.evicted(r);
     metrics.evictedBytes.inc(r.bytes);
     metrics.evictedBlobs.inc(r.blobs);
     metrics.evictedImages.inc(r.images);
     cachedBytes = { value: r.cachedBytes, at: Date.now() };
   };
   for (const c of clients.values()) {
-    c.onResponse = (method, status, headers) => {
-      metrics.upstreamRequests.inc({ upstream: c.name, method, status: String(status) });
+    c.health.onChange = (offline) => status.offlineChanged(c.name, offline);
+    c.onResponse = (method, code, headers, error) => {
+      status.upstreamResponse(c.name, method, code, headers, error);
+      metrics.upstreamRequests.inc({ upstream: c.name, method, status: String(code) });
       // Docker Hub: `ratelimit-remaining: 76;w=21600`.
       const remaining = Number.parseInt(String(headers?.['ratelimit-remaining'] ?? ''), 10);
       if (Number.isFinite(remaining)) metrics.rateLimitRemaining.set({ upstream: c.name }, remaining);
     };
   }
-  fills.onBytes = (origin, bytes) => metrics.upstreamBytes.inc({ upstream: origin.split('|', 1)[0]! }, bytes);
-  pull.onCache = (kind, result) => metrics.cacheResults.inc({ kind, result });
+  fills.onBytes = (origin, bytes) => {
+    const upstream = origin.split('|', 1)[0]!;
+    metrics.upstreamBytes.inc({ upstream }, bytes);
+    status.fetched(upstream, bytes);
+  };
+  pull.onCache = (kind, result, upstream) => {
+    metrics.cacheResults.inc({ kind, result, upstream });
+    status.cache(kind, result, upstream);
+  };
   fastify.addHook('onResponse', async (req, reply) => {
     const url = req.raw.url ?? '/';
     const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
@@ -189,7 +206,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
   });
   const access = config.auth ? new AccessControl(config.auth, paths.root, logger.child({ component: 'auth' })) : null;
-  const deps = { svc: service, pull, access, onBlobServed: (source: 'disk' | 'fill', bytes: number) => metrics.blobBytesServed.inc({ source }, bytes) };
+  const onBlobServed = (source: 'disk' | 'fill', bytes: number, upstream: string) => {
+    metrics.blobBytesServed.inc({ source, upstream }, bytes);
+    status.served(source, bytes, upstream);
+  };
+  const deps = { svc: service, pull, access, onBlobServed };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
   fastify.get('/metrics', async (_req, reply) => {
@@ -201,6 +222,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
   });
   access?.registerTokenEndpoint(fastify);
+  if (config.status.enabled) registerStatus(fastify, status, access);
 
   const sweep = setInterval(() => {
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));

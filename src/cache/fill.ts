@@ -235,8 +235,23 @@ export class BlobFill {
   }
 }
 
+/** A fill in progress, as the status page lists it (read-only copy). */
+export interface FillInfo {
+  digest: Digest;
+  /** The local repository the fill was started for. */
+  repository: RepoName;
+  /** `<upstream>|<remote name>`. */
+  origin: string;
+  /** Bytes received from the upstream so far. */
+  bytes: number;
+  /** Total size, once the upstream announced it. */
+  size: number | null;
+  startedAt: number;
+}
+
 export class FillManager {
   private readonly fills = new Map<Digest, BlobFill>();
+  private readonly started = new Map<Digest, { repository: RepoName; at: number }>();
   /** Called with each chunk's size and the fill's origin (`<upstream>|<repo>`); metrics. */
   onBytes: ((origin: string, bytes: number) => void) | null = null;
 
@@ -255,6 +270,16 @@ export class FillManager {
     return this.fills.size;
   }
 
+  /** Fills in progress, oldest first. */
+  list(): FillInfo[] {
+    const out: FillInfo[] = [];
+    for (const f of this.fills.values()) {
+      const s = this.started.get(f.digest);
+      if (s) out.push({ digest: f.digest, repository: s.repository, origin: f.origin, bytes: f.received, size: f.size, startedAt: s.at });
+    }
+    return out.sort((a, b) => a.startedAt - b.startedAt);
+  }
+
   /**
    * Join the fill for `digest`, or start one. `expectedSize` (from a manifest descriptor)
    * is checked against the upstream's length when known.
@@ -264,7 +289,11 @@ export class FillManager {
     if (existing) return existing;
     const f = new BlobFill(digest, this.paths.blob(digest), this.paths.tempFile(), origin);
     this.fills.set(digest, f);
-    void this.run(f, repo, source, expectedSize).finally(() => this.fills.delete(digest));
+    this.started.set(digest, { repository: repo, at: Date.now() });
+    void this.run(f, repo, source, expectedSize).finally(() => {
+      this.fills.delete(digest);
+      this.started.delete(digest);
+    });
     return f;
   }
 

@@ -187,6 +187,9 @@ export function configFromObject(doc: unknown): Config {
   };
   h.done();
   const cache = parseCache(root.section('cache'));
+  const statusS = root.section('status');
+  const status = { enabled: statusS.bool('enabled', true) };
+  statusS.done();
   const tls = parseTls(root.section('tls'));
   const authRaw = root.raw('auth');
   const auth = authRaw === undefined || authRaw === null ? null : parseAuth(Section.of('auth', authRaw));
@@ -199,7 +202,7 @@ export function configFromObject(doc: unknown): Config {
   const namespaces = root.list('namespaces').map((v, i) => parseNamespace(Section.of(`namespaces[${i}]`, v), upstreams));
   const rewrites = root.list('rewrites').map((v, i) => parseRewrite(Section.of(`rewrites[${i}]`, v), upstreams));
   root.done();
-  return deepFreeze({ listen, storage, log, limits, http, cache, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
+  return deepFreeze({ listen, storage, log, limits, http, cache, status, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
 }
 
 export function parseConfigYaml(text: string, source: string): Config {

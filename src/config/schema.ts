@@ -124,6 +124,8 @@ export interface Config {
   readonly defaultUpstream: string | null;
   readonly namespaces: readonly NamespaceConfig[];
   readonly rewrites: readonly RewriteConfig[];
+  /** The status page (GET /, /ui/) and GET /api/v1/status; off = 404 there. */
+  readonly status: { readonly enabled: boolean };
   readonly http: {
     /** Above any load balancer idle timeout, so clients close idle sockets (protocol 6.8). */
     readonly keepAliveTimeoutMs: number;
@@ -174,4 +176,7 @@ upstreams:
 defaultUpstream: docker.io
 namespaces: []
 rewrites: []
+# Status page at / and /ui/, JSON at /api/v1/status (repositories shown only to callers who may pull them).
+status:
+  enabled: true
 `;

@@ -6,6 +6,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
 import { type Digest, type RepoName, parseDigest } from '../registry/names.js';
 import { type ByteRange, parseRangeHeader } from '../registry/range.js';
+import { upstreamLabel } from '../registry/pullthrough.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam } from './request.js';
 import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
@@ -40,20 +41,22 @@ async function lookupAndOpen(pull: Deps['pull'], repo: RepoName, ns: string | un
 }
 
 /** Count a blob body once it went out complete ('finish' never fires for an aborted one). */
-function countServed(deps: Deps, reply: FastifyReply, source: 'disk' | 'fill', bytes: number): void {
+function countServed(deps: Deps, reply: FastifyReply, source: 'disk' | 'fill', bytes: number, upstream: string): void {
   const served = deps.onBlobServed;
-  if (served && bytes > 0) reply.raw.once('finish', () => served(source, bytes));
+  if (served && bytes > 0) reply.raw.once('finish', () => served(source, bytes, upstream));
 }
 
 export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req: FastifyRequest, reply: FastifyReply) {
   const { pull } = deps;
   const digest = parseDigest(rawDigest);
   const head = req.method === 'HEAD';
-  const { blob, fh } = await lookupAndOpen(pull, repo, queryParam(queryOf(req), 'ns'), digest, head);
+  const ns = queryParam(queryOf(req), 'ns');
+  const { blob, fh } = await lookupAndOpen(pull, repo, ns, digest, head);
   // 'close' follows every response (finished, failed or aborted); close the file then.
   if (fh) reply.raw.once('close', () => void fh.close().catch(() => undefined));
   const { size } = blob;
   const source = blob.fill ? 'fill' : 'disk';
+  const upstream = upstreamLabel(pull.resolve(repo, ns));
   const open = (start: number, end: number): Readable => {
     if (fh) return fh.createReadStream({ start, end, autoClose: false, highWaterMark: READ_CHUNK_BYTES });
     if (!blob.open) throw new Error('blob answer has no body');
@@ -72,7 +75,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   if (ranges === null) {
     reply.header('content-type', 'application/octet-stream').header('content-length', size);
     if (head || size === 0) return reply.send();
-    countServed(deps, reply, source, size);
+    countServed(deps, reply, source, size, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, 0, size - 1);
     if (fh && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, 0, size - 1);
     return reply.send(open(0, size - 1));
@@ -85,7 +88,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
       .header('content-range', `bytes ${r.start}-${r.end}/${size}`)
       .header('content-length', r.end - r.start + 1);
     if (head) return reply.send();
-    countServed(deps, reply, source, r.end - r.start + 1);
+    countServed(deps, reply, source, r.end - r.start + 1, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, r.start, r.end);
     if (fh && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, r.start, r.end);
     return reply.send(open(r.start, r.end));

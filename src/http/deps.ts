@@ -8,6 +8,9 @@ export interface Deps {
   pull: PullThrough;
   /** null when the config has no `auth` section (open registry). */
   access: AccessControl | null;
-  /** Called with the body size of each complete blob GET and where it came from; metrics. */
-  onBlobServed?: (source: 'disk' | 'fill', bytes: number) => void;
+  /**
+   * Called with the body size of each complete blob GET, where it came from, and the
+   * path's upstream (`local`: none); metrics and status.
+   */
+  onBlobServed?: (source: 'disk' | 'fill', bytes: number, upstream: string) => void;
 }

@@ -21,8 +21,8 @@ export class Metrics {
   });
   readonly cacheResults = new Counter({
     name: 'regmirror_cache_requests_total',
-    help: 'Pull-through lookups by kind (manifest|blob|referrers) and result (hit|miss|joined|stale|revalidated; referrers: local = upstream failed, nothing cached)',
-    labelNames: ['kind', 'result'] as const,
+    help: 'Pull-through lookups by kind (manifest|blob|referrers), result (hit|miss|joined|stale|revalidated; referrers: local = upstream failed, nothing cached) and upstream (the path\'s configured upstream, or local)',
+    labelNames: ['kind', 'result', 'upstream'] as const,
     registers: [this.registry],
   });
   readonly upstreamRequests = new Counter({
@@ -39,8 +39,8 @@ export class Metrics {
   });
   readonly blobBytesServed = new Counter({
     name: 'regmirror_blob_bytes_served_total',
-    help: 'Blob bytes of complete GET responses, by source: disk (stored, pushed or cached) or fill (streamed while downloading from an upstream). Minus regmirror_upstream_blob_bytes_total: upstream traffic saved',
-    labelNames: ['source'] as const,
+    help: 'Blob bytes of complete GET responses, by source: disk (stored, pushed or cached) or fill (streamed while downloading from an upstream), and upstream (the path\'s configured upstream, or local). Minus regmirror_upstream_blob_bytes_total: upstream traffic saved',
+    labelNames: ['source', 'upstream'] as const,
     registers: [this.registry],
   });
   readonly rateLimitRemaining = new Gauge({

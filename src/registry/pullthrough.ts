@@ -102,8 +102,8 @@ export class PullThrough {
   private readonly revalidations = new Map<string, Promise<Digest | null>>();
   private readonly referrerLists: ReferrersCache;
   private readonly tagLists: TagListCache;
-  /** Called with each lookup's outcome; metrics. */
-  onCache: ((kind: CacheKind, result: CacheResult) => void) | null = null;
+  /** Called with each lookup's outcome and the path's upstream (`local`: none); metrics. */
+  onCache: ((kind: CacheKind, result: CacheResult, upstream: string) => void) | null = null;
   /** Notes what was served (last access drives eviction); set by the app. */
   access: AccessRecorder | null = null;
 
@@ -118,17 +118,17 @@ export class PullThrough {
     this.referrerLists = new ReferrersCache((up, path, timeoutMs) => this.upstreamRequest(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log);
   }
 
-  private count<T>(kind: CacheKind, result: CacheResult, value: T): T {
-    this.onCache?.(kind, result);
+  private count<T>(kind: CacheKind, result: CacheResult, r: Resolution, value: T): T {
+    this.onCache?.(kind, result, upstreamLabel(r));
     return value;
   }
 
-  private hit<T>(kind: 'manifest' | 'blob', value: T): T {
-    return this.count(kind, 'hit', value);
+  private hit<T>(kind: 'manifest' | 'blob', r: Resolution, value: T): T {
+    return this.count(kind, 'hit', r, value);
   }
 
-  private miss<T>(kind: 'manifest' | 'blob', value: T): T {
-    return this.count(kind, 'miss', value);
+  private miss<T>(kind: 'manifest' | 'blob', r: Resolution, value: T): T {
+    return this.count(kind, 'miss', r, value);
   }
 
   resolve(repo: RepoName, ns: string | undefined): Resolution {
@@ -164,14 +164,14 @@ export class PullThrough {
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);
     if (ref.kind === 'digest') {
-      if (meta.hasManifest(repo, ref.digest)) return this.hit('manifest', { record: this.local.getManifest(repo, ref, accept), headers });
+      if (meta.hasManifest(repo, ref.digest)) return this.hit('manifest', r, { record: this.local.getManifest(repo, ref, accept), headers });
     } else if (meta.tag(repo, ref.tag)) {
       // Pushed tags win, and are never revalidated.
-      return this.hit('manifest', { record: this.local.getManifest(repo, ref, accept), headers });
+      return this.hit('manifest', r, { record: this.local.getManifest(repo, ref, accept), headers });
     }
     const up = this.routeOrThrow(r);
     if (!up) return { record: this.local.getManifest(repo, ref, accept), headers };
-    if (ref.kind === 'digest') return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers });
+    if (ref.kind === 'digest') return this.miss('manifest', r, { record: await this.fetchManifest(repo, up, ref.digest, accept, null), headers });
 
     // Keyed by upstream and remote name too: one local path can reach several upstreams
     // (?ns=a vs ?ns=b), and one upstream's tag must never answer for another's.
@@ -180,21 +180,21 @@ export class PullThrough {
     const cachedRecord = cached && meta.manifest(repo, cached.digest);
     try {
       if (!cached || !cachedRecord) {
-        return this.miss('manifest', { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
+        return this.miss('manifest', r, { record: await this.fetchManifest(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
       }
       const fresh = Date.now() - cached.checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(ref.tag));
-      if (fresh) return this.hit('manifest', { record: cachedRecord, headers });
+      if (fresh) return this.hit('manifest', r, { record: cachedRecord, headers });
       const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
-      if (digest === cached.digest) return this.count('manifest', 'revalidated', { record: cachedRecord, headers });
+      if (digest === cached.digest) return this.count('manifest', 'revalidated', r, { record: cachedRecord, headers });
       const record = await this.fetchManifest(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
-      return this.miss('manifest', { record, headers });
+      return this.miss('manifest', r, { record, headers });
     } catch (e) {
       if (!isTransient(e)) throw e;
       // Whichever client cached the tag: any variant this client reads beats a 503.
       const stale = this.staleTag(repo, ref.tag, up, accept);
       if (!stale) throw e;
       this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, digest: stale.digest, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
-      return this.count('manifest', 'stale', { record: stale, headers: { ...headers, Warning: STALE_WARNING } });
+      return this.count('manifest', 'stale', r, { record: stale, headers: { ...headers, Warning: STALE_WARNING } });
     }
   }
 
@@ -357,13 +357,13 @@ export class PullThrough {
     const r = this.resolve(repo, ns);
     const headers = this.nsHeaders(r);
     const localSize = meta.repoBlobSize(repo, digest);
-    if (localSize !== undefined) return this.hit('blob', this.localBlob(digest, localSize, headers));
+    if (localSize !== undefined) return this.hit('blob', r, this.localBlob(digest, localSize, headers));
     // Stored for another repository: serve here only if a manifest this repository got
     // from upstream references it, or the upstream confirms it below.
     const stored = meta.blobSize(digest);
     if (stored !== undefined && meta.referencedInRepo(repo, digest)) {
       this.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
-      return this.hit('blob', this.localBlob(digest, stored, headers));
+      return this.hit('blob', r, this.localBlob(digest, stored, headers));
     }
     const up = this.routeOrThrow(r);
     if (!up) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
@@ -380,7 +380,7 @@ export class PullThrough {
       const storedNow = stored ?? meta.blobSize(digest);
       if (storedNow !== undefined) {
         this.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
-        return this.hit('blob', this.localBlob(digest, storedNow, headers));
+        return this.hit('blob', r, this.localBlob(digest, storedNow, headers));
       }
       if (head) {
         const len = Number(res.headers['content-length']);
@@ -389,7 +389,7 @@ export class PullThrough {
       }
     }
     // A request that finds the fill running shares it: counted as `joined`, not a miss.
-    this.onCache?.('blob', this.fills.inFlight(digest) ? 'joined' : 'miss');
+    this.onCache?.('blob', this.fills.inFlight(digest) ? 'joined' : 'miss', upstreamLabel(r));
     const fill = this.startFill(repo, up, digest);
     fill.done.then(() => meta.linkBlob(repo, digest, 'cached')).catch(() => undefined);
     await fill.ready;
@@ -544,7 +544,7 @@ export class PullThrough {
     // An unconfigured ?ns= host or a `local` namespace is never dialled: local list only.
     if (!r.error && r.upstream && r.remoteName) {
       const found = await this.referrerLists.lookup({ upstream: r.upstream, remoteName: r.remoteName }, subject);
-      this.onCache?.('referrers', found.result);
+      this.onCache?.('referrers', found.result, upstreamLabel(r));
       if (found.result === 'stale') headers = { ...headers, Warning: STALE_WARNING };
       all = mergeReferrers(local, found.manifests);
     }
@@ -587,6 +587,11 @@ export class PullThrough {
       throw unavailable(e);
     }
   }
+}
+
+/** The `upstream` metric label of a path: its configured upstream, or `local` (bounded set). */
+export function upstreamLabel(r: Resolution): string {
+  return r.upstream?.name ?? 'local';
 }
 
 function originOf(up: UpstreamRoute): string {

@@ -80,8 +80,8 @@ export class UpstreamClient {
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
   private readonly tokenFetches = new Map<string, Promise<string | null>>();
   readonly health: UpstreamHealth;
-  /** Called for every upstream response (status) or transport failure ('error'); metrics. */
-  onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null) => void) | null = null;
+  /** Called for every upstream response (status) or transport failure ('error', with its summary); metrics, status. */
+  onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null, error?: string) => void) | null = null;
   /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
   private readonly endpointHosts: ReadonlySet<string>;
 
@@ -211,7 +211,7 @@ export class UpstreamClient {
       try {
         res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
       } catch (e) {
-        this.onResponse?.(req.method, 'error', null);
+        this.onResponse?.(req.method, 'error', null, errorSummary(e));
         throw e;
       }
       this.onResponse?.(req.method, res.statusCode, res.headers);

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { http } from '../helpers/http.js';
 import { startServer } from '../helpers/server.js';
-import { sampleImage } from './_support.js';
+import { pushImage, sampleImage } from './_support.js';
 import { ACCEPT_ALL, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 import type { Digest } from '../../src/registry/names.js';
 
@@ -31,20 +31,21 @@ test('/metrics counts upstream requests, cache hits and misses, and blob bytes',
   const res = await http('GET', `${s.url}/metrics`);
   t.is(res.status, 200);
   const text = res.body.toString();
-  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'miss' }), 1);
-  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'hit' }), 1);
-  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'miss' }), 1);
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'miss', upstream: UP }), 1);
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'manifest', result: 'hit', upstream: UP }), 1);
+  t.is(metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'miss', upstream: UP }), 1);
   // The second GET may find the fill still committing (joined) or the blob stored (hit).
   t.is(
-    metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'hit' }) + metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'joined' }),
+    metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'hit', upstream: UP }) +
+      metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'joined', upstream: UP }),
     1,
   );
   t.is(metric(text, 'regmirror_upstream_requests_total', { upstream: UP, method: 'GET', status: '200' }), 2);
   t.is(metric(text, 'regmirror_upstream_blob_bytes_total', { upstream: UP }), layer.size);
   // Served: the first GET from the fill, the second from disk (or the fill, if still committing).
-  const fromFill = metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill' });
+  const fromFill = metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill', upstream: UP });
   t.true(fromFill >= layer.size);
-  t.is(fromFill + metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk' }), 2 * layer.size);
+  t.is(fromFill + metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk', upstream: UP }), 2 * layer.size);
   t.true(metric(text, 'regmirror_http_requests_total', { area: 'manifest', method: 'GET', status: '2xx' }) >= 2);
   t.true(text.includes('regmirror_blob_fills_inflight'));
   t.false(/authorization|password|token/i.test(text.replace(/regmirror_[a-z_]+/g, '')), 'no secrets or auth data in metrics');
@@ -64,6 +65,51 @@ test('blob bytes served: from the fill, then from disk; a range by its length; H
   t.is((await http('GET', url, { headers: { range: 'bytes=10-109' } })).status, 206);
   t.is((await http('HEAD', url)).status, 200);
   const text = (await http('GET', `${s.url}/metrics`)).body.toString();
-  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill' }), layer.size);
-  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk' }), 100, 'the range only; HEAD sends no body');
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill', upstream: UP }), layer.size);
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk', upstream: UP }), 100, 'the range only; HEAD sends no body');
+});
+
+test('cache and served-bytes metrics carry the upstream label: each configured upstream apart, `local` for paths with none', async (t) => {
+  const fakeA = await startFake(t);
+  const fakeB = await startFake(t);
+  const s = await startServer(t, {
+    upstreams: { [UP]: upstreamEntry(fakeA), 'other.test': upstreamEntry(fakeB) },
+    namespaces: [
+      { prefix: 'a', upstream: UP },
+      { prefix: 'b', upstream: 'other.test' },
+      { prefix: 'mine', upstream: 'local' },
+    ],
+  });
+  const imgA = sampleImage('label-a');
+  const imgB = sampleImage('label-b');
+  fakeA.addImage('app', imgA, 'v1');
+  fakeB.addImage('app', imgB, 'v1');
+  const accept = { accept: ACCEPT_ALL };
+  t.is((await http('GET', `${s.url}/v2/a/app/manifests/v1`, { headers: accept })).status, 200);
+  t.is((await http('GET', `${s.url}/v2/b/app/manifests/v1`, { headers: accept })).status, 200);
+  t.is((await http('GET', `${s.url}/v2/b/app/manifests/v1`, { headers: accept })).status, 200);
+  const layerB = imgB.layers[0]!;
+  t.is((await http('GET', `${s.url}/v2/b/app/blobs/${layerB.digest}`)).status, 200);
+  // Local content: pushed under a `local` namespace, then pulled.
+  t.is((await pushImage(s.url, 'mine/app', imgA, 'v1')).status, 201);
+  t.is((await http('GET', `${s.url}/v2/mine/app/manifests/v1`, { headers: accept })).status, 200);
+  const layerA = imgA.layers[0]!;
+  t.is((await http('GET', `${s.url}/v2/mine/app/blobs/${layerA.digest}`)).status, 200);
+
+  const text = (await http('GET', `${s.url}/metrics`)).body.toString();
+  const cache = (labels: Record<string, string>) => metric(text, 'regmirror_cache_requests_total', labels);
+  t.is(cache({ kind: 'manifest', result: 'miss', upstream: UP }), 1);
+  t.is(cache({ kind: 'manifest', result: 'hit', upstream: UP }), 0);
+  t.is(cache({ kind: 'manifest', result: 'miss', upstream: 'other.test' }), 1);
+  t.is(cache({ kind: 'manifest', result: 'hit', upstream: 'other.test' }), 1);
+  t.is(cache({ kind: 'blob', result: 'miss', upstream: 'other.test' }), 1);
+  t.is(cache({ kind: 'manifest', result: 'hit', upstream: 'local' }), 1);
+  t.is(cache({ kind: 'blob', result: 'hit', upstream: 'local' }), 1);
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'fill', upstream: 'other.test' }), layerB.size);
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk', upstream: 'local' }), layerA.size);
+  t.is(metric(text, 'regmirror_blob_bytes_served_total', { upstream: UP }), 0, 'nothing served for the first upstream');
+  t.is(metric(text, 'regmirror_upstream_blob_bytes_total', { upstream: 'other.test' }), layerB.size);
+  // Bounded: the label takes configured upstream names and `local`, never repository names.
+  const values = new Set([...text.matchAll(/upstream="([^"]*)"/g)].map((m) => m[1]));
+  t.deepEqual([...values].sort(), ['local', 'other.test', UP].sort());
 });

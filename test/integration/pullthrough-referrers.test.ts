@@ -123,8 +123,8 @@ test('upstream referrers are listed with their descriptors; each referrer then p
   t.is(fake.totalRequests, 0, 'within the TTL: answered from cache');
 
   const text = (await http('GET', `${s.url}/metrics`)).body.toString('utf8');
-  t.is(metric(text, { kind: 'referrers', result: 'miss' }), 1);
-  t.is(metric(text, { kind: 'referrers', result: 'hit' }), 1);
+  t.is(metric(text, { kind: 'referrers', result: 'miss', upstream: UP }), 1);
+  t.is(metric(text, { kind: 'referrers', result: 'hit', upstream: UP }), 1);
 });
 
 test('artifactType is filtered locally after the merge, with OCI-Filters-Applied; one upstream fetch serves every filter', async (t) => {
