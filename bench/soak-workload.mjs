@@ -8,10 +8,15 @@ import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { MIB, MT, MANIFEST_ACCEPT, assertLoopback, genBuffer, sha256 } from './lib.mjs';
 
-/** Accept sets: each image is always requested with the same one (see classify()). */
+/**
+ * Accept sets. Tag requests mix them (nodes run containerd next to skopeo, CRI-O and
+ * old Docker clients): each image is asked for with any set that reads its media type, and
+ * a tag cached for one set must answer the others while the upstream is down.
+ */
 export const ACCEPT = {
   containerd: MANIFEST_ACCEPT,
   oci: `${MT.ociManifest}, application/vnd.oci.image.index.v1+json`,
+  docker: MT.dockerManifest,
 };
 
 // =======================================================================================
@@ -48,6 +53,7 @@ export function planImages({ warmRepos, coldImages, baseLayers = 3, baseMiB = 2,
       repo,
       tag,
       accept: docker ? ACCEPT.containerd : ACCEPT.oci,
+      accepts: docker ? [ACCEPT.containerd, ACCEPT.docker] : [ACCEPT.oci, ACCEPT.containerd],
       mediaType,
       manifest,
       digest: sha256(manifest),
@@ -168,19 +174,18 @@ export class UpstreamTimeline {
  *  - Everything else is UNEXPLAINED: any 500; any 5xx, abort, reset or timeout for cached
  *    or pushed content; a 5xx with no or another error code; a client-side timeout.
  *
- * Known leniency (tighten here): tags are tracked per Accept set and every image is
- * requested with one fixed Accept set, because until stale serving across Accept sets
- * lands (issue #8 item 1) a tag cached for one Accept set may 503 for another while the
- * upstream is down. Once it lands, requests may mix Accept sets and a tag cached under any
- * acceptable set should count as 'cached'.
+ * Tightened since stale serving across Accept sets and probe-driven recovery landed
+ * (issue #8 items 1-2): tag requests mix Accept sets and a tag verified under any of them
+ * counts as 'cached'; a failure after the upstream is back is explained only within the
+ * mirror's probe interval (plus slack), no longer within its whole offline window.
  */
-export function classify({ state, method, res, timeline, offlineMs, slackMs }) {
+export function classify({ state, method, res, timeline, recoveryMs, slackMs }) {
   if (state !== 'uncached') return { explained: false, why: `${state} content` };
-  const upstreamTrouble = timeline.troubleDuring(res.start - offlineMs - slackMs, res.end);
+  const upstreamTrouble = timeline.troubleDuring(res.start - recoveryMs - slackMs, res.end);
   if (!upstreamTrouble) return { explained: false, why: 'upstream was up' };
-  // Reported apart: failures while the upstream was really down, and those only inside the
-  // mirror's offline window after it came back (issue #8 item 2 should make these vanish).
-  const when = timeline.troubleDuring(res.start, res.end) ? 'while the upstream was down' : 'after the upstream came back (offline window)';
+  // Reported apart: failures while the upstream was really down, and those just after it
+  // came back (until the mirror's probe and trial request close its offline window).
+  const when = timeline.troubleDuring(res.start, res.end) ? 'while the upstream was down' : 'just after the upstream came back (probe interval)';
   if (res.transport === 'aborted' && method === 'GET') return { explained: true, why: `fill aborted ${when}` };
   if (res.transport) return { explained: false, why: `transport: ${res.error}` };
   const okStatus = res.status === 503 || res.status === 502 || res.status === 429;
@@ -255,7 +260,7 @@ const WEIGHT_SUM = ACTIONS.reduce((a, [, w]) => a + w, 0);
  * One client: its own keep-alive agent (like a node), a loop of weighted random actions
  * until `stopAt`, at most `maxActions`. Never throws: every outcome goes into `ctx.stats`.
  *
- * ctx: { base, images, ledger, stats, timeline, offlineMs, slackMs, releasedCold(), timeoutMs, thinkMs }
+ * ctx: { base, images, ledger, stats, timeline, recoveryMs, slackMs, releasedCold(), timeoutMs, thinkMs }
  */
 export async function runClient(id, ctx, stopAt, maxActions = 100_000) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 3 });
@@ -302,7 +307,7 @@ async function call(c, ctx, kind, method, path, { state, headers, body, expect, 
     return res;
   }
   if (res.transport || res.status >= 500) {
-    const v = classify({ state, method, res, timeline: ctx.timeline, offlineMs: ctx.offlineMs, slackMs: ctx.slackMs });
+    const v = classify({ state, method, res, timeline: ctx.timeline, recoveryMs: ctx.recoveryMs, slackMs: ctx.slackMs });
     if (v.explained) {
       ctx.stats.explained[v.why] = (ctx.stats.explained[v.why] ?? 0) + 1;
       return null;
@@ -331,7 +336,10 @@ function checkBody(method, res, expect) {
   return null;
 }
 
-const tagKey = (img) => `${img.repo}:${img.tag}|${img.accept}`;
+// Any Accept set: the mirror serves a cached tag to every client that reads it.
+const tagKey = (img) => `${img.repo}:${img.tag}`;
+/** The Accept of this request: any set that reads the image (pushed images: their own). */
+const acceptFor = (c, img) => (img.accepts && c.pick ? c.pick(img.accepts) : img.accept);
 const inRepo = (repo, digest) => `${repo}@${digest}`;
 
 /** Manifest by tag, config, then both layers at once; marks what was verified. */
@@ -340,7 +348,7 @@ async function pullImage(c, ctx, img, kind) {
   const stateOf = (cached) => (img.pushed ? 'pushed' : cached ? 'cached' : 'uncached');
   const m = await call(c, ctx, `${kind}:manifest`, 'GET', `/v2/${img.repo}/manifests/${img.tag}`, {
     state: stateOf(ledger.tags.has(tagKey(img))),
-    headers: { accept: img.accept },
+    headers: { accept: acceptFor(c, img) },
     expect: { digest: img.digest, size: img.manifest.length, mediaType: img.mediaType },
   });
   if (!m) return false;
@@ -384,7 +392,7 @@ const ACTION_FNS = {
     const { ledger } = ctx;
     const m = await call(c, ctx, 'digest:manifest', 'GET', `/v2/${img.repo}/manifests/${img.digest}`, {
       state: ledger.manifests.has(inRepo(img.repo, img.digest)) ? 'cached' : 'uncached',
-      headers: { accept: img.accept },
+      headers: { accept: acceptFor(c, img) },
       expect: { digest: img.digest, size: img.manifest.length, mediaType: img.mediaType },
     });
     if (!m) return false;
@@ -401,7 +409,7 @@ const ACTION_FNS = {
     const { ledger } = ctx;
     const m = await call(c, ctx, 'head:manifest', 'HEAD', `/v2/${img.repo}/manifests/${img.tag}`, {
       state: ledger.tags.has(tagKey(img)) ? 'cached' : 'uncached',
-      headers: { accept: img.accept },
+      headers: { accept: acceptFor(c, img) },
       expect: { digest: img.digest, size: img.manifest.length, mediaType: img.mediaType },
     });
     const b = c.pick(img.blobs);

@@ -116,7 +116,7 @@ configure({ name: 'soak', keep: OPTS.keep });
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const UPSTREAM_NAME = 'upstream.soak';
 /** The mirror's upstream timeouts: short, so the soak hits the failure paths often. */
-const MIRROR_TIMEOUTS = { connect: 500, headers: 1500, body: 2000, offline: 2000, tagTtl: 2000, revalidate: 1000 };
+const MIRROR_TIMEOUTS = { connect: 500, headers: 1500, body: 2000, offline: 2000, probe: 250, tagTtl: 2000, revalidate: 1000 };
 const MIRROR_MAX_CONNECTIONS = 16;
 /** V8 heap in use may not grow more than this between the warm-up point and the end. */
 const HEAP_LIMIT_MIB = 32;
@@ -426,7 +426,7 @@ function mirrorConfig(dir, port, upstreamBase) {
       'upstreams:',
       `  ${UPSTREAM_NAME}:`,
       `    endpoints: [${upstreamBase}]`,
-      `    timeouts: { connect: ${t.connect}ms, headers: ${t.headers}ms, body: ${t.body}ms, offline: ${t.offline}ms }`,
+      `    timeouts: { connect: ${t.connect}ms, headers: ${t.headers}ms, body: ${t.body}ms, offline: ${t.offline}ms, probe: ${t.probe}ms }`,
       `    maxConnections: ${MIRROR_MAX_CONNECTIONS}`,
       `    tags: { ttl: ${t.tagTtl}ms, revalidateTimeout: ${t.revalidate}ms }`,
       `defaultUpstream: ${UPSTREAM_NAME}`,
@@ -507,7 +507,7 @@ async function main() {
   // Prime: every warm image once, upstream up; anything but success is an error.
   const ledger = new Ledger();
   const timeline = new UpstreamTimeline();
-  const mkCtx = (stats) => ({ base, images, ledger, stats, timeline, offlineMs: MIRROR_TIMEOUTS.offline, slackMs: SLACK_MS, timeoutMs: REQUEST_TIMEOUT_MS, thinkMs: OPTS.thinkMs, releasedCold: () => 0 });
+  const mkCtx = (stats) => ({ base, images, ledger, stats, timeline, recoveryMs: MIRROR_TIMEOUTS.probe, slackMs: SLACK_MS, timeoutMs: REQUEST_TIMEOUT_MS, thinkMs: OPTS.thinkMs, releasedCold: () => 0 });
   const prime = await verifyImages(mkCtx(new Stats()), images.warm, 'prime');
   if (prime.failed > 0) throw new Error(`priming the warm images failed: ${JSON.stringify(prime.samples.slice(0, 3))}`);
   await sleep(1000);
