@@ -58,8 +58,12 @@ export function installErrorHandler(app: FastifyInstance): void {
   });
 }
 
-/** node's 'aborted' (ECONNRESET) or a premature close of the request body the client cut. */
+/**
+ * node's `aborted` (ECONNRESET, raised on the request when its connection closes before
+ * the response), or a premature close of the request body once the socket is gone.
+ */
 function clientWentAway(err: unknown, req: FastifyRequest): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return req.raw.destroyed && !req.raw.complete && (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE');
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (e?.code === 'ECONNRESET' && e.message === 'aborted') return true;
+  return e?.code === 'ERR_STREAM_PREMATURE_CLOSE' && (req.raw.destroyed || req.raw.socket?.destroyed === true);
 }

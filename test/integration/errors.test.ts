@@ -4,6 +4,7 @@
  * OCI error body (protocol.md 1.1, 1.2) — never a 5xx, never a file outside the data dir.
  */
 import os from 'node:os';
+import net from 'node:net';
 import path from 'node:path';
 import fs from 'node:fs/promises';
 import test from 'ava';
@@ -307,4 +308,30 @@ test('error responses: JSON envelope with a known code, exact Content-Type, no b
   const bigHeader = await rawGet(s.hostPort, 'GET', '/v2/', [`X-Big: ${'a'.repeat(20_000)}`]);
   t.true(bigHeader.status >= 400 && bigHeader.status < 500, String(bigHeader.status));
   t.is((await http('GET', `${s.url}/v2/`)).status, 200);
+});
+
+test('a client that cuts its request body and closes is no server error (no 5xx log, server healthy)', async (t) => {
+  const s = await serve(t);
+  const img = sampleImage('cut-body');
+  const digest = img.layers[0]!.digest;
+  const [host, port] = s.hostPort.split(':');
+  // Monolithic and PATCH uploads with a declared length, a few bytes of body, then a close:
+  // the server may be between two steps (free-space check, body pipe) when the reset lands.
+  const session = await http('POST', `${s.url}/v2/cut/body/blobs/uploads/`);
+  const targets = [`/v2/cut/body/blobs/uploads/?digest=${digest}`, session.header('location')!];
+  for (let i = 0; i < 40; i++) {
+    const target = targets[i % 2]!;
+    const method = i % 2 === 0 ? 'POST' : 'PATCH';
+    await new Promise<void>((resolve) => {
+      const sock = net.connect(Number(port), host, () => {
+        sock.write(`${method} ${target} HTTP/1.1\r\nHost: ${s.hostPort}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${1_000_000 + i}\r\n\r\n`);
+        sock.write(Buffer.alloc(100 + i * 37, 7));
+        setImmediate(() => sock.destroy());
+      });
+      sock.on('close', () => resolve());
+      sock.on('error', () => undefined);
+    });
+  }
+  t.is((await http('GET', `${s.url}/healthz`)).status, 200);
+  t.is((await http('GET', `${s.url}/v2/cut/body/blobs/${digest}`)).status, 404, 'nothing half-written is served');
 });
