@@ -29,13 +29,15 @@ commands:
                                  remains
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
-  client-config <containerd|containerd-legacy|k3s|registries.conf> --mirror URL
-                [--config FILE] [--ca FILE] [--namespace PREFIX] [--out DIR]
+  client-config <containerd|containerd-legacy|k3s|registries.conf|idms|itms|anthos>
+                --mirror URL [--config FILE] [--ca FILE] [--namespace PREFIX] [--out DIR]
                                  node configuration pointing every configured upstream at
                                  this mirror (containerd hosts.toml per registry, the
                                  legacy containerd 1.x CRI registry.mirrors/configs for
                                  config.toml, k3s/RKE2 registries.yaml, CRI-O/podman
-                                 registries.conf); printed, or written under DIR
+                                 registries.conf, OpenShift ImageDigestMirrorSet /
+                                 ImageTagMirrorSet, Anthos bare-metal registryMirrors);
+                                 printed, or written under DIR
   prefetch --mirror URL [--file LIST] [--platform OS/ARCH ...] [--user USER:PASS] [IMAGE ...]
                                  pull images through a running mirror (all of an index's
                                  platforms unless --platform), so a rollout finds them

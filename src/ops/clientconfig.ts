@@ -14,8 +14,10 @@
  *   namespace form is `<mirror>/v2/<prefix>`; without a path containerd uses `/v2`.
  *   Credentials for the mirror go under `configs."<mirror host>".auth`, written only as a
  *   commented placeholder.
- * - k3s/RKE2 `registries.yaml`: a mirror entry per upstream (k3s writes hosts.toml for its
- *   containerd, so `?ns=` routes here too).
+ * - k3s/RKE2 `registries.yaml` (clientconfig/k3s.ts): a mirror entry per upstream (k3s writes
+ *   hosts.toml for its containerd, so `?ns=` routes here too), inverted `rewrites[]`, `configs`.
+ * - OpenShift ImageDigestMirrorSet / ImageTagMirrorSet (clientconfig/openshift.ts) and the
+ *   Anthos bare-metal `registryMirrors` block (clientconfig/anthos.ts).
  * - CRI-O/podman `registries.conf`: a `[[registry.mirror]]` per upstream whose location
  *   names the upstream in the path: a namespace prefix mapped to that upstream, else the
  *   registry host itself (`mirror:5000/docker.io`); hosts with a port cannot be a path
@@ -24,23 +26,15 @@
  * Only names and URLs from the config appear; never credentials.
  */
 import type { Config, UpstreamConfig } from '../config/schema.js';
+import { anthosFiles } from './clientconfig/anthos.js';
+import { ClientConfigError, type ClientConfigOptions, type ClientFiles, pathPrefixFor, quote as toml, skippedNote, sortedUpstreams } from './clientconfig/common.js';
+import { k3sFiles } from './clientconfig/k3s.js';
+import { mirrorSetFiles } from './clientconfig/openshift.js';
 
-export const CLIENT_KINDS = ['containerd', 'containerd-legacy', 'k3s', 'registries.conf'] as const;
+export { ClientConfigError, type ClientConfigOptions, type ClientFiles };
+
+export const CLIENT_KINDS = ['containerd', 'containerd-legacy', 'k3s', 'registries.conf', 'idms', 'itms', 'anthos'] as const;
 export type ClientKind = (typeof CLIENT_KINDS)[number];
-
-export interface ClientConfigOptions {
-  /** The mirror as nodes reach it: `https://mirror.example:5000`. */
-  mirror: string;
-  /** CA file path on the nodes, for a mirror with a private CA. */
-  ca?: string;
-  /** A `namespaces[]` prefix to put in the mirror URL (containerd with override_path, containerd-legacy). */
-  namespace?: string;
-}
-
-/** Relative path -> file content. */
-export type ClientFiles = Record<string, string>;
-
-export class ClientConfigError extends Error {}
 
 /** The mirror URL without a trailing slash; only http(s) with a host, no credentials or query. */
 function mirrorUrl(raw: string): URL {
@@ -57,15 +51,9 @@ function mirrorUrl(raw: string): URL {
   return u;
 }
 
-const toml = (s: string) => JSON.stringify(s); // TOML basic strings share JSON's escapes for these inputs
-
 /** The registry's own endpoint, for containerd's fallback `server`. */
 function serverOf(up: UpstreamConfig): string {
   return up.endpoints[0] ?? `https://${up.name}`;
-}
-
-function sortedUpstreams(config: Config): UpstreamConfig[] {
-  return [...config.upstreams.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
 /**
@@ -125,25 +113,12 @@ function containerdLegacyFiles(config: Config, mirror: URL, opts: ClientConfigOp
   return { 'regmirror-cri-registry.toml': `${lines.join('\n')}\n` };
 }
 
-function k3sFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
-  const lines = ['# /etc/rancher/k3s/registries.yaml (RKE2: /etc/rancher/rke2/registries.yaml)', 'mirrors:'];
-  for (const up of sortedUpstreams(config)) {
-    lines.push(`  ${JSON.stringify(up.name)}:`, `    endpoint:`, `      - ${JSON.stringify(mirror.origin)}`);
-  }
-  if (opts.ca) lines.push('configs:', `  ${JSON.stringify(mirror.host)}:`, '    tls:', `      ca_file: ${JSON.stringify(opts.ca)}`);
-  return { 'registries.yaml': `${lines.join('\n')}\n` };
-}
-
-/** A repository path component per the distribution spec: `[a-z0-9]+(?:[._-][a-z0-9]+)*`. */
-const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$/;
-
 function registriesConfFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
   const lines = ['# /etc/containers/registries.conf.d/regmirror.conf (CRI-O, podman, skopeo, buildah)'];
   if (opts.ca) lines.push(`# Private CA: install it as /etc/containers/certs.d/${mirror.host}/ca.crt`);
   const skipped: string[] = [];
   for (const up of sortedUpstreams(config)) {
-    const ns = config.namespaces.find((n) => n.upstream === up.name);
-    const prefix = ns?.prefix ?? (PATH_COMPONENT.test(up.name) ? up.name : null);
+    const prefix = pathPrefixFor(config, up);
     if (prefix === null) {
       skipped.push(up.name);
       continue;
@@ -152,15 +127,15 @@ function registriesConfFiles(config: Config, mirror: URL, opts: ClientConfigOpti
     if (mirror.protocol === 'http:') lines.push('insecure = true');
   }
   for (const name of skipped) {
-    lines.push('', `# ${name}: a host with a port cannot be a path component; add namespaces: [{prefix: <name>, upstream: ${JSON.stringify(name)}}] to mirror it`);
+    lines.push('', skippedNote(name, '#'));
   }
   return { 'registries.conf': `${lines.join('\n')}\n` };
 }
 
 export function clientConfig(config: Config, kind: ClientKind, opts: ClientConfigOptions): ClientFiles {
   const mirror = mirrorUrl(opts.mirror);
-  if (opts.namespace !== undefined && kind !== 'containerd' && kind !== 'containerd-legacy') {
-    throw new ClientConfigError('namespace: only containerd (hosts.toml override_path, or a legacy endpoint path) carries a path prefix');
+  if (opts.namespace !== undefined && kind !== 'containerd' && kind !== 'containerd-legacy' && kind !== 'anthos') {
+    throw new ClientConfigError('namespace: only containerd (hosts.toml override_path, or a legacy endpoint path) and anthos carry a path prefix');
   }
   switch (kind) {
     case 'containerd':
@@ -171,6 +146,11 @@ export function clientConfig(config: Config, kind: ClientKind, opts: ClientConfi
       return k3sFiles(config, mirror, opts);
     case 'registries.conf':
       return registriesConfFiles(config, mirror, opts);
+    case 'idms':
+    case 'itms':
+      return mirrorSetFiles(config, mirror, kind);
+    case 'anthos':
+      return anthosFiles(config, containerdMirrorUrl(config, mirror, opts.namespace), opts);
   }
 }
 

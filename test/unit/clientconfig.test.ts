@@ -49,6 +49,10 @@ test('k3s/RKE2 registries.yaml: every upstream mirrored to the one endpoint, CA 
       '  "mirror:5000":',
       '    tls:',
       '      ca_file: "/ca.pem"',
+      '    # If the mirror requires a login (auth.rules):',
+      '    # auth:',
+      '    #   username: "<user>"',
+      '    #   password: "<password>"',
       '',
     ].join('\n'),
   );
