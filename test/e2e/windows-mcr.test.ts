@@ -3,7 +3,7 @@
  * for `mcr.microsoft.com/oss/kubernetes/pause:3.9`): a namespace `x/y/z` routed to an
  * upstream named `mcr.microsoft.com`, whose endpoint is a local Debian docker-registry
  * (Basic auth). containerd (`ctr images pull`, the mirror named in the reference, so no
- * `?ns=`) and skopeo pull through it; the upstream sees `oss/kubernetes/pause` only.
+ * `?ns=`), skopeo and podman pull through it; the upstream sees `oss/kubernetes/pause` only.
  *
  * Windows images carry foreign (non-distributable) layers: descriptors with `urls` and
  * media type `application/vnd.docker.image.rootfs.foreign.diff.tar.gzip` that registries
@@ -18,6 +18,7 @@ import { startContainerd } from '../helpers/containerd.js';
 import { seedRegistry, settleAccessLog, startDockerRegistry } from '../helpers/docker-registry.js';
 import { http } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
+import { podman } from '../helpers/podman.js';
 import { pullArgs, skopeo } from '../helpers/skopeo.js';
 import { FakeUpstream } from '../fixtures/fake-upstream.js';
 import { MediaTypes, allBlobsOf, descriptor, jsonBlob, makeBlob, makeImage, makeIndex, makeLayer, randomBytes } from '../fixtures/images.js';
@@ -43,7 +44,7 @@ function pause() {
   ]);
 }
 
-e2e('OpenShift Windows path: containerd and skopeo pull <mirror>/x/y/z/oss/kubernetes/pause:3.9, the mcr.microsoft.com upstream sees oss/kubernetes/pause', async (t) => {
+e2e('OpenShift Windows path: containerd, skopeo and podman pull <mirror>/x/y/z/oss/kubernetes/pause:3.9, the mcr.microsoft.com upstream sees oss/kubernetes/pause', async (t) => {
   const idx = pause();
   const blobs = allBlobsOf(idx);
   const linux = idx.images[0]!.image;
@@ -73,6 +74,15 @@ e2e('OpenShift Windows path: containerd and skopeo pull <mirror>/x/y/z/oss/kuber
   const out = path.join(work, 'skopeo');
   await sk.run(pullArgs(sk, `docker://${ref}`, `oci:${out}:3.9`));
   await assertLayoutHolds(t, out, '3.9', idx.index, blobs);
+
+  // podman (CRI-O's image library), the mirror named in the reference as OpenShift's guide does.
+  const pm = await podman(t);
+  await pm.pull(ref);
+  t.is(await pm.digestOf(ref), idx.index.digest, 'podman has the upstream digest');
+  t.true(
+    requests().some((r) => r.ua.toLowerCase().includes('podman') || r.ua.includes('containers/')),
+    `podman's requests reached the mirror: ${summary(requests().slice(-5))}`,
+  );
 
   const explain = (await http('GET', `${s.url}/api/v1/resolve?path=x/y/z/${PAUSE}`)).json<{ upstream: { name: string }; remoteRepository: string }>();
   t.is(explain.upstream.name, MCR);
