@@ -11,6 +11,7 @@ import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
+import { waitFor } from '../helpers/tools.js';
 import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import {
@@ -268,4 +269,29 @@ test('a 256 MiB layer streams through a chunked body with the heap bounded', asy
   t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
   const head = await http('HEAD', `${s.url}/v2/m/big/layer/blobs/${layerDigest}`);
   t.is(head.header('content-length'), String(size));
+});
+
+test('multipart: a bad first archive fails the request before the next is read; a client that disconnects mid-archive leaves nothing', async (t) => {
+  const s = await startServer(t);
+  const good = await indexArchive(sampleIndex('after-bad'), 'x/after:1');
+  const res = await importMultipart(s.url, 'namespace=mirror', [good.subarray(0, 3000), good]);
+  assertError(t, res, 400, 'BLOB_UPLOAD_INVALID');
+  await assertNothingStored(t, s, 'mirror/x/after', 'bad first part');
+  t.is((await http('GET', `${s.url}/v2/`)).status, 200, 'connection usable after the error');
+
+  // Half an archive, then the socket is cut: the staged temp files go with the request.
+  const big = makeImage({ layers: [makeLayer([{ name: 'f', content: randomBytes(4 * 1024 * 1024, 'abort') }], { gzip: false })] });
+  const archive = await packTar(layoutEntries([{ root: big.manifest, annotations: { [REF_NAME]: 'x/abort:1' } }], [big.config, ...big.layers]));
+  const { request } = await import('node:http');
+  const url = new URL(`${s.url}/api/v1/import?namespace=mirror`);
+  const req = request({ host: url.hostname, port: url.port, path: `${url.pathname}${url.search}`, method: 'POST', headers: { 'content-type': 'application/x-tar', 'content-length': String(archive.length) } });
+  req.on('error', () => undefined);
+  req.write(archive.subarray(0, archive.length >> 1));
+  // Wait until the server has staged something (a temp file exists), then cut the socket.
+  const tmp = path.join(s.dataDir, 'storage', 'tmp');
+  await waitFor(async () => ((await filesUnder(tmp)).length > 0 ? true : undefined), 30_000, 'a temp file while the body streams');
+  req.destroy();
+  await waitFor(async () => ((await filesUnder(tmp)).length === 0 ? true : undefined), 30_000, 'temp files removed after the abort');
+  await assertNothingStored(t, s, 'mirror/x/abort', 'aborted request');
+  t.true(s.logs.every((l) => !l.includes('"level":50')), 'no error-level log for a client abort');
 });
