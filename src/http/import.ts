@@ -78,7 +78,7 @@ async function handler(deps: Deps, req: FastifyRequest, reply: FastifyReply) {
     if (target.repository) {
       await deps.access?.check(req, target.repository, 'push');
       checkWritable(deps, target.repository, req);
-    }
+    } else await deps.access?.checkMayPushSomewhere(req);
   } catch (e) {
     discardBody(req);
     throw e;

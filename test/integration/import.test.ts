@@ -196,6 +196,16 @@ test('push rules: each target repository needs push (401 anonymous, 403 signed i
   assertError(t, anon, 401, 'UNAUTHORIZED');
   t.truthy(anon.header('www-authenticate'));
   await assertNothingStored(t, s, 'mirror/library/app', 'anonymous');
+  // The anonymous 401 comes before the body is read: here the body never ends.
+  const { request } = await import('node:http');
+  const url = new URL(`${s.url}/api/v1/import?namespace=mirror`);
+  const pending = request({ host: url.hostname, port: url.port, path: `${url.pathname}${url.search}`, method: 'POST', headers: { 'content-type': 'application/x-tar', 'content-length': String(archive.length * 2) } });
+  pending.on('error', () => undefined);
+  t.teardown(() => pending.destroy());
+  const early = new Promise<number>((resolve) => pending.on('response', (r) => resolve(r.statusCode ?? 0)));
+  pending.write(archive);
+  t.is(await Promise.race([early, new Promise<number>((r) => setTimeout(() => r(-1), 20_000))]), 401, 'anonymous refused before the whole body arrived');
+  pending.destroy();
   const bob = await importMultipart(s.url, 'namespace=mirror', [archive], { authorization: basic('bob', 'bob-Pw-2') });
   assertError(t, bob, 403, 'DENIED');
   await assertNothingStored(t, s, 'mirror/library/app', 'bob');
