@@ -6,11 +6,11 @@
  * (the same order, and the same `pushed` provenance, as a client push).
  */
 import type { Readable } from 'node:stream';
-import { insufficientStorage } from '../errors.js';
+import { insufficientStorage, isRegistryError } from '../errors.js';
 import type { Digest, RepoName } from '../names.js';
 import type { RegistryService } from '../service.js';
 import { isStorageFull } from '../../storage/space.js';
-import { openTar } from './detect.js';
+import { malformed, openTar } from './detect.js';
 import { type ImportTarget, type PlannedImage, planOciLayout } from './oci.js';
 import { type Staging, stageArchive } from './stage.js';
 
@@ -59,7 +59,10 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
 }
 
 export async function importArchive(svc: RegistryService, input: Readable, target: ImportTarget, opts: ImportOptions): Promise<ImageResult[]> {
-  const { tar } = await openTar(input);
+  const { tar } = await openTar(input).catch((e: unknown) => {
+    // A body that fails while its first bytes are read (the client went away) is not a server fault.
+    throw isRegistryError(e) ? e : malformed(`the archive could not be read: ${(e as Error).message}`);
+  });
   const maxBlobBytes = svc.limits.maxBlobBytes > 0 ? svc.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
   let staging: Staging;
   try {
