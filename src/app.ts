@@ -12,6 +12,7 @@ import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
+import { registerImport } from './http/import.js';
 import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
@@ -213,6 +214,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const deps = { svc: service, pull, access, onBlobServed };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
+  registerImport(fastify, deps);
   fastify.get('/metrics', async (_req, reply) => {
     const text = await metrics.registry.metrics();
     return reply.header('content-type', metrics.registry.contentType).send(text);

@@ -141,6 +141,18 @@ export class AccessControl {
     throw new RegistryError('DENIED', `${action} on ${repo} is not allowed`);
   }
 
+  /**
+   * For requests whose target repositories are known only from their body (archive
+   * imports): an anonymous caller whom no rule lets push anywhere gets the 401 before the
+   * body is read, not after staging all of it. Every target is still checked with check().
+   */
+  async checkMayPushSomewhere(req: FastifyRequest): Promise<void> {
+    const { principal, claims } = await this.authenticate(req);
+    if (principal.user !== null || claims !== null) return;
+    if (this.rules.some((r) => r.push.includes('anonymous'))) return;
+    throw this.unauthorized(req, null, 'authentication required');
+  }
+
   /** Non-throwing check (cross-repository mount source, catalog filtering). */
   async can(req: FastifyRequest, repo: string, action: Action): Promise<boolean> {
     try {

@@ -32,7 +32,7 @@ function actionFor(kind: string, method: Method): Action {
 }
 
 /** Pushes and deletes under a namespace prefix need `push: true` on that namespace. */
-function checkWritable(deps: Deps, repo: RepoName, req: FastifyRequest): void {
+export function checkWritable(deps: Deps, repo: RepoName, req: FastifyRequest): void {
   const ns = deps.pull.resolve(repo, undefined).namespace;
   if (ns && !ns.push) {
     discardBody(req);

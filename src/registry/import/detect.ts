@@ -1,0 +1,82 @@
+/**
+ * Archive detection by content, never by file name (formats.md section 3): the first bytes
+ * say whether the stream is a tar or a gzip-wrapped tar. Compressions that a later slice
+ * will accept (xz) or that nothing accepts (bzip2, zstd) are named in the error, so the
+ * user knows what they sent rather than getting "not a tar".
+ */
+import { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { RegistryError } from '../errors.js';
+
+/** A tar header is 512 bytes; `ustar` sits at offset 257. */
+const PEEK_BYTES = 512;
+
+const MAGIC: Array<{ name: string; bytes: number[] }> = [
+  { name: 'bzip2', bytes: [0x42, 0x5a, 0x68] },
+  { name: 'xz', bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00] },
+  { name: 'zstd', bytes: [0x28, 0xb5, 0x2f, 0xfd] },
+];
+
+export function malformed(message: string, detail?: unknown): RegistryError {
+  return new RegistryError('BLOB_UPLOAD_INVALID', message, { detail });
+}
+
+function startsWith(head: Buffer, bytes: number[]): boolean {
+  return head.length >= bytes.length && bytes.every((b, i) => head[i] === b);
+}
+
+function isTarHeader(head: Buffer): boolean {
+  if (head.length < PEEK_BYTES) return false;
+  // `ustar\0` (POSIX) or `ustar ` (old GNU); V7 tars without magic are not produced by any
+  // image tool, so they are refused rather than guessed at.
+  return head.toString('latin1', 257, 262) === 'ustar';
+}
+
+/**
+ * Read up to `n` bytes from the front of `src` and return them with a stream that replays
+ * them followed by the rest of `src`, so nothing is buffered beyond the peek.
+ */
+async function peek(src: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
+  const it = src[Symbol.asyncIterator]();
+  const parts: Buffer[] = [];
+  let have = 0;
+  let done = false;
+  while (have < n) {
+    const r = await it.next();
+    if (r.done) {
+      done = true;
+      break;
+    }
+    const chunk = r.value as Buffer;
+    parts.push(chunk);
+    have += chunk.length;
+  }
+  const head = Buffer.concat(parts, have);
+  async function* replay() {
+    if (head.length > 0) yield head;
+    if (done) return;
+    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value as Buffer;
+  }
+  return { head, stream: Readable.from(replay(), { objectMode: false }) };
+}
+
+/** The uncompressed tar stream inside `src`, or a 400 naming what `src` is instead. */
+export async function openTar(src: Readable): Promise<{ tar: Readable; compression: 'none' | 'gzip' }> {
+  const first = await peek(src, PEEK_BYTES);
+  if (first.head.length === 0) throw malformed('the archive is empty');
+  if (startsWith(first.head, [0x1f, 0x8b])) {
+    const gunzip = createGunzip();
+    first.stream.on('error', (e) => gunzip.destroy(e));
+    first.stream.pipe(gunzip);
+    const inner = await peek(gunzip, PEEK_BYTES).catch((e: unknown) => {
+      throw malformed(`the gzip stream is corrupt: ${(e as Error).message}`);
+    });
+    if (!isTarHeader(inner.head)) throw malformed('the gzip stream does not contain a tar archive');
+    return { tar: inner.stream, compression: 'gzip' };
+  }
+  for (const m of MAGIC) {
+    if (startsWith(first.head, m.bytes)) throw malformed(`${m.name}-compressed archives are not supported (use a plain tar or gzip)`);
+  }
+  if (!isTarHeader(first.head)) throw malformed('not a tar archive (no ustar header) and not gzip');
+  return { tar: first.stream, compression: 'none' };
+}

@@ -1,0 +1,89 @@
+/**
+ * Import one archive: detect, stage, plan, authorize, then commit image by image. Every
+ * check that can fail on the archive's content runs before anything is stored, so a
+ * malformed archive stores nothing; within an image, blobs are committed first, then child
+ * manifests by digest, and the tag last, so a tag never points at incomplete content
+ * (the same order, and the same `pushed` provenance, as a client push).
+ */
+import type { Readable } from 'node:stream';
+import { insufficientStorage, isRegistryError } from '../errors.js';
+import type { Digest, RepoName } from '../names.js';
+import type { RegistryService } from '../service.js';
+import { isStorageFull } from '../../storage/space.js';
+import { malformed, openTar } from './detect.js';
+import { type ImportTarget, type PlannedImage, planOciLayout } from './oci.js';
+import { type Staging, stageArchive } from './stage.js';
+
+export type { ImportTarget } from './oci.js';
+
+export interface ImageResult {
+  name: string;
+  tag: string | null;
+  digest: Digest;
+  mediaType: string;
+  blobs: { new: number; existing: number };
+  /** Bytes of the image's blobs and manifests, and of those newly written. */
+  bytes: number;
+  newBytes: number;
+}
+
+export interface ImportOptions {
+  /** Throws (401/403) unless the caller may push to `repo`; called for every target before any commit. */
+  authorize(repo: RepoName): Promise<void>;
+}
+
+async function commitImage(svc: RegistryService, staging: Staging, img: PlannedImage): Promise<ImageResult> {
+  let fresh = 0;
+  let existing = 0;
+  let bytes = 0;
+  let newBytes = 0;
+  for (const d of img.blobs) {
+    const staged = staging.blobs.get(d)!;
+    bytes += staged.size;
+    if (svc.meta.blobSize(d) !== undefined) existing++;
+    else {
+      fresh++;
+      newBytes += staged.size;
+    }
+    // Dedupes against the store (see BlobStore.commit): an existing blob is only linked.
+    await svc.blobs.commit(staged.tempPath, d, staged.size, img.repo, 'pushed');
+  }
+  for (const m of img.children) {
+    bytes += m.body.length;
+    svc.putManifest(img.repo, { kind: 'digest', digest: m.digest }, m.mediaType, m.body, m.parsed, 'pushed');
+  }
+  bytes += img.root.body.length;
+  const ref = img.tag === null ? { kind: 'digest' as const, digest: img.root.digest } : { kind: 'tag' as const, tag: img.tag };
+  svc.putManifest(img.repo, ref, img.root.mediaType, img.root.body, img.root.parsed, 'pushed');
+  return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes };
+}
+
+export async function importArchive(svc: RegistryService, input: Readable, target: ImportTarget, opts: ImportOptions): Promise<ImageResult[]> {
+  const { tar } = await openTar(input).catch((e: unknown) => {
+    // A body that fails while its first bytes are read (the client went away) is not a server fault.
+    throw isRegistryError(e) ? e : malformed(`the archive could not be read: ${(e as Error).message}`);
+  });
+  const maxBlobBytes = svc.limits.maxBlobBytes > 0 ? svc.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
+  let staging: Staging;
+  try {
+    staging = await stageArchive(tar, svc.blobs, { maxBlobBytes, maxManifestBytes: svc.limits.maxManifestBytes });
+  } catch (e) {
+    throw isStorageFull(e) ? insufficientStorage() : e;
+  }
+  try {
+    const images = await planOciLayout(staging, target, svc.limits);
+    for (const repo of new Set(images.map((i) => i.repo))) await opts.authorize(repo);
+    const results: ImageResult[] = [];
+    for (const img of images) {
+      try {
+        results.push(await commitImage(svc, staging, img));
+      } catch (e) {
+        // Images already committed stay (each is complete); this one has no tag.
+        throw isStorageFull(e) ? insufficientStorage() : e;
+      }
+    }
+    return results;
+  } finally {
+    await staging.discard();
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * Decide what an OCI image layout (staged by stage.ts) contains: one planned image per
+ * `index.json` entry, each with every manifest (children before parents) and every blob it
+ * needs, all checked against the staged, digest-verified files. Pure decisions over the
+ * staging area; nothing is stored here.
+ */
+import fs from 'node:fs/promises';
+import { RegistryError } from '../errors.js';
+import { type Descriptor, type ParsedManifest, parseManifest } from '../manifests.js';
+import { isIndexType, isManifestType } from '../mediatypes.js';
+import { type Digest, type RepoName, type Tag, parseRepoName, parseTag } from '../names.js';
+import type { Staging } from './stage.js';
+
+export const REF_NAME = 'org.opencontainers.image.ref.name';
+export const CONTAINERD_NAME = 'io.containerd.image.name';
+/** Index nesting deeper than this is refused (a cycle cannot happen with digests, but depth can). */
+const MAX_DEPTH = 8;
+
+export interface ImportTarget {
+  /** Re-home each image's repository path under this prefix. */
+  namespace?: RepoName;
+  /** Store every image in this repository (the archive's names give only the tags). */
+  repository?: RepoName;
+}
+
+export interface PlannedManifest {
+  digest: Digest;
+  mediaType: string;
+  body: Buffer;
+  parsed: ParsedManifest;
+}
+
+export interface PlannedImage {
+  repo: RepoName;
+  tag: Tag | null;
+  root: PlannedManifest;
+  /** Child manifests, leaves first, each once; the root is not included. */
+  children: PlannedManifest[];
+  /** Config and layer blobs (distributable, present in the archive), each once. */
+  blobs: Digest[];
+}
+
+function invalid(message: string, detail?: unknown): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', message, { detail });
+}
+
+function parseJson(buf: Buffer, name: string): unknown {
+  try {
+    return JSON.parse(buf.toString('utf8'));
+  } catch {
+    throw invalid(`${name} is not valid JSON`);
+  }
+}
+
+/**
+ * Split `[host/]path[:tag][@digest]` into a repository path (registry host dropped: the
+ * image is re-homed) and its tag. A host is a first component with a `.` or `:`, or
+ * `localhost`, as in the Docker reference grammar.
+ */
+export function splitImageName(ref: string): { path: string; tag: string | undefined } {
+  let s = ref.split('@', 1)[0]!;
+  let tag: string | undefined;
+  const colon = s.lastIndexOf(':');
+  if (colon > s.lastIndexOf('/')) {
+    tag = s.slice(colon + 1);
+    s = s.slice(0, colon);
+  }
+  const slash = s.indexOf('/');
+  if (slash > 0) {
+    const first = s.slice(0, slash);
+    if (first.includes('.') || first.includes(':') || first === 'localhost') s = s.slice(slash + 1);
+  }
+  return { path: s, tag };
+}
+
+/** Where an index.json entry goes: its repository and tag (null: stored by digest only). */
+export function targetOf(annotations: Record<string, string> | undefined, target: ImportTarget, entry: number): { repo: RepoName; tag: Tag | null } {
+  const full = annotations?.[CONTAINERD_NAME];
+  const refName = annotations?.[REF_NAME];
+  let path: string | undefined;
+  let tag: string | undefined;
+  if (full) ({ path, tag } = splitImageName(full));
+  if (refName) {
+    // ref.name is a tag by the spec (containerd, Docker 25+); skopeo stores whatever name it
+    // was given, e.g. `alpine:3.19` or `docker.io/library/alpine:3.19`.
+    if (/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(refName)) tag = refName;
+    else {
+      const s = splitImageName(refName);
+      path ??= s.path;
+      tag = s.tag ?? tag;
+    }
+  }
+  let repo: string;
+  if (target.repository) repo = target.repository;
+  else if (!path) throw invalid(`index.json entry ${entry} has no image name (${CONTAINERD_NAME}, or a name in ${REF_NAME}); import it with repository=<name>`);
+  else repo = `${target.namespace}/${path}`;
+  try {
+    return { repo: parseRepoName(repo), tag: tag === undefined ? null : parseTag(tag) };
+  } catch (e) {
+    throw invalid(`index.json entry ${entry} names an invalid image ${JSON.stringify((full ?? refName ?? '').slice(0, 200))}: ${(e as Error).message}`);
+  }
+}
+
+interface Limits {
+  maxManifestBytes: number;
+}
+
+async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Promise<PlannedManifest> {
+  const staged = staging.blobs.get(d.digest);
+  if (!staged) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest ${d.digest} is not in the archive`, { detail: { digest: d.digest } });
+  if (staged.size !== d.size) throw invalid(`manifest ${d.digest} is ${staged.size} bytes, its descriptor says ${d.size}`);
+  if (staged.size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `manifest ${d.digest} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
+  const body = await fs.readFile(staged.tempPath);
+  let parsed: ParsedManifest;
+  try {
+    parsed = parseManifest(body, d.mediaType);
+  } catch (e) {
+    throw invalid(`manifest ${d.digest}: ${(e as Error).message}`, { digest: d.digest });
+  }
+  return { digest: d.digest, mediaType: parsed.mediaType, body, parsed };
+}
+
+/** Every manifest and blob below `root`, checked present and of the declared sizes. */
+async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Promise<{ children: PlannedManifest[]; blobs: Digest[] }> {
+  const children: PlannedManifest[] = [];
+  const seen = new Set<Digest>([root.digest]);
+  const blobs = new Set<Digest>();
+  const visit = async (m: PlannedManifest, depth: number): Promise<void> => {
+    if (depth > MAX_DEPTH) throw invalid(`image indexes are nested more than ${MAX_DEPTH} deep`);
+    for (const b of m.parsed.requiredBlobs) {
+      const staged = staging.blobs.get(b.digest);
+      if (!staged) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `blob ${b.digest} (referenced by ${m.digest}) is not in the archive`, { detail: { digest: b.digest, manifest: m.digest } });
+      if (staged.size !== b.size) throw invalid(`blob ${b.digest} is ${staged.size} bytes, manifest ${m.digest} says ${b.size}`);
+      blobs.add(b.digest);
+    }
+    // Foreign layers (urls, non-distributable) may be absent; kept when the archive has them.
+    for (const b of m.parsed.allBlobs) if (staging.blobs.has(b.digest)) blobs.add(b.digest);
+    for (const c of m.parsed.requiredManifests) {
+      if (seen.has(c.digest)) continue;
+      seen.add(c.digest);
+      const child = await readManifest(staging, c, limits);
+      await visit(child, depth + 1);
+      children.push(child); // after its own children: a valid push order
+    }
+  };
+  await visit(root, 0);
+  return { children, blobs: [...blobs] };
+}
+
+/** Plan every image of an OCI layout; throws a 400/413 naming the first problem found. */
+export async function planOciLayout(staging: Staging, target: ImportTarget, limits: Limits): Promise<PlannedImage[]> {
+  const layoutFile = staging.files.get('oci-layout');
+  const indexFile = staging.files.get('index.json');
+  if (!layoutFile || !indexFile) {
+    const what = staging.files.has('manifest.json') ? ' (docker-save archives are not supported yet)' : '';
+    throw invalid(`not an OCI image layout: ${layoutFile ? '' : 'oci-layout '}${indexFile ? '' : 'index.json '}missing${what}`.replace(/ +/g, ' '));
+  }
+  const layout = parseJson(layoutFile, 'oci-layout') as { imageLayoutVersion?: unknown } | null;
+  if (layout?.imageLayoutVersion !== '1.0.0') throw invalid('oci-layout: imageLayoutVersion must be "1.0.0"');
+  let index: ParsedManifest;
+  try {
+    index = parseManifest(indexFile, '');
+  } catch (e) {
+    throw invalid(`index.json: ${(e as Error).message}`);
+  }
+  if (!isIndexType(index.mediaType)) throw invalid('index.json is not an image index');
+  const entries = index.requiredManifests;
+  if (entries.length === 0) throw invalid('index.json lists no images');
+  const images: PlannedImage[] = [];
+  const tags = new Map<string, Digest>();
+  for (const [i, d] of entries.entries()) {
+    if (!isManifestType(d.mediaType)) throw invalid(`index.json entry ${i} has unsupported media type ${d.mediaType.slice(0, 100)}`);
+    const { repo, tag } = targetOf(d.annotations, target, i);
+    const key = `${repo}:${tag ?? d.digest}`;
+    const other = tags.get(key);
+    if (other !== undefined && other !== d.digest) throw invalid(`index.json names ${repo}:${tag} twice, for different images`);
+    tags.set(key, d.digest);
+    // parseManifest refuses a body whose mediaType field contradicts the descriptor's.
+    const root = await readManifest(staging, d, limits);
+    images.push({ repo, tag, root, ...(await walk(staging, root, limits)) });
+  }
+  return images;
+}

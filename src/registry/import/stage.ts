@@ -1,0 +1,134 @@
+/**
+ * Reads a tar stream into a staging area: every `blobs/sha256/<hex>` entry is streamed to a
+ * temp file through the blob store (hashed as it is written, fsynced) and checked against
+ * its name; the few small metadata files are kept in memory under a cap. Nothing is
+ * interpreted until the end of the archive, because tools write entries in any order
+ * (containerd sorts names, so `index.json` comes after `blobs/`; formats.md section 3).
+ *
+ * tar-stream does the tar parsing (PAX/GNU long names and sizes, base-256 numbers, header
+ * checksums): a hand-written parser is where the classic tar bugs live.
+ */
+import fs from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { RegistryError, isRegistryError } from '../errors.js';
+import type { Digest } from '../names.js';
+import type { BlobStore } from '../../storage/blobs.js';
+import { isStorageFull } from '../../storage/space.js';
+import { malformed } from './detect.js';
+
+/** Files other than blobs that the importer reads: small JSON documents. */
+const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'repositories']);
+/** Bounds a hostile archive of millions of empty entries (each costs a header parse and a temp file). */
+export const MAX_ENTRIES = 100_000;
+const BLOB_RE = /^blobs\/sha256\/([a-f0-9]{64})$/;
+
+export interface StagedBlob {
+  digest: Digest;
+  size: number;
+  tempPath: string;
+}
+
+export interface Staging {
+  blobs: Map<Digest, StagedBlob>;
+  /** Small metadata files by archive name. */
+  files: Map<string, Buffer>;
+  /** Remove every temp file still owned by the staging area. */
+  discard(): Promise<void>;
+}
+
+export interface StageLimits {
+  maxBlobBytes: number;
+  maxManifestBytes: number;
+}
+
+/**
+ * An archive name as a key: `./` prefixes and trailing slashes dropped; absolute names,
+ * `..` components, backslashes and NUL refused (they are traversal attempts, never what an
+ * image tool writes).
+ */
+export function archiveKey(raw: string): string {
+  if (raw.includes('\0')) throw malformed('archive entry name contains NUL');
+  if (raw.includes('\\')) throw malformed('archive entry name contains a backslash', { name: raw.slice(0, 200) });
+  if (raw.startsWith('/')) throw malformed('archive entry has an absolute path', { name: raw.slice(0, 200) });
+  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw malformed('archive entry escapes the archive (..)', { name: raw.slice(0, 200) });
+  return parts.join('/');
+}
+
+async function readCapped(stream: AsyncIterable<Buffer>, max: number, name: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of stream) {
+    n += chunk.length;
+    if (n > max) throw new RegistryError('MANIFEST_INVALID', `${name} exceeds ${max} bytes`, { status: 413 });
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts, n);
+}
+
+async function drain(stream: AsyncIterable<unknown>): Promise<void> {
+  for await (const _ of stream) void _;
+}
+
+/** Stream every entry of `tarStream` into staging; on any error, nothing staged is left behind. */
+export async function stageArchive(tarStream: Readable, store: BlobStore, limits: StageLimits): Promise<Staging> {
+  const blobs = new Map<Digest, StagedBlob>();
+  const files = new Map<string, Buffer>();
+  const seen = new Set<string>();
+  const discard = async () => {
+    const all = [...blobs.values()];
+    blobs.clear();
+    await Promise.all(all.map((b) => fs.rm(b.tempPath, { force: true })));
+  };
+  const extract = tar.extract();
+  // tar-stream's streams are streamx streams: piped by hand (node's pipeline does not know
+  // them), errors forwarded. The input is destroyed on failure; its owner (the HTTP layer)
+  // keeps the request itself readable so the error response can still be sent.
+  tarStream.on('error', (e) => extract.destroy(e));
+  tarStream.pipe(extract);
+  let entries = 0;
+  try {
+    for await (const entry of extract) {
+      const { header } = entry;
+      if (++entries > MAX_ENTRIES) throw malformed(`the archive has more than ${MAX_ENTRIES} entries`);
+      const key = archiveKey(header.name);
+      if (header.type === 'directory') {
+        await drain(entry);
+        continue;
+      }
+      if (header.type !== 'file' && header.type !== 'contiguous-file') {
+        // Links are legitimate in docker-save archives (a later slice resolves them inside
+        // the archive); an OCI layout never needs them, and following one blindly is how
+        // archive readers get tricked into reading outside the archive.
+        throw malformed(`archive entry ${key} is a ${header.type ?? 'special file'}; only regular files are accepted`, { name: key });
+      }
+      if (seen.has(key)) throw malformed(`archive has a duplicate entry ${key}`, { name: key });
+      seen.add(key);
+      const size = header.size ?? 0;
+      const blob = BLOB_RE.exec(key);
+      if (blob) {
+        const digest = `sha256:${blob[1]}` as Digest;
+        if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `blob ${digest} exceeds the maximum size of ${limits.maxBlobBytes} bytes`, { status: 413 });
+        const written = await store.writeTemp(Readable.from(entry, { objectMode: false }), 'sha256', limits.maxBlobBytes);
+        if (written.digest !== digest) {
+          await fs.rm(written.tempPath, { force: true });
+          throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: digest, actual: written.digest } });
+        }
+        blobs.set(digest, { digest, size: written.size, tempPath: written.tempPath });
+      } else if (METADATA.has(key)) {
+        if (size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `${key} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
+        files.set(key, await readCapped(entry as AsyncIterable<Buffer>, limits.maxManifestBytes, key));
+      } else {
+        await drain(entry); // other files (e.g. a README) are allowed and ignored
+      }
+    }
+  } catch (e) {
+    extract.destroy();
+    tarStream.destroy();
+    await discard();
+    if (isRegistryError(e) || isStorageFull(e)) throw e;
+    throw malformed(`the archive is truncated or corrupt: ${(e as Error).message}`);
+  }
+  return { blobs, files, discard };
+}
