@@ -27,7 +27,7 @@
  */
 import type { Config, UpstreamConfig } from '../config/schema.js';
 import { anthosFiles } from './clientconfig/anthos.js';
-import { ClientConfigError, type ClientConfigOptions, type ClientFiles, pathPrefixFor, quote as toml, skippedNote, sortedUpstreams } from './clientconfig/common.js';
+import { ClientConfigError, type ClientConfigOptions, type ClientFiles, mirrorPaths, quote as toml, skippedNote, sortedUpstreams } from './clientconfig/common.js';
 import { k3sFiles } from './clientconfig/k3s.js';
 import { mirrorSetFiles } from './clientconfig/openshift.js';
 
@@ -116,13 +116,8 @@ function containerdLegacyFiles(config: Config, mirror: URL, opts: ClientConfigOp
 function registriesConfFiles(config: Config, mirror: URL, opts: ClientConfigOptions): ClientFiles {
   const lines = ['# /etc/containers/registries.conf.d/regmirror.conf (CRI-O, podman, skopeo, buildah)'];
   if (opts.ca) lines.push(`# Private CA: install it as /etc/containers/certs.d/${mirror.host}/ca.crt`);
-  const skipped: string[] = [];
-  for (const up of sortedUpstreams(config)) {
-    const prefix = pathPrefixFor(config, up);
-    if (prefix === null) {
-      skipped.push(up.name);
-      continue;
-    }
+  const { paths, skipped } = mirrorPaths(config);
+  for (const { up, prefix } of paths) {
     lines.push('', '[[registry]]', `prefix = ${toml(up.name)}`, `location = ${toml(up.name)}`, '[[registry.mirror]]', `location = ${toml(`${mirror.host}/${prefix}`)}`);
     if (mirror.protocol === 'http:') lines.push('insecure = true');
   }

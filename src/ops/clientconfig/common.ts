@@ -36,6 +36,21 @@ export function pathPrefixFor(config: Config, up: UpstreamConfig): string | null
   return ns?.prefix ?? (PATH_COMPONENT.test(up.name) ? up.name : null);
 }
 
+/**
+ * Every upstream with its mirror path (pathPrefixFor), sorted; those that have none are
+ * returned apart so each target can list them as a comment.
+ */
+export function mirrorPaths(config: Config): { paths: Array<{ up: UpstreamConfig; prefix: string }>; skipped: string[] } {
+  const paths: Array<{ up: UpstreamConfig; prefix: string }> = [];
+  const skipped: string[] = [];
+  for (const up of sortedUpstreams(config)) {
+    const prefix = pathPrefixFor(config, up);
+    if (prefix === null) skipped.push(up.name);
+    else paths.push({ up, prefix });
+  }
+  return { paths, skipped };
+}
+
 export function skippedNote(name: string, comment: string): string {
   return `${comment} ${name}: a host with a port cannot be a path component; add namespaces: [{prefix: <name>, upstream: ${quote(name)}}] to mirror it`;
 }

@@ -11,7 +11,7 @@
  * fallback when the mirror is down, as with the other generators.
  */
 import type { Config } from '../../config/schema.js';
-import { type ClientFiles, pathPrefixFor, quote, skippedNote, sortedUpstreams } from './common.js';
+import { type ClientFiles, mirrorPaths, quote, skippedNote } from './common.js';
 
 export type MirrorSetKind = 'idms' | 'itms';
 
@@ -30,13 +30,8 @@ export function mirrorSetFiles(config: Config, mirror: URL, kind: MirrorSetKind)
     lines.push(`# Plain http: also list ${mirror.host} in image.config.openshift.io/cluster spec.registrySources.insecureRegistries.`);
   }
   lines.push('apiVersion: config.openshift.io/v1', `kind: ${k.kind}`, 'metadata:', '  name: regmirror', 'spec:', `  ${k.list}:`);
-  const skipped: string[] = [];
-  for (const up of sortedUpstreams(config)) {
-    const prefix = pathPrefixFor(config, up);
-    if (prefix === null) {
-      skipped.push(up.name);
-      continue;
-    }
+  const { paths, skipped } = mirrorPaths(config);
+  for (const { up, prefix } of paths) {
     lines.push(`    - source: ${quote(up.name)}`, '      mirrors:', `        - ${quote(`${mirror.host}/${prefix}`)}`);
   }
   for (const name of skipped) lines.push(skippedNote(name, '  #'));
