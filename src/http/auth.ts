@@ -82,7 +82,7 @@ export class AccessControl {
       this.limiter.succeed(this.clientAddress(req));
       return user;
     }
-    this.limiter.fail(this.clientAddress(req));
+    this.limiter.fail(this.clientAddress(req), decoded);
     this.log.warn({ user: user.slice(0, 64), remote: this.clientAddress(req) }, 'failed login');
     throw this.unauthorized(req, null, 'invalid username or password');
   }

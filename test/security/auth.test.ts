@@ -363,6 +363,19 @@ test('namespaces[].push: pushing under an upstream-mapped prefix only where conf
   t.is((await startUpload(base, 'elsewhere/app', A)).status, 202, 'paths outside namespaces are local');
 });
 
+test('the same wrong credentials sent again count once (containerd resends a refused pull secret); different ones each count', async (t) => {
+  const s = await authServer(t, { loginRateLimit: { maxFailures: 3, window: '10m' }, token: { service: 'reg' } });
+  const base = s.url;
+  const stale = basic('alice', 'last-years-password');
+  for (let i = 0; i < 20; i++) t.is((await startUpload(base, 'lib/app', stale)).status, 401, `resend ${i + 1}: still a plain 401`);
+  t.is((await getToken(base, ['repository:lib/app:pull'], { auth: stale })).status, 401, 'also at /token');
+  t.is((await startUpload(base, 'lib/app', A)).status, 202, 'the address is not blocked');
+  // Guessing needs different passwords: each counts (the success above reset the count).
+  for (let i = 0; i < 3; i++) t.is((await startUpload(base, 'lib/app', basic('alice', `guess-${i}`))).status, 401);
+  t.is((await startUpload(base, 'lib/app', basic('alice', 'guess-3'))).status, 429);
+  t.is((await startUpload(base, 'lib/app', A)).status, 429, 'blocked means blocked');
+});
+
 test('failed logins are rate-limited per client address: 429 with Retry-After', async (t) => {
   const s = await authServer(t, { loginRateLimit: { maxFailures: 3, window: '30s' }, token: { service: 'reg' } });
   const base = s.url;
@@ -402,11 +415,11 @@ test('failed-login window: a success resets the count, and the block expires', a
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: new URLSearchParams({ grant_type: 'password', username: 'bob', password, scope: 'repository:x/y:pull' }).toString(),
     });
-  t.is((await form('bad')).status, 401);
+  t.is((await form('bad-1')).status, 401);
   t.is((await form(USERS.bob)).status, 200, 'one failure does not block');
   const firstFailureSent = Date.now();
-  t.is((await form('bad')).status, 401, 'the success reset the count');
-  t.is((await form('bad')).status, 401);
+  t.is((await form('bad-1')).status, 401, 'the success reset the count');
+  t.is((await form('bad-2')).status, 401);
   t.is((await form(USERS.bob)).status, 429, 'two failures in the window: blocked');
   const unblockedAt = await waitFor(async () => ((await form(USERS.bob)).status === 200 ? Date.now() : undefined), windowMs + 60_000, 'the block to end', 250);
   t.true(unblockedAt >= firstFailureSent + windowMs, `blocked for the whole window (${unblockedAt - firstFailureSent} ms >= ${windowMs} ms)`);
