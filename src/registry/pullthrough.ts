@@ -48,7 +48,12 @@ export type CacheKind = 'manifest' | 'blob' | 'referrers';
 export type CacheResult = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated' | 'local';
 
 /** Where a miss goes: the upstream and the repository name there. */
-type UpstreamRoute = { upstream: UpstreamConfig; remoteName: string };
+type UpstreamRoute = {
+  upstream: UpstreamConfig;
+  remoteName: string;
+  /** Bound on manifest and blob lookups: push targets fail fast on a hung upstream. */
+  lookupTimeoutMs?: number;
+};
 
 const STALE_WARNING = '299 - "regmirror: upstream unavailable, serving cached content"';
 /** How deep completeFromUpstream follows indexes of indexes (conformance has nested-index). */
@@ -145,7 +150,7 @@ export class PullThrough {
 
   private routeOrThrow(r: Resolution): UpstreamRoute | null {
     if (r.error) throw new RegistryError('NAME_UNKNOWN', r.error);
-    return r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
+    return r.upstream && r.remoteName ? routeOf(r, r.upstream, r.remoteName) : null;
   }
 
   // ---- manifests -------------------------------------------------------------------
@@ -285,8 +290,7 @@ export class PullThrough {
     accept: readonly string[],
     tag: { name: string; acceptKey: string } | null,
   ): Promise<ManifestRecord> {
-    const timeoutMs = this.lookupTimeout(this.resolve(repo, undefined), up);
-    const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept), timeoutMs });
+    const res = await this.upstreamRequest(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept), timeoutMs: up.lookupTimeoutMs });
     if (res.status !== 200) {
       await res.body.dump();
       if (res.status === 404 && tag) this.bestEffort('upstream tag removal', () => this.local.meta.deleteUpstreamTag(repo, tag.name));
@@ -336,11 +340,6 @@ export class PullThrough {
     return miss();
   }
 
-  /** Push targets fail fast on a hung upstream: bounded like a tag revalidation. */
-  private lookupTimeout(r: Resolution, up: UpstreamRoute): number | undefined {
-    return r.namespace?.push ? up.upstream.tags.revalidateTimeoutMs : undefined;
-  }
-
   // ---- blobs -----------------------------------------------------------------------
 
   /** Serve a blob (GET or HEAD), noting the access for eviction unless only the upstream answered. */
@@ -373,7 +372,7 @@ export class PullThrough {
     const fill0 = this.fills.inFlight(digest);
     const inflight = fill0 && fill0.origin !== originOf(up) ? fill0 : undefined;
     if (stored !== undefined || (head && !fill0) || inflight) {
-      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, { timeoutMs: this.lookupTimeout(r, up) });
+      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/blobs/${digest}`, { timeoutMs: up.lookupTimeoutMs });
       await res.body.dump();
       if (res.status !== 200) throw upstreamError(res, 'BLOB_UNKNOWN');
       // Re-read: a fill may have committed the blob while the HEAD was in flight.
@@ -441,7 +440,7 @@ export class PullThrough {
   async completeFromUpstream(repo: RepoName, ns: string | undefined, blobs: Descriptor[], manifests: Descriptor[]): Promise<void> {
     const r = this.resolve(repo, ns);
     if (r.error || !r.upstream || !r.remoteName) return; // local only: the normal check reports them
-    await this.completeTree(repo, { upstream: r.upstream, remoteName: r.remoteName }, blobs, manifests, 0);
+    await this.completeTree(repo, routeOf(r, r.upstream, r.remoteName), blobs, manifests, 0);
   }
 
   private async completeTree(
@@ -592,6 +591,11 @@ export class PullThrough {
 /** The `upstream` metric label of a path: its configured upstream, or `local` (bounded set). */
 export function upstreamLabel(r: Resolution): string {
   return r.upstream?.name ?? 'local';
+}
+
+/** Push targets fail fast on a hung upstream: their lookups are bounded like a tag revalidation. */
+function routeOf(r: Resolution, upstream: UpstreamConfig, remoteName: string): UpstreamRoute {
+  return { upstream, remoteName, lookupTimeoutMs: r.namespace?.push ? upstream.tags.revalidateTimeoutMs : undefined };
 }
 
 function originOf(up: UpstreamRoute): string {
