@@ -18,6 +18,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { tempDir } from './server.js';
+import { containersEnv } from './skopeo.js';
 import { type RunResult, requireTool, run, runOk } from './tools.js';
 
 /** sh script run by `unshare`: shadow the system dirs (when present), then exec podman in the same PID. */
@@ -62,21 +63,8 @@ export async function podman(t: ExecutionContext, opts: { timeoutMs?: number } =
   await fs.writeFile(d('storage.conf'), `[storage]\ndriver = "vfs"\nrunroot = ${JSON.stringify(d('runroot'))}\ngraphroot = ${JSON.stringify(d('root'))}\n`);
   await fs.writeFile(d('policy.json'), '{"default":[{"type":"insecureAcceptAnything"}]}\n');
   await fs.writeFile(d('auth.json'), '{"auths":{}}');
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-    HOME: d('home'),
-    XDG_RUNTIME_DIR: d('run'),
-    XDG_CONFIG_HOME: d('config'),
-    XDG_DATA_HOME: d('data'),
-    // containers/image stages big blobs here (podman's --tmpdir is libpod state only).
-    TMPDIR: d('tmp'),
-    CONTAINERS_REGISTRIES_CONF: d('registries.conf'),
-    CONTAINERS_CONF: d('containers.conf'),
-    CONTAINERS_STORAGE_CONF: d('storage.conf'),
-    REGISTRY_AUTH_FILE: d('auth.json'),
-    DOCKER_CONFIG: d('home'),
-    NO_PROXY: '*',
-  };
+  // containers/image stages big blobs in TMPDIR (podman's --tmpdir is libpod state only).
+  const env: NodeJS.ProcessEnv = { ...containersEnv(root), CONTAINERS_STORAGE_CONF: d('storage.conf') };
   const global = [
     '--root', d('root'), '--runroot', d('runroot'), '--storage-driver', 'vfs', '--tmpdir', d('libpod-tmp'),
     '--volumepath', d('volumes'), '--network-config-dir', d('networks'), '--events-backend', 'none', '--cgroup-manager', 'cgroupfs',

@@ -37,17 +37,15 @@ export interface SkopeoOptions {
  * --registries.d <dir> --tmpdir <dir> --command-timeout <s>`, so no caller can forget the
  * registries.conf isolation.
  */
-export async function skopeo(t: ExecutionContext, opts: SkopeoOptions = {}): Promise<Skopeo> {
-  const timeoutMs = opts.timeoutMs ?? SKOPEO_TIMEOUT_MS;
-  const bin = requireTool('skopeo', 'skopeo');
-  const root = await tempDir(t, 'regmirror-skopeo-');
+/**
+ * The environment of a containers/image tool (skopeo, podman) confined to `root`: its own
+ * HOME, XDG dirs and TMPDIR (where big blobs are staged), registries.conf, containers.conf
+ * and an auth file, all under `root` (the caller creates them), and no proxy.
+ */
+export function containersEnv(root: string): NodeJS.ProcessEnv {
   const d = (...p: string[]) => path.join(root, ...p);
-  for (const sub of ['home', 'run', 'config', 'data', 'tmp', 'registries.d', 'certs']) await fs.mkdir(d(sub), { recursive: true, mode: 0o700 });
-  await fs.writeFile(d('registries.conf'), '');
-  await fs.writeFile(d('containers.conf'), '');
-  await fs.writeFile(d('auth.json'), '{"auths":{}}');
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
+  return {
+    PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
     HOME: d('home'),
     XDG_RUNTIME_DIR: d('run'),
     XDG_CONFIG_HOME: d('config'),
@@ -58,6 +56,20 @@ export async function skopeo(t: ExecutionContext, opts: SkopeoOptions = {}): Pro
     REGISTRY_AUTH_FILE: d('auth.json'),
     DOCKER_CONFIG: d('home'),
     NO_PROXY: '*',
+  };
+}
+
+export async function skopeo(t: ExecutionContext, opts: SkopeoOptions = {}): Promise<Skopeo> {
+  const timeoutMs = opts.timeoutMs ?? SKOPEO_TIMEOUT_MS;
+  const bin = requireTool('skopeo', 'skopeo');
+  const root = await tempDir(t, 'regmirror-skopeo-');
+  const d = (...p: string[]) => path.join(root, ...p);
+  for (const sub of ['home', 'run', 'config', 'data', 'tmp', 'registries.d', 'certs']) await fs.mkdir(d(sub), { recursive: true, mode: 0o700 });
+  await fs.writeFile(d('registries.conf'), '');
+  await fs.writeFile(d('containers.conf'), '');
+  await fs.writeFile(d('auth.json'), '{"auths":{}}');
+  const env: NodeJS.ProcessEnv = {
+    ...containersEnv(root),
     // containers/image keeps its blob-info cache in /var/lib/containers/cache for uid 0; for
     // any other uid under $XDG_DATA_HOME, i.e. the temp dir (no cross-test or cross-run
     // state). skopeo only re-execs for containers-storage:, which the tests never use.
