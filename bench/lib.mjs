@@ -407,8 +407,10 @@ export async function waitReady(base, entry, timeoutMs = 20_000) {
 /**
  * Debian's default config minus auth and the periodic health check; access log off
  * (regmirror logs no access lines at level warn either). With `remoteurl`: proxy mode.
+ * `storageExtra`: more lines under `storage:` (indented two spaces). Writes
+ * `<dir>/registry.yml` and returns its path.
  */
-function distributionConfig(dir, port, remoteurl) {
+export function distributionConfig(dir, port, remoteurl, storageExtra = []) {
   const lines = [
     'version: 0.1',
     'log:',
@@ -422,7 +424,7 @@ function distributionConfig(dir, port, remoteurl) {
     `    rootdirectory: ${path.join(dir, 'storage')}`,
   ];
   if (!remoteurl) lines.push('  delete:', '    enabled: true');
-  lines.push('http:', `  addr: 127.0.0.1:${port}`);
+  lines.push(...storageExtra, 'http:', `  addr: 127.0.0.1:${port}`);
   if (remoteurl) lines.push('proxy:', `  remoteurl: ${remoteurl}`);
   lines.push('');
   const cfg = path.join(dir, 'registry.yml');

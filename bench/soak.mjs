@@ -37,6 +37,7 @@ import {
   MIB,
   cleanup,
   configure,
+  distributionConfig,
   elapsedS,
   expectStatus,
   freePort,
@@ -246,29 +247,9 @@ function heapSample(base, s) {
 // Upstream: docker-registry on a fixed port (restarts must reuse it), flapping
 // ---------------------------------------------------------------------------------------
 
+/** The upstream's config: no upload purging, so a restart never drops what the run seeded. */
 function registryConfig(dir, port) {
-  const cfg = path.join(dir, 'registry.yml');
-  fs.writeFileSync(
-    cfg,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: error',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  cache:',
-      '    blobdescriptor: inmemory',
-      '  filesystem:',
-      `    rootdirectory: ${path.join(dir, 'storage')}`,
-      '  maintenance:',
-      '    uploadpurging: { enabled: false }',
-      'http:',
-      `  addr: 127.0.0.1:${port}`,
-      '',
-    ].join('\n'),
-  );
-  return cfg;
+  return distributionConfig(dir, port, null, ['  maintenance:', '    uploadpurging: { enabled: false }']);
 }
 
 class Upstream {
