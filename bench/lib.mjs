@@ -33,6 +33,7 @@ export function envNum(name, def, min, max) {
 export const MT = {
   ociManifest: 'application/vnd.oci.image.manifest.v1+json',
   ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
   ociLayer: 'application/vnd.oci.image.layer.v1.tar',
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
