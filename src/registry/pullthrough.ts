@@ -4,6 +4,7 @@
  * go upstream, through the routing table, single-flighted, and verified before storing.
  */
 import type { Logger } from 'pino';
+import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import type { BlobFill, FillManager, FillSource } from '../cache/fill.js';
 import { type Resolution, Router } from '../upstream/routing.js';
@@ -103,8 +104,8 @@ function isTransient(e: unknown): boolean {
 }
 
 export class PullThrough {
-  private readonly manifestFlights = new Map<string, Promise<ManifestRecord>>();
-  private readonly revalidations = new Map<string, Promise<Digest | null>>();
+  private readonly manifestFlights = new SingleFlight<string, ManifestRecord>();
+  private readonly revalidations = new SingleFlight<string, Digest | null>();
   private readonly referrerLists: ReferrersCache;
   private readonly tagLists: TagListCache;
   /** Called with each lookup's outcome and the path's upstream (`local`: none); metrics. */
@@ -242,28 +243,23 @@ export class PullThrough {
     current: Digest,
   ): Promise<Digest | null> {
     const flightKey = `${up.upstream.name}|${up.remoteName}|${tag}|${key}|${repo}`;
-    let p = this.revalidations.get(flightKey);
-    if (!p) {
-      p = (async () => {
-        // Bounded: a stale copy is waiting to be served if the upstream hangs.
-        const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/manifests/${tag}`, {
-          accept: upstreamAccept(accept),
-          timeoutMs: up.upstream.tags.revalidateTimeoutMs,
-        });
-        await res.body.dump();
-        if (res.status === 404) {
-          this.local.meta.deleteUpstreamTag(repo, tag);
-          throw new RegistryError('MANIFEST_UNKNOWN', 'tag no longer exists upstream');
-        }
-        if (res.status !== 200) throw upstreamError(res, 'MANIFEST_UNKNOWN');
-        const d = String(res.headers['docker-content-digest'] ?? '');
-        if (!isDigest(d)) return null;
-        if (d === current) this.bestEffort('tag check time', () => this.local.meta.touchUpstreamTag(repo, tag, key));
-        return d;
-      })().finally(() => this.revalidations.delete(flightKey));
-      this.revalidations.set(flightKey, p);
-    }
-    return p;
+    return this.revalidations.run(flightKey, async () => {
+      // Bounded: a stale copy is waiting to be served if the upstream hangs.
+      const res = await this.upstreamRequest(up, 'HEAD', `/v2/${up.remoteName}/manifests/${tag}`, {
+        accept: upstreamAccept(accept),
+        timeoutMs: up.upstream.tags.revalidateTimeoutMs,
+      });
+      await res.body.dump();
+      if (res.status === 404) {
+        this.local.meta.deleteUpstreamTag(repo, tag);
+        throw new RegistryError('MANIFEST_UNKNOWN', 'tag no longer exists upstream');
+      }
+      if (res.status !== 200) throw upstreamError(res, 'MANIFEST_UNKNOWN');
+      const d = String(res.headers['docker-content-digest'] ?? '');
+      if (!isDigest(d)) return null;
+      if (d === current) this.bestEffort('tag check time', () => this.local.meta.touchUpstreamTag(repo, tag, key));
+      return d;
+    }).promise;
   }
 
   /** GET a manifest upstream (single-flight), verify it, store it, return it. */
@@ -275,12 +271,7 @@ export class PullThrough {
     tag: { name: string; acceptKey: string } | null,
   ): Promise<ManifestRecord> {
     const flightKey = `${up.upstream.name}|${up.remoteName}|${reference}|${acceptKey(accept)}|${repo}`;
-    let p = this.manifestFlights.get(flightKey);
-    if (!p) {
-      p = this.doFetchManifest(repo, up, reference, accept, tag).finally(() => this.manifestFlights.delete(flightKey));
-      this.manifestFlights.set(flightKey, p);
-    }
-    return p;
+    return this.manifestFlights.run(flightKey, () => this.doFetchManifest(repo, up, reference, accept, tag)).promise;
   }
 
   private async doFetchManifest(

@@ -12,6 +12,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
+import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type UpstreamResponse, readBody } from '../upstream/client.js';
 import { nextLink, nextPagePath } from '../upstream/pagination.js';
@@ -120,7 +121,7 @@ function entryBytes(e: Entry): number {
 /** Cached, single-flighted upstream referrers lists, keyed by upstream, remote name and subject. */
 export class ReferrersCache {
   private readonly lists = new LRUCache<string, Entry>({ max: CACHE_MAX_LISTS, maxSize: CACHE_MAX_BYTES, sizeCalculation: entryBytes });
-  private readonly flights = new Map<string, Promise<Entry>>();
+  private readonly flights = new SingleFlight<string, Entry>();
 
   constructor(
     private readonly fetchPage: FetchPage,
@@ -131,20 +132,13 @@ export class ReferrersCache {
     const key = `${up.upstream.name}|${up.remoteName}|${subject}`;
     const cached = this.lists.get(key);
     if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { manifests: cached.manifests, result: 'hit' };
-    let flight = this.flights.get(key);
-    const joined = flight !== undefined;
-    if (!flight) {
-      // With a stale copy to fall back on, a hung upstream must not hold the client long.
-      const timeoutMs = cached ? up.upstream.tags.revalidateTimeoutMs : undefined;
-      flight = this.fetchAll(up, subject, timeoutMs)
-        .then((manifests) => {
-          const entry = { manifests, fetchedAt: Date.now() };
-          this.lists.set(key, entry);
-          return entry;
-        })
-        .finally(() => this.flights.delete(key));
-      this.flights.set(key, flight);
-    }
+    // With a stale copy to fall back on, a hung upstream must not hold the client long.
+    const timeoutMs = cached ? up.upstream.tags.revalidateTimeoutMs : undefined;
+    const { promise: flight, joined } = this.flights.run(key, async () => {
+      const entry = { manifests: await this.fetchAll(up, subject, timeoutMs), fetchedAt: Date.now() };
+      this.lists.set(key, entry);
+      return entry;
+    });
     try {
       return { manifests: (await flight).manifests, result: joined ? 'joined' : 'miss' };
     } catch (e) {

@@ -6,6 +6,7 @@
  * when the upstream is down (anchors.md: "tag lists not served offline").
  */
 import { LRUCache } from 'lru-cache';
+import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type UpstreamResponse, readBody } from '../upstream/client.js';
 import { nextLink, nextPagePath } from '../upstream/pagination.js';
@@ -37,7 +38,7 @@ export class TagListCache {
     maxSize: CACHE_MAX_BYTES,
     sizeCalculation: (e) => 64 + e.tags.reduce((n, t) => n + t.length + 16, 0),
   });
-  private readonly flights = new Map<string, Promise<string[]>>();
+  private readonly flights = new SingleFlight<string, string[]>();
 
   constructor(private readonly fetchPage: FetchPage) {}
 
@@ -49,12 +50,8 @@ export class TagListCache {
     const key = `${up.upstream.name}|${up.remoteName}`;
     const cached = this.lists.get(key);
     if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { tags: cached.tags, stale: false };
-    let flight = this.flights.get(key);
-    if (!flight) {
-      // With an older list to fall back on, a hung upstream must not hold the client long.
-      flight = this.fetchAll(up, cached ? up.upstream.tags.revalidateTimeoutMs : undefined).finally(() => this.flights.delete(key));
-      this.flights.set(key, flight);
-    }
+    // With an older list to fall back on, a hung upstream must not hold the client long.
+    const flight = this.flights.run(key, () => this.fetchAll(up, cached ? up.upstream.tags.revalidateTimeoutMs : undefined)).promise;
     try {
       const tags = await flight;
       this.lists.set(key, { tags, fetchedAt: Date.now() });

@@ -9,6 +9,7 @@ import { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher, ProxyAgent, request } from 'undici';
+import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type Challenge, parseChallenges } from './challenge.js';
 import { UpstreamHealth } from './health.js';
@@ -78,7 +79,7 @@ export class UpstreamClient {
   /** Learned challenge per host, so later requests fetch a token before the first try. */
   private readonly hostAuth = new Map<string, HostAuth>();
   private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
-  private readonly tokenFetches = new Map<string, Promise<string | null>>();
+  private readonly tokenFetches = new SingleFlight<string, string | null>();
   readonly health: UpstreamHealth;
   /** Called for every upstream response (status) or transport failure ('error', with its summary); metrics, status. */
   onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null, error?: string) => void) | null = null;
@@ -285,12 +286,7 @@ export class UpstreamClient {
     const key = `${basic ? 'creds' : 'anonymous'}|${realmUrl.toString()}|${service}|${scope}`;
     const cached = this.tokens.get(key);
     if (cached && !refresh && cached.expiresAt - TOKEN_MARGIN_MS > Date.now()) return `Bearer ${cached.token}`;
-    let pending = this.tokenFetches.get(key);
-    if (!pending) {
-      pending = this.fetchToken(realmUrl, service, scope, basic, key).finally(() => this.tokenFetches.delete(key));
-      this.tokenFetches.set(key, pending);
-    }
-    const token = await pending;
+    const token = await this.tokenFetches.run(key, () => this.fetchToken(realmUrl, service, scope, basic, key)).promise;
     return token ? `Bearer ${token}` : null;
   }
 
