@@ -93,13 +93,15 @@ test('pushed content wins: a pushed tag is served locally with ?ns=, the upstrea
   t.is(fake.bytesSent, 0);
 });
 
-test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET by digest only when it changed', async (t) => {
-  // Long enough that a loaded CI machine still makes the "within the TTL" requests in time
-  // (checked below, so a slow run fails with a clear message rather than a wrong digest).
-  const TTL_MS = 15_000;
+/**
+ * One run of the TTL scenario on a fresh server; false when the machine was too slow to make
+ * the "within the TTL" requests inside the TTL (the run proves nothing then, so the caller
+ * tries again with a longer TTL instead of failing or always waiting long).
+ */
+async function tagTtlScenario(t: ExecutionContext, TTL_MS: number): Promise<boolean> {
   const { fake, s } = await setup(t, { upstream: { tags: { ttl: `${TTL_MS}ms` } } });
-  const v1 = sampleImage('ttl-v1');
-  const v2 = sampleImage('ttl-v2');
+  const v1 = sampleImage(`ttl-v1-${TTL_MS}`);
+  const v2 = sampleImage(`ttl-v2-${TTL_MS}`);
   fake.addImage('library/app', v1, 'latest');
   fake.addImage('library/app', v2);
 
@@ -116,7 +118,7 @@ test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET
   fake.resetCounters();
   const fresh = await get(s, '/v2/library/app/manifests/latest');
   const freshHead = await head(s, '/v2/library/app/manifests/latest');
-  t.true(Date.now() - sent < TTL_MS, 'requests made within the TTL (machine too slow?)');
+  if (Date.now() - sent >= TTL_MS) return false;
   t.is(fresh.header('docker-content-digest'), v1.manifest.digest);
   t.is(freshHead.header('docker-content-digest'), v1.manifest.digest);
   t.is(fake.totalRequests, 0, 'within the TTL: no upstream request');
@@ -139,7 +141,7 @@ test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET
   // Within the new TTL: nothing. After it, unchanged digest: one HEAD and no GET.
   fake.resetCounters();
   t.is((await get(s, '/v2/library/app/manifests/latest')).header('docker-content-digest'), v2.manifest.digest);
-  t.true(Date.now() - sent < TTL_MS, 'request made within the TTL (machine too slow?)');
+  if (Date.now() - sent >= TTL_MS) return false;
   t.is(fake.totalRequests, 0);
   await sleep(answered + TTL_MS + 50 - Date.now());
   t.is((await get(s, '/v2/library/app/manifests/latest')).header('docker-content-digest'), v2.manifest.digest);
@@ -149,6 +151,16 @@ test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET
   // The HEAD refreshed checked_at: the next request is fresh again.
   t.is((await get(s, '/v2/library/app/manifests/latest')).status, 200);
   t.is(fake.totalRequests, 1);
+
+  return true;
+}
+
+test('tag TTL: fresh tags are not revalidated; after the TTL one HEAD, and a GET by digest only when it changed', async (t) => {
+  for (const ttlMs of [4000, 12_000, 30_000]) {
+    if (await tagTtlScenario(t, ttlMs)) return;
+    t.log(`requests did not fit in the ${ttlMs} ms TTL (busy machine): again with a longer TTL`);
+  }
+  t.fail('the scenario never fitted in a 30 s TTL: machine far too slow');
 });
 
 test('immutable tag patterns are never revalidated, other tags are', async (t) => {
