@@ -13,11 +13,11 @@
  * REGMIRROR_LISTEN) so its docker.io upstream can be the in-process fake on 127.0.0.1,
  * with a Docker Hub-style token realm that requires the DOCKERHUB_USERNAME/DOCKERHUB_TOKEN
  * passed to the container. The config is config/docker.yml with one change: docker.io's
- * `endpoints` point at the fake. Checked: the storage directory of a fresh volume belongs
- * to the runtime user and receives the data; the healthcheck passes; anonymous pull through
- * works; push works with htpasswd credentials and is refused (401) without; `podman stop`
- * ends it with SIGTERM (exit 0, no SIGKILL) within the grace period; a restart on the same
- * volume serves the pushed image.
+ * `endpoints` point at the fake. Checked: the storage directory belongs to the runtime
+ * user (in the image, and in the fresh volume) and receives the data; the healthcheck
+ * passes; anonymous pull through works; push works with htpasswd credentials and is
+ * refused (401) without; `podman stop` ends it with SIGTERM (exit 0, no SIGKILL) within
+ * the grace period; a restart on the same volume serves the pushed image.
  *
  * Skipped only when a tool is missing and CI !== 'true'; under CI a missing tool fails.
  */
@@ -36,7 +36,7 @@ import { makeImage, makeLayer, randomBytes, readOciLayoutRef, writeOciLayout } f
 import { startFake } from '../integration/_pullthrough.js';
 import { listTree } from '../integration/_support.js';
 
-const MISSING = missingTools(['podman', 'skopeo', 'npm', 'ldd', 'cp']);
+const MISSING = missingTools(['podman', 'unshare', 'skopeo', 'npm', 'ldd', 'cp', 'bash']);
 const e2e = MISSING.length === 0 || CI ? test : test.skip;
 if (MISSING.length > 0 && !CI) console.warn(`container image e2e skipped: missing ${MISSING.join(', ')}`);
 
@@ -160,6 +160,15 @@ e2e('the Dockerfile builds, starts on a fresh volume as its user, pulls through,
   t.deepEqual(inspect?.Healthcheck?.Test, ['CMD', 'node', '/app/healthcheck.mjs']);
   t.deepEqual(Object.keys(inspect?.Config.Volumes ?? {}), ['/var/lib/regmirror']);
   t.deepEqual(Object.keys(inspect?.Config.ExposedPorts ?? {}), ['5000/tcp']);
+  // Docker initialises a fresh named volume from the image's directory, owner included
+  // (podman chowns new volumes to the container user anyway, so the run below cannot show
+  // this). vfs "mounts" are plain directories, readable after podman has exited.
+  const rootfs = (await pm.run(['image', 'mount', IMAGE])).stdout.trim();
+  const storageDir = await fs.stat(path.join(rootfs, 'var/lib/regmirror')).catch(() => undefined);
+  t.is(storageDir?.uid, UID, "the image's storage directory exists and belongs to the runtime user");
+  t.is((storageDir?.mode ?? 0) & 0o777, 0o750);
+  t.is((await fs.stat(path.join(rootfs, 'app/dist/cli.js'))).uid, 0, 'application files stay root-owned');
+  await pm.run(['image', 'unmount', IMAGE]);
 
   // The shipped config, unchanged, is valid with no secrets in the environment (anonymous
   // upstream, no users) and refuses half a Docker Hub login.
