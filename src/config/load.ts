@@ -124,9 +124,11 @@ export class Section {
   }
 }
 
+/** `${VAR}` (unset = error) and `${VAR:-default}` (unset or empty = default, as in sh). */
 function expandEnv(s: string, key: string): string {
-  return s.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => {
+  return s.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}/g, (_, name: string, fallback: string | undefined) => {
     const v = process.env[name];
+    if (fallback !== undefined) return v ? v : fallback.slice(2);
     if (v === undefined) throw new ConfigError(`${key}: environment variable ${name} is not set`);
     return v;
   });
@@ -264,7 +266,8 @@ function stringList(sec: Section, k: string): string[] {
 }
 
 function parseAuth(a: Section): AuthConfig {
-  const htpasswd = a.string('htpasswd') ?? null;
+  // '' (e.g. `${REGMIRROR_HTPASSWD:-}` unset) = no users, like null.
+  const htpasswd = a.string('htpasswd') || null;
   if (htpasswd && !fs.existsSync(htpasswd)) throw new ConfigError(`auth.htpasswd: file ${htpasswd} does not exist`);
   const tokenRaw = a.raw('token');
   let token: AuthConfig['token'] = null;
@@ -350,16 +353,18 @@ function parseUpstreams(sec: Section): Map<string, UpstreamConfig> {
 }
 
 function parseCredentials(c: Section): CredentialsConfig | null {
-  const username = c.string('username');
-  const password = c.string('password');
+  let username = c.string('username');
+  let password = c.string('password');
   const dockerConfig = c.string('dockerConfig');
   const googleKeyFile = c.string('googleKeyFile');
   const token = c.string('token');
   c.done();
+  // Both empty (`${USER:-}`, `${TOKEN:-}` unset) = anonymous: one config serves with and without a secret.
+  if (username === '' && password === '') username = password = undefined;
   const kinds = [username !== undefined || password !== undefined, dockerConfig, googleKeyFile, token].filter(Boolean).length;
   if (kinds > 1) throw new ConfigError(`${c.path}: give one of username/password, dockerConfig, googleKeyFile or token`);
   if (username !== undefined || password !== undefined) {
-    if (!username || password === undefined) throw new ConfigError(`${c.path}: username and password go together`);
+    if (!username || !password) throw new ConfigError(`${c.path}: username and password go together (both set, or both empty for anonymous)`);
     return { kind: 'basic', username, password };
   }
   if (dockerConfig) return { kind: 'dockerConfig', file: dockerConfig };

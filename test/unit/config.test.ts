@@ -45,6 +45,30 @@ for (const [yaml, re] of bad) {
   });
 }
 
+test('${VAR:-default}: unset or empty takes the default; empty username and password = anonymous; one of them = error', (t) => {
+  delete process.env.REGMIRROR_TEST_UNSET;
+  process.env.REGMIRROR_TEST_EMPTY = '';
+  process.env.REGMIRROR_TEST_USER = 'bob';
+  process.env.REGMIRROR_TEST_TOKEN = 'dckr_pat_x';
+  const creds = { username: '${REGMIRROR_TEST_USER:-}', password: '${REGMIRROR_TEST_TOKEN:-}' };
+  const anon = { username: '${REGMIRROR_TEST_UNSET:-}', password: '${REGMIRROR_TEST_EMPTY:-}' };
+  const c = configFromObject({
+    listen: '${REGMIRROR_TEST_UNSET:-127.0.0.1:5999}',
+    storage: '${REGMIRROR_TEST_EMPTY:-/data}',
+    auth: { htpasswd: '${REGMIRROR_TEST_UNSET:-}' },
+    upstreams: { 'docker.io': { credentials: creds }, 'quay.io': { credentials: anon } },
+  });
+  t.deepEqual(c.listen, { host: '127.0.0.1', port: 5999 });
+  t.is(c.storage, '/data');
+  t.is(c.auth?.htpasswd, null);
+  t.deepEqual(c.upstreams.get('docker.io')?.credentials, { kind: 'basic', username: 'bob', password: 'dckr_pat_x' });
+  t.is(c.upstreams.get('quay.io')?.credentials, null);
+  t.is(configFromObject({ storage: '${REGMIRROR_TEST_USER:-/data}' }).storage, 'bob');
+  const half = { 'docker.io': { credentials: { username: '${REGMIRROR_TEST_USER:-}', password: '${REGMIRROR_TEST_UNSET:-}' } } };
+  t.throws(() => configFromObject({ upstreams: half }), { instanceOf: ConfigError, message: /username and password go together/ });
+  t.throws(() => configFromObject({ storage: '${REGMIRROR_TEST_UNSET}' }), { instanceOf: ConfigError, message: /REGMIRROR_TEST_UNSET is not set/ });
+});
+
 test('cache: absent = unlimited and never; sizes, durations and null parse; the default config keeps 90 days', (t) => {
   t.deepEqual(configFromObject({}).cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000 });
   t.deepEqual(configFromObject({ cache: { maxBytes: '50GiB', maxAge: '30d', evictInterval: '30s' } }).cache, {
