@@ -6,10 +6,14 @@
  * server with identical digests.
  */
 import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
+import { runCli } from '../helpers/cli.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, makeImage, makeIndex, makeLayer } from '../fixtures/images.js';
 import { assertError, pushIndex } from './_support.js';
@@ -218,4 +222,68 @@ test('round trip: export, import into a second server (no upstream), identical d
     t.is(r.status, 200);
     t.true(r.body.equals(blob.bytes), `${blob.digest} identical on the second server`);
   }
+});
+
+/** The JSON lines a CLI run printed. */
+function jsonLines(stdout: string): Array<Record<string, unknown>> {
+  return stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+test('regmirror export (CLI): --file and --gzip into FILE via a temp file, JSON lines off a terminal; failures exit 1 and leave FILE as it was', async (t) => {
+  const s = await startServer(t);
+  const idx = sampleIndex('cli');
+  await pushIndex(s.url, 'apps/cli', idx, '1');
+  const other = sampleIndex('cli-2');
+  await pushIndex(s.url, 'apps/cli2', other, '2');
+  const dir = await tempDir(t, 'regmirror-export-cli-');
+  const list = path.join(dir, 'images.txt');
+  await fs.writeFile(list, '# the set\napps/cli2:2   # second\n\n');
+  const out = path.join(dir, 'site.tar.gz');
+  const r = await runCli(['export', '--mirror', s.url, '-o', out, '--gzip', '--file', list, 'apps/cli:1'], dir);
+  t.is(r.code, 0, r.stderr);
+  const lines = jsonLines(r.stdout);
+  t.true(lines.some((l) => l.event === 'progress'), 'progress as JSON lines');
+  const done = lines.at(-1)!;
+  t.is(done.event, 'done', r.stdout);
+  t.deepEqual(
+    (done.images as Array<{ name: string; digest: string }>).map((i) => [i.name, i.digest]),
+    [
+      ['apps/cli:1', idx.index.digest],
+      ['apps/cli2:2', other.index.digest],
+    ],
+  );
+  const expected = await http('GET', exportUrl(s.url, 'image=apps/cli:1&image=apps/cli2:2'));
+  t.true(gunzipSync(await fs.readFile(out)).equals(expected.body), 'the file is the gzipped export');
+  t.deepEqual(await fs.readdir(dir), ['images.txt', 'site.tar.gz'].sort(), 'no temp file left');
+
+  // An unknown image: exit 1 with the mirror's error; the existing FILE is untouched.
+  const before = await fs.readFile(out);
+  const bad = await runCli(['export', '--mirror', s.url, '-o', out, 'apps/cli:1', 'apps/cli:missing'], dir);
+  t.is(bad.code, 1);
+  t.regex(String(jsonLines(bad.stdout).at(-1)!.error), /404 MANIFEST_UNKNOWN/);
+  t.true((await fs.readFile(out)).equals(before));
+  t.deepEqual(await fs.readdir(dir), ['images.txt', 'site.tar.gz'].sort());
+  t.is((await runCli(['export', '--mirror', s.url, 'apps/cli:1'], dir)).code, 2, 'usage: -o is required');
+});
+
+test('regmirror export (CLI): a response cut short mid-body exits 1 and writes no file', async (t) => {
+  // A mirror stand-in that promises a tar and dies after a few bytes.
+  const server = createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/x-tar', 'content-length': '1048576' });
+    res.write(Buffer.alloc(4096));
+    setImmediate(() => res.socket?.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const { port } = server.address() as AddressInfo;
+  const dir = await tempDir(t, 'regmirror-export-cut-');
+  const out = path.join(dir, 'cut.tar');
+  const r = await runCli(['export', '--mirror', `http://127.0.0.1:${port}`, '-o', out, 'apps/x:1'], dir);
+  t.is(r.code, 1, r.stdout);
+  t.is(jsonLines(r.stdout).at(-1)!.event, 'error');
+  t.deepEqual(await fs.readdir(dir), [], 'neither FILE nor a temp file');
 });
