@@ -39,6 +39,8 @@ export interface Podman {
   /** `pull` with the test policy, the empty cert dir and no TLS (the registries are plain HTTP). */
   pull(ref: string, extra?: string[]): Promise<RunResult>;
   tryPull(ref: string, extra?: string[]): Promise<RunResult>;
+  /** `load -i <archive>` with the test policy (podman reads /etc/containers/policy.json otherwise). */
+  load(file: string): Promise<RunResult>;
   /** The image's digest (`podman image inspect --format {{.Digest}}`). */
   digestOf(ref: string): Promise<string>;
   /** RepoDigests of the image (`name@sha256:...`). */
@@ -81,6 +83,7 @@ export async function podman(t: ExecutionContext, opts: { timeoutMs?: number } =
     tryRun: (args) => run(unshare, argv(args), { env, timeoutMs }),
     pull: (ref, extra = []) => self.run(['pull', ...pullFlags, ...extra, ref]),
     tryPull: (ref, extra = []) => self.tryRun(['pull', ...pullFlags, ...extra, ref]),
+    load: (file) => self.run(['load', '--signature-policy', d('policy.json'), '-i', file]),
     async digestOf(ref) {
       return (await self.run(['image', 'inspect', '--format', '{{.Digest}}', ref])).stdout.trim();
     },
