@@ -34,7 +34,12 @@ async function exportTar(t: ExecutionContext, base: string, query: string, heade
   t.is(res.status, 200, res.body.toString().slice(0, 300));
   t.is(res.header('content-type'), 'application/x-tar');
   t.is(Number(res.header('content-length')), res.body.length, 'exact Content-Length');
-  return readLayout(t, res.body);
+  const layout = await readLayout(t, res.body);
+  // Independently: a header and padded content per entry, then the two zero end blocks.
+  const pad = (n: number) => Math.ceil(n / 512) * 512;
+  t.is(res.body.length, [...layout.files.values()].reduce((n, b) => n + 512 + pad(b.length), 1024), 'the whole tar, end blocks included');
+  t.true(res.body.subarray(-1024).equals(Buffer.alloc(1024)));
+  return layout;
 }
 
 async function readLayout(t: ExecutionContext, archive: Buffer): Promise<Layout> {
@@ -171,6 +176,18 @@ test('unknown images and bad requests: a clear error status before any body', as
   assertError(t, await http('POST', exportUrl(s.url, ''), { body: '{"images": "apps/known:1"}' }), 400, 'UNSUPPORTED');
   assertError(t, await http('POST', exportUrl(s.url, ''), { body: 'not json' }), 400, 'UNSUPPORTED');
   t.is((await http('GET', `${s.url}/healthz`)).status, 200);
+});
+
+test('a blob damaged in storage (shorter than its manifest says) is an error status, never a truncated tar', async (t) => {
+  const s = await startServer(t);
+  const idx = sampleIndex('damaged');
+  await pushIndex(s.url, 'apps/damaged', idx, '1');
+  const layer = idx.images[0]!.image.layers[1]!;
+  const hex = layer.digest.slice('sha256:'.length);
+  await fs.truncate(path.join(s.dataDir, 'storage', 'blobs', 'sha256', hex.slice(0, 2), hex), layer.size - 1);
+  const res = await http('GET', exportUrl(s.url, 'image=apps/damaged:1'));
+  assertError(t, res, 500, 'UNKNOWN');
+  t.regex(res.body.toString(), /fsck/);
 });
 
 test('pull rights per repository: 401 anonymous, 403 signed in without the right, before any upstream pull', async (t) => {
