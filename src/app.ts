@@ -13,6 +13,7 @@ import { installErrorHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
 import { registerImport } from './http/import.js';
+import { registerExport } from './http/export.js';
 import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
@@ -215,6 +216,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
+  registerExport(fastify, deps);
   fastify.get('/metrics', async (_req, reply) => {
     const text = await metrics.registry.metrics();
     return reply.header('content-type', metrics.registry.contentType).send(text);

@@ -14,6 +14,7 @@ import { createLogger } from './ops/logger.js';
 import { collectGarbage } from './ops/gc.js';
 import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
 import { prefetchImage } from './ops/prefetch.js';
+import { exportCommand } from './ops/export.js';
 import { fsck } from './ops/fsck.js';
 
 const USAGE = `usage: regmirror <command> [options]
@@ -42,6 +43,10 @@ commands:
                                  pull images through a running mirror (all of an index's
                                  platforms unless --platform), so a rollout finds them
                                  cached; LIST has one image per line (# comments)
+  export --mirror URL -o FILE [--file LIST] [--platform OS/ARCH ...] [--gzip] [--user USER:PASS] [IMAGE ...]
+                                 write an OCI image layout tar of images (repository paths
+                                 on the mirror, REPO:TAG or REPO@DIGEST), pulled through
+                                 first if not held; all platforms unless --platform
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -60,6 +65,8 @@ async function main(argv: string[]): Promise<number> {
       file: { type: 'string' },
       platform: { type: 'string', multiple: true },
       user: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      gzip: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -168,6 +175,8 @@ async function main(argv: string[]): Promise<number> {
       }
       return failed > 0 ? 1 : 0;
     }
+    case 'export':
+      return exportCommand(values, positionals.slice(1));
     default:
       process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);
       return 2;

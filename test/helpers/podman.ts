@@ -41,6 +41,8 @@ export interface Podman {
   tryPull(ref: string, extra?: string[]): Promise<RunResult>;
   /** `build` with the test policy (commits read it) and `--pull=never`: bases must be local images. */
   build(args: string[]): Promise<RunResult>;
+  /** `load -i <archive>` with the test policy (podman reads /etc/containers/policy.json otherwise). */
+  load(file: string): Promise<RunResult>;
   /** The image's digest (`podman image inspect --format {{.Digest}}`). */
   digestOf(ref: string): Promise<string>;
   /** RepoDigests of the image (`name@sha256:...`). */
@@ -84,6 +86,7 @@ export async function podman(t: ExecutionContext, opts: { timeoutMs?: number } =
     pull: (ref, extra = []) => self.run(['pull', ...pullFlags, ...extra, ref]),
     tryPull: (ref, extra = []) => self.tryRun(['pull', ...pullFlags, ...extra, ref]),
     build: (args) => self.run(['build', '--signature-policy', d('policy.json'), '--pull=never', ...args]),
+    load: (file) => self.run(['load', '--signature-policy', d('policy.json'), '-i', file]),
     async digestOf(ref) {
       return (await self.run(['image', 'inspect', '--format', '{{.Digest}}', ref])).stdout.trim();
     },

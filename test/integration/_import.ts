@@ -33,6 +33,27 @@ export function packTar(entries: Entry[]): Promise<Buffer> {
   });
 }
 
+/** Every entry of a tar (regular files and directories; directories with an empty body), in order. */
+export async function unpackTar(archive: Buffer): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  const ex = tar.extract();
+  ex.on('entry', (h, stream, next) => {
+    const parts: Buffer[] = [];
+    stream.on('data', (c: unknown) => parts.push(c as Buffer));
+    stream.on('end', () => {
+      if (out.has(h.name)) ex.destroy(new Error(`duplicate tar entry ${h.name}`));
+      out.set(h.name, Buffer.concat(parts));
+      next();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    ex.on('finish', resolve);
+    ex.on('error', reject);
+    ex.end(archive);
+  });
+  return out;
+}
+
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 export const CONTAINERD_NAME = 'io.containerd.image.name';
 
