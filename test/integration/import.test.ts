@@ -9,27 +9,16 @@ import test, { type ExecutionContext } from 'ava';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
-import { startServer, tempDir, type TestServer } from '../helpers/server.js';
+import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { waitFor } from '../helpers/tools.js';
 import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import {
-  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
+  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
 } from './_import.js';
 
 const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
-
-/** No blob file, no temp file, no repository: what a refused import must leave. */
-async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
-  const storage = path.join(s.dataDir, 'storage');
-  t.deepEqual(await filesUnder(path.join(storage, 'tmp')), [], `${what}: no temp file left`);
-  t.deepEqual(await filesUnder(path.join(storage, 'blobs')), [], `${what}: no blob stored`);
-  // The catalog is local only (tags/list under an upstream-mapped prefix would ask upstream).
-  const catalog = await http('GET', `${s.url}/v2/_catalog`);
-  t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
-  t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
-}
 
 /** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
 async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
@@ -155,7 +144,7 @@ test('malformed archives: a clear 400 (413 over a limit), no tag, no blob, no te
     { what: 'xz', body: Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), Buffer.alloc(600)]), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /xz/ },
     { what: 'not an archive', body: Buffer.from('{"just":"json"}'.repeat(100)), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /not a tar/ },
     { what: 'empty body', body: Buffer.alloc(0), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /empty/ },
-    { what: 'docker-save layout (not yet)', body: packTar([{ name: 'manifest.json', content: '[]' }]), status: 400, code: 'MANIFEST_INVALID', message: /docker-save/ },
+    { what: 'neither an OCI layout nor a docker-save archive', body: packTar([{ name: 'README', content: 'hello' }]), status: 400, code: 'MANIFEST_INVALID', message: /not an OCI image layout or a docker-save archive/ },
     { what: 'wrong layout version', body: packTar([...layoutEntries(roots, blobs).filter((e) => e.name !== 'oci-layout'), { name: 'oci-layout', content: '{"imageLayoutVersion":"2.0.0"}' }]), status: 400, code: 'MANIFEST_INVALID' },
     { what: 'index.json not JSON', body: packTar([...layoutEntries(roots, blobs).filter((e) => e.name !== 'index.json'), { name: 'index.json', content: '{nope' }]), status: 400, code: 'MANIFEST_INVALID' },
   ];

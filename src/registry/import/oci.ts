@@ -38,13 +38,15 @@ export interface PlannedImage {
   children: PlannedManifest[];
   /** Config and layer blobs (distributable, present in the archive), each once. */
   blobs: Digest[];
+  /** The root manifest was built by the importer (a docker-save archive without one). */
+  built?: boolean;
 }
 
-function invalid(message: string, detail?: unknown): RegistryError {
+export function invalid(message: string, detail?: unknown): RegistryError {
   return new RegistryError('MANIFEST_INVALID', message, { detail });
 }
 
-function parseJson(buf: Buffer, name: string): unknown {
+export function parseJson(buf: Buffer, name: string): unknown {
   try {
     return JSON.parse(buf.toString('utf8'));
   } catch {
@@ -101,11 +103,11 @@ export function targetOf(annotations: Record<string, string> | undefined, target
   }
 }
 
-interface Limits {
+export interface Limits {
   maxManifestBytes: number;
 }
 
-async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Promise<PlannedManifest> {
+export async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Promise<PlannedManifest> {
   const staged = staging.blobs.get(d.digest);
   if (!staged) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest ${d.digest} is not in the archive`, { detail: { digest: d.digest } });
   if (staged.size !== d.size) throw invalid(`manifest ${d.digest} is ${staged.size} bytes, its descriptor says ${d.size}`);
@@ -121,7 +123,7 @@ async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Pr
 }
 
 /** Every manifest and blob below `root`, checked present and of the declared sizes. */
-async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Promise<{ children: PlannedManifest[]; blobs: Digest[] }> {
+export async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Promise<{ children: PlannedManifest[]; blobs: Digest[] }> {
   const children: PlannedManifest[] = [];
   const seen = new Set<Digest>([root.digest]);
   const blobs = new Set<Digest>();
@@ -152,8 +154,7 @@ export async function planOciLayout(staging: Staging, target: ImportTarget, limi
   const layoutFile = staging.files.get('oci-layout');
   const indexFile = staging.files.get('index.json');
   if (!layoutFile || !indexFile) {
-    const what = staging.files.has('manifest.json') ? ' (docker-save archives are not supported yet)' : '';
-    throw invalid(`not an OCI image layout: ${layoutFile ? '' : 'oci-layout '}${indexFile ? '' : 'index.json '}missing${what}`.replace(/ +/g, ' '));
+    throw invalid(`not an OCI image layout or a docker-save archive: ${layoutFile ? '' : 'oci-layout '}${indexFile ? '' : 'index.json '}missing (and no manifest.json)`.replace(/ +/g, ' '));
   }
   const layout = parseJson(layoutFile, 'oci-layout') as { imageLayoutVersion?: unknown } | null;
   if (layout?.imageLayoutVersion !== '1.0.0') throw invalid('oci-layout: imageLayoutVersion must be "1.0.0"');
