@@ -1,0 +1,145 @@
+/**
+ * Import of `docker save`-format archives written by the real skopeo (`copy oci:<layout>
+ * docker-archive:<file>:<name> --additional-tag ...`: decompressed `<diffid>.tar` layers,
+ * legacy `<v1id>/layer.tar` symlinks, manifest.json last), over a raw body and multipart,
+ * into an air-gapped mirror; then skopeo and containerd pull every tag back under the
+ * documented built manifest (config digest = the source's, layer digests = diff_ids), and
+ * containerd unpacks it (the files of the source layers are in the mounted rootfs).
+ *
+ * Skipped only when a tool is absent and CI !== 'true'.
+ */
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
+import { startServer, tempDir } from '../helpers/server.js';
+import { type Skopeo, pullArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
+import { CI, freePort, missingTools } from '../helpers/tools.js';
+import { type Blob, type Image, MediaTypes, makeImage, makeLayer, randomBytes, sha256, writeOciLayout } from '../fixtures/images.js';
+import { assertContent, assertImage, assertLayoutHolds } from './_registry.js';
+import { type ImportResult, builtManifest, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
+import { http } from '../helpers/http.js';
+
+const e2e = missingTools(['skopeo', 'containerd', 'ctr']).length === 0 || CI ? test : test.skip;
+const UP = 'upstream.test:5000';
+
+/** A linux/amd64 image with gzip and plain layers, one of them repeated (skopeo links it). */
+function sample(seed: string): Image {
+  const base = makeLayer([{ name: 'etc/', content: '' }, { name: 'etc/os-release', content: `ID=${seed}\n` }]);
+  const tool = makeLayer([{ name: 'bin/', content: '' }, { name: 'bin/tool', content: randomBytes(96 * 1024, seed), mode: 0o755 }], { gzip: false });
+  return makeImage({ layers: [base, tool, base] });
+}
+
+/** The image as the archive holds it: same config, each layer its uncompressed tar. */
+function asSaved(image: Image): Image {
+  const layers: Blob[] = image.layers.map((l) => {
+    const tar = l.mediaType === MediaTypes.ociLayerGzip ? gunzipSync(l.bytes) : l.bytes;
+    return { digest: sha256(tar), size: tar.length, mediaType: MediaTypes.ociLayer, bytes: tar };
+  });
+  const manifest = builtManifest({ ...image, layers });
+  return { config: image.config, layers, manifest: { digest: sha256(manifest), size: manifest.length, mediaType: MediaTypes.ociManifest, bytes: manifest } };
+}
+
+/** `skopeo copy oci:<layout>:src docker-archive:<file>:<first tag>` plus the other tags. */
+async function skopeoDockerArchive(sk: Skopeo, work: string, image: Image, tags: string[]): Promise<Buffer> {
+  const id = image.config.digest.slice(7, 19);
+  const layout = path.join(work, `layout-${id}`);
+  await writeOciLayout(layout, [{ tag: 'src', root: image.manifest }], [image.manifest, image.config, ...image.layers]);
+  const file = path.join(work, `${id}.docker.tar`);
+  await sk.run(['copy', `oci:${layout}:src`, `docker-archive:${file}:${tags[0]}`, ...tags.slice(1).flatMap((t) => ['--additional-tag', t])]);
+  return fs.readFile(file);
+}
+
+async function airGappedMirror(t: ExecutionContext) {
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  return startServer(t, {
+    upstreams: { [UP]: { endpoints: [closed] } },
+    defaultUpstream: UP,
+    namespaces: [{ prefix: 'test-namespace', upstream: 'ns', push: true }],
+  });
+}
+
+e2e('skopeo docker-archive imported raw and multipart; skopeo and containerd pull the built manifest back, containerd unpacks it', async (t) => {
+  const [sk, work, s, ctd] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), startContainerd(t)]);
+  const one = sample('docker-one');
+  const two = sample('docker-two');
+  const rawArchive = await skopeoDockerArchive(sk, work, one, [`${UP}/library/busybox:1.0`, 'busybox:latest']);
+  const mpArchive = await skopeoDockerArchive(sk, work, two, [`${UP}/tools/box:2`]);
+  // What skopeo wrote is the legacy layout: `<diffid>.tar` files, `<v1id>/layer.tar` symlinks to them.
+  const baseTar = asSaved(one).layers[0]!.digest.slice(7);
+  t.true(rawArchive.includes(Buffer.from(`../${baseTar}.tar`)) && rawArchive.includes(Buffer.from(`${baseTar}.tar\0`)), 'skopeo wrote <diffid>.tar and a symlink to it');
+  const imported: ImportResult[] = [];
+  const raw = await importRaw(s.url, 'namespace=test-namespace', rawArchive);
+  t.is(raw.status, 200, raw.body.toString());
+  imported.push(...raw.json<{ images: ImportResult[] }>().images);
+  const mp = await importMultipart(s.url, 'namespace=test-namespace', [gzipSync(mpArchive)]);
+  t.is(mp.status, 200, mp.body.toString());
+  imported.push(...mp.json<{ images: ImportResult[] }>().images);
+
+  const [savedOne, savedTwo] = [asSaved(one), asSaved(two)];
+  const expected = [
+    { repo: 'library/busybox', tag: '1.0', image: one, saved: savedOne },
+    { repo: 'library/busybox', tag: 'latest', image: one, saved: savedOne },
+    { repo: 'tools/box', tag: '2', image: two, saved: savedTwo },
+  ];
+  t.deepEqual(
+    imported.map((r) => `${r.name}:${r.tag}@${r.digest} built=${r.built}`),
+    expected.map((e) => `test-namespace/${e.repo}:${e.tag}@${e.saved.manifest.digest} built=true`),
+  );
+  // The documented rule, checked against the source: config unchanged, layers = diff_ids.
+  const diffIds = (JSON.parse(one.config.bytes.toString()) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
+  const built = JSON.parse(savedOne.manifest.bytes.toString()) as { config: { digest: string }; layers: Array<{ digest: string; mediaType: string }> };
+  t.is(built.config.digest, one.config.digest, 'config digest equals the source config digest');
+  t.deepEqual(built.layers.map((l) => l.digest), diffIds, 'layer digests are the diff_ids');
+
+  for (const e of expected) {
+    const out = path.join(work, `pulled-${e.repo.replace('/', '-')}-${e.tag}`);
+    await sk.run(pullArgs(sk, `docker://${s.hostPort}/test-namespace/${e.repo}:${e.tag}`, `oci:${out}:${e.tag}`));
+    await assertLayoutHolds(t, out, e.tag, e.saved.manifest, [e.saved.manifest, e.saved.config, ...new Map(e.saved.layers.map((l) => [l.digest, l])).values()]);
+  }
+
+  const hostsDir = path.join(work, 'certs.d');
+  await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${s.url}/v2/test-namespace`, overridePath: true }] });
+  for (const [i, e] of expected.entries()) {
+    const ref = `${UP}/${e.repo}:${e.tag}`;
+    // Default platform (linux/amd64 like the image): ctr pull also unpacks into the snapshotter.
+    await ctd.pull(ref, { namespace: 'imported', hostsDir, platform: 'linux/amd64' });
+    await assertImage(t, ctd, 'imported', ref, e.saved.manifest.digest);
+    await assertContent(t, ctd, 'imported', [e.saved.manifest, e.saved.config, ...e.saved.layers]);
+    const mnt = path.join(ctd.dir, `mnt-${i}`);
+    await fs.mkdir(mnt);
+    const m = await ctd.ctr(['images', 'mount', '--snapshotter', 'native', '--platform', 'linux/amd64', ref, mnt], { namespace: 'imported' });
+    t.is(m.code, 0, m.stderr);
+    const seed = e.image === one ? 'docker-one' : 'docker-two';
+    t.is(await fs.readFile(path.join(mnt, 'etc', 'os-release'), 'utf8'), `ID=${seed}\n`, 'unpacked rootfs has the base layer');
+    t.true((await fs.readFile(path.join(mnt, 'bin', 'tool'))).equals(randomBytes(96 * 1024, seed)), 'unpacked rootfs has the tool layer');
+    t.is((await ctd.ctr(['images', 'unmount', mnt], { namespace: 'imported' })).code, 0);
+  }
+  t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'tmp')), [], 'no temp file left');
+});
+
+e2e('a skopeo docker-archive with a flipped layer byte or cut short stores nothing; the intact one then imports', async (t) => {
+  const [sk, work, s] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t)]);
+  const image = sample('docker-bad');
+  const archive = await skopeoDockerArchive(sk, work, image, [`${UP}/library/bad:1`]);
+  // The tool layer's bytes sit uncompressed in the archive: flip one inside its random content.
+  const toolBytes = randomBytes(96 * 1024, 'docker-bad');
+  const at = archive.indexOf(toolBytes.subarray(0, 64));
+  t.true(at > 0, 'the uncompressed layer is in the archive');
+  const flipped = Buffer.from(archive);
+  flipped[at + 1000]! ^= 0x01;
+  const bad = await importRaw(s.url, 'namespace=test-namespace', flipped);
+  t.is(bad.status, 400, bad.body.toString());
+  t.regex(bad.body.toString(), /DIGEST_INVALID.*does not hash to its diff_id/);
+  for (const cut of [0.3, 0.95]) {
+    const res = await importRaw(s.url, 'namespace=test-namespace', archive.subarray(0, Math.floor(archive.length * cut)));
+    t.is(res.status, 400, `cut at ${cut}: ${res.body.toString()}`);
+  }
+  t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'tmp')), [], 'no temp file');
+  t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'blobs')), [], 'no blob stored');
+  t.deepEqual((await http('GET', `${s.url}/v2/_catalog`)).json<{ repositories: string[] }>().repositories, [], 'nothing stored');
+  const ok = await importRaw(s.url, 'namespace=test-namespace', archive);
+  t.is(ok.status, 200, ok.body.toString());
+  t.is(ok.json<{ images: ImportResult[] }>().images[0]!.digest, asSaved(image).manifest.digest);
+});
