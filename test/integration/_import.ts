@@ -176,7 +176,8 @@ export function docker25Entries(images: Array<SavedImage & { indexed?: boolean }
 
 /**
  * The manifest the importer builds for a docker-save image without one (README, "Air-gapped
- * import"): OCI image manifest, the config verbatim, one uncompressed layer per diff_id.
+ * import"): OCI image manifest, the config verbatim, one layer per diff_id (uncompressed,
+ * or `+gzip` for a `MediaTypes.ociLayerGzip` blob).
  * Written here from the rule, not from the server's code, so a drift fails the tests.
  */
 export function builtManifest(image: Image): Buffer {
@@ -184,7 +185,7 @@ export function builtManifest(image: Image): Buffer {
     schemaVersion: 2,
     mediaType: MediaTypes.ociManifest,
     config: { mediaType: MediaTypes.ociConfig, digest: image.config.digest, size: image.config.size },
-    layers: image.layers.map((l) => ({ mediaType: MediaTypes.ociLayer, digest: l.digest, size: l.size })),
+    layers: image.layers.map((l) => ({ mediaType: l.mediaType === MediaTypes.ociLayerGzip ? l.mediaType : MediaTypes.ociLayer, digest: l.digest, size: l.size })),
   }));
 }
 

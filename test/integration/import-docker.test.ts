@@ -6,12 +6,14 @@
  * archives refused with a clear 400/413 leaving nothing behind.
  */
 import test, { type ExecutionContext } from 'ava';
+import { gzipSync } from 'node:zlib';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer } from '../helpers/server.js';
-import { type Image, MediaTypes, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
+import { type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
 import { assertError, OCI_MANIFEST } from './_support.js';
 import {
-  type Entry, type ImportResult, type SavedImage, assertNothingStored, builtManifest, docker25Entries, dockerSaveEntries, gzip, importMultipart, importRaw, packTar,
+  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, type SavedImage, assertNothingStored, builtManifest, docker25Entries, dockerSaveEntries, gzip, importMultipart, importRaw,
+  layoutEntries, packTar, sampleIndex,
 } from './_import.js';
 
 const layer = (seed: string, kib = 8) => makeLayer([{ name: `etc/${seed}`, content: randomBytes(kib * 1024, seed) }], { gzip: false });
@@ -127,6 +129,50 @@ test('Docker 25+ archive: its own manifest kept (digest unchanged); shuffled lay
   t.is(r2.status, 200, r2.body.toString());
   t.deepEqual(r2.json<{ images: ImportResult[] }>().images.map(line), [`apps/shuffled:1@${sha256(builtManifest(other))} built`]);
   await assertBuiltServed(t, s.url, 'apps/shuffled', '1', other);
+});
+
+test('containerd-style export (OCI layout + manifest.json for one platform): the whole index kept, or the one platform present; other index.json entries by their annotations', async (t) => {
+  const s = await startServer(t);
+  const idx = sampleIndex('ctd');
+  const amd = idx.images[0]!.image;
+  const extra = makeImage({ layers: [makeLayer([{ name: 'extra', content: 'extra image' }])] });
+  const hex = (d: string) => d.slice(7);
+  const manifestJson = { name: 'manifest.json', content: JSON.stringify([{ Config: `blobs/sha256/${hex(amd.config.digest)}`, RepoTags: ['docker.io/library/multi:1'], Layers: amd.layers.map((l) => `blobs/sha256/${hex(l.digest)}`) }]) };
+  const roots: Array<{ root: Image['manifest']; annotations: Record<string, string> }> = [
+    { root: idx.index, annotations: { [CONTAINERD_NAME]: 'docker.io/library/multi:1', [REF_NAME]: '1' } },
+    { root: extra.manifest, annotations: { [CONTAINERD_NAME]: 'quay.io/acme/extra:2' } },
+  ];
+  const all = await importRaw(s.url, 'namespace=mirror', await packTar([...layoutEntries(roots, [...allBlobsOf(idx), extra.config, ...extra.layers]), manifestJson]));
+  t.is(all.status, 200, all.body.toString());
+  t.deepEqual(all.json<{ images: ImportResult[] }>().images.map(line), [`mirror/library/multi:1@${idx.index.digest}`, `mirror/acme/extra:2@${extra.manifest.digest}`]);
+  const arm = idx.images[1]!.image;
+  const armManifest = await http('GET', `${s.url}/v2/mirror/library/multi/manifests/${arm.manifest.digest}`, { headers: { accept: OCI_MANIFEST } });
+  t.true(armManifest.body.equals(arm.manifest.bytes), 'every platform kept');
+
+  // Only amd64's blobs in the archive (a one-platform save of a multi-platform image): amd64's manifest.
+  const s2 = await startServer(t);
+  const onlyAmd = [amd.manifest, amd.config, ...amd.layers];
+  const one = await importRaw(s2.url, 'namespace=mirror', await packTar([...layoutEntries(roots.slice(0, 1), onlyAmd), manifestJson]));
+  t.is(one.status, 200, one.body.toString());
+  t.deepEqual(one.json<{ images: ImportResult[] }>().images.map(line), [`mirror/library/multi:1@${amd.manifest.digest}`]);
+});
+
+test('legacy archive with a gzip-compressed layer file: built with the +gzip type, digest of the file, diff_id checked on its content', async (t) => {
+  const s = await startServer(t);
+  const { a } = sample('gz');
+  const entries = dockerSaveEntries([{ image: a, repoTags: ['gz:1'] }]);
+  const target = entries.find((e) => e.name.endsWith('/layer.tar') && e.type === undefined)!;
+  const gz = gzipSync(target.content as Buffer);
+  const j = a.layers.findIndex((l) => l.bytes.equals(target.content as Buffer));
+  const expected: Image = { ...a, layers: a.layers.map((l) => (l.digest === a.layers[j]!.digest ? { digest: sha256(gz), size: gz.length, mediaType: MediaTypes.ociLayerGzip, bytes: gz } : l)) };
+  const res = await importRaw(s.url, 'repository=apps/gz', await packTar(entries.map((e) => (e === target ? { ...e, content: gz } : e))));
+  t.is(res.status, 200, res.body.toString());
+  t.deepEqual(res.json<{ images: ImportResult[] }>().images.map(line), [`apps/gz:1@${sha256(builtManifest(expected))} built`]);
+  await assertBuiltServed(t, s.url, 'apps/gz', '1', expected);
+  // gzip of other content than the diff_id is still refused.
+  const wrong = gzipSync(Buffer.concat([target.content as Buffer, Buffer.alloc(512)]));
+  const bad = await importRaw(s.url, 'repository=apps/gz2', await packTar(entries.map((e) => (e === target ? { ...e, content: wrong } : e))));
+  assertError(t, bad, 400, 'DIGEST_INVALID');
 });
 
 test('bad docker-save archives: a clear 400 (413 over a limit) naming the problem; no tag, no blob, no temp file', async (t) => {

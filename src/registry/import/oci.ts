@@ -149,6 +149,37 @@ export async function walk(staging: Staging, root: PlannedManifest, limits: Limi
   return { children, blobs: [...blobs] };
 }
 
+/** The entries of the archive's index.json (which must be an image index). */
+export function indexEntries(indexFile: Buffer): Descriptor[] {
+  let index: ParsedManifest;
+  try {
+    index = parseManifest(indexFile, '');
+  } catch (e) {
+    throw invalid(`index.json: ${(e as Error).message}`);
+  }
+  if (!isIndexType(index.mediaType)) throw invalid('index.json is not an image index');
+  return index.requiredManifests;
+}
+
+/** A name:tag the archive gives twice must mean one image (`tags`: name:tag -> digest so far). */
+export function claimTag(tags: Map<string, Digest>, repo: RepoName, tag: Tag | null, digest: Digest, where: string): boolean {
+  const key = `${repo}:${tag ?? digest}`;
+  const other = tags.get(key);
+  if (other !== undefined && other !== digest) throw invalid(`${where} names ${repo}:${tag} twice, for different images`);
+  tags.set(key, digest);
+  return other === undefined;
+}
+
+/** Plan index.json entry `i`: its name from its annotations, everything below it checked present. */
+export async function planIndexEntry(staging: Staging, d: Descriptor, i: number, target: ImportTarget, limits: Limits, tags: Map<string, Digest>): Promise<PlannedImage> {
+  if (!isManifestType(d.mediaType)) throw invalid(`index.json entry ${i} has unsupported media type ${d.mediaType.slice(0, 100)}`);
+  const { repo, tag } = targetOf(d.annotations, target, i);
+  claimTag(tags, repo, tag, d.digest, 'index.json');
+  // parseManifest refuses a body whose mediaType field contradicts the descriptor's.
+  const root = await readManifest(staging, d, limits);
+  return { repo, tag, root, ...(await walk(staging, root, limits)) };
+}
+
 /** Plan every image of an OCI layout; throws a 400/413 naming the first problem found. */
 export async function planOciLayout(staging: Staging, target: ImportTarget, limits: Limits): Promise<PlannedImage[]> {
   const layoutFile = staging.files.get('oci-layout');
@@ -158,27 +189,10 @@ export async function planOciLayout(staging: Staging, target: ImportTarget, limi
   }
   const layout = parseJson(layoutFile, 'oci-layout') as { imageLayoutVersion?: unknown } | null;
   if (layout?.imageLayoutVersion !== '1.0.0') throw invalid('oci-layout: imageLayoutVersion must be "1.0.0"');
-  let index: ParsedManifest;
-  try {
-    index = parseManifest(indexFile, '');
-  } catch (e) {
-    throw invalid(`index.json: ${(e as Error).message}`);
-  }
-  if (!isIndexType(index.mediaType)) throw invalid('index.json is not an image index');
-  const entries = index.requiredManifests;
+  const entries = indexEntries(indexFile);
   if (entries.length === 0) throw invalid('index.json lists no images');
   const images: PlannedImage[] = [];
   const tags = new Map<string, Digest>();
-  for (const [i, d] of entries.entries()) {
-    if (!isManifestType(d.mediaType)) throw invalid(`index.json entry ${i} has unsupported media type ${d.mediaType.slice(0, 100)}`);
-    const { repo, tag } = targetOf(d.annotations, target, i);
-    const key = `${repo}:${tag ?? d.digest}`;
-    const other = tags.get(key);
-    if (other !== undefined && other !== d.digest) throw invalid(`index.json names ${repo}:${tag} twice, for different images`);
-    tags.set(key, d.digest);
-    // parseManifest refuses a body whose mediaType field contradicts the descriptor's.
-    const root = await readManifest(staging, d, limits);
-    images.push({ repo, tag, root, ...(await walk(staging, root, limits)) });
-  }
+  for (const [i, d] of entries.entries()) images.push(await planIndexEntry(staging, d, i, target, limits, tags));
   return images;
 }
