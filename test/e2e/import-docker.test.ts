@@ -4,7 +4,9 @@
  * legacy `<v1id>/layer.tar` symlinks, manifest.json last), over a raw body and multipart,
  * into an air-gapped mirror; then skopeo and containerd pull every tag back under the
  * documented built manifest (config digest = the source's, layer digests = diff_ids), and
- * containerd unpacks it (the files of the source layers are in the mounted rootfs).
+ * containerd unpacks it (the files of the source layers are in the mounted rootfs). And
+ * what `ctr images export` writes (an OCI layout plus a manifest.json for one platform) of a
+ * multi-arch image and of such an imported image, into a second mirror with digests unchanged.
  *
  * Skipped only when a tool is absent and CI !== 'true'.
  */
@@ -14,10 +16,10 @@ import path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
 import { startServer, tempDir } from '../helpers/server.js';
-import { type Skopeo, pullArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
+import { type Skopeo, pullArgs, pushArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
-import { type Blob, type Image, MediaTypes, makeImage, makeLayer, randomBytes, sha256, writeOciLayout } from '../fixtures/images.js';
-import { assertContent, assertImage, assertLayoutHolds } from './_registry.js';
+import { type Blob, type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes, sha256, writeOciLayout } from '../fixtures/images.js';
+import { assertContent, assertImage, assertLayoutHolds, busybox } from './_registry.js';
 import { type ImportResult, builtManifest, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
 import { http } from '../helpers/http.js';
 
@@ -142,4 +144,44 @@ e2e('a skopeo docker-archive with a flipped layer byte or cut short stores nothi
   const ok = await importRaw(s.url, 'namespace=test-namespace', archive);
   t.is(ok.status, 200, ok.body.toString());
   t.is(ok.json<{ images: ImportResult[] }>().images[0]!.digest, asSaved(image).manifest.digest);
+});
+
+e2e('ctr images export (OCI layout + manifest.json) of a multi-arch image and of an imported docker-archive image: a second mirror gets the same digests', async (t) => {
+  const [sk, work, a, b, ctd] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), airGappedMirror(t), startContainerd(t)]);
+  const multi = busybox('ctr-export', 64);
+  const layout = path.join(work, 'multi');
+  await writeOciLayout(layout, [{ tag: 'src', root: multi.index }], allBlobsOf(multi));
+  await sk.run(pushArgs(sk, `oci:${layout}:src`, `docker://${a.hostPort}/test-namespace/library/multi:1`));
+  const box = sample('ctr-export-box');
+  const imported = await importRaw(a.url, 'namespace=test-namespace', await skopeoDockerArchive(sk, work, box, [`${UP}/tools/box:2`]));
+  t.is(imported.status, 200, imported.body.toString());
+  const boxDigest = asSaved(box).manifest.digest;
+
+  const hostsOf = async (dir: string, url: string) => {
+    await writeHostsToml(dir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${url}/v2/test-namespace`, overridePath: true }] });
+    return dir;
+  };
+  const fromA = await hostsOf(path.join(work, 'hosts-a'), a.url);
+  const refs = [`${UP}/library/multi:1`, `${UP}/tools/box:2`];
+  for (const ref of refs) await ctd.pull(ref, { namespace: 'src', hostsDir: fromA, allPlatforms: true });
+  const file = path.join(work, 'export.tar');
+  const exp = await ctd.ctr(['images', 'export', '--all-platforms', file, ...refs], { namespace: 'src' });
+  t.is(exp.code, 0, exp.stderr);
+  const archive = await fs.readFile(file);
+  t.true(archive.includes(Buffer.from('manifest.json\0')) && archive.includes(Buffer.from('index.json\0')), 'containerd wrote an OCI layout with manifest.json');
+
+  const res = await importMultipart(b.url, 'namespace=test-namespace', [archive]);
+  t.is(res.status, 200, res.body.toString());
+  const results = res.json<{ images: ImportResult[] }>().images;
+  t.log(results.map((r) => `${r.name}:${r.tag}@${r.digest}${r.built ? ' built' : ''}`).join('\n'));
+  t.deepEqual(results.map((r) => `${r.name}:${r.tag}@${r.digest} built=${r.built}`).sort(), [
+    `test-namespace/library/multi:1@${multi.index.digest} built=undefined`,
+    `test-namespace/tools/box:2@${boxDigest} built=undefined`,
+  ]);
+  const fromB = await hostsOf(path.join(work, 'hosts-b'), b.url);
+  await ctd.pull(refs[0]!, { namespace: 'dst', hostsDir: fromB, allPlatforms: true });
+  await assertImage(t, ctd, 'dst', refs[0]!, multi.index.digest);
+  await assertContent(t, ctd, 'dst', allBlobsOf(multi));
+  await ctd.pull(refs[1]!, { namespace: 'dst', hostsDir: fromB, platform: 'linux/amd64' });
+  await assertImage(t, ctd, 'dst', refs[1]!, boxDigest);
 });
