@@ -6,10 +6,17 @@
  * archives refused with a clear 400/413 leaving nothing behind.
  */
 import test, { type ExecutionContext } from 'ava';
-import { gzipSync } from 'node:zlib';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip, gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
 import { http, sha256 } from '../helpers/http.js';
-import { startServer } from '../helpers/server.js';
-import { type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
+import { startServer, tempDir } from '../helpers/server.js';
+import { type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_MANIFEST } from './_support.js';
 import {
   CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, type SavedImage, assertNothingStored, builtManifest, docker25Entries, dockerSaveEntries, gzip, importMultipart, importRaw,
@@ -173,6 +180,51 @@ test('legacy archive with a gzip-compressed layer file: built with the +gzip typ
   const wrong = gzipSync(Buffer.concat([target.content as Buffer, Buffer.alloc(512)]));
   const bad = await importRaw(s.url, 'repository=apps/gz2', await packTar(entries.map((e) => (e === target ? { ...e, content: wrong } : e))));
   assertError(t, bad, 400, 'DIGEST_INVALID');
+});
+
+test('a 128 MiB gzip layer in a legacy archive: staged and its diff_id checked by streaming, RSS bounded', async (t) => {
+  const s = await startServer(t, { log: { level: 'warn' } });
+  const dir = await tempDir(t);
+  const size = 128 * 1024 * 1024;
+  // The layer (its bytes need not be a tar for the importer) gzipped to a file, its diff_id hashed on the way.
+  const h = createHash('sha256');
+  const gzFile = path.join(dir, 'layer.tar.gz');
+  await pipeline(randomStream(size, 'big-docker'), async function* (src: AsyncIterable<Buffer>) {
+    for await (const c of src) {
+      h.update(c);
+      yield c;
+    }
+  }, createGzip({ level: 1 }), createWriteStream(gzFile));
+  const diffId = `sha256:${h.digest('hex')}`;
+  const gzSize = (await fs.stat(gzFile)).size;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] } }));
+  const configName = `${sha256(config).slice(7)}.json`;
+  const pack = tar.pack();
+  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
+  const feed = (async () => {
+    await small(configName, config);
+    await new Promise<void>((res, rej) => {
+      const e = pack.entry({ name: 'v1id/layer.tar', size: gzSize }, (err) => (err ? rej(err) : res()));
+      createReadStream(gzFile).pipe(e as unknown as NodeJS.WritableStream);
+    });
+    await small('manifest.json', JSON.stringify([{ Config: configName, RepoTags: ['big:1'], Layers: ['v1id/layer.tar'] }]));
+    pack.finalize();
+  })();
+  global.gc?.();
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
+  const res = await importRaw(s.url, 'namespace=m', Readable.from(pack as unknown as AsyncIterable<Buffer>));
+  clearInterval(sampler);
+  await feed;
+  t.is(res.status, 200, res.body.toString());
+  const r = res.json<{ images: ImportResult[] }>().images[0]!;
+  t.like(r, { name: 'm/library/big', tag: '1', built: true, newBytes: gzSize + config.length });
+  const grew = (peak - before) / 1024 / 1024;
+  t.log(`RSS growth during a ${size >> 20} MiB (gzip ${(gzSize / 1048576).toFixed(0)} MiB) docker-save import (client and server in one process): ${grew.toFixed(1)} MiB`);
+  t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
+  const m = await http('GET', `${s.url}/v2/m/library/big/manifests/1`, { headers: { accept: OCI_MANIFEST } });
+  t.like(JSON.parse(m.body.toString()).layers[0], { mediaType: MediaTypes.ociLayerGzip, size: gzSize });
 });
 
 test('bad docker-save archives: a clear 400 (413 over a limit) naming the problem; no tag, no blob, no temp file', async (t) => {
