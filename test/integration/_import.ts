@@ -7,6 +7,7 @@
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { http, type Res } from '../helpers/http.js';
@@ -78,6 +79,38 @@ export function layoutEntries(
 export function indexArchive(idx: ImageIndex, name: string, opts: { indexFirst?: boolean } = {}): Promise<Buffer> {
   const tag = name.slice(name.lastIndexOf(':') + 1);
   return packTar(layoutEntries([{ root: idx.index, annotations: { [CONTAINERD_NAME]: name, [REF_NAME]: tag } }], allBlobsOf(idx), opts));
+}
+
+export type StreamedEntry = { name: string; content: Buffer | string } | { name: string; size: number; stream: () => NodeJS.ReadableStream };
+
+/** A tar produced entry by entry as it is read (a large entry piped from a stream of known size): never whole in memory. */
+export function streamTar(entries: StreamedEntry[]): { body: Readable; done: Promise<void> } {
+  const pack = tar.pack();
+  const done = (async () => {
+    for (const e of entries) {
+      await new Promise<void>((resolve, reject) => {
+        const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+        if ('stream' in e) e.stream().pipe(pack.entry({ name: e.name, size: e.size }, cb) as unknown as NodeJS.WritableStream);
+        else pack.entry({ name: e.name }, Buffer.from(e.content), cb);
+      });
+    }
+    pack.finalize();
+  })();
+  return { body: Readable.from(pack as unknown as AsyncIterable<Buffer>), done };
+}
+
+/** `fn`'s result and the peak RSS growth (MiB) while it ran, sampled every 50 ms (after a GC when exposed). */
+export async function rssGrowth<T>(fn: () => Promise<T>): Promise<{ result: T; grewMiB: number }> {
+  global.gc?.();
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
+  try {
+    const result = await fn();
+    return { result, grewMiB: (peak - before) / 1024 / 1024 };
+  } finally {
+    clearInterval(sampler);
+  }
 }
 
 const hexOf = (digest: string) => digest.slice('sha256:'.length);

@@ -10,17 +10,15 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip, gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_MANIFEST } from './_support.js';
 import {
   CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, type SavedImage, assertNothingStored, builtManifest, docker25Entries, dockerSaveEntries, gzip, importMultipart, importRaw,
-  layoutEntries, packTar, sampleIndex,
+  layoutEntries, packTar, rssGrowth, sampleIndex, streamTar,
 } from './_import.js';
 
 const layer = (seed: string, kib = 8) => makeLayer([{ name: `etc/${seed}`, content: randomBytes(kib * 1024, seed) }], { gzip: false });
@@ -199,28 +197,16 @@ test('a 128 MiB gzip layer in a legacy archive: staged and its diff_id checked b
   const gzSize = (await fs.stat(gzFile)).size;
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] } }));
   const configName = `${sha256(config).slice(7)}.json`;
-  const pack = tar.pack();
-  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
-  const feed = (async () => {
-    await small(configName, config);
-    await new Promise<void>((res, rej) => {
-      const e = pack.entry({ name: 'v1id/layer.tar', size: gzSize }, (err) => (err ? rej(err) : res()));
-      createReadStream(gzFile).pipe(e as unknown as NodeJS.WritableStream);
-    });
-    await small('manifest.json', JSON.stringify([{ Config: configName, RepoTags: ['big:1'], Layers: ['v1id/layer.tar'] }]));
-    pack.finalize();
-  })();
-  global.gc?.();
-  const before = process.memoryUsage().rss;
-  let peak = before;
-  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
-  const res = await importRaw(s.url, 'namespace=m', Readable.from(pack as unknown as AsyncIterable<Buffer>));
-  clearInterval(sampler);
-  await feed;
+  const archive = streamTar([
+    { name: configName, content: config },
+    { name: 'v1id/layer.tar', size: gzSize, stream: () => createReadStream(gzFile) },
+    { name: 'manifest.json', content: JSON.stringify([{ Config: configName, RepoTags: ['big:1'], Layers: ['v1id/layer.tar'] }]) },
+  ]);
+  const { result: res, grewMiB: grew } = await rssGrowth(() => importRaw(s.url, 'namespace=m', archive.body));
+  await archive.done;
   t.is(res.status, 200, res.body.toString());
   const r = res.json<{ images: ImportResult[] }>().images[0]!;
   t.like(r, { name: 'm/library/big', tag: '1', built: true, newBytes: gzSize + config.length });
-  const grew = (peak - before) / 1024 / 1024;
   t.log(`RSS growth during a ${size >> 20} MiB (gzip ${(gzSize / 1048576).toFixed(0)} MiB) docker-save import (client and server in one process): ${grew.toFixed(1)} MiB`);
   t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
   const m = await http('GET', `${s.url}/v2/m/library/big/manifests/1`, { headers: { accept: OCI_MANIFEST } });

@@ -7,7 +7,6 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
@@ -15,7 +14,8 @@ import { waitFor } from '../helpers/tools.js';
 import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import {
-  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
+  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, rssGrowth,
+  sampleIndex, streamTar,
 } from './_import.js';
 
 const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
@@ -240,30 +240,17 @@ test('a 256 MiB layer streams through a chunked body with the heap bounded', asy
     layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
   }));
   const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: 'big/layer:1' } }] });
-  const tar = (await import('tar-stream')).default;
-  const pack = tar.pack();
-  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
-  const feed = (async () => {
-    await small('oci-layout', '{"imageLayoutVersion":"1.0.0"}');
-    await new Promise<void>((res, rej) => {
-      const e = pack.entry({ name: `blobs/sha256/${layerDigest.slice(7)}`, size }, (err) => (err ? rej(err) : res()));
-      randomStream(size, 'big-import').pipe(e as unknown as NodeJS.WritableStream);
-    });
-    await small(`blobs/sha256/${sha256(config).slice(7)}`, config);
-    await small(`blobs/sha256/${sha256(manifest).slice(7)}`, manifest);
-    await small('index.json', index);
-    pack.finalize();
-  })();
-  global.gc?.();
-  const before = process.memoryUsage();
-  let peakRss = before.rss;
-  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
-  const res = await importRaw(s.url, 'namespace=m', Readable.from(pack as unknown as AsyncIterable<Buffer>));
-  clearInterval(sampler);
-  await feed;
+  const archive = streamTar([
+    { name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: `blobs/sha256/${layerDigest.slice(7)}`, size, stream: () => randomStream(size, 'big-import') },
+    { name: `blobs/sha256/${sha256(config).slice(7)}`, content: config },
+    { name: `blobs/sha256/${sha256(manifest).slice(7)}`, content: manifest },
+    { name: 'index.json', content: index },
+  ]);
+  const { result: res, grewMiB: grew } = await rssGrowth(() => importRaw(s.url, 'namespace=m', archive.body));
+  await archive.done;
   t.is(res.status, 200, res.body.toString());
   t.is(res.json<{ images: ImportResult[] }>().images[0]!.newBytes, size + config.length);
-  const grew = (peakRss - before.rss) / 1024 / 1024;
   t.log(`RSS growth during a ${size >> 20} MiB import (client and server in one process): ${grew.toFixed(1)} MiB`);
   t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
   const head = await http('HEAD', `${s.url}/v2/m/big/layer/blobs/${layerDigest}`);
