@@ -6,7 +6,8 @@
  * documented built manifest (config digest = the source's, layer digests = diff_ids), and
  * containerd unpacks it (the files of the source layers are in the mounted rootfs). And
  * what `ctr images export` writes (an OCI layout plus a manifest.json for one platform) of a
- * multi-arch image and of such an imported image, into a second mirror with digests unchanged.
+ * multi-arch image and of such an imported image, into a second mirror with digests unchanged;
+ * and a multi-image archive from `podman save --multi-image-archive`.
  *
  * Skipped only when a tool is absent and CI !== 'true'.
  */
@@ -15,6 +16,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
+import { podman } from '../helpers/podman.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { type Skopeo, pullArgs, pushArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
@@ -184,4 +186,38 @@ e2e('ctr images export (OCI layout + manifest.json) of a multi-arch image and of
   await assertContent(t, ctd, 'dst', allBlobsOf(multi));
   await ctd.pull(refs[1]!, { namespace: 'dst', hostsDir: fromB, platform: 'linux/amd64' });
   await assertImage(t, ctd, 'dst', refs[1]!, boxDigest);
+});
+
+const podmanE2e = missingTools(['skopeo', 'podman']).length === 0 || CI ? test : test.skip;
+
+podmanE2e('podman save --multi-image-archive (two images sharing a layer, one archive): each imported under its RepoTag with the built manifest', async (t) => {
+  const [sk, work, a, b] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), airGappedMirror(t)]);
+  const pm = await podman(t, { timeoutMs: 90_000 });
+  const shared = makeLayer([{ name: 'etc/', content: '' }, { name: 'etc/shared', content: randomBytes(32 * 1024, 'podman-shared') }]);
+  const images = ['one', 'two'].map((n) => ({ n, image: makeImage({ layers: [shared, makeLayer([{ name: `${n}.bin`, content: randomBytes(48 * 1024, `podman-${n}`) }])] }) }));
+  const refs: string[] = [];
+  for (const { n, image } of images) {
+    const layout = path.join(work, `podman-${n}`);
+    await writeOciLayout(layout, [{ tag: 'src', root: image.manifest }], [image.manifest, image.config, ...image.layers]);
+    await sk.run(pushArgs(sk, `oci:${layout}:src`, `docker://${a.hostPort}/test-namespace/apps/${n}:1`));
+    refs.push(`${a.hostPort}/test-namespace/apps/${n}:1`);
+    await pm.pull(refs.at(-1)!);
+  }
+  const file = path.join(work, 'podman.tar');
+  await pm.run(['save', '--multi-image-archive', '--format', 'docker-archive', '-o', file, ...refs]);
+  const res = await importRaw(b.url, 'namespace=site', await fs.readFile(file));
+  t.is(res.status, 200, res.body.toString());
+  const results = res.json<{ images: ImportResult[] }>().images;
+  t.deepEqual(
+    results.map((r) => `${r.name}:${r.tag}@${r.digest} built=${r.built}`).sort(),
+    images.map(({ n, image }) => `site/test-namespace/apps/${n}:1@${asSaved(image).manifest.digest} built=true`),
+  );
+  // The shared layer is stored once: the second image finds it.
+  t.is(results.reduce((sum, r) => sum + r.blobs.existing, 0), 1);
+  for (const { n, image } of images) {
+    const out = path.join(work, `pulled-podman-${n}`);
+    await sk.run(pullArgs(sk, `docker://${b.hostPort}/site/test-namespace/apps/${n}:1`, `oci:${out}:1`));
+    const saved = asSaved(image);
+    await assertLayoutHolds(t, out, '1', saved.manifest, [saved.manifest, saved.config, ...saved.layers]);
+  }
 });
