@@ -66,6 +66,10 @@ export async function podman(t: ExecutionContext, opts: { timeoutMs?: number } =
   await fs.writeFile(d('containers.conf'), '[engine]\nevents_logger = "none"\ncgroup_manager = "cgroupfs"\n');
   await fs.writeFile(d('storage.conf'), `[storage]\ndriver = "vfs"\nrunroot = ${JSON.stringify(d('runroot'))}\ngraphroot = ${JSON.stringify(d('root'))}\n`);
   await fs.writeFile(d('policy.json'), '{"default":[{"type":"insecureAcceptAnything"}]}\n');
+  // Commands without --signature-policy (save, load) read the user policy under $HOME, the
+  // system one being shadowed by the empty /etc/containers.
+  await fs.mkdir(d('home', '.config', 'containers'), { recursive: true });
+  await fs.copyFile(d('policy.json'), d('home', '.config', 'containers', 'policy.json'));
   await fs.writeFile(d('auth.json'), '{"auths":{}}');
   // containers/image stages big blobs in TMPDIR (podman's --tmpdir is libpod state only).
   const env: NodeJS.ProcessEnv = { ...containersEnv(root), CONTAINERS_STORAGE_CONF: d('storage.conf') };

@@ -1,14 +1,18 @@
 /**
- * Helpers for the import suites (not a test file): OCI image layouts as tar archives built
- * in memory with tar-stream's packer (so tests can also write what no image tool writes:
- * links, duplicates, traversal names), and requests to POST /api/v1/import.
+ * Helpers for the import suites (not a test file): OCI image layouts and `docker save`
+ * archives as tars built in memory with tar-stream's packer (so tests can also write what
+ * no image tool writes: links, duplicates, traversal names), and requests to POST
+ * /api/v1/import.
  */
+import type { ExecutionContext } from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { http, type Res } from '../helpers/http.js';
-import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer } from '../fixtures/images.js';
+import type { TestServer } from '../helpers/server.js';
+import { type Blob, type Image, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer, sha256 } from '../fixtures/images.js';
 
 export interface Entry {
   name: string;
@@ -98,6 +102,147 @@ export function indexArchive(idx: ImageIndex, name: string, opts: { indexFirst?:
   return packTar(layoutEntries([{ root: idx.index, annotations: { [CONTAINERD_NAME]: name, [REF_NAME]: tag } }], allBlobsOf(idx), opts));
 }
 
+export type StreamedEntry = { name: string; content: Buffer | string } | { name: string; size: number; stream: () => NodeJS.ReadableStream };
+
+/** A tar produced entry by entry as it is read (a large entry piped from a stream of known size): never whole in memory. */
+export function streamTar(entries: StreamedEntry[]): { body: Readable; done: Promise<void> } {
+  const pack = tar.pack();
+  const done = (async () => {
+    for (const e of entries) {
+      await new Promise<void>((resolve, reject) => {
+        const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+        if ('stream' in e) e.stream().pipe(pack.entry({ name: e.name, size: e.size }, cb) as unknown as NodeJS.WritableStream);
+        else pack.entry({ name: e.name }, Buffer.from(e.content), cb);
+      });
+    }
+    pack.finalize();
+  })();
+  return { body: Readable.from(pack as unknown as AsyncIterable<Buffer>), done };
+}
+
+/** `fn`'s result and the peak RSS growth (MiB) while it ran, sampled every 50 ms (after a GC when exposed). */
+export async function rssGrowth<T>(fn: () => Promise<T>): Promise<{ result: T; grewMiB: number }> {
+  global.gc?.();
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
+  try {
+    const result = await fn();
+    return { result, grewMiB: (peak - before) / 1024 / 1024 };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+const hexOf = (digest: string) => digest.slice('sha256:'.length);
+const byName = (a: Entry, b: Entry) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/** An image whose layers are uncompressed tars (layer digest = diff_id), as `docker save` holds them. */
+export interface SavedImage {
+  image: Image;
+  repoTags: string[];
+}
+
+function diffIdsOf(image: Image): string[] {
+  const ids = (JSON.parse(image.config.bytes.toString()) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
+  image.layers.forEach((l, i) => {
+    if (l.digest !== ids[i]) throw new Error('docker-save fixtures need uncompressed layers (makeLayer(..., { gzip: false }))');
+  });
+  return ids;
+}
+
+/** `repositories`: familiar name -> tag -> the image's top v1 id (or manifest digest hex). */
+function repositoriesOf(images: Array<{ repoTags: string[]; top: string }>): string {
+  const repos: Record<string, Record<string, string>> = {};
+  for (const { repoTags, top } of images) {
+    for (const rt of repoTags) {
+      const colon = rt.lastIndexOf(':');
+      (repos[rt.slice(0, colon)] ??= {})[rt.slice(colon + 1)] = top;
+    }
+  }
+  return JSON.stringify(repos);
+}
+
+/**
+ * The legacy `docker save` archive (Docker <=24, moby image/tarexport/save.go @v24.0.0):
+ * per layer a `<v1id>/` directory with `VERSION`, `json` and `layer.tar`, where a layer
+ * already written (same diff_id) is a symlink `../<first v1id>/layer.tar`; the config as
+ * `<config-hex>.json`; `manifest.json` and `repositories`; all in lexical order (moby tars
+ * its temp directory by walking it). v1 ids are stand-ins (moby hashes the v1 JSON).
+ */
+export function dockerSaveEntries(images: SavedImage[]): Entry[] {
+  const out = new Map<string, Entry>();
+  const diffIdPaths = new Map<string, string>();
+  const manifest: Array<{ Config: string; RepoTags: string[] | null; Layers: string[] }> = [];
+  const tops: Array<{ repoTags: string[]; top: string }> = [];
+  for (const { image, repoTags } of images) {
+    const ids = diffIdsOf(image);
+    let parent = '';
+    const layers: string[] = [];
+    image.layers.forEach((l, i) => {
+      const last = i === ids.length - 1;
+      const v1 = hexOf(sha256(JSON.stringify({ chain: ids.slice(0, i + 1), parent, config: last ? image.config.digest : '' })));
+      layers.push(`${v1}/layer.tar`);
+      if (!out.has(`${v1}/`)) {
+        out.set(`${v1}/`, { name: `${v1}/`, type: 'directory' });
+        out.set(`${v1}/VERSION`, { name: `${v1}/VERSION`, content: '1.0' });
+        out.set(`${v1}/json`, { name: `${v1}/json`, content: JSON.stringify({ id: v1, ...(parent ? { parent } : {}), created: '1970-01-01T00:00:00Z', os: 'linux' }) });
+        const first = diffIdPaths.get(l.digest);
+        out.set(`${v1}/layer.tar`, first ? { name: `${v1}/layer.tar`, type: 'symlink', linkname: `../${first}` } : { name: `${v1}/layer.tar`, content: l.bytes });
+        if (!first) diffIdPaths.set(l.digest, `${v1}/layer.tar`);
+      }
+      parent = v1;
+    });
+    out.set(`${hexOf(image.config.digest)}.json`, { name: `${hexOf(image.config.digest)}.json`, content: image.config.bytes });
+    manifest.push({ Config: `${hexOf(image.config.digest)}.json`, RepoTags: repoTags.length ? repoTags : null, Layers: layers });
+    tops.push({ repoTags, top: parent });
+  }
+  out.set('manifest.json', { name: 'manifest.json', content: JSON.stringify(manifest) });
+  out.set('repositories', { name: 'repositories', content: repositoriesOf(tops) });
+  return [...out.values()].sort(byName);
+}
+
+/**
+ * What Docker 25+ writes (moby @v25.0.0): an OCI layout (one index.json entry per tag, both
+ * annotations; uncompressed layers) plus `manifest.json` with `blobs/sha256/<hex>` paths and
+ * `repositories`, in lexical order. `indexed: false` leaves an image out of index.json (the
+ * pre-25.0.3 bug for untagged images).
+ */
+export function docker25Entries(images: Array<SavedImage & { indexed?: boolean }>): Entry[] {
+  const roots = images.flatMap(({ image, repoTags, indexed }) =>
+    indexed === false ? [] : repoTags.map((rt) => ({ root: image.manifest, annotations: { [CONTAINERD_NAME]: rt.includes('/') ? rt : `docker.io/library/${rt}`, [REF_NAME]: rt.slice(rt.lastIndexOf(':') + 1) } })),
+  );
+  const blobs = images.flatMap(({ image }) => [image.manifest, image.config, ...image.layers]);
+  const manifest = images.map(({ image, repoTags }) => {
+    diffIdsOf(image);
+    return { Config: `blobs/sha256/${hexOf(image.config.digest)}`, RepoTags: repoTags.length ? repoTags : null, Layers: image.layers.map((l) => `blobs/sha256/${hexOf(l.digest)}`) };
+  });
+  const blobEntries = layoutEntries(roots, blobs).filter((e) => e.name.startsWith('blobs/'));
+  const index = { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: roots.map((r) => descriptor(r.root, { annotations: r.annotations })) };
+  return [
+    ...blobEntries,
+    { name: 'index.json', content: JSON.stringify(index) },
+    { name: 'manifest.json', content: JSON.stringify(manifest) },
+    { name: 'oci-layout', content: JSON.stringify({ imageLayoutVersion: '1.0.0' }) },
+    { name: 'repositories', content: repositoriesOf(images.map(({ image, repoTags }) => ({ repoTags, top: hexOf(image.manifest.digest) }))) },
+  ].sort(byName);
+}
+
+/**
+ * The manifest the importer builds for a docker-save image without one (README, "Air-gapped
+ * import"): OCI image manifest, the config verbatim, one layer per diff_id (uncompressed,
+ * or `+gzip` for a `MediaTypes.ociLayerGzip` blob).
+ * Written here from the rule, not from the server's code, so a drift fails the tests.
+ */
+export function builtManifest(image: Image): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MediaTypes.ociManifest,
+    config: { mediaType: MediaTypes.ociConfig, digest: image.config.digest, size: image.config.size },
+    layers: image.layers.map((l) => ({ mediaType: l.mediaType === MediaTypes.ociLayerGzip ? l.mediaType : MediaTypes.ociLayer, digest: l.digest, size: l.size })),
+  }));
+}
+
 export function gzip(b: Buffer): Buffer {
   return gzipSync(b);
 }
@@ -110,6 +255,7 @@ export interface ImportResult {
   blobs: { new: number; existing: number };
   bytes: number;
   newBytes: number;
+  built?: true;
 }
 
 export function importUrl(base: string, query: string): string {
@@ -150,4 +296,15 @@ export async function filesUnder(dir: string): Promise<string[]> {
   };
   await walk(dir);
   return out;
+}
+
+/** No blob file, no temp file, no repository: what a refused import must leave. */
+export async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
+  const storage = path.join(s.dataDir, 'storage');
+  t.deepEqual(await filesUnder(path.join(storage, 'tmp')), [], `${what}: no temp file left`);
+  t.deepEqual(await filesUnder(path.join(storage, 'blobs')), [], `${what}: no blob stored`);
+  // The catalog is local only (tags/list under an upstream-mapped prefix would ask upstream).
+  const catalog = await http('GET', `${s.url}/v2/_catalog`);
+  t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
+  t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
 }

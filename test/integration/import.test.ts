@@ -7,29 +7,18 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
-import { startServer, tempDir, type TestServer } from '../helpers/server.js';
+import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { waitFor } from '../helpers/tools.js';
 import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import {
-  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
+  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, rssGrowth,
+  sampleIndex, streamTar,
 } from './_import.js';
 
 const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
-
-/** No blob file, no temp file, no repository: what a refused import must leave. */
-async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
-  const storage = path.join(s.dataDir, 'storage');
-  t.deepEqual(await filesUnder(path.join(storage, 'tmp')), [], `${what}: no temp file left`);
-  t.deepEqual(await filesUnder(path.join(storage, 'blobs')), [], `${what}: no blob stored`);
-  // The catalog is local only (tags/list under an upstream-mapped prefix would ask upstream).
-  const catalog = await http('GET', `${s.url}/v2/_catalog`);
-  t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
-  t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
-}
 
 /** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
 async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
@@ -155,7 +144,7 @@ test('malformed archives: a clear 400 (413 over a limit), no tag, no blob, no te
     { what: 'xz', body: Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), Buffer.alloc(600)]), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /xz/ },
     { what: 'not an archive', body: Buffer.from('{"just":"json"}'.repeat(100)), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /not a tar/ },
     { what: 'empty body', body: Buffer.alloc(0), status: 400, code: 'BLOB_UPLOAD_INVALID', message: /empty/ },
-    { what: 'docker-save layout (not yet)', body: packTar([{ name: 'manifest.json', content: '[]' }]), status: 400, code: 'MANIFEST_INVALID', message: /docker-save/ },
+    { what: 'neither an OCI layout nor a docker-save archive', body: packTar([{ name: 'README', content: 'hello' }]), status: 400, code: 'MANIFEST_INVALID', message: /not an OCI image layout or a docker-save archive/ },
     { what: 'wrong layout version', body: packTar([...layoutEntries(roots, blobs).filter((e) => e.name !== 'oci-layout'), { name: 'oci-layout', content: '{"imageLayoutVersion":"2.0.0"}' }]), status: 400, code: 'MANIFEST_INVALID' },
     { what: 'index.json not JSON', body: packTar([...layoutEntries(roots, blobs).filter((e) => e.name !== 'index.json'), { name: 'index.json', content: '{nope' }]), status: 400, code: 'MANIFEST_INVALID' },
   ];
@@ -251,30 +240,17 @@ test('a 256 MiB layer streams through a chunked body with the heap bounded', asy
     layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
   }));
   const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: 'big/layer:1' } }] });
-  const tar = (await import('tar-stream')).default;
-  const pack = tar.pack();
-  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
-  const feed = (async () => {
-    await small('oci-layout', '{"imageLayoutVersion":"1.0.0"}');
-    await new Promise<void>((res, rej) => {
-      const e = pack.entry({ name: `blobs/sha256/${layerDigest.slice(7)}`, size }, (err) => (err ? rej(err) : res()));
-      randomStream(size, 'big-import').pipe(e as unknown as NodeJS.WritableStream);
-    });
-    await small(`blobs/sha256/${sha256(config).slice(7)}`, config);
-    await small(`blobs/sha256/${sha256(manifest).slice(7)}`, manifest);
-    await small('index.json', index);
-    pack.finalize();
-  })();
-  global.gc?.();
-  const before = process.memoryUsage();
-  let peakRss = before.rss;
-  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
-  const res = await importRaw(s.url, 'namespace=m', Readable.from(pack as unknown as AsyncIterable<Buffer>));
-  clearInterval(sampler);
-  await feed;
+  const archive = streamTar([
+    { name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: `blobs/sha256/${layerDigest.slice(7)}`, size, stream: () => randomStream(size, 'big-import') },
+    { name: `blobs/sha256/${sha256(config).slice(7)}`, content: config },
+    { name: `blobs/sha256/${sha256(manifest).slice(7)}`, content: manifest },
+    { name: 'index.json', content: index },
+  ]);
+  const { result: res, grewMiB: grew } = await rssGrowth(() => importRaw(s.url, 'namespace=m', archive.body));
+  await archive.done;
   t.is(res.status, 200, res.body.toString());
   t.is(res.json<{ images: ImportResult[] }>().images[0]!.newBytes, size + config.length);
-  const grew = (peakRss - before.rss) / 1024 / 1024;
   t.log(`RSS growth during a ${size >> 20} MiB import (client and server in one process): ${grew.toFixed(1)} MiB`);
   t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
   const head = await http('HEAD', `${s.url}/v2/m/big/layer/blobs/${layerDigest}`);

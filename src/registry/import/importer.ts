@@ -11,6 +11,7 @@ import type { Digest, RepoName } from '../names.js';
 import type { RegistryService } from '../service.js';
 import { isStorageFull } from '../../storage/space.js';
 import { malformed, openTar } from './detect.js';
+import { planDockerArchive } from './docker.js';
 import { type ImportTarget, type PlannedImage, planOciLayout } from './oci.js';
 import { type Staging, stageArchive } from './stage.js';
 
@@ -25,6 +26,8 @@ export interface ImageResult {
   /** Bytes of the image's blobs and manifests, and of those newly written. */
   bytes: number;
   newBytes: number;
+  /** The manifest was built from a docker-save archive's config and layers (README, "Air-gapped import"). */
+  built?: true;
 }
 
 export interface ImportOptions {
@@ -55,7 +58,7 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
   bytes += img.root.body.length;
   const ref = img.tag === null ? { kind: 'digest' as const, digest: img.root.digest } : { kind: 'tag' as const, tag: img.tag };
   svc.putManifest(img.repo, ref, img.root.mediaType, img.root.body, img.root.parsed, 'pushed');
-  return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes };
+  return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes, ...(img.built ? { built: true as const } : {}) };
 }
 
 export async function importArchive(svc: RegistryService, input: Readable, target: ImportTarget, opts: ImportOptions): Promise<ImageResult[]> {
@@ -71,7 +74,9 @@ export async function importArchive(svc: RegistryService, input: Readable, targe
     throw isStorageFull(e) ? insufficientStorage() : e;
   }
   try {
-    const images = await planOciLayout(staging, target, svc.limits);
+    // A docker-save archive (legacy or Docker 25+) has manifest.json; an OCI layout has not.
+    const plan = staging.files.has('manifest.json') ? planDockerArchive : planOciLayout;
+    const images = await plan(staging, target, svc.limits);
     for (const repo of new Set(images.map((i) => i.repo))) await opts.authorize(repo);
     const results: ImageResult[] = [];
     for (const img of images) {

@@ -38,13 +38,15 @@ export interface PlannedImage {
   children: PlannedManifest[];
   /** Config and layer blobs (distributable, present in the archive), each once. */
   blobs: Digest[];
+  /** The root manifest was built by the importer (a docker-save archive without one). */
+  built?: boolean;
 }
 
-function invalid(message: string, detail?: unknown): RegistryError {
+export function invalid(message: string, detail?: unknown): RegistryError {
   return new RegistryError('MANIFEST_INVALID', message, { detail });
 }
 
-function parseJson(buf: Buffer, name: string): unknown {
+export function parseJson(buf: Buffer, name: string): unknown {
   try {
     return JSON.parse(buf.toString('utf8'));
   } catch {
@@ -101,11 +103,11 @@ export function targetOf(annotations: Record<string, string> | undefined, target
   }
 }
 
-interface Limits {
+export interface Limits {
   maxManifestBytes: number;
 }
 
-async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Promise<PlannedManifest> {
+export async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Promise<PlannedManifest> {
   const staged = staging.blobs.get(d.digest);
   if (!staged) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest ${d.digest} is not in the archive`, { detail: { digest: d.digest } });
   if (staged.size !== d.size) throw invalid(`manifest ${d.digest} is ${staged.size} bytes, its descriptor says ${d.size}`);
@@ -121,7 +123,7 @@ async function readManifest(staging: Staging, d: Descriptor, limits: Limits): Pr
 }
 
 /** Every manifest and blob below `root`, checked present and of the declared sizes. */
-async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Promise<{ children: PlannedManifest[]; blobs: Digest[] }> {
+export async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Promise<{ children: PlannedManifest[]; blobs: Digest[] }> {
   const children: PlannedManifest[] = [];
   const seen = new Set<Digest>([root.digest]);
   const blobs = new Set<Digest>();
@@ -147,16 +149,8 @@ async function walk(staging: Staging, root: PlannedManifest, limits: Limits): Pr
   return { children, blobs: [...blobs] };
 }
 
-/** Plan every image of an OCI layout; throws a 400/413 naming the first problem found. */
-export async function planOciLayout(staging: Staging, target: ImportTarget, limits: Limits): Promise<PlannedImage[]> {
-  const layoutFile = staging.files.get('oci-layout');
-  const indexFile = staging.files.get('index.json');
-  if (!layoutFile || !indexFile) {
-    const what = staging.files.has('manifest.json') ? ' (docker-save archives are not supported yet)' : '';
-    throw invalid(`not an OCI image layout: ${layoutFile ? '' : 'oci-layout '}${indexFile ? '' : 'index.json '}missing${what}`.replace(/ +/g, ' '));
-  }
-  const layout = parseJson(layoutFile, 'oci-layout') as { imageLayoutVersion?: unknown } | null;
-  if (layout?.imageLayoutVersion !== '1.0.0') throw invalid('oci-layout: imageLayoutVersion must be "1.0.0"');
+/** The entries of the archive's index.json (which must be an image index). */
+export function indexEntries(indexFile: Buffer): Descriptor[] {
   let index: ParsedManifest;
   try {
     index = parseManifest(indexFile, '');
@@ -164,20 +158,41 @@ export async function planOciLayout(staging: Staging, target: ImportTarget, limi
     throw invalid(`index.json: ${(e as Error).message}`);
   }
   if (!isIndexType(index.mediaType)) throw invalid('index.json is not an image index');
-  const entries = index.requiredManifests;
+  return index.requiredManifests;
+}
+
+/** A name:tag the archive gives twice must mean one image (`tags`: name:tag -> digest so far). */
+export function claimTag(tags: Map<string, Digest>, repo: RepoName, tag: Tag | null, digest: Digest, where: string): boolean {
+  const key = `${repo}:${tag ?? digest}`;
+  const other = tags.get(key);
+  if (other !== undefined && other !== digest) throw invalid(`${where} names ${repo}:${tag} twice, for different images`);
+  tags.set(key, digest);
+  return other === undefined;
+}
+
+/** Plan index.json entry `i`: its name from its annotations, everything below it checked present. */
+export async function planIndexEntry(staging: Staging, d: Descriptor, i: number, target: ImportTarget, limits: Limits, tags: Map<string, Digest>): Promise<PlannedImage> {
+  if (!isManifestType(d.mediaType)) throw invalid(`index.json entry ${i} has unsupported media type ${d.mediaType.slice(0, 100)}`);
+  const { repo, tag } = targetOf(d.annotations, target, i);
+  claimTag(tags, repo, tag, d.digest, 'index.json');
+  // parseManifest refuses a body whose mediaType field contradicts the descriptor's.
+  const root = await readManifest(staging, d, limits);
+  return { repo, tag, root, ...(await walk(staging, root, limits)) };
+}
+
+/** Plan every image of an OCI layout; throws a 400/413 naming the first problem found. */
+export async function planOciLayout(staging: Staging, target: ImportTarget, limits: Limits): Promise<PlannedImage[]> {
+  const layoutFile = staging.files.get('oci-layout');
+  const indexFile = staging.files.get('index.json');
+  if (!layoutFile || !indexFile) {
+    throw invalid(`not an OCI image layout or a docker-save archive: ${layoutFile ? '' : 'oci-layout '}${indexFile ? '' : 'index.json '}missing (and no manifest.json)`.replace(/ +/g, ' '));
+  }
+  const layout = parseJson(layoutFile, 'oci-layout') as { imageLayoutVersion?: unknown } | null;
+  if (layout?.imageLayoutVersion !== '1.0.0') throw invalid('oci-layout: imageLayoutVersion must be "1.0.0"');
+  const entries = indexEntries(indexFile);
   if (entries.length === 0) throw invalid('index.json lists no images');
   const images: PlannedImage[] = [];
   const tags = new Map<string, Digest>();
-  for (const [i, d] of entries.entries()) {
-    if (!isManifestType(d.mediaType)) throw invalid(`index.json entry ${i} has unsupported media type ${d.mediaType.slice(0, 100)}`);
-    const { repo, tag } = targetOf(d.annotations, target, i);
-    const key = `${repo}:${tag ?? d.digest}`;
-    const other = tags.get(key);
-    if (other !== undefined && other !== d.digest) throw invalid(`index.json names ${repo}:${tag} twice, for different images`);
-    tags.set(key, d.digest);
-    // parseManifest refuses a body whose mediaType field contradicts the descriptor's.
-    const root = await readManifest(staging, d, limits);
-    images.push({ repo, tag, root, ...(await walk(staging, root, limits)) });
-  }
+  for (const [i, d] of entries.entries()) images.push(await planIndexEntry(staging, d, i, target, limits, tags));
   return images;
 }

@@ -1,14 +1,18 @@
 /**
- * Reads a tar stream into a staging area: every `blobs/sha256/<hex>` entry is streamed to a
- * temp file through the blob store (hashed as it is written, fsynced) and checked against
- * its name; the few small metadata files are kept in memory under a cap. Nothing is
- * interpreted until the end of the archive, because tools write entries in any order
- * (containerd sorts names, so `index.json` comes after `blobs/`; formats.md section 3).
+ * Reads a tar stream into a staging area: every regular file is streamed to a temp file
+ * through the blob store (hashed as it is written, fsynced) and known by its sha256, a
+ * `blobs/sha256/<hex>` entry checked against its name (docker-save layers are named by
+ * v1 id or diff_id, so content is the only key that fits every layout); the few small
+ * metadata files are kept in memory under a cap; links are recorded, never followed on
+ * disk. Nothing is interpreted until the end of the archive, because tools write entries in
+ * any order (containerd sorts names, so `index.json` comes after `blobs/`; skopeo writes
+ * `manifest.json` last; formats.md section 3).
  *
  * tar-stream does the tar parsing (PAX/GNU long names and sizes, base-256 numbers, header
  * checksums): a hand-written parser is where the classic tar bugs live.
  */
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { RegistryError, isRegistryError } from '../errors.js';
@@ -22,6 +26,8 @@ const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'reposito
 /** Bounds a hostile archive of millions of empty entries (each costs a header parse and a temp file). */
 export const MAX_ENTRIES = 100_000;
 const BLOB_RE = /^blobs\/sha256\/([a-f0-9]{64})$/;
+/** Link chains longer than this are refused (and a loop is one). */
+export const MAX_LINK_DEPTH = 16;
 
 export interface StagedBlob {
   digest: Digest;
@@ -30,7 +36,12 @@ export interface StagedBlob {
 }
 
 export interface Staging {
+  /** Every staged regular file by content digest (identical files staged once). */
   blobs: Map<Digest, StagedBlob>;
+  /** Archive name of every staged regular file -> its digest. */
+  paths: Map<string, Digest>;
+  /** Symlinks and hard links: archive name -> the archive name they point at (checked inside). */
+  links: Map<string, string>;
   /** Small metadata files by archive name. */
   files: Map<string, Buffer>;
   /** Remove every temp file still owned by the staging area. */
@@ -56,6 +67,37 @@ export function archiveKey(raw: string): string {
   return parts.join('/');
 }
 
+/**
+ * Where a link entry points, as an archive key. A symlink's target is relative to the
+ * link's directory, a hard link's to the archive root (tar semantics); an absolute target
+ * or one climbing above the archive is refused, never resolved against the filesystem.
+ */
+function linkTarget(key: string, type: 'symlink' | 'link', linkname: string): string {
+  const what = type === 'symlink' ? 'symlink' : 'hard link';
+  const outside = () => malformed(`archive entry ${key} is a ${what} pointing outside the archive`, { name: key, target: linkname.slice(0, 200) });
+  if (linkname.includes('\0') || linkname.includes('\\') || linkname.startsWith('/') || linkname === '') throw outside();
+  const joined = path.posix.normalize(type === 'symlink' ? path.posix.join(path.posix.dirname(key), linkname) : linkname);
+  if (joined === '..' || joined.startsWith('../') || joined.startsWith('/')) throw outside();
+  return archiveKey(joined);
+}
+
+/**
+ * The staged file an archive name denotes, following links inside the archive (at most
+ * MAX_LINK_DEPTH hops, so a loop ends as an error). Undefined when nothing by that name
+ * was staged (a missing file, or a link to one).
+ */
+export function resolveFile(staging: Staging, name: string): StagedBlob | undefined {
+  let key = archiveKey(name);
+  for (let hops = 0; ; hops++) {
+    const digest = staging.paths.get(key);
+    if (digest !== undefined) return staging.blobs.get(digest);
+    const next = staging.links.get(key);
+    if (next === undefined) return undefined;
+    if (hops >= MAX_LINK_DEPTH) throw malformed(`archive entry ${archiveKey(name)} is a link loop or a chain of more than ${MAX_LINK_DEPTH} links`, { name: archiveKey(name) });
+    key = next;
+  }
+}
+
 async function readCapped(stream: AsyncIterable<Buffer>, max: number, name: string): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
@@ -74,6 +116,8 @@ async function drain(stream: AsyncIterable<unknown>): Promise<void> {
 /** Stream every entry of `tarStream` into staging; on any error, nothing staged is left behind. */
 export async function stageArchive(tarStream: Readable, store: BlobStore, limits: StageLimits): Promise<Staging> {
   const blobs = new Map<Digest, StagedBlob>();
+  const paths = new Map<string, Digest>();
+  const links = new Map<string, string>();
   const files = new Map<string, Buffer>();
   const seen = new Set<string>();
   const discard = async () => {
@@ -97,31 +141,36 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
         await drain(entry);
         continue;
       }
-      if (header.type !== 'file' && header.type !== 'contiguous-file') {
-        // Links are legitimate in docker-save archives (a later slice resolves them inside
-        // the archive); an OCI layout never needs them, and following one blindly is how
-        // archive readers get tricked into reading outside the archive.
-        throw malformed(`archive entry ${key} is a ${header.type ?? 'special file'}; only regular files are accepted`, { name: key });
-      }
       if (seen.has(key)) throw malformed(`archive has a duplicate entry ${key}`, { name: key });
       seen.add(key);
+      if (header.type === 'symlink' || header.type === 'link') {
+        // Legitimate in docker-save archives (a repeated layer's `<v1id>/layer.tar`); metadata
+        // is read only from a regular file under its own name, so a link cannot stand in for it.
+        const target = linkTarget(key, header.type, header.linkname ?? '');
+        if (METADATA.has(key) || METADATA.has(target) || BLOB_RE.test(key)) throw malformed(`archive entry ${key} is a ${header.type}; metadata and blobs must be regular files under their own names`, { name: key });
+        links.set(key, target);
+        await drain(entry);
+        continue;
+      }
+      if (header.type !== 'file' && header.type !== 'contiguous-file') {
+        throw malformed(`archive entry ${key} is a ${header.type ?? 'special file'}; only regular files, directories and links are accepted`, { name: key });
+      }
       const size = header.size ?? 0;
-      const blob = BLOB_RE.exec(key);
-      if (blob) {
-        const digest = `sha256:${blob[1]}` as Digest;
-        if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `blob ${digest} exceeds the maximum size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-        const written = await store.writeTemp(Readable.from(entry, { objectMode: false }), 'sha256', limits.maxBlobBytes);
-        if (written.digest !== digest) {
-          await fs.rm(written.tempPath, { force: true });
-          throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: digest, actual: written.digest } });
-        }
-        blobs.set(digest, { digest, size: written.size, tempPath: written.tempPath });
-      } else if (METADATA.has(key)) {
+      if (METADATA.has(key)) {
         if (size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `${key} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
         files.set(key, await readCapped(entry as AsyncIterable<Buffer>, limits.maxManifestBytes, key));
-      } else {
-        await drain(entry); // other files (e.g. a README) are allowed and ignored
+        continue;
       }
+      if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
+      const written = await store.writeTemp(Readable.from(entry, { objectMode: false }), 'sha256', limits.maxBlobBytes);
+      const blob = BLOB_RE.exec(key);
+      if (blob && written.digest !== `sha256:${blob[1]}`) {
+        await fs.rm(written.tempPath, { force: true });
+        throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: `sha256:${blob[1]}`, actual: written.digest } });
+      }
+      paths.set(key, written.digest);
+      if (blobs.has(written.digest)) await fs.rm(written.tempPath, { force: true });
+      else blobs.set(written.digest, { digest: written.digest, size: written.size, tempPath: written.tempPath });
     }
   } catch (e) {
     extract.destroy();
@@ -130,5 +179,5 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
     if (isRegistryError(e) || isStorageFull(e)) throw e;
     throw malformed(`the archive is truncated or corrupt: ${(e as Error).message}`);
   }
-  return { blobs, files, discard };
+  return { blobs, paths, links, files, discard };
 }
