@@ -18,7 +18,7 @@ import { isStorageFull } from '../../storage/space.js';
 import { malformed } from './detect.js';
 
 /** Files other than blobs that the importer reads: small JSON documents. */
-const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'repositories']);
+export const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'repositories']);
 /** Bounds a hostile archive of millions of empty entries (each costs a header parse and a temp file). */
 export const MAX_ENTRIES = 100_000;
 const BLOB_RE = /^blobs\/sha256\/([a-f0-9]{64})$/;
@@ -71,8 +71,51 @@ async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream) void _;
 }
 
-/** Stream every entry of `tarStream` into staging; on any error, nothing staged is left behind. */
-export async function stageArchive(tarStream: Readable, store: BlobStore, limits: StageLimits): Promise<Staging> {
+/** One archive entry: its header and the body to read (the entry itself, or a replay of it). */
+export interface ArchiveEntry {
+  header: tar.Header;
+  body: AsyncIterable<Buffer>;
+}
+
+/** The entries of a tar stream, one at a time, with a way to put back what was peeked at. */
+export interface TarEntries {
+  /** The next entry, or undefined at the end; every entry's body must be read to its end. */
+  next(): Promise<ArchiveEntry | undefined>;
+  unshift(entry: ArchiveEntry): void;
+  /** Stop reading (the input is destroyed; its owner keeps the request readable). */
+  destroy(): void;
+}
+
+export function tarEntries(tarStream: Readable): TarEntries {
+  const extract = tar.extract();
+  // tar-stream's streams are streamx streams: piped by hand (node's pipeline does not know
+  // them), errors forwarded.
+  tarStream.on('error', (e) => extract.destroy(e));
+  tarStream.pipe(extract);
+  const it = extract[Symbol.asyncIterator]();
+  const back: ArchiveEntry[] = [];
+  let count = 0;
+  return {
+    async next() {
+      const b = back.pop();
+      if (b) return b;
+      const r = await it.next();
+      if (r.done) return undefined;
+      if (++count > MAX_ENTRIES) throw malformed(`the archive has more than ${MAX_ENTRIES} entries`);
+      return { header: r.value.header, body: r.value as unknown as AsyncIterable<Buffer> };
+    },
+    unshift(entry) {
+      back.push(entry);
+    },
+    destroy() {
+      extract.destroy();
+      tarStream.destroy();
+    },
+  };
+}
+
+/** Stream every entry into staging; on any error, nothing staged is left behind. */
+export async function stageArchive(entries: TarEntries, store: BlobStore, limits: StageLimits): Promise<Staging> {
   const blobs = new Map<Digest, StagedBlob>();
   const files = new Map<string, Buffer>();
   const seen = new Set<string>();
@@ -81,20 +124,12 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
     blobs.clear();
     await Promise.all(all.map((b) => fs.rm(b.tempPath, { force: true })));
   };
-  const extract = tar.extract();
-  // tar-stream's streams are streamx streams: piped by hand (node's pipeline does not know
-  // them), errors forwarded. The input is destroyed on failure; its owner (the HTTP layer)
-  // keeps the request itself readable so the error response can still be sent.
-  tarStream.on('error', (e) => extract.destroy(e));
-  tarStream.pipe(extract);
-  let entries = 0;
   try {
-    for await (const entry of extract) {
-      const { header } = entry;
-      if (++entries > MAX_ENTRIES) throw malformed(`the archive has more than ${MAX_ENTRIES} entries`);
+    for (let entry = await entries.next(); entry; entry = await entries.next()) {
+      const { header, body } = entry;
       const key = archiveKey(header.name);
       if (header.type === 'directory') {
-        await drain(entry);
+        await drain(body);
         continue;
       }
       if (header.type !== 'file' && header.type !== 'contiguous-file') {
@@ -110,7 +145,7 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
       if (blob) {
         const digest = `sha256:${blob[1]}` as Digest;
         if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `blob ${digest} exceeds the maximum size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-        const written = await store.writeTemp(Readable.from(entry, { objectMode: false }), 'sha256', limits.maxBlobBytes);
+        const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes);
         if (written.digest !== digest) {
           await fs.rm(written.tempPath, { force: true });
           throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: digest, actual: written.digest } });
@@ -118,14 +153,13 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
         blobs.set(digest, { digest, size: written.size, tempPath: written.tempPath });
       } else if (METADATA.has(key)) {
         if (size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `${key} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
-        files.set(key, await readCapped(entry as AsyncIterable<Buffer>, limits.maxManifestBytes, key));
+        files.set(key, await readCapped(body, limits.maxManifestBytes, key));
       } else {
-        await drain(entry); // other files (e.g. a README) are allowed and ignored
+        await drain(body); // other files (e.g. a README) are allowed and ignored
       }
     }
   } catch (e) {
-    extract.destroy();
-    tarStream.destroy();
+    entries.destroy();
     await discard();
     if (isRegistryError(e) || isStorageFull(e)) throw e;
     throw malformed(`the archive is truncated or corrupt: ${(e as Error).message}`);
