@@ -15,6 +15,7 @@ import { collectGarbage } from './ops/gc.js';
 import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
 import { prefetchImage } from './ops/prefetch.js';
 import { fsck } from './ops/fsck.js';
+import { importFiles } from './ops/importclient.js';
 
 const USAGE = `usage: regmirror <command> [options]
 
@@ -42,6 +43,10 @@ commands:
                                  pull images through a running mirror (all of an index's
                                  platforms unless --platform), so a rollout finds them
                                  cached; LIST has one image per line (# comments)
+  import --mirror URL (--namespace PREFIX | --repository NAME) [--user USER:PASS] FILE...
+                                 stream image archives (OCI tar, .tar.gz, .tar.xz, bundles)
+                                 into a mirror; progress bar on a terminal, JSON lines
+                                 otherwise; exit 1 if any archive or image failed
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -60,6 +65,7 @@ async function main(argv: string[]): Promise<number> {
       file: { type: 'string' },
       platform: { type: 'string', multiple: true },
       user: { type: 'string' },
+      repository: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -167,6 +173,14 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${JSON.stringify(r)}\n`);
       }
       return failed > 0 ? 1 : 0;
+    }
+    case 'import': {
+      const files = positionals.slice(1);
+      if (!values.mirror || files.length === 0 || (values.namespace === undefined) === (values.repository === undefined)) {
+        process.stderr.write('regmirror: import needs --mirror URL, one of --namespace or --repository, and files\n');
+        return 2;
+      }
+      return importFiles(files, { mirror: values.mirror, namespace: values.namespace, repository: values.repository, user: values.user, tty: process.stdout.isTTY === true, out: process.stdout });
     }
     default:
       process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);

@@ -3,11 +3,15 @@
  * in memory with tar-stream's packer (so tests can also write what no image tool writes:
  * links, duplicates, traversal names), and requests to POST /api/v1/import.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
+import type { ExecutionContext } from 'ava';
 import tar from 'tar-stream';
-import { http, type Res } from '../helpers/http.js';
+import { http, type Res, sha256 } from '../helpers/http.js';
+import type { TestServer } from '../helpers/server.js';
+import { OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer } from '../fixtures/images.js';
 
 export interface Entry {
@@ -81,6 +85,25 @@ export function gzip(b: Buffer): Buffer {
   return gzipSync(b);
 }
 
+/** Compressed by the system `xz` (single-threaded, so one block: what `xz file` writes). */
+export function xz(b: Buffer, args: string[] = []): Buffer {
+  return execFileSync('xz', ['-c', '-T1', ...args], { input: b, maxBuffer: 1 << 30 });
+}
+
+/** A bundle: a tar whose entries are the given archives (under a directory, as bmctl lays them out). */
+export function bundleArchive(archives: Array<{ name: string; body: Buffer }>, extra: Entry[] = []): Promise<Buffer> {
+  return packTar([{ name: 'bundle/', type: 'directory' }, ...extra, ...archives.map((a) => ({ name: `bundle/${a.name}`, content: a.body }))]);
+}
+
+export const NDJSON = 'application/x-ndjson';
+
+export type ImportEvent = { event: 'progress' | 'image' | 'error' | 'done'; archive?: number; [k: string]: unknown };
+
+/** The lines of an NDJSON answer, each parsed. */
+export function ndjson(body: Buffer): ImportEvent[] {
+  return body.toString('utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as ImportEvent);
+}
+
 export interface ImportResult {
   name: string;
   tag: string | null;
@@ -89,6 +112,7 @@ export interface ImportResult {
   blobs: { new: number; existing: number };
   bytes: number;
   newBytes: number;
+  entry?: string;
 }
 
 export function importUrl(base: string, query: string): string {
@@ -101,6 +125,7 @@ export function importRaw(base: string, query: string, body: Buffer | NodeJS.Rea
 
 /** multipart/form-data with one file part per archive (a form field too, which is ignored). */
 export function importMultipart(base: string, query: string, files: Buffer[], headers: Record<string, string> = {}): Promise<Res> {
+
   const boundary = `----regmirror-test-${Math.random().toString(16).slice(2)}`;
   const parts: Buffer[] = [Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nignored field\r\n`)];
   files.forEach((f, i) => {
@@ -129,4 +154,36 @@ export async function filesUnder(dir: string): Promise<string[]> {
   };
   await walk(dir);
   return out;
+}
+
+export const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
+
+/** No blob file, no temp file, no repository: what a refused import must leave. */
+export async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
+  const storage = path.join(s.dataDir, 'storage');
+  t.deepEqual(await filesUnder(path.join(storage, 'tmp')), [], `${what}: no temp file left`);
+  t.deepEqual(await filesUnder(path.join(storage, 'blobs')), [], `${what}: no blob stored`);
+  // The catalog is local only (tags/list under an upstream-mapped prefix would ask upstream).
+  const catalog = await http('GET', `${s.url}/v2/_catalog`);
+  t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
+  t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
+}
+
+/** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
+export async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
+  const top = await http('GET', `${base}/v2/${repo}/manifests/${tag}`, { headers: { accept: ACCEPT } });
+  t.is(top.status, 200);
+  t.is(top.header('docker-content-digest'), idx.index.digest);
+  t.true(top.body.equals(idx.index.bytes), 'index bytes unchanged');
+  for (const { image } of idx.images) {
+    const m = await http('GET', `${base}/v2/${repo}/manifests/${image.manifest.digest}`, { headers: { accept: ACCEPT } });
+    t.is(m.status, 200);
+    t.true(m.body.equals(image.manifest.bytes), 'child manifest bytes unchanged');
+  }
+  for (const b of allBlobsOf(idx)) {
+    if (b.mediaType === MediaTypes.ociIndex || b.mediaType === MediaTypes.ociManifest) continue;
+    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
+    t.is(r.status, 200, `blob ${b.digest}`);
+    t.is(sha256(r.body), b.digest);
+  }
 }

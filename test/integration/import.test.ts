@@ -5,50 +5,18 @@
  * archives refused with a clear 400/413 leaving no tag, no blob and no temp file; push rules
  * per target repository; the multipart parser scoped to this route only.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
-import { startServer, tempDir, type TestServer } from '../helpers/server.js';
+import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { waitFor } from '../helpers/tools.js';
 import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
 import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
 import {
-  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
+  ACCEPT, CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, assertServed, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
 } from './_import.js';
-
-const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
-
-/** No blob file, no temp file, no repository: what a refused import must leave. */
-async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
-  const storage = path.join(s.dataDir, 'storage');
-  t.deepEqual(await filesUnder(path.join(storage, 'tmp')), [], `${what}: no temp file left`);
-  t.deepEqual(await filesUnder(path.join(storage, 'blobs')), [], `${what}: no blob stored`);
-  // The catalog is local only (tags/list under an upstream-mapped prefix would ask upstream).
-  const catalog = await http('GET', `${s.url}/v2/_catalog`);
-  t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
-  t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
-}
-
-/** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
-async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
-  const top = await http('GET', `${base}/v2/${repo}/manifests/${tag}`, { headers: { accept: ACCEPT } });
-  t.is(top.status, 200);
-  t.is(top.header('docker-content-digest'), idx.index.digest);
-  t.true(top.body.equals(idx.index.bytes), 'index bytes unchanged');
-  for (const { image } of idx.images) {
-    const m = await http('GET', `${base}/v2/${repo}/manifests/${image.manifest.digest}`, { headers: { accept: ACCEPT } });
-    t.is(m.status, 200);
-    t.true(m.body.equals(image.manifest.bytes), 'child manifest bytes unchanged');
-  }
-  for (const b of allBlobsOf(idx)) {
-    if (b.mediaType === MediaTypes.ociIndex || b.mediaType === MediaTypes.ociManifest) continue;
-    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
-    t.is(r.status, 200, `blob ${b.digest}`);
-    t.is(sha256(r.body), b.digest);
-  }
-}
 
 test('raw tar: a multi-arch index lands under namespace= with every digest unchanged; a re-import only links', async (t) => {
   const s = await startServer(t);

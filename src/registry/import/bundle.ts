@@ -1,7 +1,7 @@
 /**
  * Image bundles: a tar (plain, gzip or xz) whose entries are themselves image archives,
- * as `bmctl` ships them. Recognised by content: the first regular file is an archive (tar,
- * gzip or xz magic) and is not a blob or layer of an image archive. Each inner archive is
+ * as `bmctl` ships them. Recognised by content: a regular file that is an archive (tar,
+ * gzip or xz magic) comes before any blob, layer or metadata file of an image archive. Each inner archive is
  * imported in turn, streamed from the bundle (staged per inner archive, never the whole
  * bundle); files that are not archives (a README, checksums) are skipped.
  *
@@ -17,8 +17,11 @@ import { type ArchiveEntry, METADATA, type TarEntries, archiveKey } from './stag
 
 /** More image archives than this in one bundle is a mistake, not a bundle. */
 export const MAX_BUNDLE_ARCHIVES = 1000;
-/** Names that belong to an image archive (OCI layout blobs, docker-save layers and configs). */
-const IMAGE_PART = /^(blobs\/|[a-f0-9]{64}(\/|\.json$))|(^|\/)layer\.tar$/;
+/**
+ * Names that belong to an image archive: OCI layout blobs, docker-save layers and configs
+ * (`<id>/layer.tar`, skopeo's `<hex>.tar` and `<hex>.json`), which are tars themselves.
+ */
+const IMAGE_PART = /^(blobs\/|[a-f0-9]{64}(\/|\.json$|\.tar$))|(^|\/)layer\.tar$/;
 
 /** The first bytes of an entry's body, and the entry with a body that replays them. */
 async function sniff(entry: ArchiveEntry): Promise<{ head: Buffer; entry: ArchiveEntry }> {
@@ -30,7 +33,12 @@ function isRegular(entry: ArchiveEntry): boolean {
   return entry.header.type === 'file' || entry.header.type === 'contiguous-file';
 }
 
-/** Whether `entries` is a bundle; every entry looked at is put back. */
+/**
+ * Whether `entries` is a bundle, by its first regular file that is either part of an image
+ * archive (then it is not) or an archive itself (then it is). Files before that are neither
+ * (a README): both readers would skip them, so they are read and dropped here; every other
+ * entry looked at is put back.
+ */
 export async function isBundle(entries: TarEntries): Promise<boolean> {
   const skipped: ArchiveEntry[] = [];
   let found: ArchiveEntry | undefined;
@@ -45,8 +53,12 @@ export async function isBundle(entries: TarEntries): Promise<boolean> {
         const key = archiveKey(e.header.name);
         if (!METADATA.has(key) && !IMAGE_PART.test(key)) {
           const s = await sniff(e);
+          if (archiveHead(s.head) === undefined) {
+            for await (const _ of s.entry.body) void _;
+            continue;
+          }
           e = s.entry;
-          bundle = archiveHead(s.head) !== undefined;
+          bundle = true;
         }
       }
       found = e;
