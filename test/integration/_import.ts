@@ -4,15 +4,17 @@
  * links, duplicates, traversal names), and requests to POST /api/v1/import.
  */
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import type { ExecutionContext } from 'ava';
 import tar from 'tar-stream';
 import { http, type Res, sha256 } from '../helpers/http.js';
 import type { TestServer } from '../helpers/server.js';
 import { OCI_INDEX, OCI_MANIFEST } from './_support.js';
-import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer } from '../fixtures/images.js';
+import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer, randomStream } from '../fixtures/images.js';
 
 export interface Entry {
   name: string;
@@ -185,5 +187,56 @@ export async function assertServed(t: ExecutionContext, base: string, repo: stri
     const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
     t.is(r.status, 200, `blob ${b.digest}`);
     t.is(sha256(r.body), b.digest);
+  }
+}
+
+/**
+ * A one-layer OCI archive of `size` bytes of `content` (deterministic random bytes unless
+ * given), streamed as it is packed (never held whole); the layer's digest is computed first
+ * by streaming the same bytes.
+ */
+export async function bigLayerArchive(
+  size: number,
+  seed: string,
+  refName: string,
+  content: () => Readable = () => randomStream(size, seed),
+): Promise<{ tar: Readable; layerDigest: string; config: Buffer; fed: Promise<void> }> {
+  const h = createHash('sha256');
+  for await (const c of content()) h.update(c as Buffer);
+  const layerDigest = `sha256:${h.digest('hex')}`;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDigest] } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: OCI_MANIFEST,
+    config: { mediaType: MediaTypes.ociConfig, digest: sha256(config), size: config.length },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
+  }));
+  const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: refName } }] });
+  const pack = tar.pack();
+  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
+  const fed = (async () => {
+    await small('oci-layout', '{"imageLayoutVersion":"1.0.0"}');
+    await new Promise<void>((res, rej) => {
+      const e = pack.entry({ name: `blobs/sha256/${layerDigest.slice(7)}`, size }, (err) => (err ? rej(err) : res()));
+      content().pipe(e as unknown as NodeJS.WritableStream);
+    });
+    await small(`blobs/sha256/${sha256(config).slice(7)}`, config);
+    await small(`blobs/sha256/${sha256(manifest).slice(7)}`, manifest);
+    await small('index.json', index);
+    pack.finalize();
+  })();
+  return { tar: Readable.from(pack as unknown as AsyncIterable<Buffer>), layerDigest, config, fed };
+}
+
+/** Run `fn` sampling this process's RSS every 50 ms: its result and the peak growth in MiB. */
+export async function peakRssGrowth<T>(fn: () => Promise<T>): Promise<{ result: T; grewMiB: number }> {
+  global.gc?.();
+  const start = process.memoryUsage().rss;
+  let peak = start;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 50);
+  try {
+    const result = await fn();
+    return { result, grewMiB: (peak - start) / 1024 / 1024 };
+  } finally {
+    clearInterval(sampler);
   }
 }

@@ -6,7 +6,9 @@
  */
 import test from 'ava';
 import fs from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import { http } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
@@ -15,8 +17,8 @@ import { runCli } from '../helpers/cli.js';
 import { makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
 import { assertError } from './_support.js';
 import {
-  NDJSON, REF_NAME, type ImportEvent, type ImportResult, assertNothingStored, assertServed, bundleArchive, filesUnder, gzip, importMultipart, importRaw, indexArchive,
-  layoutEntries, ndjson, packTar, sampleIndex, xz,
+  NDJSON, REF_NAME, type ImportEvent, type ImportResult, assertNothingStored, assertServed, bigLayerArchive, bundleArchive, filesUnder, gzip, importMultipart, importRaw,
+  indexArchive, layoutEntries, ndjson, packTar, peakRssGrowth, sampleIndex, xz,
 } from './_import.js';
 
 type Answer = { images: ImportResult[]; errors?: Array<{ archive: number; entry?: string; status: number; error: { code: string; message: string } }> };
@@ -202,6 +204,30 @@ test('NDJSON multipart: a failing part is an error line and later parts still im
   t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'tmp')), []);
   // Without NDJSON the same form stops at the failing part (as before this protocol).
   assertError(t, await importMultipart(s.url, 'namespace=mp2', parts), 400, 'BLOB_UPLOAD_INVALID');
+});
+
+test('a 192 MiB layer in an xz archive (16 MiB dictionary) streams through with RSS bounded', async (t) => {
+  const s = await startServer(t, { log: { level: 'warn' } });
+  const size = 192 * 1024 * 1024;
+  // A 1 MiB random block repeated: the system xz compresses it quickly even on a loaded
+  // machine, and the decoder still fills its whole dictionary (matches 1 MiB back).
+  const block = randomBytes(1024 * 1024, 'xz-rss');
+  const content = () => Readable.from((function* () {
+    for (let i = 0; i < size / block.length; i++) yield block;
+  })());
+  const big = await bigLayerArchive(size, 'xz-rss', 'big/xz:1', content);
+  const xzChild = spawn('xz', ['-c', '-T1', '--lzma2=preset=0,dict=16MiB'], { stdio: ['pipe', 'pipe', 'ignore'] });
+  t.teardown(() => xzChild.kill('SIGKILL'));
+  big.tar.pipe(xzChild.stdin!);
+  const { result: res, grewMiB } = await peakRssGrowth(() => importRaw(s.url, 'namespace=m', xzChild.stdout!, 'application/x-xz'));
+  await big.fed;
+  t.is(res.status, 200, res.body.toString());
+  t.like(res.json<Answer>().images[0], { name: 'm/big/xz', tag: '1', newBytes: size + big.config.length });
+  t.log(`RSS growth during a ${size >> 20} MiB xz import (client and server in one process): ${grewMiB.toFixed(1)} MiB`);
+  // The 16 MiB dictionary, 64 KiB decoder buffers, and what the plain-tar test allows.
+  t.true(grewMiB < 96 + 16, `RSS grew ${grewMiB.toFixed(1)} MiB`);
+  const head = await http('HEAD', `${s.url}/v2/m/big/xz/blobs/${big.layerDigest}`);
+  t.is(head.header('content-length'), String(size));
 });
 
 test('CLI: regmirror import streams files, prints JSON lines with file names, exits 1 on any failure, never prints credentials', async (t) => {

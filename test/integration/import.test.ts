@@ -7,15 +7,14 @@
  */
 import test from 'ava';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { waitFor } from '../helpers/tools.js';
-import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
-import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
+import { allBlobsOf, makeLayer, makeImage, randomBytes } from '../fixtures/images.js';
+import { assertError, OCI_INDEX } from './_support.js';
 import {
-  ACCEPT, CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, assertServed, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
+  ACCEPT, CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, assertServed, bigLayerArchive, filesUnder, peakRssGrowth, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
 } from './_import.js';
 
 test('raw tar: a multi-arch index lands under namespace= with every digest unchanged; a re-import only links', async (t) => {
@@ -207,42 +206,12 @@ test('request checks; multipart parsing is scoped to the import route (/v2 bodie
 test('a 256 MiB layer streams through a chunked body with the heap bounded', async (t) => {
   const s = await startServer(t, { log: { level: 'warn' } });
   const size = 256 * 1024 * 1024;
-  // The layer's digest, computed by streaming the same deterministic bytes once.
-  const { createHash } = await import('node:crypto');
-  const h = createHash('sha256');
-  for await (const c of randomStream(size, 'big-import')) h.update(c as Buffer);
-  const layerDigest = `sha256:${h.digest('hex')}`;
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDigest] } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: MediaTypes.ociConfig, digest: sha256(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
-  }));
-  const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: 'big/layer:1' } }] });
-  const tar = (await import('tar-stream')).default;
-  const pack = tar.pack();
-  const small = (name: string, b: Buffer | string) => new Promise<void>((res, rej) => pack.entry({ name }, Buffer.from(b), (e) => (e ? rej(e) : res())));
-  const feed = (async () => {
-    await small('oci-layout', '{"imageLayoutVersion":"1.0.0"}');
-    await new Promise<void>((res, rej) => {
-      const e = pack.entry({ name: `blobs/sha256/${layerDigest.slice(7)}`, size }, (err) => (err ? rej(err) : res()));
-      randomStream(size, 'big-import').pipe(e as unknown as NodeJS.WritableStream);
-    });
-    await small(`blobs/sha256/${sha256(config).slice(7)}`, config);
-    await small(`blobs/sha256/${sha256(manifest).slice(7)}`, manifest);
-    await small('index.json', index);
-    pack.finalize();
-  })();
-  global.gc?.();
-  const before = process.memoryUsage();
-  let peakRss = before.rss;
-  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
-  const res = await importRaw(s.url, 'namespace=m', Readable.from(pack as unknown as AsyncIterable<Buffer>));
-  clearInterval(sampler);
-  await feed;
+  const big = await bigLayerArchive(size, 'big-import', 'big/layer:1');
+  const { result: res, grewMiB: grew } = await peakRssGrowth(() => importRaw(s.url, 'namespace=m', big.tar));
+  await big.fed;
+  const { layerDigest, config } = big;
   t.is(res.status, 200, res.body.toString());
   t.is(res.json<{ images: ImportResult[] }>().images[0]!.newBytes, size + config.length);
-  const grew = (peakRss - before.rss) / 1024 / 1024;
   t.log(`RSS growth during a ${size >> 20} MiB import (client and server in one process): ${grew.toFixed(1)} MiB`);
   t.true(grew < 96, `RSS grew ${grew.toFixed(1)} MiB`);
   const head = await http('HEAD', `${s.url}/v2/m/big/layer/blobs/${layerDigest}`);
