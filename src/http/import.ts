@@ -6,7 +6,7 @@
  * manifest PUT.
  *
  * With `Accept: application/x-ndjson` the answer is a 200 stream of progress, image, error
- * and done lines (docs/api.md, the protocol the CLI reads): a failing archive is an error
+ * and done lines (README "Import"; the protocol the CLI reads): a failing archive is an error
  * line and later file parts are still imported. Without it, one JSON document, or the
  * OCI error of the first failing archive.
  *

@@ -1,7 +1,7 @@
 /**
  * `regmirror import`: stream image archives (tar, tar.gz, tar.xz, bundles) from disk into
  * a running mirror's POST /api/v1/import, one request per file, never reading a file
- * whole. The answer is read as NDJSON progress (docs/api.md): on a terminal a one-line
+ * whole. The answer is read as NDJSON progress (the protocol in README, POST /api/v1/import): on a terminal a one-line
  * progress bar per file and a line per image; otherwise the server's events as JSON lines,
  * each with its file name. Credentials go in a header and are never printed.
  */
