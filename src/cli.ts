@@ -16,6 +16,7 @@ import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './o
 import { prefetchImage } from './ops/prefetch.js';
 import { exportCommand } from './ops/export.js';
 import { fsck } from './ops/fsck.js';
+import { importFiles } from './ops/importclient.js';
 
 const USAGE = `usage: regmirror <command> [options]
 
@@ -47,6 +48,10 @@ commands:
                                  write an OCI image layout tar of images (repository paths
                                  on the mirror, REPO:TAG or REPO@DIGEST), pulled through
                                  first if not held; all platforms unless --platform
+  import --mirror URL (--namespace PREFIX | --repository NAME) [--user USER:PASS] FILE...
+                                 stream image archives (OCI tar, .tar.gz, .tar.xz, bundles)
+                                 into a mirror; progress bar on a terminal, JSON lines
+                                 otherwise; exit 1 if any archive or image failed
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -67,6 +72,7 @@ async function main(argv: string[]): Promise<number> {
       user: { type: 'string' },
       output: { type: 'string', short: 'o' },
       gzip: { type: 'boolean' },
+      repository: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -177,6 +183,14 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'export':
       return exportCommand(values, positionals.slice(1));
+    case 'import': {
+      const files = positionals.slice(1);
+      if (!values.mirror || files.length === 0 || (values.namespace === undefined) === (values.repository === undefined)) {
+        process.stderr.write('regmirror: import needs --mirror URL, one of --namespace or --repository, and files\n');
+        return 2;
+      }
+      return importFiles(files, { mirror: values.mirror, namespace: values.namespace, repository: values.repository, user: values.user, tty: process.stdout.isTTY === true, out: process.stdout });
+    }
     default:
       process.stderr.write(`unknown command: ${cmd}\n${USAGE}`);
       return 2;

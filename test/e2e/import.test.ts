@@ -13,13 +13,14 @@ import { gzipSync } from 'node:zlib';
 import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { type Skopeo, pullArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
-import { CI, freePort, missingTools } from '../helpers/tools.js';
+import { CI, freePort, missingTools, runOk } from '../helpers/tools.js';
+import { runCli } from '../helpers/cli.js';
 import { type ImageIndex, allBlobsOf, makeImage, makeIndex, makeLayer, randomBytes, writeOciLayout } from '../fixtures/images.js';
 import { assertContent, assertImage, assertLayoutHolds } from './_registry.js';
-import { type ImportResult, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
+import { type ImportEvent, type ImportResult, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
 import { http } from '../helpers/http.js';
 
-const e2e = missingTools(['skopeo', 'containerd', 'ctr']).length === 0 || CI ? test : test.skip;
+const e2e = missingTools(['skopeo', 'containerd', 'ctr', 'xz', 'gzip', 'tar']).length === 0 || CI ? test : test.skip;
 const UP = 'upstream.test:5000';
 
 function sample(seed: string): ImageIndex {
@@ -33,12 +34,16 @@ function sample(seed: string): ImageIndex {
 }
 
 /** `skopeo copy --all oci:<layout>:<tag> oci-archive:<file>:<name>`: the archive as a user would make it. */
-async function skopeoArchive(sk: Skopeo, work: string, idx: ImageIndex, name: string): Promise<Buffer> {
+async function skopeoArchiveFile(sk: Skopeo, work: string, idx: ImageIndex, name: string): Promise<string> {
   const layout = path.join(work, `layout-${idx.index.digest.slice(7, 19)}`);
   await writeOciLayout(layout, [{ tag: 'src', root: idx.index }], allBlobsOf(idx));
   const file = path.join(work, `${idx.index.digest.slice(7, 19)}.tar`);
   await sk.run(['copy', '--all', '--preserve-digests', `oci:${layout}:src`, `oci-archive:${file}:${name}`]);
-  return fs.readFile(file);
+  return file;
+}
+
+async function skopeoArchive(sk: Skopeo, work: string, idx: ImageIndex, name: string): Promise<Buffer> {
+  return fs.readFile(await skopeoArchiveFile(sk, work, idx, name));
 }
 
 async function airGappedMirror(t: ExecutionContext) {
@@ -108,4 +113,52 @@ e2e('a truncated skopeo archive stores nothing; the complete one then imports', 
   const ok = await importRaw(s.url, 'namespace=test-namespace', archive);
   t.is(ok.status, 200, ok.body.toString());
   t.is(ok.json<{ images: ImportResult[] }>().images[0]!.digest, idx.index.digest);
+});
+
+e2e('regmirror import (CLI): skopeo archives compressed by the system xz and gzip, and a tar.xz bundle of them; skopeo and containerd pull identical digests', async (t) => {
+  const [sk, work, s, ctd] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), startContainerd(t)]);
+  const images = [
+    { idx: sample('cli-xz'), repo: 'anthos/xz', tag: '1.0', pack: 'xz' },
+    { idx: sample('cli-gz'), repo: 'anthos/gz', tag: '1.0', pack: 'gzip' },
+    { idx: sample('cli-b-tar'), repo: 'bundle/plain', tag: '2.0', pack: 'bundle' },
+    { idx: sample('cli-b-gz'), repo: 'bundle/gz', tag: '2.0', pack: 'bundle gzip' },
+    { idx: sample('cli-b-xz'), repo: 'bundle/xz', tag: '2.0', pack: 'bundle xz' },
+  ];
+  const files: string[] = [];
+  const bundleDir = path.join(work, 'bmpackages');
+  await fs.mkdir(bundleDir);
+  for (const i of images) {
+    let file = await skopeoArchiveFile(sk, work, i.idx, `${UP}/${i.repo}:${i.tag}`);
+    // The system tools, as a user would run them: `xz file` -> file.xz, `gzip file` -> file.gz.
+    if (i.pack.endsWith('xz')) file = (await runOk('xz', ['-T1', file], { timeoutMs: 60_000 }), `${file}.xz`);
+    if (i.pack.endsWith('gzip')) file = (await runOk('gzip', [file], { timeoutMs: 60_000 }), `${file}.gz`);
+    if (i.pack.startsWith('bundle')) await fs.rename(file, path.join(bundleDir, path.basename(file)));
+    else files.push(file);
+  }
+  // A bmctl-style bundle: `tar -cJf` of a directory holding the image archives.
+  const bundle = path.join(work, 'bmpackages.tar.xz');
+  await runOk('tar', ['-cJf', bundle, '-C', work, 'bmpackages'], { timeoutMs: 60_000 });
+  files.push(bundle);
+
+  const out = await runCli(['import', '--mirror', s.url, '--namespace', 'test-namespace', ...files], work);
+  t.is(out.code, 0, out.stderr + out.stdout);
+  const events = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as ImportEvent & { file: string });
+  const imported = events.filter((e) => e.event === 'image').map((e) => `${String(e.name)}:${String(e.tag)}@${String(e.digest)}`);
+  t.deepEqual(imported.sort(), images.map((i) => `test-namespace/${i.repo}:${i.tag}@${i.idx.index.digest}`).sort());
+  t.deepEqual(events.filter((e) => e.event === 'done').map((e) => [path.basename(e.file), e.failed]), files.map((f) => [path.basename(f), 0]));
+  t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'tmp')), [], 'no temp file left');
+
+  for (const i of images) {
+    const pulled = path.join(work, `pulled-${i.repo.replace('/', '-')}`);
+    await sk.run(pullArgs(sk, `docker://${s.hostPort}/test-namespace/${i.repo}:${i.tag}`, `oci:${pulled}:${i.tag}`));
+    await assertLayoutHolds(t, pulled, i.tag, i.idx.index, allBlobsOf(i.idx));
+  }
+  const hostsDir = path.join(work, 'certs.d');
+  await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${s.url}/v2/test-namespace`, overridePath: true }] });
+  for (const i of images) {
+    const ref = `${UP}/${i.repo}:${i.tag}`;
+    await ctd.pull(ref, { namespace: 'imported', hostsDir, allPlatforms: true });
+    await assertImage(t, ctd, 'imported', ref, i.idx.index.digest);
+    await assertContent(t, ctd, 'imported', allBlobsOf(i.idx));
+  }
 });

@@ -4,15 +4,18 @@
  * no image tool writes: links, duplicates, traversal names), and requests to POST
  * /api/v1/import.
  */
-import type { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
+import type { ExecutionContext } from 'ava';
 import tar from 'tar-stream';
 import { http, type Res } from '../helpers/http.js';
 import type { TestServer } from '../helpers/server.js';
-import { type Blob, type Image, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer, sha256 } from '../fixtures/images.js';
+import { OCI_INDEX, OCI_MANIFEST } from './_support.js';
+import { type Blob, type Image, type ImageIndex, MediaTypes, allBlobsOf, descriptor, makeImage, makeIndex, makeLayer, randomStream, sha256 } from '../fixtures/images.js';
 
 export interface Entry {
   name: string;
@@ -247,6 +250,25 @@ export function gzip(b: Buffer): Buffer {
   return gzipSync(b);
 }
 
+/** Compressed by the system `xz` (single-threaded, so one block: what `xz file` writes). */
+export function xz(b: Buffer, args: string[] = []): Buffer {
+  return execFileSync('xz', ['-c', '-T1', ...args], { input: b, maxBuffer: 1 << 30 });
+}
+
+/** A bundle: a tar whose entries are the given archives (under a directory, as bmctl lays them out). */
+export function bundleArchive(archives: Array<{ name: string; body: Buffer }>, extra: Entry[] = []): Promise<Buffer> {
+  return packTar([{ name: 'bundle/', type: 'directory' }, ...extra, ...archives.map((a) => ({ name: `bundle/${a.name}`, content: a.body }))]);
+}
+
+export const NDJSON = 'application/x-ndjson';
+
+export type ImportEvent = { event: 'progress' | 'image' | 'error' | 'done'; archive?: number; [k: string]: unknown };
+
+/** The lines of an NDJSON answer, each parsed. */
+export function ndjson(body: Buffer): ImportEvent[] {
+  return body.toString('utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as ImportEvent);
+}
+
 export interface ImportResult {
   name: string;
   tag: string | null;
@@ -256,6 +278,7 @@ export interface ImportResult {
   bytes: number;
   newBytes: number;
   built?: true;
+  entry?: string;
 }
 
 export function importUrl(base: string, query: string): string {
@@ -268,6 +291,7 @@ export function importRaw(base: string, query: string, body: Buffer | NodeJS.Rea
 
 /** multipart/form-data with one file part per archive (a form field too, which is ignored). */
 export function importMultipart(base: string, query: string, files: Buffer[], headers: Record<string, string> = {}): Promise<Res> {
+
   const boundary = `----regmirror-test-${Math.random().toString(16).slice(2)}`;
   const parts: Buffer[] = [Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nignored field\r\n`)];
   files.forEach((f, i) => {
@@ -298,6 +322,8 @@ export async function filesUnder(dir: string): Promise<string[]> {
   return out;
 }
 
+export const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
+
 /** No blob file, no temp file, no repository: what a refused import must leave. */
 export async function assertNothingStored(t: ExecutionContext, s: TestServer, repo: string, what: string): Promise<void> {
   const storage = path.join(s.dataDir, 'storage');
@@ -307,4 +333,54 @@ export async function assertNothingStored(t: ExecutionContext, s: TestServer, re
   const catalog = await http('GET', `${s.url}/v2/_catalog`);
   t.false(catalog.json<{ repositories: string[] }>().repositories.includes(repo), `${what}: no repository`);
   t.is((await http('GET', `${s.url}/healthz`)).status, 200, `${what}: server healthy`);
+}
+
+/** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
+export async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
+  const top = await http('GET', `${base}/v2/${repo}/manifests/${tag}`, { headers: { accept: ACCEPT } });
+  t.is(top.status, 200);
+  t.is(top.header('docker-content-digest'), idx.index.digest);
+  t.true(top.body.equals(idx.index.bytes), 'index bytes unchanged');
+  for (const { image } of idx.images) {
+    const m = await http('GET', `${base}/v2/${repo}/manifests/${image.manifest.digest}`, { headers: { accept: ACCEPT } });
+    t.is(m.status, 200);
+    t.true(m.body.equals(image.manifest.bytes), 'child manifest bytes unchanged');
+  }
+  for (const b of allBlobsOf(idx)) {
+    if (b.mediaType === MediaTypes.ociIndex || b.mediaType === MediaTypes.ociManifest) continue;
+    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
+    t.is(r.status, 200, `blob ${b.digest}`);
+    t.is(sha256(r.body), b.digest);
+  }
+}
+
+/**
+ * A one-layer OCI archive of `size` bytes of `content` (deterministic random bytes unless
+ * given), streamed as it is packed (never held whole); the layer's digest is computed first
+ * by streaming the same bytes.
+ */
+export async function bigLayerArchive(
+  size: number,
+  seed: string,
+  refName: string,
+  content: () => Readable = () => randomStream(size, seed),
+): Promise<{ tar: Readable; layerDigest: string; config: Buffer; fed: Promise<void> }> {
+  const h = createHash('sha256');
+  for await (const c of content()) h.update(c as Buffer);
+  const layerDigest = `sha256:${h.digest('hex')}`;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDigest] } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: OCI_MANIFEST,
+    config: { mediaType: MediaTypes.ociConfig, digest: sha256(config), size: config.length },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
+  }));
+  const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: refName } }] });
+  const { body, done } = streamTar([
+    { name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: `blobs/sha256/${layerDigest.slice(7)}`, size, stream: content },
+    { name: `blobs/sha256/${sha256(config).slice(7)}`, content: config },
+    { name: `blobs/sha256/${sha256(manifest).slice(7)}`, content: manifest },
+    { name: 'index.json', content: index },
+  ]);
+  return { tar: body, layerDigest, config, fed: done };
 }

@@ -5,39 +5,17 @@
  * archives refused with a clear 400/413 leaving no tag, no blob and no temp file; push rules
  * per target repository; the multipart parser scoped to this route only.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import path from 'node:path';
 import { http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
 import { waitFor } from '../helpers/tools.js';
-import { allBlobsOf, makeLayer, makeImage, MediaTypes, randomBytes, randomStream } from '../fixtures/images.js';
-import { assertError, OCI_INDEX, OCI_MANIFEST } from './_support.js';
+import { allBlobsOf, makeLayer, makeImage, randomBytes } from '../fixtures/images.js';
+import { assertError, OCI_INDEX } from './_support.js';
 import {
-  CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, filesUnder, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, rssGrowth,
-  sampleIndex, streamTar,
+  ACCEPT, CONTAINERD_NAME, REF_NAME, type Entry, type ImportResult, assertNothingStored, assertServed, bigLayerArchive, filesUnder, rssGrowth, gzip, importMultipart, importRaw, indexArchive, layoutEntries, packTar, sampleIndex,
 } from './_import.js';
-
-const ACCEPT = [OCI_INDEX, OCI_MANIFEST].join(', ');
-
-/** Every manifest and blob of `idx` is served from `repo` byte for byte, the index by `tag`. */
-async function assertServed(t: ExecutionContext, base: string, repo: string, tag: string, idx: ReturnType<typeof sampleIndex>): Promise<void> {
-  const top = await http('GET', `${base}/v2/${repo}/manifests/${tag}`, { headers: { accept: ACCEPT } });
-  t.is(top.status, 200);
-  t.is(top.header('docker-content-digest'), idx.index.digest);
-  t.true(top.body.equals(idx.index.bytes), 'index bytes unchanged');
-  for (const { image } of idx.images) {
-    const m = await http('GET', `${base}/v2/${repo}/manifests/${image.manifest.digest}`, { headers: { accept: ACCEPT } });
-    t.is(m.status, 200);
-    t.true(m.body.equals(image.manifest.bytes), 'child manifest bytes unchanged');
-  }
-  for (const b of allBlobsOf(idx)) {
-    if (b.mediaType === MediaTypes.ociIndex || b.mediaType === MediaTypes.ociManifest) continue;
-    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
-    t.is(r.status, 200, `blob ${b.digest}`);
-    t.is(sha256(r.body), b.digest);
-  }
-}
 
 test('raw tar: a multi-arch index lands under namespace= with every digest unchanged; a re-import only links', async (t) => {
   const s = await startServer(t);
@@ -228,27 +206,10 @@ test('request checks; multipart parsing is scoped to the import route (/v2 bodie
 test('a 256 MiB layer streams through a chunked body with the heap bounded', async (t) => {
   const s = await startServer(t, { log: { level: 'warn' } });
   const size = 256 * 1024 * 1024;
-  // The layer's digest, computed by streaming the same deterministic bytes once.
-  const { createHash } = await import('node:crypto');
-  const h = createHash('sha256');
-  for await (const c of randomStream(size, 'big-import')) h.update(c as Buffer);
-  const layerDigest = `sha256:${h.digest('hex')}`;
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [layerDigest] } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: MediaTypes.ociConfig, digest: sha256(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size }],
-  }));
-  const index = JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, digest: sha256(manifest), size: manifest.length, annotations: { [REF_NAME]: 'big/layer:1' } }] });
-  const archive = streamTar([
-    { name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' },
-    { name: `blobs/sha256/${layerDigest.slice(7)}`, size, stream: () => randomStream(size, 'big-import') },
-    { name: `blobs/sha256/${sha256(config).slice(7)}`, content: config },
-    { name: `blobs/sha256/${sha256(manifest).slice(7)}`, content: manifest },
-    { name: 'index.json', content: index },
-  ]);
-  const { result: res, grewMiB: grew } = await rssGrowth(() => importRaw(s.url, 'namespace=m', archive.body));
-  await archive.done;
+  const big = await bigLayerArchive(size, 'big-import', 'big/layer:1');
+  const { result: res, grewMiB: grew } = await rssGrowth(() => importRaw(s.url, 'namespace=m', big.tar));
+  await big.fed;
+  const { layerDigest, config } = big;
   t.is(res.status, 200, res.body.toString());
   t.is(res.json<{ images: ImportResult[] }>().images[0]!.newBytes, size + config.length);
   t.log(`RSS growth during a ${size >> 20} MiB import (client and server in one process): ${grew.toFixed(1)} MiB`);

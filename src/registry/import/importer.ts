@@ -10,10 +10,11 @@ import { insufficientStorage, isRegistryError } from '../errors.js';
 import type { Digest, RepoName } from '../names.js';
 import type { RegistryService } from '../service.js';
 import { isStorageFull } from '../../storage/space.js';
+import { type BundleError, importBundle, isBundle } from './bundle.js';
 import { malformed, openTar } from './detect.js';
 import { planDockerArchive } from './docker.js';
 import { type ImportTarget, type PlannedImage, planOciLayout } from './oci.js';
-import { type Staging, stageArchive } from './stage.js';
+import { type Staging, type TarEntries, stageArchive, tarEntries } from './stage.js';
 
 export type { ImportTarget } from './oci.js';
 
@@ -28,11 +29,23 @@ export interface ImageResult {
   newBytes: number;
   /** The manifest was built from a docker-save archive's config and layers (README, "Air-gapped import"). */
   built?: true;
+  /** The inner archive of a bundle this image came from. */
+  entry?: string;
 }
 
 export interface ImportOptions {
   /** Throws (401/403) unless the caller may push to `repo`; called for every target before any commit. */
   authorize(repo: RepoName): Promise<void>;
+  /** Called as each image is committed (progress reporting). */
+  onImage?(result: ImageResult): void;
+  /** Called as each inner archive of a bundle fails. */
+  onBundleError?(error: BundleError): void;
+}
+
+export interface ImportOutcome {
+  images: ImageResult[];
+  /** Inner archives of a bundle that failed (a bundle is not atomic, each image is). */
+  errors: BundleError[];
 }
 
 async function commitImage(svc: RegistryService, staging: Staging, img: PlannedImage): Promise<ImageResult> {
@@ -61,15 +74,42 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
   return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes, ...(img.built ? { built: true as const } : {}) };
 }
 
-export async function importArchive(svc: RegistryService, input: Readable, target: ImportTarget, opts: ImportOptions): Promise<ImageResult[]> {
+async function openEntries(input: Readable): Promise<TarEntries> {
   const { tar } = await openTar(input).catch((e: unknown) => {
     // A body that fails while its first bytes are read (the client went away) is not a server fault.
     throw isRegistryError(e) ? e : malformed(`the archive could not be read: ${(e as Error).message}`);
   });
+  return tarEntries(tar);
+}
+
+/** Import one archive: an image archive (all or nothing per image), or a bundle of them. */
+export async function importArchive(svc: RegistryService, input: Readable, target: ImportTarget, opts: ImportOptions): Promise<ImportOutcome> {
+  const entries = await openEntries(input);
+  let bundle: boolean;
+  try {
+    bundle = await isBundle(entries);
+  } catch (e) {
+    entries.destroy();
+    throw isRegistryError(e) ? e : malformed(`the archive is truncated or corrupt: ${(e as Error).message}`);
+  }
+  if (!bundle) return { images: await importImages(svc, entries, target, opts), errors: [] };
+  const images: ImageResult[] = [];
+  const errors = await importBundle(
+    entries,
+    async (entry, body) => {
+      const inner = await importImages(svc, await openEntries(body), target, { ...opts, onImage: (r) => opts.onImage?.({ ...r, entry }) });
+      images.push(...inner.map((r) => ({ ...r, entry })));
+    },
+    (e) => opts.onBundleError?.(e),
+  );
+  return { images, errors };
+}
+
+async function importImages(svc: RegistryService, entries: TarEntries, target: ImportTarget, opts: ImportOptions): Promise<ImageResult[]> {
   const maxBlobBytes = svc.limits.maxBlobBytes > 0 ? svc.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
   let staging: Staging;
   try {
-    staging = await stageArchive(tar, svc.blobs, { maxBlobBytes, maxManifestBytes: svc.limits.maxManifestBytes });
+    staging = await stageArchive(entries, svc.blobs, { maxBlobBytes, maxManifestBytes: svc.limits.maxManifestBytes });
   } catch (e) {
     throw isStorageFull(e) ? insufficientStorage() : e;
   }
@@ -81,7 +121,9 @@ export async function importArchive(svc: RegistryService, input: Readable, targe
     const results: ImageResult[] = [];
     for (const img of images) {
       try {
-        results.push(await commitImage(svc, staging, img));
+        const result = await commitImage(svc, staging, img);
+        results.push(result);
+        opts.onImage?.(result);
       } catch (e) {
         // Images already committed stay (each is complete); this one has no tag.
         throw isStorageFull(e) ? insufficientStorage() : e;

@@ -22,7 +22,7 @@ import { isStorageFull } from '../../storage/space.js';
 import { malformed } from './detect.js';
 
 /** Files other than blobs that the importer reads: small JSON documents. */
-const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'repositories']);
+export const METADATA = new Set(['oci-layout', 'index.json', 'manifest.json', 'repositories']);
 /** Bounds a hostile archive of millions of empty entries (each costs a header parse and a temp file). */
 export const MAX_ENTRIES = 100_000;
 const BLOB_RE = /^blobs\/sha256\/([a-f0-9]{64})$/;
@@ -113,8 +113,51 @@ async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream) void _;
 }
 
-/** Stream every entry of `tarStream` into staging; on any error, nothing staged is left behind. */
-export async function stageArchive(tarStream: Readable, store: BlobStore, limits: StageLimits): Promise<Staging> {
+/** One archive entry: its header and the body to read (the entry itself, or a replay of it). */
+export interface ArchiveEntry {
+  header: tar.Header;
+  body: AsyncIterable<Buffer>;
+}
+
+/** The entries of a tar stream, one at a time, with a way to put back what was peeked at. */
+export interface TarEntries {
+  /** The next entry, or undefined at the end; every entry's body must be read to its end. */
+  next(): Promise<ArchiveEntry | undefined>;
+  unshift(entry: ArchiveEntry): void;
+  /** Stop reading (the input is destroyed; its owner keeps the request readable). */
+  destroy(): void;
+}
+
+export function tarEntries(tarStream: Readable): TarEntries {
+  const extract = tar.extract();
+  // tar-stream's streams are streamx streams: piped by hand (node's pipeline does not know
+  // them), errors forwarded.
+  tarStream.on('error', (e) => extract.destroy(e));
+  tarStream.pipe(extract);
+  const it = extract[Symbol.asyncIterator]();
+  const back: ArchiveEntry[] = [];
+  let count = 0;
+  return {
+    async next() {
+      const b = back.pop();
+      if (b) return b;
+      const r = await it.next();
+      if (r.done) return undefined;
+      if (++count > MAX_ENTRIES) throw malformed(`the archive has more than ${MAX_ENTRIES} entries`);
+      return { header: r.value.header, body: r.value as unknown as AsyncIterable<Buffer> };
+    },
+    unshift(entry) {
+      back.push(entry);
+    },
+    destroy() {
+      extract.destroy();
+      tarStream.destroy();
+    },
+  };
+}
+
+/** Stream every entry into staging; on any error, nothing staged is left behind. */
+export async function stageArchive(entries: TarEntries, store: BlobStore, limits: StageLimits): Promise<Staging> {
   const blobs = new Map<Digest, StagedBlob>();
   const paths = new Map<string, Digest>();
   const links = new Map<string, string>();
@@ -125,20 +168,12 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
     blobs.clear();
     await Promise.all(all.map((b) => fs.rm(b.tempPath, { force: true })));
   };
-  const extract = tar.extract();
-  // tar-stream's streams are streamx streams: piped by hand (node's pipeline does not know
-  // them), errors forwarded. The input is destroyed on failure; its owner (the HTTP layer)
-  // keeps the request itself readable so the error response can still be sent.
-  tarStream.on('error', (e) => extract.destroy(e));
-  tarStream.pipe(extract);
-  let entries = 0;
   try {
-    for await (const entry of extract) {
-      const { header } = entry;
-      if (++entries > MAX_ENTRIES) throw malformed(`the archive has more than ${MAX_ENTRIES} entries`);
+    for (let entry = await entries.next(); entry; entry = await entries.next()) {
+      const { header, body } = entry;
       const key = archiveKey(header.name);
       if (header.type === 'directory') {
-        await drain(entry);
+        await drain(body);
         continue;
       }
       if (seen.has(key)) throw malformed(`archive has a duplicate entry ${key}`, { name: key });
@@ -149,7 +184,7 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
         const target = linkTarget(key, header.type, header.linkname ?? '');
         if (METADATA.has(key) || METADATA.has(target) || BLOB_RE.test(key)) throw malformed(`archive entry ${key} is a ${header.type}; metadata and blobs must be regular files under their own names`, { name: key });
         links.set(key, target);
-        await drain(entry);
+        await drain(body);
         continue;
       }
       if (header.type !== 'file' && header.type !== 'contiguous-file') {
@@ -158,11 +193,11 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
       const size = header.size ?? 0;
       if (METADATA.has(key)) {
         if (size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `${key} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
-        files.set(key, await readCapped(entry as AsyncIterable<Buffer>, limits.maxManifestBytes, key));
+        files.set(key, await readCapped(body, limits.maxManifestBytes, key));
         continue;
       }
       if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-      const written = await store.writeTemp(Readable.from(entry, { objectMode: false }), 'sha256', limits.maxBlobBytes);
+      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes);
       const blob = BLOB_RE.exec(key);
       if (blob && written.digest !== `sha256:${blob[1]}`) {
         await fs.rm(written.tempPath, { force: true });
@@ -173,8 +208,7 @@ export async function stageArchive(tarStream: Readable, store: BlobStore, limits
       else blobs.set(written.digest, { digest: written.digest, size: written.size, tempPath: written.tempPath });
     }
   } catch (e) {
-    extract.destroy();
-    tarStream.destroy();
+    entries.destroy();
     await discard();
     if (isRegistryError(e) || isStorageFull(e)) throw e;
     throw malformed(`the archive is truncated or corrupt: ${(e as Error).message}`);
