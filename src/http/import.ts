@@ -1,6 +1,7 @@
 /**
- * POST /api/v1/import?namespace=<prefix> | ?repository=<name>: load image archives (an OCI
- * image layout as tar, plain, gzip or xz, or a bundle of them) into the mirror, as a raw
+ * POST /api/v1/import?namespace=<prefix> | ?repository=<name>: load image archives (OCI
+ * image layouts or `docker save` archives as tar, plain, gzip or xz, or a bundle of them)
+ * into the mirror, as a raw
  * body or as one or more `multipart/form-data` file parts. HTTP only: the archive is read
  * and judged by registry/import; every target repository needs the same push rights as a
  * manifest PUT.
