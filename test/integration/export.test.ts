@@ -160,6 +160,17 @@ test('an image not held here is pulled through the mirror first, then served fro
   assertBlobs(t, again, allBlobsOf(idx));
 });
 
+test('a pull-through longer than the idle timeout: the connection waits for the archive', async (t) => {
+  const fake = await startFake(t);
+  const idx = sampleIndex('slow');
+  fake.addIndex('library/slow', idx, '1');
+  // Every blob answers after 1.5 s: planning takes longer than the 1 s idle timeout.
+  fake.faults.push({ method: 'GET', path: /\/blobs\//, headerDelayMs: 1500 });
+  const s = await startServer(t, { upstreams: { 'up.example': upstreamEntry(fake) }, defaultUpstream: 'up.example', http: { idleTimeout: '1s' } });
+  const layout = await exportTar(t, s.url, 'image=library/slow:1');
+  assertBlobs(t, layout, allBlobsOf(idx));
+});
+
 test('unknown images and bad requests: a clear error status before any body', async (t) => {
   const fake = await startFake(t);
   const s = await startServer(t, { upstreams: { 'up.example': upstreamEntry(fake) }, namespaces: [{ prefix: 'hub', upstream: 'up.example' }] });
