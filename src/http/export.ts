@@ -73,11 +73,21 @@ async function handler(deps: Deps, req: FastifyRequest, reply: FastifyReply) {
     discardBody(req);
     throw e;
   }
-  const plan = await planExport(deps.pull, deps.svc, parsed.request, {
-    authorize: async (repo) => {
-      await deps.access?.check(req, repo, 'pull');
-    },
-  });
+  // Planning may pull gigabytes through before the first byte: the idle timeout (which
+  // would cut the silent connection) applies again once the body flows.
+  const socket = req.raw.socket;
+  const idle = socket.timeout ?? 0;
+  socket.setTimeout(0);
+  let plan: Awaited<ReturnType<typeof planExport>>;
+  try {
+    plan = await planExport(deps.pull, deps.svc, parsed.request, {
+      authorize: async (repo) => {
+        await deps.access?.check(req, repo, 'pull');
+      },
+    });
+  } finally {
+    if (!socket.destroyed) socket.setTimeout(idle);
+  }
   const { stream, length } = layoutStream(plan);
   reply.header('cache-control', 'no-store');
   if (parsed.gzip) {

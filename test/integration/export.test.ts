@@ -11,13 +11,14 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { http, sha256 } from '../helpers/http.js';
+import { request } from 'undici';
+import { agent, http, sha256 } from '../helpers/http.js';
 import { startServer, tempDir } from '../helpers/server.js';
 import { runCli } from '../helpers/cli.js';
 import { basic, writeHtpasswd } from '../helpers/authn.js';
-import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, makeImage, makeIndex, makeLayer } from '../fixtures/images.js';
-import { assertError, pushIndex } from './_support.js';
-import { startFake, upstreamEntry } from './_pullthrough.js';
+import { type Blob, type ImageIndex, MediaTypes, allBlobsOf, makeImage, makeIndex, makeLayer, randomBytes } from '../fixtures/images.js';
+import { assertError, pushImage, pushIndex } from './_support.js';
+import { startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 import { CONTAINERD_NAME, REF_NAME, type ImportResult, importRaw, sampleIndex, unpackTar } from './_import.js';
 
 interface Layout {
@@ -159,6 +160,17 @@ test('an image not held here is pulled through the mirror first, then served fro
   assertBlobs(t, again, allBlobsOf(idx));
 });
 
+test('a pull-through longer than the idle timeout: the connection waits for the archive', async (t) => {
+  const fake = await startFake(t);
+  const idx = sampleIndex('slow');
+  fake.addIndex('library/slow', idx, '1');
+  // Every blob answers after 1.5 s: planning takes longer than the 1 s idle timeout.
+  fake.faults.push({ method: 'GET', path: /\/blobs\//, headerDelayMs: 1500 });
+  const s = await startServer(t, { upstreams: { 'up.example': upstreamEntry(fake) }, defaultUpstream: 'up.example', http: { idleTimeout: '1s' } });
+  const layout = await exportTar(t, s.url, 'image=library/slow:1');
+  assertBlobs(t, layout, allBlobsOf(idx));
+});
+
 test('unknown images and bad requests: a clear error status before any body', async (t) => {
   const fake = await startFake(t);
   const s = await startServer(t, { upstreams: { 'up.example': upstreamEntry(fake) }, namespaces: [{ prefix: 'hub', upstream: 'up.example' }] });
@@ -176,6 +188,31 @@ test('unknown images and bad requests: a clear error status before any body', as
   assertError(t, await http('POST', exportUrl(s.url, ''), { body: '{"images": "apps/known:1"}' }), 400, 'UNSUPPORTED');
   assertError(t, await http('POST', exportUrl(s.url, ''), { body: 'not json' }), 400, 'UNSUPPORTED');
   t.is((await http('GET', `${s.url}/healthz`)).status, 200);
+});
+
+/** Open descriptors of this process (the in-process server's) on files under `dir`. */
+async function openFilesUnder(dir: string): Promise<number> {
+  let n = 0;
+  for (const fd of await fs.readdir('/proc/self/fd')) {
+    const target = await fs.readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (target.startsWith(dir)) n++;
+  }
+  return n;
+}
+
+test('a client that leaves mid-body: the export stops and every blob file is closed', async (t) => {
+  const s = await startServer(t);
+  const big = makeImage({ layers: [makeLayer([{ name: 'big.bin', content: randomBytes(8 * 1024 * 1024, 'leave') }])] });
+  await pushImage(s.url, 'apps/big', big, '1');
+  const blobs = path.join(s.dataDir, 'storage', 'blobs');
+  t.is(await openFilesUnder(blobs), 0);
+  const res = await request(exportUrl(s.url, 'image=apps/big:1'), { dispatcher: agent });
+  t.is(res.statusCode, 200);
+  for await (const _ of res.body) break; // one chunk, then the connection goes
+  res.body.destroy();
+  await waitFor(async () => (await openFilesUnder(blobs)) === 0, 30_000, 'blob files closed');
+  // And the server exports on.
+  t.is((await http('GET', exportUrl(s.url, 'image=apps/big:1'))).status, 200);
 });
 
 test('a blob damaged in storage (shorter than its manifest says) is an error status, never a truncated tar', async (t) => {

@@ -6,7 +6,7 @@
  * opened files in chunks. Nothing can be missing at this point; a read failure destroys
  * the stream, so the response is cut short (never a well-formed, incomplete tar).
  */
-import { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { MT } from '../mediatypes.js';
 import { type Digest, digestHex } from '../names.js';
@@ -66,6 +66,7 @@ function tarLength(meta: Meta[], plan: ExportPlan, dirs: string[]): number | und
 /** Wait for `entry` to take more, or fail once the stream is abandoned. */
 function drained(entry: NodeJS.WritableStream, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason as Error);
     const onAbort = () => {
       entry.removeListener('drain', onDrain);
       reject(signal.reason as Error);
@@ -85,6 +86,8 @@ async function feed(pack: tar.Pack, plan: ExportPlan, meta: Meta[], dirs: string
   for (const [d, body] of plan.manifests) pack.entry({ name: blobName(d), mtime: MTIME, mode: 0o644 }, body);
   for (const [d, { size, fh }] of plan.blobs) {
     const entry = pack.entry({ name: blobName(d), size, mtime: MTIME, mode: 0o644 });
+    // A destroyed pack destroys its entry too; that failure is the pack's, reported there.
+    entry.on('error', () => undefined);
     let pos = 0;
     while (pos < size) {
       if (signal.aborted) throw signal.reason;
@@ -105,20 +108,28 @@ export interface LayoutStream {
   length: number | undefined;
 }
 
-/** The layout as a stream; the plan's files are closed when it ends, fails or is abandoned. */
+/**
+ * The layout as a stream; the plan's files are closed when it ends, fails or is abandoned.
+ * An abandoned response destroys the stream, which aborts the feed wherever it waits (a
+ * feed left waiting for room would hold every blob file open, and block nothing else).
+ */
 export function layoutStream(plan: ExportPlan): LayoutStream {
   const meta = metadata(plan);
   const dirs = ['blobs/', 'blobs/sha256/'];
   const pack = tar.pack();
-  // Failures reach the reader through the iterator; this only keeps a late one from throwing.
-  pack.on('error', () => undefined);
+  const out = new PassThrough({ highWaterMark: CHUNK_BYTES });
   const ac = new AbortController();
+  pack.on('data', (chunk: unknown) => {
+    if (!out.write(chunk as Buffer)) pack.pause();
+  });
+  out.on('drain', () => pack.resume());
+  pack.on('end', () => out.end());
+  pack.on('error', (e: unknown) => out.destroy(e as Error));
   const feeding = feed(pack, plan, meta, dirs, ac.signal).catch((e: unknown) => pack.destroy(e as Error));
-  const stream = Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false });
-  stream.once('close', () => {
+  out.once('close', () => {
     ac.abort(new Error('export stream closed'));
-    if (!stream.readableEnded) pack.destroy(new Error('export stream closed'));
+    if (!out.writableFinished) pack.destroy(new Error('export stream closed'));
     void feeding.finally(() => plan.close());
   });
-  return { stream, length: tarLength(meta, plan, dirs) };
+  return { stream: out, length: tarLength(meta, plan, dirs) };
 }
