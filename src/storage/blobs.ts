@@ -79,15 +79,13 @@ export class LocalBlobStore implements BlobStorePort {
   }
 
   /**
-   * The row decides visibility (a file without one is a crash leftover); the file is
-   * opened after the row was read. Eviction deletes the row before the file, so a file
-   * gone by then means the blob is gone.
+   * The caller found the row (which decides visibility; a file without one is a crash
+   * leftover, never looked up); not reading it again keeps a GET at one SQLite lookup.
+   * Eviction deletes the row before the file, so a file gone by now means the blob is gone.
    */
   async open(digest: Digest): Promise<LocalBlobBody | null> {
-    const size = this.meta.blobSize(digest);
-    if (size === undefined) return null;
     try {
-      return new LocalBlobBody(await fs.open(this.paths.blob(digest), 'r'), size);
+      return new LocalBlobBody(await fs.open(this.paths.blob(digest), 'r'));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw e;

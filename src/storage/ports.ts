@@ -29,8 +29,6 @@ export interface PositionalReader {
  * 'close').
  */
 export interface BlobBody {
-  /** Bytes the store holds for this blob (its recorded size unless the disk was damaged). */
-  readonly size: number;
   /** Bytes [start, end] (inclusive, both within [0, size)) as a stream; may be called repeatedly. */
   stream(start: number, end: number): Readable;
   /**
@@ -109,9 +107,12 @@ export interface BlobStore {
   /** Size of a committed blob, or null when it is not visible. */
   stat(digest: Digest): Promise<{ size: number } | null>;
   /**
-   * Open a committed blob for reading, or null when it is not visible (never stored,
-   * deleted, or removed between a lookup and this call). Ranges are chosen per read
-   * (`BlobBody.stream`), so one open serves a multi-range response from the same content.
+   * Open a committed blob for reading, or null when its content is gone (never stored,
+   * deleted, or removed between a lookup and this call). The caller looked the blob up
+   * first (metadata: visibility, size), so a driver need not repeat that lookup here: the
+   * local driver opens the file without reading its row (a SQLite read lock per GET).
+   * Ranges are chosen per read (`BlobBody.stream`), so one open serves a multi-range
+   * response from the same content.
    */
   open(digest: Digest): Promise<BlobBody | null>;
   /** Start writing a blob (see BlobWriter). */

@@ -21,10 +21,7 @@ export function fileReader(fh: FileHandle, owned = true): PositionalReader {
 export class LocalBlobBody implements BlobBody {
   private readonly reader: PositionalReader;
 
-  constructor(
-    private readonly fh: FileHandle,
-    readonly size: number,
-  ) {
+  constructor(private readonly fh: FileHandle) {
     this.reader = fileReader(fh, false);
   }
 
