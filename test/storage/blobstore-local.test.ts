@@ -124,3 +124,48 @@ test('local: files sit at blobs/<alg>/<xx>/<hex>; list() reports stray names as 
   for await (const e of store.list()) all.push(e.digest);
   t.true(all.includes(sha256(orphan)), 'listed for GC');
 });
+
+test.serial('local: a commit of a digest whose file is being unlinked waits for the unlink (the new file is kept)', async (t) => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
+  const paths = storagePaths(root);
+  const meta = new MetadataStore(paths.db);
+  const store = new LocalBlobStore(paths, meta);
+  await store.recover();
+  const target = fs as unknown as { rename: typeof fs.rename; rm: typeof fs.rm };
+  const orig = { rename: target.rename, rm: target.rm };
+  // Once armed, the unlink of the blob file is held until a rename into blobs/ happens
+  // (which the store must not do meanwhile) or 3 s pass (longer than the commit's fsync on
+  // a busy machine, so a store that did not wait would rename within it).
+  let armed = false;
+  let renamed!: () => void;
+  const renamedIntoBlobs = new Promise<void>((r) => (renamed = r));
+  target.rename = async (from, to) => {
+    await orig.rename(from, to);
+    if (armed && String(to).startsWith(paths.blobsDir)) renamed();
+  };
+  target.rm = async (p, opts) => {
+    if (armed && String(p).startsWith(paths.blobsDir)) await Promise.race([renamedIntoBlobs, new Promise((r) => setTimeout(r, 3000))]);
+    return orig.rm(p, opts);
+  };
+  t.teardown(async () => {
+    Object.assign(target, orig);
+    meta.close();
+    await fs.rm(root, { recursive: true, force: true });
+  });
+  const data = randomBytes(100_000);
+  const d = sha256(data);
+  const link = { repo: 'a/b' as RepoName, provenance: 'cached' as const };
+  const first = store.stage({ algorithm: 'sha256' });
+  await first.append(data);
+  await first.commit(d, link);
+  const second = store.stage({ algorithm: 'sha256' });
+  await second.append(data);
+  await second.flush();
+  armed = true;
+  meta.deleteBlobRow(d); // eviction: row first, then the file
+  const deleting = store.delete(d);
+  await second.commit(d, link);
+  await deleting;
+  t.deepEqual(await store.stat(d), { size: data.length });
+  t.true((await fs.readFile(paths.blob(d))).equals(data), 'the committed file is there');
+});
