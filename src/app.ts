@@ -78,14 +78,14 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   await fs.mkdir(paths.root, { recursive: true });
   const meta = new MetadataStore(paths.db);
   const blobs = new BlobStore(paths, meta);
-  await blobs.init();
+  await blobs.recover();
   const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
   const uploads = new UploadManager(paths, meta, blobs, maxBlob);
   await uploads.sweep(config.limits.uploadTtlMs);
   const service = new RegistryService(meta, blobs, uploads, config.limits);
   const clients = new Map<string, UpstreamClient>();
   for (const u of config.upstreams.values()) clients.set(u.name, new UpstreamClient(u, logger.child({ upstream: u.name })));
-  const fills = new FillManager(paths, blobs, logger.child({ component: 'fill' }), maxBlob);
+  const fills = new FillManager(blobs, logger.child({ component: 'fill' }), maxBlob);
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;

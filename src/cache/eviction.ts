@@ -13,7 +13,7 @@
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import type { BlobStore } from '../storage/blobs.js';
+import type { BlobStore } from '../storage/ports.js';
 import type { Evicted, MetadataStore } from '../storage/db.js';
 
 /**
@@ -60,7 +60,7 @@ export class Evictor {
 
   constructor(
     private readonly meta: MetadataStore,
-    private readonly blobs: Pick<BlobStore, 'removeFiles'>,
+    private readonly blobs: Pick<BlobStore, 'delete'>,
     private readonly policy: Pick<CacheConfig, 'maxBytes' | 'maxAgeMs'>,
     private readonly opts: EvictorOptions = {},
   ) {
@@ -108,7 +108,8 @@ export class Evictor {
       for (const ev of this.evictions(at ?? started)) {
         this.add(result, ev);
         // Between units the server keeps serving; every unit re-checks its candidate.
-        await this.blobs.removeFiles(ev.blobs.map((b) => b.digest)).catch((err: unknown) => {
+        // Every delete is registered before the first await (a commit of the digest waits for it).
+        await Promise.all(ev.blobs.map((b) => this.blobs.delete(b.digest))).catch((err: unknown) => {
           this.opts.log?.warn({ err }, 'eviction: removing blob files failed (gc removes orphans)');
         });
         if (this.stopped) break;

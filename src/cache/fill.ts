@@ -9,20 +9,16 @@
  * mismatch the temp file is deleted and every reader's stream errors, so clients see an
  * aborted transfer, never wrong bytes under a good digest.
  *
- * Speed: upstream chunks are queued and written with one positional writev per batch
- * (the upstream never waits for a single write), and the last few MiB written stay in
+ * Speed: upstream chunks are queued for the store's stage (which batches the writes, so
+ * the upstream never waits for a single one), and the last few MiB written stay in
  * memory, so readers keeping up with the download are served without re-reading the
  * file or allocating; only readers that fall behind read from disk.
  */
-import fs from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { RegistryError } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
-import { type BlobStore, HashingCounter } from '../storage/blobs.js';
-import type { StoragePaths } from '../storage/paths.js';
-import { ensureFree } from '../storage/space.js';
+import type { BlobStore, BlobWriter, PositionalReader } from '../storage/ports.js';
 
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
@@ -34,8 +30,6 @@ const MAX_RESUMES = 3;
 const READ_CHUNK = 1024 * 1024;
 /** Bytes of the most recent writes kept in memory for readers that keep up. */
 const RECENT_WINDOW = 8 * 1024 * 1024;
-/** Upstream reading pauses while this much is queued for the disk. */
-const MAX_QUEUED = 16 * 1024 * 1024;
 
 interface Deferred {
   promise: Promise<void>;
@@ -65,7 +59,6 @@ export class BlobFill {
   private recent: Buffer[] = [];
   private recentStart = 0;
   error: Error | null = null;
-  readonly tempPath: string;
   /** Resolves once the size is known (upstream answered 200); rejects if it never does. */
   readonly ready: Promise<void>;
   /** Resolves when the blob is committed; rejects when the fill fails. */
@@ -76,12 +69,11 @@ export class BlobFill {
 
   constructor(
     readonly digest: Digest,
-    readonly finalPath: string,
-    tempPath: string,
+    /** Where the bytes go; readers behind the memory window read them back from it. */
+    readonly stage: BlobWriter,
     /** Which upstream repository the bytes come from (`<upstream>|<remote name>`). */
     readonly origin: string,
   ) {
-    this.tempPath = tempPath;
     this.ready = new Promise<void>((res, rej) => (this.settleReady = (e) => (e ? rej(e) : res())));
     this.done = new Promise<void>((res, rej) => (this.settleDone = (e) => (e ? rej(e) : res())));
     // Nobody may be listening yet; failures are delivered through readers and awaiters.
@@ -182,7 +174,7 @@ export class BlobFill {
     const fill = this;
     async function* gen(): AsyncGenerator<Buffer> {
       // Opened only when a reader falls behind the memory window (not on the first-byte path).
-      let fh: FileHandle | null = null;
+      let file: PositionalReader | null = null;
       try {
         let pos = start;
         while (pos <= end) {
@@ -200,8 +192,8 @@ export class BlobFill {
             // Not in memory: pos < memoryStart <= written, so the file has these bytes.
             const n = Math.min(Math.min(avail, fill.memoryStart) - pos, READ_CHUNK);
             const buf = Buffer.allocUnsafe(n);
-            fh ??= await fill.openFile();
-            const { bytesRead } = await fh.read(buf, 0, n, pos);
+            file ??= await fill.openFile();
+            const bytesRead = await file.read(buf, n, pos);
             if (bytesRead === 0) throw new Error('blob file shorter than recorded progress');
             pos += bytesRead;
             yield buf.subarray(0, bytesRead);
@@ -211,25 +203,23 @@ export class BlobFill {
           await next;
         }
       } finally {
-        await fh?.close();
+        await file?.close();
       }
     }
     return Readable.from(gen(), { objectMode: false });
   }
 
   /**
-   * The temp file, or the final file if the fill committed in the meantime. The temp file
-   * is renamed (or, for a duplicate, removed) before `commit()` runs, so a reader arriving
-   * in that window finds neither a temp file nor a committed state: it waits for the
-   * outcome instead of failing.
+   * The bytes written so far, or the committed blob once the fill committed (the stage
+   * waits for a commit in progress instead of failing; see BlobWriter.reader).
    */
-  async openFile(): Promise<FileHandle> {
+  async openFile(): Promise<PositionalReader> {
     try {
-      return await fs.open(this.tempPath, 'r');
+      return await this.stage.reader();
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // The stage is gone without a commit: the fill failed (or is failing); say why.
       await this.done.catch(() => undefined);
-      if (this.state === 'committed') return fs.open(this.finalPath, 'r');
       throw this.error ?? e;
     }
   }
@@ -256,7 +246,6 @@ export class FillManager {
   onBytes: ((origin: string, bytes: number) => void) | null = null;
 
   constructor(
-    private readonly paths: StoragePaths,
     private readonly blobs: BlobStore,
     private readonly log: Logger,
     private readonly maxBlobBytes: number,
@@ -287,7 +276,7 @@ export class FillManager {
   fill(digest: Digest, repo: RepoName, origin: string, source: FillSource, expectedSize?: number): BlobFill {
     const existing = this.fills.get(digest);
     if (existing) return existing;
-    const f = new BlobFill(digest, this.paths.blob(digest), this.paths.tempFile(), origin);
+    const f = new BlobFill(digest, this.blobs.stage({ algorithm: digestAlgorithm(digest) }), origin);
     this.fills.set(digest, f);
     this.started.set(digest, { repository: repo, at: Date.now() });
     void this.run(f, repo, source, expectedSize).finally(() => {
@@ -308,7 +297,7 @@ export class FillManager {
     let pending = 0;
     for (const other of this.fills.values()) if (other !== f && other.size !== null) pending += Math.max(0, other.size - other.written);
     try {
-      await ensureFree(this.paths.tmpDir, size + pending);
+      await this.blobs.ensureRoom(size + pending);
     } catch (e) {
       // Never read: release the upstream connection. undici reports a destroyed body as an
       // 'error' (AbortError), which must not become an uncaught exception.
@@ -320,23 +309,22 @@ export class FillManager {
   }
 
   private async run(f: BlobFill, repo: RepoName, source: FillSource, expectedSize?: number): Promise<void> {
-    const hasher = new HashingCounter(digestAlgorithm(f.digest));
     const started = Date.now();
-    let fh: FileHandle | null = null;
-    // Open the temp file while the upstream request is in flight (time to first byte).
-    const opening = fs.open(f.tempPath, 'w');
-    opening.catch(() => undefined);
-    let writer: QueuedWriter | null = null;
+    // The stage was created with the fill: its temp file opens while the upstream request
+    // is in flight (time to first byte).
+    const w = f.stage;
+    w.onWritten = (bytes) => f.wrote(bytes);
+    let stageReady = false;
     try {
       let resumes = 0;
       for (;;) {
         let body: AsyncIterable<Buffer>;
         let opened: Awaited<ReturnType<FillSource['open']>> | null = null;
         try {
-          opened = await source.open(writer ? writer.received : 0);
-          if (!fh) {
-            fh = await opening;
-            writer = new QueuedWriter(fh, f);
+          opened = await source.open(w.received);
+          if (!stageReady) {
+            await w.flush(); // surfaces a temp file that could not be created
+            stageReady = true;
           }
           body = opened.body;
           if (f.state === 'starting') {
@@ -356,105 +344,36 @@ export class FillManager {
           continue;
         }
         try {
-          const w = writer!;
           for await (const chunk of body) {
             if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
-            hasher.update(chunk);
             this.onBytes?.(f.origin, chunk.length);
-            await w.push(chunk);
+            if (!w.failed) f.accept(chunk);
+            await w.append(chunk);
           }
           if (f.size === null || w.received === f.size) break;
           throw new Error(`upstream body ended early at ${w.received} of ${f.size} bytes`);
         } catch (e) {
           // A failed local write (ENOSPC) is no upstream break: resuming cannot help.
-          if (e instanceof RegistryError || writer?.failed || resumes >= MAX_RESUMES || f.size === null) throw e;
+          if (e instanceof RegistryError || w.failed || resumes >= MAX_RESUMES || f.size === null) throw e;
           resumes++;
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'upstream broke mid-blob; resuming with Range');
         }
       }
-      const actual = hasher.currentDigest();
-      if (actual !== f.digest) {
+      if (w.digest() !== f.digest) {
         throw new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { expected: f.digest } });
       }
       // Verified bytes may be served in full now (the tail is still in memory); durability
-      // (write, fsync, rename, row) follows.
+      // (write, fsync, move into place, row) follows.
       f.verify();
-      await writer!.flush();
-      await fh!.sync();
-      await fh.close();
-      fh = null;
-      await this.blobs.commit(f.tempPath, f.digest, f.written, repo, 'cached');
+      await w.commit(f.digest, { repo, provenance: 'cached' });
       f.commit();
       this.log.info({ digest: f.digest, bytes: f.written, ms: Date.now() - started, resumes }, 'blob cached');
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') this.log.error({ digest: f.digest, bytes: f.written }, 'upstream integrity error: digest mismatch, nothing stored');
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');
-      await writer?.flush().catch(() => undefined);
-      if (!fh) fh = await opening.catch(() => null);
-      await fh?.close().catch(() => undefined);
-      await fs.rm(f.tempPath, { force: true }).catch(() => undefined);
+      await w.abort().catch(() => undefined);
       f.fail(err);
-    }
-  }
-}
-
-/**
- * Positional writes of upstream chunks in arrival order. Chunks arriving while a write
- * is in flight are batched into the next writev, so the upstream is read at network
- * speed; `push` only waits when MAX_QUEUED bytes are pending (backpressure).
- */
-class QueuedWriter {
-  /** Bytes accepted from the upstream (written or queued). */
-  received = 0;
-  private queue: Buffer[] = [];
-  private queuedBytes = 0;
-  private running: Promise<void> | null = null;
-  private error: Error | null = null;
-
-  constructor(
-    private readonly fh: FileHandle,
-    private readonly fill: BlobFill,
-  ) {}
-
-  async push(chunk: Buffer): Promise<void> {
-    if (this.error) throw this.error;
-    this.queue.push(chunk);
-    this.queuedBytes += chunk.length;
-    this.received += chunk.length;
-    this.fill.accept(chunk);
-    this.running ??= this.drain();
-    if (this.queuedBytes > MAX_QUEUED) await this.flush();
-  }
-
-  /** A write to the temp file failed (every later push and flush throws it). */
-  get failed(): boolean {
-    return this.error !== null;
-  }
-
-  async flush(): Promise<void> {
-    while (this.running) await this.running;
-    if (this.error) throw this.error;
-  }
-
-  private async drain(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const batch = this.queue;
-        const bytes = this.queuedBytes;
-        this.queue = [];
-        this.queuedBytes = 0;
-        let done = 0;
-        while (done < bytes) {
-          const { bytesWritten } = await this.fh.writev(done === 0 ? batch : [Buffer.concat(batch).subarray(done)], this.fill.written + done);
-          done += bytesWritten;
-        }
-        this.fill.wrote(bytes);
-      }
-    } catch (e) {
-      this.error = e instanceof Error ? e : new Error(String(e));
-    } finally {
-      this.running = null;
     }
   }
 }

@@ -1,6 +1,5 @@
 /** GET | HEAD | DELETE /v2/<name>/blobs/<digest>, with single and multi-range support. */
 import { randomBytes } from 'node:crypto';
-import fs, { type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
@@ -11,31 +10,19 @@ import type { Deps } from './deps.js';
 import { queryOf, queryParam } from './request.js';
 import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
 
-const READ_CHUNK_BYTES = 1024 * 1024;
-
-/** Open a committed blob file, or null if it is gone (evicted after the lookup). */
-async function openIfPresent(file: string): Promise<FileHandle | null> {
-  try {
-    return await fs.open(file, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
-}
-
 /**
- * Look the blob up and, for a GET served from disk, open its file before any header is
- * sent. Eviction deletes the row before the file, so a file that vanished between the
- * lookup and the open means the row is gone too: asking again fetches from the upstream
- * (or answers a clean 404 for local-only content). Once open, the file can be unlinked
- * and the transfer still completes from the descriptor.
+ * Look the blob up and, for a GET served from storage, open it before any header is
+ * sent. Eviction deletes the blob after the lookup may have found it, so a blob that
+ * cannot be opened any more is gone: asking again fetches from the upstream (or answers a
+ * clean 404 for local-only content). Once open, a delete does not disturb the transfer
+ * (BlobStore.delete).
  */
 async function lookupAndOpen(pull: Deps['pull'], repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
   for (let attempt = 0; ; attempt++) {
     const blob = await pull.getBlob(repo, ns, digest, head);
-    if (head || !blob.file || blob.size === 0) return { blob, fh: null };
-    const fh = await openIfPresent(blob.file);
-    if (fh) return { blob, fh };
+    if (head || !blob.body || blob.size === 0) return { blob, body: null };
+    const body = await blob.body();
+    if (body) return { blob, body };
     if (attempt > 0) throw new RegistryError('UNAVAILABLE', 'blob was removed while being served; retry', { status: 503 });
   }
 }
@@ -51,14 +38,16 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   const digest = parseDigest(rawDigest);
   const head = req.method === 'HEAD';
   const ns = queryParam(queryOf(req), 'ns');
-  const { blob, fh } = await lookupAndOpen(pull, repo, ns, digest, head);
-  // 'close' follows every response (finished, failed or aborted); close the file then.
-  if (fh) reply.raw.once('close', () => void fh.close().catch(() => undefined));
+  const { blob, body } = await lookupAndOpen(pull, repo, ns, digest, head);
+  // 'close' follows every response (finished, failed or aborted); close the body then.
+  if (body) reply.raw.once('close', () => void body.close().catch(() => undefined));
+  // The store's fast path (local: positional reads on the open file), when it has one.
+  const fast = body?.positional() ?? null;
   const { size } = blob;
   const source = blob.fill ? 'fill' : 'disk';
   const upstream = upstreamLabel(pull.resolve(repo, ns));
   const open = (start: number, end: number): Readable => {
-    if (fh) return fh.createReadStream({ start, end, autoClose: false, highWaterMark: READ_CHUNK_BYTES });
+    if (body) return body.stream(start, end);
     if (!blob.open) throw new Error('blob answer has no body');
     return blob.open(start, end);
   };
@@ -77,7 +66,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
     if (head || size === 0) return reply.send();
     countServed(deps, reply, source, size, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, 0, size - 1);
-    if (fh && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, 0, size - 1);
+    if (fast && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, fast, 0, size - 1);
     return reply.send(open(0, size - 1));
   }
   if (ranges.length === 1) {
@@ -90,7 +79,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
     if (head) return reply.send();
     countServed(deps, reply, source, r.end - r.start + 1, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, r.start, r.end);
-    if (fh && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, fh, r.start, r.end);
+    if (fast && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, fast, r.start, r.end);
     return reply.send(open(r.start, r.end));
   }
   return sendMultipart(open, size, ranges, req, reply);

@@ -7,11 +7,11 @@
  * buffers (read the next chunk while the previous one is being written; reuse a buffer only
  * after its write completed) and bytes of a fill still in memory are written as they are.
  */
-import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { BlobFill } from '../cache/fill.js';
 import { RegistryError } from '../registry/errors.js';
+import type { PositionalReader } from '../storage/ports.js';
 
 const CHUNK = 1024 * 1024;
 /** Below this a normal stream is as cheap, and keeps fastify's send path. */
@@ -101,13 +101,14 @@ async function direct(reply: FastifyReply, body: (res: ServerResponse, out: Doub
 }
 
 /**
- * Send [start, end] of the open file `fh` (the caller opened it before any header went
- * out, and closes it) with the status and headers already set on `reply`.
+ * Send [start, end] of an opened blob through its positional fast path (the caller
+ * opened it before any header went out, and closes it) with the status and headers
+ * already set on `reply`.
  */
-export async function sendFileRange(reply: FastifyReply, fh: FileHandle, start: number, end: number): Promise<void> {
+export async function sendFileRange(reply: FastifyReply, file: PositionalReader, start: number, end: number): Promise<void> {
   await direct(reply, async (_res, out) => {
     for (let pos = start; pos <= end; ) {
-      const n = await out.send(end + 1 - pos, async (buf, max) => (await fh.read(buf, 0, max, pos)).bytesRead);
+      const n = await out.send(end + 1 - pos, (buf, max) => file.read(buf, max, pos));
       if (n === 0) throw new Error('blob file is shorter than its recorded size');
       pos += n;
     }
@@ -122,7 +123,7 @@ export async function sendFileRange(reply: FastifyReply, fh: FileHandle, start: 
 export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: number, end: number): Promise<void> {
   await firstByte(fill, start);
   // Opened only when this reader falls behind the memory window.
-  const file: { fh: FileHandle | null } = { fh: null };
+  const file: { reader: PositionalReader | null } = { reader: null };
   try {
     await direct(reply, async (res, out) => {
       let pos = start;
@@ -144,9 +145,9 @@ export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: 
             continue;
           }
           // Fell behind the memory window: these bytes are in the file.
-          const fh = (file.fh ??= await fill.openFile());
+          const reader = (file.reader ??= await fill.openFile());
           const at = pos;
-          const n = await out.send(Math.min(avail, fill.memoryStart) - pos, async (buf, max) => (await fh.read(buf, 0, max, at)).bytesRead);
+          const n = await out.send(Math.min(avail, fill.memoryStart) - pos, (buf, max) => reader.read(buf, max, at));
           if (n === 0) throw new Error('blob file shorter than recorded progress');
           pos += n;
           continue;
@@ -156,7 +157,7 @@ export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: 
       }
     });
   } finally {
-    await file.fh?.close().catch(() => undefined);
+    await file.reader?.close().catch(() => undefined);
   }
 }
 

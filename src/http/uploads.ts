@@ -51,17 +51,13 @@ export async function startUpload({ svc, access }: Deps, repo: RepoName, req: Fa
     const len = declaredLength(req);
     const limit = maxBlobBytes(svc);
     if (len !== undefined && len > limit) throw new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${limit} bytes`, { status: 413 });
-    const written = await svc.blobs.writeTemp(bodyStream(req), digestAlgorithm(digest), limit, len);
-    if (written.digest !== digest || (len !== undefined && written.size !== len)) {
-      await svc.blobs.discard(written.tempPath);
-      throw written.digest !== digest ? new RegistryError('DIGEST_INVALID', undefined, { detail: { expected: digest } }) : new RegistryError('SIZE_INVALID');
+    const stage = svc.blobs.stage({ algorithm: digestAlgorithm(digest), maxBytes: limit, ...(len === undefined ? {} : { expectedBytes: len }) });
+    await stage.appendStream(bodyStream(req)); // a failure drops the stage
+    if (stage.digest() !== digest || (len !== undefined && stage.received !== len)) {
+      await stage.abort();
+      throw stage.digest() !== digest ? new RegistryError('DIGEST_INVALID', undefined, { detail: { expected: digest } }) : new RegistryError('SIZE_INVALID');
     }
-    try {
-      await svc.blobs.commit(written.tempPath, digest, written.size, repo, 'pushed');
-    } catch (e) {
-      await svc.blobs.discard(written.tempPath); // e.g. SQLITE_FULL: commit gave the file back
-      throw e;
-    }
+    await stage.commit(digest, { repo, provenance: 'pushed' }); // a failure (e.g. SQLITE_FULL) drops the stage
     return blobCreated(reply, repo, digest);
   }
   discardBody(req);

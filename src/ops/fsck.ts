@@ -8,10 +8,9 @@
  * transaction, then the file): the next pull fetches them again. Damaged pushed blobs
  * cannot be restored from anywhere and are only reported. Offline, like gc.
  */
-import fs from 'node:fs/promises';
 import type { Config } from '../config/schema.js';
-import { type Digest, digestAlgorithm } from '../registry/names.js';
-import { hashFile } from '../storage/blobs.js';
+import type { Digest } from '../registry/names.js';
+import { LocalBlobStore } from '../storage/blobs.js';
 import { MetadataStore } from '../storage/db.js';
 import { storagePaths } from '../storage/paths.js';
 
@@ -34,25 +33,23 @@ export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: bool
   const meta = new MetadataStore(paths.db);
   const out: FsckResult = { checked: 0, bytes: 0, problems: [] };
   try {
+    const store = new LocalBlobStore(paths, meta);
     for (const { digest, size } of meta.allBlobs()) {
       out.checked++;
-      const file = paths.blob(digest);
       let problem: FsckProblem['problem'] | null = null;
-      try {
-        const got = await hashFile(file, digestAlgorithm(digest));
+      const got = await store.verify(digest);
+      if (!got) problem = 'missing';
+      else {
         out.bytes += got.size;
         if (got.size !== size) problem = 'size';
         else if (got.digest !== digest) problem = 'digest';
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        problem = 'missing';
       }
       if (!problem) continue;
       const pushed = meta.blobPushed(digest);
       const repaired = opts.repair && !pushed;
       if (repaired) {
         meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
-        await fs.rm(file, { force: true });
+        await store.delete(digest);
       }
       out.problems.push({ digest, problem, pushed, repaired });
     }

@@ -5,12 +5,9 @@
  * avoid racing an upload that is about to link a blob. Rows go first, then files, so a
  * crash mid-GC leaves only orphan files, which the next GC removes.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { type EvictionResult, Evictor } from '../cache/eviction.js';
 import type { Config } from '../config/schema.js';
-import { type Digest, isDigest } from '../registry/names.js';
-import { BlobStore } from '../storage/blobs.js';
+import { LocalBlobStore } from '../storage/blobs.js';
 import { MetadataStore } from '../storage/db.js';
 import { storagePaths } from '../storage/paths.js';
 
@@ -31,7 +28,7 @@ export async function collectGarbage(
   const paths = storagePaths(config.storage);
   const meta = new MetadataStore(paths.db);
   try {
-    const store = new BlobStore(paths, meta);
+    const store = new LocalBlobStore(paths, meta);
     let eviction: EvictionResult | undefined;
     if (opts.evict) {
       const evictor = new Evictor(meta, store, config.cache);
@@ -41,19 +38,19 @@ export async function collectGarbage(
     const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
     const linksRemoved = opts.dryRun ? 0 : meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
     const unreferenced = meta.unreferencedBlobs();
-    if (!opts.dryRun) for (const d of unreferenced) await store.remove(d);
+    if (!opts.dryRun) {
+      for (const d of unreferenced) {
+        meta.deleteBlobRow(d);
+        await store.delete(d);
+      }
+    }
+    // Content without a row: a crash between a commit's move and its row, or an eviction's
+    // row deletion and its unlink.
     let orphans = 0;
-    for (const alg of ['sha256', 'sha512']) {
-      const algDir = path.join(paths.blobsDir, alg);
-      const prefixes = await fs.readdir(algDir).catch(() => [] as string[]);
-      for (const p of prefixes) {
-        for (const hex of await fs.readdir(path.join(algDir, p)).catch(() => [] as string[])) {
-          const d = `${alg}:${hex}`;
-          if (!isDigest(d) || meta.blobSize(d as Digest) === undefined) {
-            orphans++;
-            if (!opts.dryRun) await fs.rm(path.join(algDir, p, hex), { force: true });
-          }
-        }
+    for await (const entry of store.list()) {
+      if (entry.digest === null || meta.blobSize(entry.digest) === undefined) {
+        orphans++;
+        if (!opts.dryRun) await entry.remove();
       }
     }
     return {

@@ -12,6 +12,7 @@ import { type UpstreamClient, UpstreamProtocolError, type UpstreamResponse, Upst
 import type { AccessRecorder } from '../storage/access.js';
 import { isStorageFull } from '../storage/space.js';
 import type { ManifestRecord } from '../storage/db.js';
+import type { BlobBody } from '../storage/ports.js';
 import { RegistryError, insufficientStorage } from './errors.js';
 import { type Descriptor, parseManifest } from './manifests.js';
 import { MANIFEST_TYPES, MT, isIndexType } from './mediatypes.js';
@@ -33,8 +34,8 @@ export interface BlobAnswer {
   headers: Record<string, string>;
   /** Open bytes [start, end] (inclusive); absent for answers from an upstream HEAD. */
   open: ((start: number, end: number) => Readable) | null;
-  /** The committed file, when the blob is served from local storage. */
-  file?: string;
+  /** Open the stored blob (null once it is gone), when it is served from local storage. */
+  body?: () => Promise<BlobBody | null>;
   /** The fill in progress, when the blob is being fetched from the upstream. */
   fill?: BlobFill;
 }
@@ -392,7 +393,7 @@ export class PullThrough {
   }
 
   private localBlob(digest: Digest, size: number, headers: Record<string, string>): BlobAnswer {
-    return { size, headers, file: this.local.blobs.path(digest), open: (start, end) => this.local.openBlob(digest, start, end) };
+    return { size, headers, body: () => this.local.blobs.open(digest), open: (start, end) => this.local.openBlob(digest, start, end) };
   }
 
   private startFill(repo: RepoName, up: UpstreamRoute, digest: Digest, expectedSize?: number): BlobFill {

@@ -102,7 +102,7 @@ export class RegistryService {
   }
 
   openBlob(digest: Digest, start?: number, end?: number): Readable {
-    return this.blobs.open(digest, start, end);
+    return this.blobs.readStream(digest, start, end);
   }
 
   deleteBlob(repo: RepoName, digest: Digest): void {

@@ -1,64 +1,38 @@
 /**
- * Content-addressed blob files. Bytes are written to a temp file while being hashed,
- * fsynced, and renamed into `blobs/<alg>/<xx>/<hex>` only when the digest matches; the
- * metadata row is written after the rename (see paths.ts for the crash invariant).
+ * The local driver of the blob store port (ports.ts): content-addressed files under
+ * `blobs/<alg>/<xx>/<hex>`, visible once their row is in SQLite. Bytes are written to a
+ * temp file while being hashed, fsynced, and renamed into place only when the digest
+ * matches; the metadata row is written after the rename (storage/README.md, crash
+ * invariant).
+ *
+ * Besides the port, the file-level methods below (`writeTemp`, `commit` of a path,
+ * `discard`, `path`, `readStream`) serve code inside the local driver (upload sessions)
+ * and, until it moves to `stage()`, registry/import; nothing else should use them.
  */
-import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, type ReadStream, type WriteStream } from 'node:fs';
+import { createReadStream, type ReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MetadataStore, Provenance } from './db.js';
+import { HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './hashing.js';
+import { LocalBlobBody, READ_CHUNK_BYTES } from './local/body.js';
+import { LocalStage, type StageHost } from './local/stage.js';
 import type { StoragePaths } from './paths.js';
+import type { BlobEntry, BlobStore as BlobStorePort, StageOptions } from './ports.js';
 import { ensureFree } from './space.js';
 import { RegistryError } from '../registry/errors.js';
-import { type Digest, type DigestAlgorithm, type RepoName } from '../registry/names.js';
+import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm, isDigest } from '../registry/names.js';
 
-const READ_CHUNK_BYTES = 1024 * 1024;
-const WRITE_BATCH_BYTES = 1024 * 1024;
+export { HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './hashing.js';
+
+/** Digest algorithms with a directory under blobs/ (what list() walks). */
+const ALGORITHMS = ['sha256', 'sha512'] as const;
 
 export interface WrittenBlob {
   tempPath: string;
   size: number;
   digest: Digest;
-}
-
-/** A pass-through that hashes and counts what flows through it. */
-export class HashingCounter extends Transform {
-  readonly hash: Hash;
-  bytes = 0;
-  constructor(readonly algorithm: DigestAlgorithm, hash?: Hash) {
-    super();
-    this.hash = hash ?? createHash(algorithm);
-  }
-  clone(): HashingCounter {
-    const c = new HashingCounter(this.algorithm, this.hash.copy());
-    c.bytes = this.bytes;
-    return c;
-  }
-  /** Account for bytes written elsewhere (used by upload sessions). */
-  update(chunk: Buffer): void {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-  }
-  /** The digest so far, without ending the running hash. */
-  currentDigest(): Digest {
-    return `${this.algorithm}:${this.hash.copy().digest('hex')}` as Digest;
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
-    this.update(chunk);
-    cb(null, chunk);
-  }
-}
-
-export async function fsyncFile(file: string): Promise<void> {
-  const fh = await fs.open(file, 'r+');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -70,74 +44,95 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/**
- * Joins small chunks into ~1 MiB before a file write stream. Every file write is a round
- * trip to the libuv threadpool, and waking a pool thread costs about as much as copying
- * 64 KiB (over a quarter of the event loop's time on a 256 MiB push arriving in 64 KiB
- * chunks); one concat copy is far cheaper than the wake-ups it saves.
- */
-export function coalesce(): Transform {
-  let parts: Buffer[] = [];
-  let n = 0;
-  const take = () => {
-    const out = Buffer.concat(parts, n);
-    parts = [];
-    n = 0;
-    return out;
-  };
-  return new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      parts.push(chunk);
-      n += chunk.length;
-      if (n >= WRITE_BATCH_BYTES) cb(null, take());
-      else cb();
-    },
-    flush(cb) {
-      if (n > 0) cb(null, take());
-      else cb();
-    },
-  });
-}
-
-/** A file write stream for coalesced chunks: a few batches may queue (written with writev). */
-export function batchedWriteStream(file: string, flags = 'w'): WriteStream {
-  return createWriteStream(file, { flags, highWaterMark: 4 * WRITE_BATCH_BYTES });
-}
-
-export async function hashFile(file: string, algorithm: DigestAlgorithm): Promise<{ digest: Digest; size: number }> {
-  const h = new HashingCounter(algorithm);
-  await pipeline(createReadStream(file, { highWaterMark: READ_CHUNK_BYTES }), h, async function* (src) {
-    for await (const _ of src) void _;
-  });
-  return { digest: `${algorithm}:${h.hash.digest('hex')}` as Digest, size: h.bytes };
-}
-
-export class BlobStore {
+export class LocalBlobStore implements BlobStorePort {
   /** File unlinks in progress, by digest (rows already gone). */
   private readonly deleting = new Map<Digest, Promise<void>>();
   /** Commits between their rename and their row, by digest. */
   private readonly committing = new Map<Digest, number>();
+  /** What stages see of this store. */
+  private readonly host: StageHost;
 
   constructor(
     private readonly paths: StoragePaths,
     private readonly meta: MetadataStore,
-  ) {}
+  ) {
+    this.host = {
+      tmpDir: paths.tmpDir,
+      blobPath: (d) => paths.blob(d),
+      commitFile: (src, d, size, repo, prov) => this.commit(src, d, size, repo, prov),
+    };
+  }
 
-  /** Wipe temp files left by a crash; create the tree. */
-  async init(): Promise<void> {
+  /** Wipe temp files left by a crash (abandoned stages); create the tree. */
+  async recover(): Promise<void> {
     await fs.rm(this.paths.tmpDir, { recursive: true, force: true });
     await fs.mkdir(this.paths.tmpDir, { recursive: true });
     await fs.mkdir(this.paths.blobsDir, { recursive: true });
     await fs.mkdir(this.paths.uploadsDir, { recursive: true });
   }
 
+  // ---- the port ----------------------------------------------------------------------
+
+  async stat(digest: Digest): Promise<{ size: number } | null> {
+    const size = this.meta.blobSize(digest);
+    return size === undefined ? null : { size };
+  }
+
+  /**
+   * The caller found the row (which decides visibility; a file without one is a crash
+   * leftover, never looked up); not reading it again keeps a GET at one SQLite lookup.
+   * Eviction deletes the row before the file, so a file gone by now means the blob is gone.
+   */
+  async open(digest: Digest): Promise<LocalBlobBody | null> {
+    try {
+      return new LocalBlobBody(await fs.open(this.paths.blob(digest), 'r'));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  stage(opts: StageOptions): LocalStage {
+    return new LocalStage(this.host, this.paths.tempFile(), opts);
+  }
+
+  ensureRoom(bytes: number): Promise<void> {
+    return ensureFree(this.paths.tmpDir, bytes);
+  }
+
+  delete(digest: Digest): Promise<void> {
+    return this.removeFiles([digest]);
+  }
+
+  async *list(): AsyncIterable<BlobEntry> {
+    for (const alg of ALGORITHMS) {
+      const algDir = path.join(this.paths.blobsDir, alg);
+      for (const p of await fs.readdir(algDir).catch(() => [] as string[])) {
+        for (const hex of await fs.readdir(path.join(algDir, p)).catch(() => [] as string[])) {
+          const d = `${alg}:${hex}`;
+          const file = path.join(algDir, p, hex);
+          yield { digest: isDigest(d) ? d : null, remove: () => fs.rm(file, { force: true }) };
+        }
+      }
+    }
+  }
+
+  async verify(digest: Digest): Promise<{ digest: Digest; size: number } | null> {
+    try {
+      return await hashFile(this.paths.blob(digest), digestAlgorithm(digest));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  // ---- file level (local driver internals, see the top) --------------------------------
+
   path(digest: Digest): string {
     return this.paths.blob(digest);
   }
 
-  open(digest: Digest, start?: number, end?: number): ReadStream {
-    // 1 MiB reads: a quarter of the syscalls and stream callbacks of the 64 KiB default,
-    // which dominates CPU when serving multi-GB layers.
+  readStream(digest: Digest, start?: number, end?: number): ReadStream {
     return createReadStream(this.paths.blob(digest), { highWaterMark: READ_CHUNK_BYTES, ...(start === undefined ? {} : { start, end }) });
   }
 
@@ -239,3 +234,6 @@ export class BlobStore {
     return Promise.all(all).then(() => undefined);
   }
 }
+
+/** The local driver under its old name (registry/import and others still import it so). */
+export { LocalBlobStore as BlobStore };

@@ -268,7 +268,7 @@ test('a blob evicted between its lookup and the file open is fetched from the up
   let evictions = 0;
   pullThrough.getBlob = async (...args: Parameters<typeof original>) => {
     const answer = await original(...args);
-    if (answer.file && evictions++ === 0) await s.app.evict();
+    if (answer.body && evictions++ === 0) await s.app.evict();
     return answer;
   };
   for (const b of img.layers) {
