@@ -10,7 +10,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { MT } from '../mediatypes.js';
 import { type Digest, digestHex } from '../names.js';
-import type { ExportPlan } from './plan.js';
+import { type ExportPlan, chunksOf } from './plan.js';
 
 const CHUNK_BYTES = 1024 * 1024;
 /** ustar's 11 octal digits: a larger entry needs a PAX header, whose size we do not predict. */
@@ -84,19 +84,18 @@ async function feed(pack: tar.Pack, plan: ExportPlan, meta: Meta[], dirs: string
   for (const m of meta) pack.entry({ name: m.name, mtime: MTIME, mode: 0o644 }, m.body);
   for (const d of dirs) pack.entry({ name: d, type: 'directory', mtime: MTIME, mode: 0o755 });
   for (const [d, body] of plan.manifests) pack.entry({ name: blobName(d), mtime: MTIME, mode: 0o644 }, body);
-  for (const [d, { size, fh }] of plan.blobs) {
+  for (const [d, { size, body }] of plan.blobs) {
     const entry = pack.entry({ name: blobName(d), size, mtime: MTIME, mode: 0o644 });
     // A destroyed pack destroys its entry too; that failure is the pack's, reported there.
     entry.on('error', () => undefined);
-    let pos = 0;
-    while (pos < size) {
+    let written = 0;
+    for await (const chunk of chunksOf(body, size, CHUNK_BYTES)) {
       if (signal.aborted) throw signal.reason;
-      const buf = Buffer.allocUnsafe(Math.min(CHUNK_BYTES, size - pos));
-      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-      if (bytesRead === 0) throw new Error(`blob ${d} ended at ${pos} of ${size} bytes`);
-      pos += bytesRead;
-      if (!entry.write(buf.subarray(0, bytesRead))) await drained(entry, signal);
+      written += chunk.length;
+      if (written > size) throw new Error(`blob ${d} is longer than ${size} bytes`);
+      if (!entry.write(chunk)) await drained(entry, signal);
     }
+    if (written !== size) throw new Error(`blob ${d} ended at ${written} of ${size} bytes`);
     entry.end(() => undefined);
   }
   pack.finalize();

@@ -13,13 +13,13 @@
  * every child matches. A single-platform image is
  * kept when its config's os/architecture(/variant) matches.
  */
-import fs, { type FileHandle } from 'node:fs/promises';
 import { RegistryError } from '../errors.js';
 import { type Descriptor, parseManifest } from '../manifests.js';
 import { MANIFEST_TYPES, isIndexType } from '../mediatypes.js';
 import { type Digest, type Reference, type RepoName, parseDigest, parseReference, parseRepoName } from '../names.js';
 import type { PullThrough } from '../pullthrough.js';
 import { type RegistryService, digestOf } from '../service.js';
+import type { BlobBody } from '../../storage/ports.js';
 
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 export const CONTAINERD_NAME = 'io.containerd.image.name';
@@ -63,7 +63,7 @@ export interface ExportPlan {
   /** Every manifest body written under blobs/ (stored ones and any new filtered index). */
   manifests: Map<Digest, Buffer>;
   /** Every config and layer blob, opened: eviction after planning cannot take it away. */
-  blobs: Map<Digest, { size: number; fh: FileHandle }>;
+  blobs: Map<Digest, { size: number; body: BlobBody }>;
   close(): Promise<void>;
 }
 
@@ -211,24 +211,47 @@ async function inPool<T>(items: readonly T[], n: number, fn: (item: T) => Promis
  * Make `digest` local (a fill from the upstream if needed, waited for to the commit) and
  * open it. A file removed between the lookup and the open (eviction) is looked up again.
  */
-async function openBlob(pull: PullThrough, svc: RegistryService, img: ExportImage, digest: Digest): Promise<FileHandle> {
+async function openBlob(pull: PullThrough, svc: RegistryService, img: ExportImage, digest: Digest): Promise<BlobBody> {
   for (let attempt = 0; ; attempt++) {
     const blob = await pull.getBlob(img.repo, img.ns, digest, false);
     if (blob.fill) await blob.fill.done;
-    try {
-      return await fs.open(blob.file ?? svc.blobs.path(digest), 'r');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw e;
-    }
+    const body = blob.body && !blob.fill ? await blob.body() : await svc.blobs.open(digest);
+    if (body) return body;
+    if (attempt > 0) throw new RegistryError('UNAVAILABLE', `blob ${digest} was removed while the export was prepared; try again`, { detail: { digest } });
   }
 }
 
-async function configMatches(fh: FileHandle, size: number, platforms: readonly Platform[]): Promise<boolean> {
+/** Every byte of `body` (`size` long) in order: the driver's fast path when it has one, else its stream. */
+export async function* chunksOf(body: BlobBody, size: number, chunkBytes = 1024 * 1024): AsyncGenerator<Buffer> {
+  const reader = body.positional();
+  if (!reader) {
+    if (size > 0) yield* body.stream(0, size - 1) as AsyncIterable<Buffer>;
+    return;
+  }
+  for (let pos = 0; pos < size; ) {
+    const buf = Buffer.allocUnsafe(Math.min(chunkBytes, size - pos));
+    const n = await reader.read(buf, buf.length, pos);
+    if (n === 0) throw new Error(`blob ended at ${pos} of ${size} bytes`);
+    pos += n;
+    yield buf.subarray(0, n);
+  }
+}
+
+/** Whether the stored content is exactly `size` bytes (a short or long file is damage fsck reports). */
+async function storedLengthIs(body: BlobBody, size: number): Promise<boolean> {
+  const reader = body.positional();
+  if (!reader) return true; // a driver without positional reads is checked as the tar is written
+  const probe = Buffer.allocUnsafe(1);
+  if (size > 0 && (await reader.read(probe, 1, size - 1)) !== 1) return false;
+  return (await reader.read(probe, 1, size)) === 0;
+}
+
+async function configMatches(body: BlobBody, size: number, platforms: readonly Platform[]): Promise<boolean> {
   if (size > MAX_CONFIG_BYTES) return false;
-  const buf = Buffer.alloc(size);
-  await fh.read(buf, 0, size, 0);
+  const parts: Buffer[] = [];
+  for await (const c of chunksOf(body, size)) parts.push(c);
   try {
-    return matches(JSON.parse(buf.toString('utf8')) as Partial<Platform>, platforms);
+    return matches(JSON.parse(Buffer.concat(parts).toString('utf8')) as Partial<Platform>, platforms);
   } catch {
     return false;
   }
@@ -241,25 +264,24 @@ export async function planExport(pull: PullThrough, svc: RegistryService, req: E
   // Every right first: a later refusal must not follow upstream pulls made for earlier images.
   for (const repo of new Set(req.images.map((i) => i.repo))) await opts.authorize(repo);
   for (const img of req.images) entries.push(await planImage(p, img, req.platforms));
-  const opened = new Map<Digest, { size: number; fh: FileHandle }>();
+  const opened = new Map<Digest, { size: number; body: BlobBody }>();
   const close = async () => {
-    await Promise.all([...opened.values()].map((b) => b.fh.close().catch(() => undefined)));
+    await Promise.all([...opened.values()].map((b) => b.body.close().catch(() => undefined)));
   };
   // In plan order, not completion order: the same images always give the same archive bytes.
-  const blobs = new Map<Digest, { size: number; fh: FileHandle }>();
+  const blobs = new Map<Digest, { size: number; body: BlobBody }>();
   try {
     await inPool([...p.blobSizes.entries()], PARALLEL_BLOBS, async ([digest, { size, image }]) => {
-      const fh = await openBlob(pull, svc, image, digest);
-      opened.set(digest, { size, fh });
-      const { size: actual } = await fh.stat();
+      const body = await openBlob(pull, svc, image, digest);
+      opened.set(digest, { size, body });
       // Damaged storage is the server's fault (fsck finds it), but it must not become a cut archive.
-      if (actual !== size) throw new RegistryError('UNKNOWN', `stored blob ${digest} is ${actual} bytes, its manifest says ${size}; run regmirror fsck`, { status: 500 });
+      if (!(await storedLengthIs(body, size))) throw new RegistryError('UNKNOWN', `stored blob ${digest} is not the ${size} bytes its manifest says; run regmirror fsck`, { status: 500 });
     });
     for (const d of p.blobSizes.keys()) blobs.set(d, opened.get(d)!);
     if (req.platforms.length > 0) {
       for (const e of entries) {
         const cfg = e.docker && !e.descriptor.platform ? blobs.get(e.docker.config) : undefined;
-        if (cfg && !(await configMatches(cfg.fh, cfg.size, req.platforms))) {
+        if (cfg && !(await configMatches(cfg.body, cfg.size, req.platforms))) {
           throw new RegistryError('MANIFEST_UNKNOWN', `${e.name} is not an image for ${show(req.platforms)}`, { detail: { image: e.name, platforms: show(req.platforms) } });
         }
       }
