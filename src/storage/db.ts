@@ -6,18 +6,10 @@
  */
 import Database from 'better-sqlite3';
 import type { Digest, RepoName } from '../registry/names.js';
+import type { ManifestRecord, Provenance } from './ports.js';
 
-export type Provenance = 'pushed' | 'cached';
-
-export interface ManifestRecord {
-  digest: Digest;
-  mediaType: string;
-  size: number;
-  artifactType: string | null;
-  subject: Digest | null;
-  annotations: string | null;
-  body: Buffer;
-}
+// The record shapes belong to the storage port; re-exported for today's callers.
+export type { ManifestRecord, Provenance } from './ports.js';
 
 export interface ManifestMeta {
   digest: Digest;

@@ -14,6 +14,17 @@ import type { Digest, DigestAlgorithm, RepoName } from '../registry/names.js';
 
 export type Provenance = 'pushed' | 'cached';
 
+/** A stored manifest: its exact bytes and the fields the registry answers from. */
+export interface ManifestRecord {
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  artifactType: string | null;
+  subject: Digest | null;
+  annotations: string | null;
+  body: Buffer;
+}
+
 // ---- blob store ---------------------------------------------------------------------
 
 /** Positional reads into the caller's buffer; how `sendfile` serves without a copy per chunk. */
@@ -144,17 +155,8 @@ export interface BlobStore {
 // call, as now); a shared-storage driver implements the same calls. `transaction` runs
 // several calls as one logical change. Types reuse db.ts's shapes where they exist.
 
-export interface ManifestRecordDraft {
-  digest: Digest;
-  mediaType: string;
-  size: number;
-  artifactType: string | null;
-  subject: Digest | null;
-  annotations: string | null;
-  body: Buffer;
-}
-export type ManifestMetaDraft = Omit<ManifestRecordDraft, 'subject' | 'body'>;
-export interface NewManifestDraft extends ManifestRecordDraft {
+export type ManifestMetaDraft = Omit<ManifestRecord, 'subject' | 'body'>;
+export interface NewManifestDraft extends ManifestRecord {
   refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }>;
 }
 export interface TagRecordDraft {
@@ -183,7 +185,7 @@ export interface MetadataStoreDraft {
   unlinkBlob(repo: RepoName, digest: Digest): Promise<boolean>;
   referencedInRepo(repo: RepoName, digest: Digest): Promise<boolean>;
   // manifests and tags
-  manifest(repo: RepoName, digest: Digest): Promise<ManifestRecordDraft | undefined>;
+  manifest(repo: RepoName, digest: Digest): Promise<ManifestRecord | undefined>;
   hasManifest(repo: RepoName, digest: Digest): Promise<boolean>;
   putManifest(repo: RepoName, m: NewManifestDraft, tags: readonly string[], provenance: Provenance): Promise<void>;
   deleteManifest(repo: RepoName, digest: Digest): Promise<boolean>;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { type Containerd, startContainerd } from '../helpers/containerd.js';
 import { type AccessEntry, type DockerRegistry, seedRegistry, startDockerRegistry } from '../helpers/docker-registry.js';
-import { tempDir, type TestServer } from '../helpers/server.js';
+import { startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { type Skopeo, skopeo } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
 import {
@@ -205,3 +205,15 @@ export async function assertLayoutHolds(t: ExecutionContext, dir: string, tag: s
   t.deepEqual(files, blobs.map((b) => b.digest.slice('sha256:'.length)).sort(), `${dir}: unexpected blobs (conversion?)`);
 }
 
+/**
+ * A mirror at an air-gapped site: `test-namespace` takes pushes and maps to UP, whose only
+ * endpoint is a closed port, so imports and pulls must never need it.
+ */
+export async function airGappedMirror(t: ExecutionContext): Promise<TestServer> {
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  return startServer(t, {
+    upstreams: { [UP]: { endpoints: [closed] } },
+    defaultUpstream: UP,
+    namespaces: [{ prefix: 'test-namespace', upstream: 'ns', push: true }],
+  });
+}

@@ -11,22 +11,21 @@
  *
  * Skipped only when a tool is absent and CI !== 'true'.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
 import { podman } from '../helpers/podman.js';
-import { startServer, tempDir } from '../helpers/server.js';
+import { tempDir } from '../helpers/server.js';
 import { type Skopeo, pullArgs, pushArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
 import { type Blob, type Image, MediaTypes, allBlobsOf, makeImage, makeLayer, randomBytes, sha256, writeOciLayout } from '../fixtures/images.js';
-import { assertContent, assertImage, assertLayoutHolds, busybox } from './_registry.js';
+import { assertContent, assertImage, assertLayoutHolds, busybox, UP, airGappedMirror } from './_registry.js';
 import { type ImportResult, builtManifest, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
 import { http } from '../helpers/http.js';
 
 const e2e = missingTools(['skopeo', 'containerd', 'ctr']).length === 0 || CI ? test : test.skip;
-const UP = 'upstream.test:5000';
 
 /** A linux/amd64 image with gzip and plain layers, one of them repeated (skopeo links it). */
 function sample(seed: string): Image {
@@ -55,14 +54,6 @@ async function skopeoDockerArchive(sk: Skopeo, work: string, image: Image, tags:
   return fs.readFile(file);
 }
 
-async function airGappedMirror(t: ExecutionContext) {
-  const closed = `http://127.0.0.1:${await freePort()}`;
-  return startServer(t, {
-    upstreams: { [UP]: { endpoints: [closed] } },
-    defaultUpstream: UP,
-    namespaces: [{ prefix: 'test-namespace', upstream: 'ns', push: true }],
-  });
-}
 
 e2e('skopeo docker-archive imported raw and multipart; skopeo and containerd pull the built manifest back, containerd unpacks it', async (t) => {
   const [sk, work, s, ctd] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), startContainerd(t)]);

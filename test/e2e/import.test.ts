@@ -10,18 +10,17 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
-import { startServer, tempDir } from '../helpers/server.js';
+import { type Containerd, startContainerd, writeHostsToml } from '../helpers/containerd.js';
+import { type TestServer, tempDir } from '../helpers/server.js';
 import { type Skopeo, pullArgs, skopeo as skopeoHelper } from '../helpers/skopeo.js';
 import { CI, freePort, missingTools, runOk } from '../helpers/tools.js';
 import { runCli } from '../helpers/cli.js';
 import { type ImageIndex, allBlobsOf, makeImage, makeIndex, makeLayer, randomBytes, writeOciLayout } from '../fixtures/images.js';
-import { assertContent, assertImage, assertLayoutHolds } from './_registry.js';
+import { assertContent, assertImage, assertLayoutHolds, UP, airGappedMirror } from './_registry.js';
 import { type ImportEvent, type ImportResult, filesUnder, importMultipart, importRaw } from '../integration/_import.js';
 import { http } from '../helpers/http.js';
 
 const e2e = missingTools(['skopeo', 'containerd', 'ctr', 'xz', 'gzip', 'tar']).length === 0 || CI ? test : test.skip;
-const UP = 'upstream.test:5000';
 
 function sample(seed: string): ImageIndex {
   const shared = makeLayer([{ name: 'etc/', content: '' }, { name: 'etc/os-release', content: `ID=${seed}\n` }]);
@@ -42,19 +41,36 @@ async function skopeoArchiveFile(sk: Skopeo, work: string, idx: ImageIndex, name
   return file;
 }
 
+/**
+ * Every imported image pulled back from `test-namespace` with the source's digests: by skopeo
+ * (--preserve-digests: any conversion would fail the copy) and by containerd, Anthos style
+ * (hosts.toml for the upstream host pointing at /v2/test-namespace with override_path).
+ */
+async function assertPulledBack(
+  t: ExecutionContext,
+  env: { sk: Skopeo; ctd: Containerd; s: TestServer; work: string },
+  images: ReadonlyArray<{ idx: ImageIndex; repo: string; tag: string }>,
+): Promise<void> {
+  const { sk, ctd, s, work } = env;
+  for (const i of images) {
+    const out = path.join(work, `pulled-${i.repo.replace(/\//g, '-')}-${i.tag}`);
+    await sk.run(pullArgs(sk, `docker://${s.hostPort}/test-namespace/${i.repo}:${i.tag}`, `oci:${out}:${i.tag}`));
+    await assertLayoutHolds(t, out, i.tag, i.idx.index, allBlobsOf(i.idx));
+  }
+  const hostsDir = path.join(work, 'certs.d');
+  await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${s.url}/v2/test-namespace`, overridePath: true }] });
+  for (const i of images) {
+    const ref = `${UP}/${i.repo}:${i.tag}`;
+    await ctd.pull(ref, { namespace: 'imported', hostsDir, allPlatforms: true });
+    await assertImage(t, ctd, 'imported', ref, i.idx.index.digest);
+    await assertContent(t, ctd, 'imported', allBlobsOf(i.idx));
+  }
+}
+
 async function skopeoArchive(sk: Skopeo, work: string, idx: ImageIndex, name: string): Promise<Buffer> {
   return fs.readFile(await skopeoArchiveFile(sk, work, idx, name));
 }
 
-async function airGappedMirror(t: ExecutionContext) {
-  // The namespace's upstream is a closed port: imports and pulls must never need it.
-  const closed = `http://127.0.0.1:${await freePort()}`;
-  return startServer(t, {
-    upstreams: { [UP]: { endpoints: [closed] } },
-    defaultUpstream: UP,
-    namespaces: [{ prefix: 'test-namespace', upstream: 'ns', push: true }],
-  });
-}
 
 e2e('skopeo oci-archive (multi-arch) imported raw and multipart, plain and gzip; skopeo and containerd pull identical digests', async (t) => {
   const [sk, work, s, ctd] = await Promise.all([skopeoHelper(t, { timeoutMs: 90_000 }), tempDir(t), airGappedMirror(t), startContainerd(t)]);
@@ -81,22 +97,7 @@ e2e('skopeo oci-archive (multi-arch) imported raw and multipart, plain and gzip;
     images.map((i) => `test-namespace/${i.repo}:${i.tag}@${i.idx.index.digest}`),
   );
 
-  // skopeo pulls each back (--preserve-digests: any conversion would fail the copy).
-  for (const i of images) {
-    const out = path.join(work, `pulled-${i.tag}`);
-    await sk.run(pullArgs(sk, `docker://${s.hostPort}/test-namespace/${i.repo}:${i.tag}`, `oci:${out}:${i.tag}`));
-    await assertLayoutHolds(t, out, i.tag, i.idx.index, allBlobsOf(i.idx));
-  }
-
-  // containerd, Anthos style: hosts.toml for the upstream host pointing at /v2/test-namespace.
-  const hostsDir = path.join(work, 'certs.d');
-  await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${s.url}/v2/test-namespace`, overridePath: true }] });
-  for (const i of images) {
-    const ref = `${UP}/${i.repo}:${i.tag}`;
-    await ctd.pull(ref, { namespace: 'imported', hostsDir, allPlatforms: true });
-    await assertImage(t, ctd, 'imported', ref, i.idx.index.digest);
-    await assertContent(t, ctd, 'imported', allBlobsOf(i.idx));
-  }
+  await assertPulledBack(t, { sk, ctd, s, work }, images);
 });
 
 e2e('a truncated skopeo archive stores nothing; the complete one then imports', async (t) => {
@@ -148,17 +149,5 @@ e2e('regmirror import (CLI): skopeo archives compressed by the system xz and gzi
   t.deepEqual(events.filter((e) => e.event === 'done').map((e) => [path.basename(e.file), e.failed]), files.map((f) => [path.basename(f), 0]));
   t.deepEqual(await filesUnder(path.join(s.dataDir, 'storage', 'tmp')), [], 'no temp file left');
 
-  for (const i of images) {
-    const pulled = path.join(work, `pulled-${i.repo.replace('/', '-')}`);
-    await sk.run(pullArgs(sk, `docker://${s.hostPort}/test-namespace/${i.repo}:${i.tag}`, `oci:${pulled}:${i.tag}`));
-    await assertLayoutHolds(t, pulled, i.tag, i.idx.index, allBlobsOf(i.idx));
-  }
-  const hostsDir = path.join(work, 'certs.d');
-  await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: `${s.url}/v2/test-namespace`, overridePath: true }] });
-  for (const i of images) {
-    const ref = `${UP}/${i.repo}:${i.tag}`;
-    await ctd.pull(ref, { namespace: 'imported', hostsDir, allPlatforms: true });
-    await assertImage(t, ctd, 'imported', ref, i.idx.index.digest);
-    await assertContent(t, ctd, 'imported', allBlobsOf(i.idx));
-  }
+  await assertPulledBack(t, { sk, ctd, s, work }, images);
 });
