@@ -15,7 +15,7 @@ import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MetadataStore, Provenance } from './db.js';
-import { HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './hashing.js';
+import { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
 import { LocalBlobBody, READ_CHUNK_BYTES } from './local/body.js';
 import { LocalStage, type StageHost } from './local/stage.js';
 import type { StoragePaths } from './paths.js';
@@ -24,7 +24,7 @@ import { ensureFree } from './space.js';
 import { RegistryError } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm, isDigest } from '../registry/names.js';
 
-export { HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './hashing.js';
+export { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
 
 /** Digest algorithms with a directory under blobs/ (what list() walks). */
 const ALGORITHMS = ['sha256', 'sha512'] as const;
@@ -156,7 +156,7 @@ export class LocalBlobStore implements BlobStorePort {
       },
     });
     try {
-      await pipeline(body, h, limit, coalesce(), batchedWriteStream(tempPath));
+      await pipeline(body, h, limit, batchedFileSink({ path: tempPath, flags: 'w' }));
       await fsyncFile(tempPath);
     } catch (e) {
       await fs.rm(tempPath, { force: true });

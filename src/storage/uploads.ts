@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { BlobStore, HashingCounter, batchedWriteStream, coalesce, fsyncFile, hashFile } from './blobs.js';
+import { BlobStore, HashingCounter, batchedFileSink, fsyncFile, hashFile } from './blobs.js';
 import type { MetadataStore } from './db.js';
 import type { StoragePaths } from './paths.js';
 import { UPLOAD_ID_RE } from './paths.js';
@@ -141,7 +141,7 @@ export class UploadManager {
       },
     });
     try {
-      await pipeline(body, counter, coalesce(), batchedWriteStream(this.paths.upload(session.id), 'a'));
+      await pipeline(body, counter, batchedFileSink({ path: this.paths.upload(session.id), flags: 'a' }));
       if (expected !== undefined && written !== expected) {
         throw new RegistryError('SIZE_INVALID', `expected ${expected} bytes, received ${written}`);
       }

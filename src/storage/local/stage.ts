@@ -8,20 +8,18 @@
  * producer (an upstream body) is read at network speed; `append` only waits when
  * MAX_QUEUED bytes are pending (backpressure).
  */
-import { createWriteStream } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { RegistryError } from '../../registry/errors.js';
 import type { Digest, RepoName } from '../../registry/names.js';
-import { HashingCounter, coalesce } from '../hashing.js';
+import { HashingCounter, batchedFileSink } from '../hashing.js';
 import type { BlobLink, BlobWriter, PositionalReader, Provenance, StageOptions } from '../ports.js';
 import { ensureFree } from '../space.js';
 import { fileReader } from './body.js';
 
 /** Producer reading pauses while this much is queued for the disk. */
 const MAX_QUEUED = 16 * 1024 * 1024;
-const WRITE_STREAM_HWM = 4 * 1024 * 1024;
 
 /** What a stage needs from its store. */
 export interface StageHost {
@@ -84,10 +82,8 @@ export class LocalStage implements BlobWriter {
           else cb(null, chunk);
         },
       });
-      // The raw descriptor: a stream on the FileHandle itself would hold its close() forever
-      // (autoClose off, since the stage closes it on commit or abort).
-      const out = createWriteStream('', { fd: fh.fd, autoClose: false, start: this.written, highWaterMark: WRITE_STREAM_HWM });
-      await pipeline(body, h, limit, coalesce(), out);
+      // The raw descriptor (the stage closes the FileHandle on commit or abort).
+      await pipeline(body, h, limit, batchedFileSink({ fd: fh.fd, position: this.written }));
       this.received = this.written = h.bytes;
     } catch (e) {
       await this.abort();
