@@ -138,9 +138,15 @@ export class LocalBlobStore implements BlobStorePort {
 
   /**
    * Stream `body` into a temp file, hashing with the algorithm of `expected` (or sha256),
-   * and fsync it. The caller commits or discards the result.
+   * and fsync it (or, with `sync` false, leave that to the caller: `syncTemp` before
+   * `commit`). The caller commits or discards the result.
    */
-  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, expectedBytes?: number): Promise<WrittenBlob> {
+  /** fsync a file written by `writeTemp(..., false)`; required before `commit` of it. */
+  syncTemp(tempPath: string): Promise<void> {
+    return fsyncFile(tempPath);
+  }
+
+  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, expectedBytes?: number, sync = true): Promise<WrittenBlob> {
     if (expectedBytes !== undefined) {
       await ensureFree(this.paths.tmpDir, expectedBytes).catch((e: unknown) => {
         body.resume(); // drained, so the connection stays usable for the error response
@@ -157,7 +163,7 @@ export class LocalBlobStore implements BlobStorePort {
     });
     try {
       await pipeline(body, h, limit, batchedFileSink({ path: tempPath, flags: 'w' }));
-      await fsyncFile(tempPath);
+      if (sync) await fsyncFile(tempPath);
     } catch (e) {
       await fs.rm(tempPath, { force: true });
       throw e;

@@ -62,6 +62,7 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
       newBytes += staged.size;
     }
     // Dedupes against the store (see BlobStore.commit): an existing blob is only linked.
+    await staged.synced; // the rename below must only publish durable content
     await svc.blobs.commit(staged.tempPath, d, staged.size, img.repo, 'pushed');
   }
   for (const m of img.children) {

@@ -33,6 +33,12 @@ export interface StagedBlob {
   digest: Digest;
   size: number;
   tempPath: string;
+  /**
+   * The temp file's fsync, started as soon as it is written so the disk flushes it while
+   * the next entries stream in (an fsync per blob in line cost a third of an import's wall
+   * time); awaited before the blob is committed.
+   */
+  synced: Promise<void>;
 }
 
 export interface Staging {
@@ -197,7 +203,7 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
         continue;
       }
       if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes);
+      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes, undefined, false);
       const blob = BLOB_RE.exec(key);
       if (blob && written.digest !== `sha256:${blob[1]}`) {
         await fs.rm(written.tempPath, { force: true });
@@ -205,7 +211,11 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
       }
       paths.set(key, written.digest);
       if (blobs.has(written.digest)) await fs.rm(written.tempPath, { force: true });
-      else blobs.set(written.digest, { digest: written.digest, size: written.size, tempPath: written.tempPath });
+      else {
+        const synced = store.syncTemp(written.tempPath);
+        synced.catch(() => undefined); // reported where it is awaited, before the commit
+        blobs.set(written.digest, { digest: written.digest, size: written.size, tempPath: written.tempPath, synced });
+      }
     }
   } catch (e) {
     entries.destroy();
