@@ -18,6 +18,7 @@ import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
 import { registerStatus } from './http/status.js';
+import { registerOps } from './http/ops.js';
 import { parseApiPath } from './http/route.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
@@ -217,14 +218,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
   registerExport(fastify, deps);
-  fastify.get('/metrics', async (_req, reply) => {
-    const text = await metrics.registry.metrics();
-    return reply.header('content-type', metrics.registry.contentType).send(text);
-  });
-  fastify.get('/healthz', async (_req, reply) => {
-    meta.db.prepare('SELECT 1').get();
-    return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
-  });
+  registerOps(fastify, { metrics, ping: () => meta.ping() });
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 
