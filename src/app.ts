@@ -9,7 +9,7 @@ import https from 'node:https';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config, TlsConfig } from './config/schema.js';
-import { installErrorHandler } from './http/errors.js';
+import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { registerExplain } from './http/explain.js';
 import { registerImport } from './http/import.js';
@@ -18,7 +18,7 @@ import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
 import { registerStatus } from './http/status.js';
-import { parseApiPath } from './http/route.js';
+import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
 import { BlobStore } from './storage/blobs.js';
@@ -187,26 +187,9 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     metrics.cacheResults.inc({ kind, result, upstream });
     status.cache(kind, result, upstream);
   };
-  fastify.addHook('onResponse', async (req, reply) => {
-    const url = req.raw.url ?? '/';
-    const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
-    metrics.httpRequests.inc({ area, method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
-    metrics.httpDuration.observe({ area }, reply.elapsedTime / 1000);
-    req.log.info(
-      { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime), ua: req.headers['user-agent'] },
-      'request',
-    );
-  });
-  // A client that closes before the response ends (containerd's parallel range reads do
-  // this by design) gets no onResponse: log it here so the access log stays complete.
-  fastify.addHook('onRequestAbort', async (req) => {
-    req.log.info({ method: req.method, url: req.url, aborted: true, ua: req.headers['user-agent'] }, 'request');
-  });
+  instrumentRequests(fastify, metrics);
   installErrorHandler(fastify);
-  fastify.setNotFoundHandler((req, reply) => {
-    if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
-    reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
-  });
+  installNotFoundHandler(fastify);
   const access = config.auth ? new AccessControl(config.auth, paths.root, logger.child({ component: 'auth' })) : null;
   const onBlobServed = (source: 'disk' | 'fill', bytes: number, upstream: string) => {
     metrics.blobBytesServed.inc({ source, upstream }, bytes);
@@ -217,14 +200,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
   registerExport(fastify, deps);
-  fastify.get('/metrics', async (_req, reply) => {
-    const text = await metrics.registry.metrics();
-    return reply.header('content-type', metrics.registry.contentType).send(text);
-  });
-  fastify.get('/healthz', async (_req, reply) => {
-    meta.db.prepare('SELECT 1').get();
-    return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
-  });
+  registerOps(fastify, { metrics, ping: () => meta.ping() });
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 

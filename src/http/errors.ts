@@ -58,6 +58,14 @@ export function installErrorHandler(app: FastifyInstance): void {
   });
 }
 
+/** Paths outside every route: 404 NAME_UNKNOWN; an unread body is drained, not left to stall the socket. */
+export function installNotFoundHandler(app: FastifyInstance): void {
+  app.setNotFoundHandler((req, reply) => {
+    if (req.headers['content-length'] || req.headers['transfer-encoding']) req.raw.resume();
+    reply.code(404).header('content-type', 'application/json').send(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'no such endpoint' }] }));
+  });
+}
+
 /**
  * node's `aborted` (ECONNRESET, raised on the request when its connection closes before
  * the response), or a premature close of the request body once the socket is gone.

@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError, isRegistryError } from '../registry/errors.js';
 import { parseAccept } from '../registry/mediatypes.js';
 import { type Reference, type RepoName, parseReference, parseTag } from '../registry/names.js';
-import { parseManifest } from '../registry/manifests.js';
+import { pushManifest } from '../registry/manifestpush.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam, queryParams, readBodyCapped } from './request.js';
 
@@ -56,10 +56,7 @@ export async function putManifest({ svc, pull }: Deps, repo: RepoName, rawRef: s
   const q = queryOf(req);
   const extraTags = queryParams(q, 'tag').map(parseTag);
   const contentType = String(req.headers['content-type'] ?? '');
-  const parsed = parseManifest(body, contentType);
-  await pull.completeFromUpstream(repo, queryParam(q, 'ns'), parsed.requiredBlobs, parsed.requiredManifests);
-  // One transaction for the manifest and all its tags: a failed write (SQLITE_FULL) leaves none of them.
-  const { digest, subject } = svc.putManifest(repo, ref, contentType, body, parsed, 'pushed', extraTags);
+  const { digest, subject } = await pushManifest(svc, pull, { repo, ns: queryParam(q, 'ns'), ref, contentType, body, extraTags });
   reply.code(201).header('location', `/v2/${repo}/manifests/${digest}`).header('docker-content-digest', digest);
   if (subject) reply.header('oci-subject', subject);
   if (extraTags.length > 0) reply.header('oci-tag', extraTags.join(', '));

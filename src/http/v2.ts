@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../registry/errors.js';
 import { type RepoName, parseRepoName } from '../registry/names.js';
+import { writeRefusal } from '../registry/pushpolicy.js';
 import type { Deps } from './deps.js';
 import type { Action } from '../auth/rules.js';
 import { deleteBlob, getBlob } from './blobs.js';
@@ -31,12 +32,12 @@ function actionFor(kind: string, method: Method): Action {
   return 'push';
 }
 
-/** Pushes and deletes under a namespace prefix need `push: true` on that namespace. */
+/** Refuses a write the push policy (registry/pushpolicy.ts) does not allow, unread body discarded. */
 export function checkWritable(deps: Deps, repo: RepoName, req: FastifyRequest): void {
-  const ns = deps.pull.resolve(repo, undefined).namespace;
-  if (ns && !ns.push) {
+  const refused = writeRefusal(deps.pull.resolve(repo, undefined));
+  if (refused) {
     discardBody(req);
-    throw new RegistryError('DENIED', `pushing to ${ns.prefix}/ is not enabled (namespaces[].push)`);
+    throw refused;
   }
 }
 

@@ -332,6 +332,11 @@ export class MetadataStore {
     this.db.close();
   }
 
+  /** Liveness probe (/healthz): throws if the database cannot answer a query. */
+  ping(): void {
+    this.db.prepare('SELECT 1').get();
+  }
+
   /** Repository ids never change and rows are never deleted, so known ids are remembered (hot path of every request). */
   private readonly repoIds = new Map<string, number>();
 

@@ -1,0 +1,44 @@
+/**
+ * GET /metrics (Prometheus text) and GET /healthz (liveness): open like the status page,
+ * and neither names a repository or a credential. Also the per-request metrics and
+ * access log line.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Metrics } from '../ops/metrics.js';
+import { parseApiPath } from './route.js';
+
+export interface OpsDeps {
+  metrics: Metrics;
+  /** Throws when the metadata store cannot answer; the error handler turns that into a 5xx. */
+  ping: () => void;
+}
+
+export function registerOps(app: FastifyInstance, { metrics, ping }: OpsDeps): void {
+  app.get('/metrics', async (_req, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.header('content-type', metrics.registry.contentType).send(text);
+  });
+  app.get('/healthz', async (_req, reply) => {
+    ping();
+    return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
+  });
+}
+
+/** Request counts and durations by API area, and one access log line per request. */
+export function instrumentRequests(app: FastifyInstance, metrics: Metrics): void {
+  app.addHook('onResponse', async (req, reply) => {
+    const url = req.raw.url ?? '/';
+    const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
+    metrics.httpRequests.inc({ area, method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
+    metrics.httpDuration.observe({ area }, reply.elapsedTime / 1000);
+    req.log.info(
+      { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime), ua: req.headers['user-agent'] },
+      'request',
+    );
+  });
+  // A client that closes before the response ends (containerd's parallel range reads do
+  // this by design) gets no onResponse: log it here so the access log stays complete.
+  app.addHook('onRequestAbort', async (req) => {
+    req.log.info({ method: req.method, url: req.url, aborted: true, ua: req.headers['user-agent'] }, 'request');
+  });
+}
