@@ -22,6 +22,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import {
@@ -128,7 +129,6 @@ async function importWithRegmirror(srv, archives, bundle) {
   if (MODE === 'bundle') {
     res = await request('POST', url, { headers: { 'content-type': 'application/x-tar', 'content-length': String(fs.statSync(bundle).size) }, body: fs.createReadStream(bundle), timeoutMs: HARD_LIMIT_S * 1000 });
   } else {
-    const { Readable } = await import('node:stream');
     const boundary = `----regmirror-bench-${Date.now()}`;
     async function* form() {
       for (const a of archives) {

@@ -146,7 +146,8 @@ export class LocalBlobStore implements BlobStorePort {
     return fsyncFile(tempPath);
   }
 
-  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, expectedBytes?: number, sync = true): Promise<WrittenBlob> {
+  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, opts: { expectedBytes?: number; sync?: boolean } = {}): Promise<WrittenBlob> {
+    const { expectedBytes, sync = true } = opts;
     if (expectedBytes !== undefined) {
       await ensureFree(this.paths.tmpDir, expectedBytes).catch((e: unknown) => {
         body.resume(); // drained, so the connection stays usable for the error response

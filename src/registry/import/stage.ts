@@ -203,7 +203,7 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
         continue;
       }
       if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes, undefined, false);
+      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes, { sync: false });
       const blob = BLOB_RE.exec(key);
       if (blob && written.digest !== `sha256:${blob[1]}`) {
         await fs.rm(written.tempPath, { force: true });
