@@ -34,7 +34,7 @@ export interface EvictionResult {
 
 interface Candidate {
   kind: 'image' | 'blob';
-  repoId: number;
+  repo: number;
   digest: Digest;
   lastAccess: number;
 }
@@ -147,8 +147,8 @@ export class Evictor {
       if (!tooOld && !overBudget()) return;
       const ev =
         c.kind === 'image'
-          ? this.meta.evictImage(c.repoId, c.digest, c.lastAccess, this.busy)
-          : this.meta.evictLooseBlob(c.repoId, c.digest, c.lastAccess, this.busy);
+          ? this.meta.evictImage(c.repo, c.digest, c.lastAccess, this.busy)
+          : this.meta.evictLooseBlob(c.repo, c.digest, c.lastAccess, this.busy);
       if (!ev) continue;
       cached -= ev.blobs.reduce((n, b) => n + b.size, 0);
       yield { ...ev, kind: c.kind };

@@ -4,47 +4,19 @@
  * logical change (a manifest push with its tag and references, a blob commit with its
  * repository link) is one synchronous transaction.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
 import type { Digest, RepoName } from '../registry/names.js';
-import type { ManifestRecord, Provenance } from './ports.js';
+import type { EvictionCandidate, Evicted, ManifestMeta, ManifestRecord, NewManifest, Provenance, TagRecord } from './ports.js';
 
-// The record shapes belong to the storage port; re-exported for today's callers.
-export type { ManifestRecord, Provenance } from './ports.js';
+// The record shapes belong to the storage port; re-exported for storage-internal callers.
+export type { Evicted, ManifestMeta, ManifestRecord, NewManifest, Provenance, TagRecord } from './ports.js';
 
-export interface ManifestMeta {
-  digest: Digest;
-  mediaType: string;
-  size: number;
-  artifactType: string | null;
-  annotations: string | null;
+/** An eviction candidate as this layer sees it: the repository is its row id. */
+export interface CachedImage extends EvictionCandidate {
+  repo: number;
 }
-
-export interface TagRecord {
-  digest: Digest;
-  provenance: Provenance;
-  checkedAt: number;
-}
-
-/** A cached image in one repository: a manifest no other manifest there references. */
-export interface CachedImage {
-  repoId: number;
-  digest: Digest;
-  /** Latest access of the manifest or its child manifests (ms). */
-  lastAccess: number;
-}
-
-/** A cached blob link no manifest of its repository references (fetched by digest alone). */
-export interface LooseBlob {
-  repoId: number;
-  digest: Digest;
-  lastAccess: number;
-}
-
-export interface Evicted {
-  manifests: number;
-  /** Blob rows deleted: the caller removes their files afterwards. */
-  blobs: Array<{ digest: Digest; size: number }>;
-}
+export type LooseBlob = CachedImage;
 
 /**
  * Content reachable from anything pushed (a pushed manifest link, a tag, through manifest
@@ -58,10 +30,6 @@ const KEEP_CTE = `keep(d) AS (
 /** Last access of a cached image: its manifest or any child manifest in the same repository. */
 const IMAGE_ACCESS = `MAX(m.last_access, COALESCE((SELECT MAX(c.last_access) FROM manifest_refs r
   JOIN manifests c ON c.repo_id = m.repo_id AND c.digest = r.child WHERE r.digest = m.digest AND r.kind = 'manifest'), 0))`;
-
-export interface NewManifest extends ManifestRecord {
-  refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }>;
-}
 
 const MIGRATIONS: string[] = [
   // v1: initial schema.
@@ -150,8 +118,40 @@ const MIGRATIONS: string[] = [
   `,
 ];
 
-export class MetadataStore {
+/**
+ * The SQL layer under the local metadata driver (src/storage/local/metadata.ts, the
+ * `MetadataStore` port) and the local blob and upload stores, which share its one
+ * connection. Synchronous, like better-sqlite3.
+ */
+export class MetadataDb {
   readonly db: Database.Database;
+  /**
+   * Set while the local driver runs an async transaction (`MetadataStore.transaction`):
+   * its BEGIN..COMMIT spans awaits on this one connection, so every other user of the
+   * connection waits for this promise (see `whenIdle`) instead of writing into it or
+   * reading its uncommitted rows. `txToken` identifies it (AsyncLocalStorage).
+   */
+  txEnd: Promise<void> | null = null;
+  txToken: object | null = null;
+  /** The async context of the open transaction's `fn` (tells its own calls from others). */
+  readonly txContext = new AsyncLocalStorage<object>();
+
+  /**
+   * Null when no async transaction is open (the fast path: check, then use the connection
+   * in the same tick); otherwise resolves once none is. A call from inside the open
+   * transaction's own `fn` would wait for itself: refused with an error instead.
+   */
+  whenIdle(): Promise<void> | null {
+    if (this.txEnd === null) return null;
+    if (this.txToken !== null && this.txContext.getStore() === this.txToken) {
+      throw new Error('metadata: a call on the store inside its own transaction would wait for itself; use the transaction handle');
+    }
+    return this.waitIdle();
+  }
+
+  private async waitIdle(): Promise<void> {
+    while (this.txEnd !== null) await this.txEnd;
+  }
   private readonly s;
 
   constructor(file: string) {
@@ -409,7 +409,7 @@ export class MetadataStore {
   }
 
   /** Store a manifest, its references and (optionally) a tag: one transaction. */
-  putManifest(repo: RepoName, m: NewManifest, tags: string[], provenance: Provenance): void {
+  putManifest(repo: RepoName, m: NewManifest, tags: readonly string[], provenance: Provenance): void {
     this.db.transaction(() => {
       const now = Date.now();
       const id = this.ensureRepo(repo);
@@ -507,18 +507,20 @@ export class MetadataStore {
    * local path (CRI-O's host-in-path and containerd's ?ns= reach one upstream repository
    * by different names), newest first.
    */
-  upstreamTagVariants(tag: string, keyPrefix: string): Array<{ repoId: number; digest: Digest; checkedAt: number; mediaType: string }> {
+  upstreamTagVariants(tag: string, keyPrefix: string): Array<{ repo: number; digest: Digest; checkedAt: number; mediaType: string }> {
     return this.s.upstreamTagVariants
       .all(tag, keyPrefix.length, keyPrefix)
-      .map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, checkedAt: r.checked_at, mediaType: r.media_type }));
+      .map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, checkedAt: r.checked_at, mediaType: r.media_type }));
   }
 
   /**
    * Link a cached manifest that repository `fromRepoId` holds into `repo`, with the child
    * manifests it holds under it (their blobs are then reachable through the references).
    * Only for paths that resolve to the same upstream repository: same content, same source.
+   * A no-op when `fromRepoId` is `repo` itself.
    */
   adoptCachedManifest(fromRepoId: number, repo: RepoName, digest: Digest): void {
+    if (fromRepoId === this.repoId(repo)) return;
     this.db.transaction(() => {
       const id = this.ensureRepo(repo);
       const now = Date.now();
@@ -568,12 +570,12 @@ export class MetadataStore {
 
   /** Eviction candidates: cached images (roots in their repository) with their last access. */
   cachedImages(): CachedImage[] {
-    return this.s.cachedImages.all().map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+    return this.s.cachedImages.all().map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
   }
 
   /** Eviction candidates: cached blob links no manifest of their repository references, idle since before `before`. */
   looseBlobs(before: number): LooseBlob[] {
-    return this.s.looseBlobs.all(before).map((r) => ({ repoId: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+    return this.s.looseBlobs.all(before).map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
   }
 
   private isProtected(digest: string): boolean {
@@ -684,3 +686,6 @@ export class MetadataStore {
     })();
   }
 }
+
+/** The former name, for storage-internal callers not yet moved (storage/uploads.ts). */
+export { MetadataDb as MetadataStore };

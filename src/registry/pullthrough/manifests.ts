@@ -88,7 +88,7 @@ export class ManifestLookups {
     // A variant cached under another local path of the same upstream repository is
     // linked here first, so this path's child manifest and blob requests find it too.
     const held = (v: (typeof variants)[number]) => {
-      if (v.repoId !== meta.repoId(repo)) meta.adoptCachedManifest(v.repoId, repo, v.digest);
+      meta.adoptCachedManifest(v.repo, repo, v.digest);
       return meta.manifest(repo, v.digest);
     };
     const chosen = chooseStaleVariant(variants, accept);
