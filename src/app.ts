@@ -21,10 +21,8 @@ import { registerStatus } from './http/status.js';
 import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
-import { BlobStore } from './storage/blobs.js';
-import { MetadataStore } from './storage/db.js';
+import { openLocalStorage } from './storage/local/index.js';
 import { storagePaths } from './storage/paths.js';
-import { UploadManager } from './storage/uploads.js';
 import { FillManager } from './cache/fill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
@@ -76,11 +74,12 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const logger = opts.logger ?? createLogger(config);
   const paths = storagePaths(config.storage);
   await fs.mkdir(paths.root, { recursive: true });
-  const meta = new MetadataStore(paths.db);
-  const blobs = new BlobStore(paths, meta);
+  const storage = openLocalStorage(paths);
+  const meta = storage.metadata;
+  const blobs = storage.blobs;
   await blobs.recover();
   const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
-  const uploads = new UploadManager(paths, meta, blobs, maxBlob);
+  const uploads = storage.uploads(maxBlob);
   await uploads.sweep(config.limits.uploadTtlMs);
   const service = new RegistryService(meta, blobs, uploads, config.limits);
   const clients = new Map<string, UpstreamClient>();
@@ -92,9 +91,10 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   // With the disk full every flush fails until space is freed: say so once (warn), then
   // only at debug, and once more when it works again; the times stay pending meanwhile.
   let accessFailing = false;
-  const flushAccess = () => {
+  lastAccess.onError = (err) => logger.warn({ err }, 'writing last-access times failed');
+  const flushAccess = async () => {
     try {
-      lastAccess.flush();
+      await lastAccess.flush();
       if (accessFailing) logger.info('writing last-access times works again');
       accessFailing = false;
     } catch (err) {
@@ -149,8 +149,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
   });
   let cachedBytes = { value: 0, at: -Infinity };
-  const cachedBytesNow = () => {
-    if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: meta.cachedBytes(), at: Date.now() };
+  const cachedBytesNow = async () => {
+    if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: await meta.cachedBytes(), at: Date.now() };
     return cachedBytes.value;
   };
   const metrics = new Metrics({ inflightFills: () => fills.size, cachedBytes: cachedBytesNow });
@@ -208,7 +208,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     uploads.sweep(config.limits.uploadTtlMs).catch((err: unknown) => logger.warn({ err }, 'upload sweep failed'));
   }, SWEEP_INTERVAL_MS);
   sweep.unref();
-  const accessFlush = setInterval(flushAccess, opts.accessFlushMs ?? ACCESS_FLUSH_MS);
+  const accessFlush = setInterval(() => void flushAccess(), opts.accessFlushMs ?? ACCESS_FLUSH_MS);
   accessFlush.unref();
   const eviction = evictor.enabled
     ? setInterval(() => {
@@ -264,8 +264,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         await fastify.close();
         await Promise.all([...clients.values()].map((c) => c.close()));
         await evicting;
-        flushAccess();
-        meta.close();
+        await flushAccess();
+        await meta.close();
       })();
       return closing;
     },

@@ -7,14 +7,13 @@
  * The unit is an image (a cached manifest no other manifest of its repository references,
  * with its child manifests and blob links), so a tag is never left pointing at half an
  * image; cached blobs linked without any manifest are a unit of their own. Each unit is one
- * SQLite transaction that re-checks the candidate (MetadataStore.evictImage); blob files
+ * logical metadata change that re-checks the candidate (MetadataStore.evictImage); blob files
  * are unlinked after it commits (rows first, then files: a crash leaves only orphan files).
  */
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import type { BlobStore } from '../storage/ports.js';
-import type { Evicted, MetadataStore } from '../storage/db.js';
+import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '../storage/ports.js';
 
 /**
  * Loose cached blobs younger than this are left alone: a push into a pull-through
@@ -34,7 +33,7 @@ export interface EvictionResult {
 
 interface Candidate {
   kind: 'image' | 'blob';
-  repo: number;
+  repo: RepoKey;
   digest: Digest;
   lastAccess: number;
 }
@@ -43,12 +42,10 @@ export interface EvictorOptions {
   /** Digests that must stay (blob fills in flight). */
   busy?: (digest: Digest) => boolean;
   /** Write pending access times first, so the order is current. */
-  flush?: () => void;
+  flush?: () => Promise<void>;
   log?: Logger;
   now?: () => number;
 }
-
-class DryRunRollback extends Error {}
 
 export class Evictor {
   /** Called after each run that evicted something; metrics. */
@@ -85,27 +82,25 @@ export class Evictor {
   }
 
   /** What a pass would evict now, without changing anything (all in a rolled-back transaction). */
-  dryRun(): EvictionResult {
-    this.opts.flush?.();
+  async dryRun(): Promise<EvictionResult> {
+    await this.opts.flush?.();
     const result = this.emptyResult(true);
-    try {
-      this.meta.db.transaction(() => {
-        for (const ev of this.evictions(this.now())) this.add(result, ev);
-        throw new DryRunRollback();
-      })();
-    } catch (e) {
-      if (!(e instanceof DryRunRollback)) throw e;
-    }
-    result.cachedBytes = this.meta.cachedBytes() - result.bytes;
+    await this.meta.transaction(
+      async (tx) => {
+        for await (const ev of this.evictions(tx, this.now())) this.add(result, ev);
+      },
+      { dryRun: true },
+    );
+    result.cachedBytes = (await this.meta.cachedBytes()) - result.bytes;
     return result;
   }
 
   private async doRun(at: number | undefined): Promise<EvictionResult> {
     const started = this.now();
-    this.opts.flush?.();
+    await this.opts.flush?.();
     const result = this.emptyResult(false);
     if (this.enabled) {
-      for (const ev of this.evictions(at ?? started)) {
+      for await (const ev of this.evictions(this.meta, at ?? started)) {
         this.add(result, ev);
         // Between units the server keeps serving; every unit re-checks its candidate.
         // Every delete is registered before the first await (a commit of the digest waits for it).
@@ -115,7 +110,7 @@ export class Evictor {
         if (this.stopped) break;
       }
     }
-    result.cachedBytes = this.meta.cachedBytes();
+    result.cachedBytes = await this.meta.cachedBytes();
     this.opts.log?.info(
       { images: result.images, manifests: result.manifests, blobs: result.blobs, bytes: result.bytes, cachedBytes: result.cachedBytes, ms: this.now() - started },
       'cache eviction',
@@ -135,29 +130,29 @@ export class Evictor {
     result.bytes += ev.blobs.reduce((n, b) => n + b.size, 0);
   }
 
-  /** Evict candidates in order of last access while either limit is exceeded. Synchronous per unit. */
-  private *evictions(now: number): Generator<Evicted & { kind: Candidate['kind'] }> {
+  /** Evict candidates in order of last access while either limit is exceeded; each unit one logical change. */
+  private async *evictions(meta: MetadataOps, now: number): AsyncGenerator<Evicted & { kind: Candidate['kind'] }> {
     const { maxBytes, maxAgeMs } = this.policy;
-    let cached = this.meta.cachedBytes();
+    let cached = await meta.cachedBytes();
     const overBudget = () => maxBytes !== null && cached > maxBytes;
     if (!overBudget() && maxAgeMs === null) return;
-    for (const c of this.candidates(now)) {
+    for (const c of await this.candidates(meta, now)) {
       const tooOld = maxAgeMs !== null && c.lastAccess < now - maxAgeMs;
       // Sorted oldest first: once neither limit applies, none applies to the rest.
       if (!tooOld && !overBudget()) return;
       const ev =
         c.kind === 'image'
-          ? this.meta.evictImage(c.repo, c.digest, c.lastAccess, this.busy)
-          : this.meta.evictLooseBlob(c.repo, c.digest, c.lastAccess, this.busy);
+          ? await meta.evictImage(c.repo, c.digest, c.lastAccess, this.busy)
+          : await meta.evictLooseBlob(c.repo, c.digest, c.lastAccess, this.busy);
       if (!ev) continue;
       cached -= ev.blobs.reduce((n, b) => n + b.size, 0);
       yield { ...ev, kind: c.kind };
     }
   }
 
-  private candidates(now: number): Candidate[] {
-    const images: Candidate[] = this.meta.cachedImages().map((i) => ({ kind: 'image', ...i }));
-    const loose: Candidate[] = this.meta.looseBlobs(now - LOOSE_GRACE_MS).map((b) => ({ kind: 'blob', ...b }));
+  private async candidates(meta: MetadataOps, now: number): Promise<Candidate[]> {
+    const images: Candidate[] = (await meta.cachedImages()).map((i) => ({ kind: 'image', ...i }));
+    const loose: Candidate[] = (await meta.looseBlobs(now - LOOSE_GRACE_MS)).map((b) => ({ kind: 'blob', ...b }));
     return [...images, ...loose].sort((a, b) => a.lastAccess - b.lastAccess);
   }
 }

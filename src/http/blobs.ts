@@ -107,6 +107,6 @@ function sendMultipart(open: (start: number, end: number) => Readable, size: num
 }
 
 export async function deleteBlob({ svc }: Deps, repo: RepoName, rawDigest: string, _req: FastifyRequest, reply: FastifyReply) {
-  svc.deleteBlob(repo, parseDigest(rawDigest));
+  await svc.deleteBlob(repo, parseDigest(rawDigest));
   return reply.code(202).send();
 }

@@ -23,15 +23,18 @@ export function registerExplain(app: FastifyInstance, { svc, pull, access }: Dep
     let reference: Record<string, unknown> | undefined;
     if (rawRef) {
       const ref = parseReference(rawRef);
-      const pushedTag = ref.kind === 'tag' ? meta.tag(repo, ref.tag) : undefined;
+      const pushedTag = ref.kind === 'tag' ? await meta.tag(repo, ref.tag) : undefined;
       const digest = ref.kind === 'digest' ? ref.digest : pushedTag?.digest;
       reference = {
         reference: rawRef,
         pushedTag: pushedTag ? { digest: pushedTag.digest } : null,
-        manifestLocal: digest ? meta.hasManifest(repo, digest) : false,
-        cachedTagNames: ref.kind === 'tag' ? meta.upstreamTagNames(repo).includes(ref.tag) : undefined,
+        manifestLocal: digest ? await meta.hasManifest(repo, digest) : false,
+        cachedTagNames: ref.kind === 'tag' ? (await meta.upstreamTagNames(repo)).includes(ref.tag) : undefined,
       };
     }
+    const repositoryKnown = await meta.repoExists(repo);
+    const pushedTags = repositoryKnown ? (await meta.listTags(repo, '', 1000)).length : 0;
+    const cachedTags = (await meta.upstreamTagNames(repo)).length;
     return sendJson(reply, {
       path: repo,
       ns: ns ?? null,
@@ -41,9 +44,9 @@ export function registerExplain(app: FastifyInstance, { svc, pull, access }: Dep
       upstream: r.upstream ? { name: r.upstream.name, endpoints: r.upstream.endpoints, credentials: r.upstream.credentials ? r.upstream.credentials.kind : null } : null,
       remoteRepository: r.remoteName,
       local: {
-        repositoryKnown: meta.repoId(repo) !== undefined,
-        pushedTags: meta.repoId(repo) !== undefined ? meta.listTags(repo, '', 1000).length : 0,
-        cachedTags: meta.upstreamTagNames(repo).length,
+        repositoryKnown,
+        pushedTags,
+        cachedTags,
       },
       reference,
     });

@@ -42,7 +42,7 @@ export async function listTags({ pull }: Deps, repo: RepoName, req: FastifyReque
 
 export async function catalog({ svc, access }: Deps, req: FastifyRequest, reply: FastifyReply) {
   const { n, last } = pagination(req);
-  let rows = n === 0 ? [] : svc.catalog(last, n + 1);
+  let rows = n === 0 ? [] : await svc.catalog(last, n + 1);
   // Only repositories the caller may pull are listed (pages may then be shorter than n).
   if (access) rows = await access.filterPullable(req, rows);
   const repositories = page(rows, n, '/v2/_catalog', reply);

@@ -64,6 +64,6 @@ export async function putManifest({ svc, pull }: Deps, repo: RepoName, rawRef: s
 }
 
 export async function deleteManifest({ svc }: Deps, repo: RepoName, rawRef: string, _req: FastifyRequest, reply: FastifyReply) {
-  svc.deleteManifest(repo, parseReference(rawRef));
+  await svc.deleteManifest(repo, parseReference(rawRef));
   return reply.code(202).send();
 }

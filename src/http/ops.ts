@@ -9,8 +9,8 @@ import { parseApiPath } from './route.js';
 
 export interface OpsDeps {
   metrics: Metrics;
-  /** Throws when the metadata store cannot answer; the error handler turns that into a 5xx. */
-  ping: () => void;
+  /** Rejects when the metadata store cannot answer; the error handler turns that into a 5xx. */
+  ping: () => Promise<void>;
 }
 
 export function registerOps(app: FastifyInstance, { metrics, ping }: OpsDeps): void {
@@ -19,7 +19,7 @@ export function registerOps(app: FastifyInstance, { metrics, ping }: OpsDeps): v
     return reply.header('content-type', metrics.registry.contentType).send(text);
   });
   app.get('/healthz', async (_req, reply) => {
-    ping();
+    await ping();
     return reply.header('content-type', 'application/json').send(Buffer.from('{"status":"ok"}'));
   });
 }

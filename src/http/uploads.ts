@@ -40,7 +40,7 @@ export async function startUpload({ svc, access }: Deps, repo: RepoName, req: Fa
     }
     // Mounting reads the source repository: the caller must be allowed to pull from it.
     const mayRead = fromRepo !== undefined && (!access || (await access.can(req, fromRepo, 'pull')));
-    if (fromRepo && mayRead && svc.mountBlob(repo, d, fromRepo)) {
+    if (fromRepo && mayRead && (await svc.mountBlob(repo, d, fromRepo))) {
       discardBody(req);
       return blobCreated(reply, repo, d);
     }

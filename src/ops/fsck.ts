@@ -10,8 +10,7 @@
  */
 import type { Config } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import { LocalBlobStore } from '../storage/blobs.js';
-import { MetadataStore } from '../storage/db.js';
+import { openLocalStorage } from '../storage/local/index.js';
 import { storagePaths } from '../storage/paths.js';
 
 export interface FsckProblem {
@@ -30,11 +29,10 @@ export interface FsckResult {
 
 export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: boolean }): Promise<FsckResult> {
   const paths = storagePaths(config.storage);
-  const meta = new MetadataStore(paths.db);
+  const { metadata: meta, blobs: store } = openLocalStorage(paths);
   const out: FsckResult = { checked: 0, bytes: 0, problems: [] };
   try {
-    const store = new LocalBlobStore(paths, meta);
-    for (const { digest, size } of meta.allBlobs()) {
+    for await (const { digest, size } of meta.allBlobs()) {
       out.checked++;
       let problem: FsckProblem['problem'] | null = null;
       const got = await store.verify(digest);
@@ -45,16 +43,16 @@ export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: bool
         else if (got.digest !== digest) problem = 'digest';
       }
       if (!problem) continue;
-      const pushed = meta.blobPushed(digest);
+      const pushed = await meta.blobPushed(digest);
       const repaired = opts.repair && !pushed;
       if (repaired) {
-        meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
+        await meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
         await store.delete(digest);
       }
       out.problems.push({ digest, problem, pushed, repaired });
     }
     return out;
   } finally {
-    meta.close();
+    await meta.close();
   }
 }

@@ -7,8 +7,7 @@
  */
 import { type EvictionResult, Evictor } from '../cache/eviction.js';
 import type { Config } from '../config/schema.js';
-import { LocalBlobStore } from '../storage/blobs.js';
-import { MetadataStore } from '../storage/db.js';
+import { openLocalStorage } from '../storage/local/index.js';
 import { storagePaths } from '../storage/paths.js';
 
 export interface GcResult {
@@ -26,21 +25,20 @@ export async function collectGarbage(
   opts: { dryRun: boolean; evict?: boolean },
 ): Promise<GcResult> {
   const paths = storagePaths(config.storage);
-  const meta = new MetadataStore(paths.db);
+  const { metadata: meta, blobs: store } = openLocalStorage(paths);
   try {
-    const store = new LocalBlobStore(paths, meta);
     let eviction: EvictionResult | undefined;
     if (opts.evict) {
       const evictor = new Evictor(meta, store, config.cache);
-      eviction = opts.dryRun ? evictor.dryRun() : await evictor.run();
+      eviction = opts.dryRun ? await evictor.dryRun() : await evictor.run();
     }
     // Manifest content no repository holds goes first, so its references stop counting.
-    const manifestsRemoved = opts.dryRun ? 0 : meta.deleteUnreferencedManifestContent();
-    const linksRemoved = opts.dryRun ? 0 : meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
-    const unreferenced = meta.unreferencedBlobs();
+    const manifestsRemoved = opts.dryRun ? 0 : await meta.deleteUnreferencedManifestContent();
+    const linksRemoved = opts.dryRun ? 0 : await meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
+    const unreferenced = await meta.unreferencedBlobs();
     if (!opts.dryRun) {
       for (const d of unreferenced) {
-        meta.deleteBlobRow(d);
+        await meta.deleteBlobRow(d);
         await store.delete(d);
       }
     }
@@ -48,7 +46,7 @@ export async function collectGarbage(
     // row deletion and its unlink.
     let orphans = 0;
     for await (const entry of store.list()) {
-      if (entry.digest === null || meta.blobSize(entry.digest) === undefined) {
+      if (entry.digest === null || (await meta.blobSize(entry.digest)) === undefined) {
         orphans++;
         if (!opts.dryRun) await entry.remove();
       }
@@ -62,6 +60,6 @@ export async function collectGarbage(
       ...(eviction ? { eviction } : {}),
     };
   } finally {
-    meta.close();
+    await meta.close();
   }
 }

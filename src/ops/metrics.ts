@@ -66,14 +66,14 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(opts: { inflightFills: () => number; cachedBytes: () => number }) {
+  constructor(opts: { inflightFills: () => number; cachedBytes: () => number | Promise<number> }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'regmirror_' });
     new Gauge({
       name: 'regmirror_cache_bytes',
       help: 'Bytes of cached (pulled-through, evictable) blobs on disk; pushed content is not counted',
       registers: [this.registry],
-      collect() {
-        this.set(opts.cachedBytes());
+      async collect() {
+        this.set(await opts.cachedBytes());
       },
     });
     new Gauge({

@@ -76,7 +76,7 @@ export interface StatusSnapshot {
 export interface StatusSources {
   version: string;
   maxBytes: number | null;
-  cachedBytes: () => number;
+  cachedBytes: () => number | Promise<number>;
   fills: () => FillInfo[];
   /** Configured upstreams and whether each fails fast right now. */
   upstreams: ReadonlyArray<{ name: string; offline: () => boolean }>;
@@ -269,7 +269,7 @@ export class StatusCollector {
       upstreams,
       local: { ...this.local },
       cache: {
-        bytes: this.src.cachedBytes(),
+        bytes: await this.src.cachedBytes(),
         maxBytes: this.src.maxBytes,
         lastEviction: ev ? { at: iso(ev.at), bytes: ev.bytes, blobs: ev.blobs, images: ev.images } : null,
       },

@@ -123,9 +123,9 @@ export class PullThrough {
     const meta = this.local.meta;
     const r = this.resolve(repo, ns);
     const headers = nsHeaders(r);
-    const pushed = meta.repoId(repo) !== undefined && meta.listTags(repo, '', 1).length > 0;
+    const pushed = (await meta.listTags(repo, '', 1)).length > 0;
     const up = r.error ? null : r.upstream && r.remoteName ? { upstream: r.upstream, remoteName: r.remoteName } : null;
-    if (pushed || !up) return { tags: this.local.listTags(repo, last, n), headers };
+    if (pushed || !up) return { tags: await this.local.listTags(repo, last, n), headers };
     try {
       const { tags, stale } = await this.tagLists.lookup(up);
       const page = tags.filter((t) => t > last).slice(0, n);
@@ -133,7 +133,7 @@ export class PullThrough {
     } catch (e) {
       const err = e instanceof TagListStatusError ? upstreamError(e.response, 'NAME_UNKNOWN') : unavailable(e);
       // Nothing listed since the start: the tags this mirror has resolved there.
-      const cachedTags = meta.upstreamTagNames(repo);
+      const cachedTags = await meta.upstreamTagNames(repo);
       if (cachedTags.length === 0 || !isTransient(err)) throw err;
       return { tags: cachedTags.sort().filter((t) => t > last).slice(0, n), headers: { ...headers, Warning: STALE_WARNING } };
     }
@@ -150,7 +150,7 @@ export class PullThrough {
   async referrers(repo: RepoName, ns: string | undefined, subject: Digest, artifactType: string | undefined): Promise<ReferrersAnswer> {
     const r = this.resolve(repo, ns);
     let headers = nsHeaders(r);
-    const local = this.local.referrers(repo, subject, undefined).map(localReferrer);
+    const local = (await this.local.referrers(repo, subject, undefined)).map(localReferrer);
     let all = local;
     // An unconfigured ?ns= host or a `local` namespace is never dialled: local list only.
     if (!r.error && r.upstream && r.remoteName) {

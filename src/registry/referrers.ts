@@ -16,7 +16,7 @@ import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type UpstreamResponse, readBody } from '../upstream/client.js';
 import { nextLink, nextPagePath } from '../upstream/pagination.js';
-import type { ManifestMeta } from '../storage/db.js';
+import type { ManifestMeta } from '../storage/ports.js';
 import { MT } from './mediatypes.js';
 import { type Digest, isDigest } from './names.js';
 

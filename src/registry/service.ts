@@ -10,7 +10,7 @@ import { acceptsMediaType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, digestAlgorithm } from './names.js';
 import { createHash } from 'node:crypto';
 import type { BlobStore } from '../storage/blobs.js';
-import type { ManifestMeta, ManifestRecord, MetadataStore, Provenance } from '../storage/db.js';
+import type { ManifestMeta, ManifestRecord, MetadataStore, Provenance } from '../storage/ports.js';
 import type { UploadManager } from '../storage/uploads.js';
 
 export interface Limits {
@@ -36,11 +36,11 @@ export class RegistryService {
   ) {}
 
   /** Resolve a reference to a stored manifest in `repo`, honouring Accept for tags. */
-  getManifest(repo: RepoName, ref: Reference, accept: readonly string[]): ManifestRecord {
-    const digest = ref.kind === 'digest' ? ref.digest : this.meta.tag(repo, ref.tag)?.digest;
-    const m = digest && this.meta.manifest(repo, digest);
+  async getManifest(repo: RepoName, ref: Reference, accept: readonly string[]): Promise<ManifestRecord> {
+    const digest = ref.kind === 'digest' ? ref.digest : (await this.meta.tag(repo, ref.tag))?.digest;
+    const m = digest && (await this.meta.manifest(repo, digest));
     if (!m) {
-      if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+      if (!(await this.meta.repoExists(repo))) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
       throw new RegistryError('MANIFEST_UNKNOWN', undefined, { detail: { reference: ref.kind === 'tag' ? ref.tag : ref.digest } });
     }
     // By digest the content is fixed: always serve it. By tag, respect Accept.
@@ -50,7 +50,7 @@ export class RegistryService {
     return m;
   }
 
-  putManifest(
+  async putManifest(
     repo: RepoName,
     ref: Reference,
     contentType: string,
@@ -59,22 +59,22 @@ export class RegistryService {
     provenance: Provenance = 'pushed',
     /** More tags for the same manifest (`?tag=`), written in the same transaction. */
     extraTags: readonly string[] = [],
-  ): PutManifestResult {
+  ): Promise<PutManifestResult> {
     const digest = ref.kind === 'digest' ? digestOf(body, digestAlgorithm(ref.digest)) : digestOf(body);
     if (ref.kind === 'digest' && digest !== ref.digest) {
       throw new RegistryError('DIGEST_INVALID', 'manifest body does not match the digest in the URL', { detail: { expected: ref.digest } });
     }
     const missing: string[] = [];
     for (const d of parsed.requiredBlobs) {
-      if (this.meta.repoBlobSize(repo, d.digest) === undefined) missing.push(d.digest);
+      if ((await this.meta.repoBlobSize(repo, d.digest)) === undefined) missing.push(d.digest);
     }
     for (const d of parsed.requiredManifests) {
-      if (!this.meta.hasManifest(repo, d.digest)) missing.push(d.digest);
+      if (!(await this.meta.hasManifest(repo, d.digest))) missing.push(d.digest);
     }
     if (missing.length > 0) {
       throw new RegistryError('MANIFEST_BLOB_UNKNOWN', undefined, { detail: { digests: missing.slice(0, 20) } });
     }
-    this.meta.putManifest(
+    await this.meta.putManifest(
       repo,
       {
         digest,
@@ -95,9 +95,9 @@ export class RegistryService {
     return { digest, subject: parsed.subject };
   }
 
-  deleteManifest(repo: RepoName, ref: Reference): void {
-    if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
-    const ok = ref.kind === 'tag' ? this.meta.deleteTag(repo, ref.tag) : this.meta.deleteManifest(repo, ref.digest);
+  async deleteManifest(repo: RepoName, ref: Reference): Promise<void> {
+    if (!(await this.meta.repoExists(repo))) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+    const ok = ref.kind === 'tag' ? await this.meta.deleteTag(repo, ref.tag) : await this.meta.deleteManifest(repo, ref.digest);
     if (!ok) throw new RegistryError('MANIFEST_UNKNOWN');
   }
 
@@ -105,28 +105,28 @@ export class RegistryService {
     return this.blobs.readStream(digest, start, end);
   }
 
-  deleteBlob(repo: RepoName, digest: Digest): void {
-    if (!this.meta.unlinkBlob(repo, digest)) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+  async deleteBlob(repo: RepoName, digest: Digest): Promise<void> {
+    if (!(await this.meta.unlinkBlob(repo, digest))) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
   }
 
   /** Cross-repository mount: only from a repository that links the blob. */
-  mountBlob(repo: RepoName, digest: Digest, from: RepoName): boolean {
-    if (this.meta.repoBlobSize(from, digest) === undefined) return false;
-    this.meta.linkBlob(repo, digest, 'pushed');
-    return true;
+  async mountBlob(repo: RepoName, digest: Digest, from: RepoName): Promise<boolean> {
+    if ((await this.meta.repoBlobSize(from, digest)) === undefined) return false;
+    // False when the blob went away since the lookup (evicted): the client uploads it instead.
+    return this.meta.linkBlob(repo, digest, 'pushed');
   }
 
-  listTags(repo: RepoName, last: string, n: number): string[] {
-    if (this.meta.repoId(repo) === undefined) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
+  async listTags(repo: RepoName, last: string, n: number): Promise<string[]> {
+    if (!(await this.meta.repoExists(repo))) throw new RegistryError('NAME_UNKNOWN', undefined, { detail: { name: repo } });
     return this.meta.listTags(repo, last, n);
   }
 
-  catalog(last: string, n: number): string[] {
+  catalog(last: string, n: number): Promise<string[]> {
     return this.meta.listRepositories(last, n);
   }
 
-  referrers(repo: RepoName, subject: Digest, artifactType: string | undefined): ManifestMeta[] {
-    const all = this.meta.referrers(repo, subject);
+  async referrers(repo: RepoName, subject: Digest, artifactType: string | undefined): Promise<ManifestMeta[]> {
+    const all = await this.meta.referrers(repo, subject);
     return artifactType === undefined ? all : all.filter((m) => m.artifactType === artifactType);
   }
 }

@@ -1,12 +1,12 @@
 /**
  * Last-access bookkeeping for eviction without a SQLite write per request: reads are
  * noted in memory (the latest time per blob and per repository manifest) and written in
- * one transaction by `flush()`, which the app calls every few seconds, before each
+ * one logical change by `flush()`, which the app calls every few seconds, before each
  * eviction run and at shutdown. A crash loses at most one interval of access times,
  * which only makes eviction slightly less precise.
  */
 import type { Digest, RepoName } from '../registry/names.js';
-import type { MetadataStore } from './db.js';
+import type { MetadataOps } from './ports.js';
 import { isStorageFull } from './space.js';
 
 /** Flushed early when this many distinct entries are pending (bounded memory). */
@@ -17,7 +17,7 @@ export class AccessRecorder {
   private manifests = new Map<string, { repo: RepoName; digest: Digest; at: number }>();
 
   constructor(
-    private readonly meta: MetadataStore,
+    private readonly meta: Pick<MetadataOps, 'touchAccess'>,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -40,29 +40,39 @@ export class AccessRecorder {
   }
 
   /**
-   * Write what was noted since the last flush (one transaction). If the write fails (the
-   * disk is full) the times stay pending for the next flush; nothing runs in between, as
-   * this is synchronous.
+   * Write what was noted since the last flush (one logical change). If the write fails
+   * (the disk is full) the times stay pending for the next flush, merged under any noted
+   * meanwhile (those are newer).
    */
-  flush(): void {
+  async flush(): Promise<void> {
     if (this.pending === 0) return;
-    this.meta.touchAccess(this.blobs, [...this.manifests.values()]);
+    const blobs = this.blobs;
+    const manifests = this.manifests;
     this.blobs = new Map();
     this.manifests = new Map();
+    try {
+      await this.meta.touchAccess(blobs, [...manifests.values()]);
+    } catch (e) {
+      for (const [d, at] of blobs) if (!this.blobs.has(d)) this.blobs.set(d, at);
+      for (const [k, m] of manifests) if (!this.manifests.has(k)) this.manifests.set(k, m);
+      throw e;
+    }
   }
 
   /**
    * The bound was reached during a request: that request must not fail because the
    * database cannot be written, so a failed write drops the pending times (memory stays
-   * bounded; eviction is only less precise). The periodic flush reports failures.
+   * bounded; eviction is only less precise). The periodic flush reports failures; one
+   * that is not a full disk is reported through `onError`.
    */
   private flushEarly(): void {
-    try {
-      this.flush();
-    } catch (e) {
-      if (!isStorageFull(e)) throw e;
+    this.flush().catch((e: unknown) => {
       this.blobs = new Map();
       this.manifests = new Map();
-    }
+      if (!isStorageFull(e)) this.onError?.(e);
+    });
   }
+
+  /** A failed early flush that was not a full disk (the app logs it). */
+  onError: ((err: unknown) => void) | null = null;
 }

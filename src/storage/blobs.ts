@@ -14,7 +14,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { MetadataStore, Provenance } from './db.js';
+import type { MetadataDb, Provenance } from './db.js';
 import { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
 import { LocalBlobBody, READ_CHUNK_BYTES } from './local/body.js';
 import { LocalStage, type StageHost } from './local/stage.js';
@@ -54,7 +54,7 @@ export class LocalBlobStore implements BlobStorePort {
 
   constructor(
     private readonly paths: StoragePaths,
-    private readonly meta: MetadataStore,
+    private readonly meta: MetadataDb,
   ) {
     this.host = {
       tmpDir: paths.tmpDir,
@@ -74,6 +74,8 @@ export class LocalBlobStore implements BlobStorePort {
   // ---- the port ----------------------------------------------------------------------
 
   async stat(digest: Digest): Promise<{ size: number } | null> {
+    // The connection is shared with the metadata port: never read into its open transaction.
+    for (let w = this.meta.whenIdle(); w; w = this.meta.whenIdle()) await w;
     const size = this.meta.blobSize(digest);
     return size === undefined ? null : { size };
   }
@@ -184,7 +186,10 @@ export class LocalBlobStore implements BlobStorePort {
   async commit(sourcePath: string, digest: Digest, size: number, repo: RepoName, provenance: Provenance): Promise<void> {
     // An eviction that already dropped this digest's row may still be unlinking its file:
     // renaming ours into place first would let that unlink delete the new copy.
-    for (let pending = this.deleting.get(digest); pending; pending = this.deleting.get(digest)) await pending.catch(() => undefined);
+    // Both waits (and the metadata transaction gate, see MetadataDb.whenIdle) end in the tick of the check.
+    for (let w = this.deleting.get(digest) ?? this.meta.whenIdle(); w; w = this.deleting.get(digest) ?? this.meta.whenIdle()) {
+      await w.catch(() => undefined);
+    }
     if (this.meta.blobSize(digest) !== undefined) {
       // Already stored (dedupe): the existing file is verified content. Link it in the same
       // tick as the check, so an eviction cannot drop the row in between; then drop ours.
@@ -200,10 +205,12 @@ export class LocalBlobStore implements BlobStorePort {
       await fs.rename(sourcePath, target);
       moved = true;
       await fsyncDir(path.dirname(target));
+      for (let w = this.meta.whenIdle(); w; w = this.meta.whenIdle()) await w;
       this.meta.recordBlob(repo, digest, size, provenance);
     } catch (e) {
       // Only while no other commit of this digest is between its rename and its row: that
       // one may have replaced our file with its own, which must stay.
+      for (let w = this.meta.whenIdle(); w; w = this.meta.whenIdle()) await w.catch(() => undefined);
       if (moved && this.committing.get(digest) === 1 && this.meta.blobSize(digest) === undefined) {
         await fs.rename(target, sourcePath).catch(() => undefined);
       }
@@ -221,17 +228,23 @@ export class LocalBlobStore implements BlobStorePort {
 
   /** Remove an unreferenced blob: row first, then file (a crash leaves only an orphan file). */
   async remove(digest: Digest): Promise<void> {
+    for (let w = this.meta.whenIdle(); w; w = this.meta.whenIdle()) await w;
     this.meta.deleteBlobRow(digest);
     await this.removeFiles([digest]);
   }
 
   /**
    * Unlink the files of blobs whose rows are already deleted. Registered before the first
-   * await, so a commit of the same digest waits for it (see commit). Readers that already
-   * opened a file keep reading it: an unlinked file lives until its last descriptor closes.
+   * await, so a commit of the same digest waits for it (see commit). The rows were dropped
+   * by an async metadata call a few microtasks before this: a commit that checked in
+   * between found neither row nor delete and is now committing its own copy (`committing`),
+   * so that digest is left alone (its rename replaces the old file; should it fail, the old
+   * file is an orphan for gc). Readers that already opened a file keep reading it: an
+   * unlinked file lives until its last descriptor closes.
    */
   removeFiles(digests: readonly Digest[]): Promise<void> {
     const all = digests.map((d) => {
+      if (this.committing.has(d)) return Promise.resolve();
       const p = fs.rm(this.paths.blob(d), { force: true }).finally(() => {
         if (this.deleting.get(d) === p) this.deleting.delete(d);
       });

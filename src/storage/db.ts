@@ -376,9 +376,12 @@ export class MetadataDb {
     })();
   }
 
-  linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): void {
-    this.db.transaction(() => {
+  /** Link a stored blob; false (nothing written) when there is no row: evicted since it was looked up. */
+  linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): boolean {
+    return this.db.transaction(() => {
+      if (this.s.blob.get(digest) === undefined) return false;
       this.s.linkBlob.run(this.ensureRepo(repo), digest, provenance, Date.now());
+      return true;
     })();
   }
 

@@ -64,7 +64,7 @@ e2e('status page in Chromium: upstreams with an offline one, a download in progr
   for (let i = 0; i < 2; i++) {
     t.is((await http('GET', `${s.url}/v2/hub/library/app/manifests/latest`, { headers: { accept: ACCEPT_ALL } })).status, 200);
     for (const l of img.layers) t.is((await http('GET', `${s.url}/v2/hub/library/app/blobs/${l.digest}`)).status, 200);
-    await waitFor(() => img.layers.every((l) => s.app.service.meta.blobSize(l.digest as never) !== undefined), 10_000, 'layers committed');
+    await waitFor(() => img.layers.every((l) => s.db().blobSize(l.digest as never) !== undefined), 10_000, 'layers committed');
   }
 
   // A large blob, throttled upstream (~80 s in all): still downloading while the page is

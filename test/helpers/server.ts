@@ -7,6 +7,7 @@ import type { ExecutionContext } from 'ava';
 import { buildApp, type App } from '../../src/app.js';
 import { configFromObject } from '../../src/config/load.js';
 import { createLogger } from '../../src/ops/logger.js';
+import { MetadataDb } from '../../src/storage/db.js';
 
 export interface TestServer {
   app: App;
@@ -17,6 +18,19 @@ export interface TestServer {
   dataDir: string;
   /** Every log line the server wrote (JSON strings), for redaction tests. */
   logs: string[];
+  /**
+   * A second connection to the server's database, for assertions on committed rows (the
+   * SQL layer is internal to storage/; the app itself only has the async port). Opened on
+   * first use, closed at teardown.
+   */
+  db(): MetadataDb;
+}
+
+/** A connection to the database of a storage directory (see TestServer.db); closed at teardown. */
+export function openDb(t: ExecutionContext, storageDir: string): MetadataDb {
+  const db = new MetadataDb(path.join(storageDir, 'regmirror.db'));
+  t.teardown(() => db.close());
+  return db;
 }
 
 export async function tempDir(t: ExecutionContext, prefix = 'regmirror-test-'): Promise<string> {
@@ -39,5 +53,6 @@ export async function startServer(t: ExecutionContext, config: Record<string, un
   const app = await buildApp(cfg, { logger: createLogger(cfg, sink) });
   const addr = await app.listen(0, '127.0.0.1');
   t.teardown(() => app.close());
-  return { app, url: addr.url, hostPort: `127.0.0.1:${addr.port}`, dataDir, logs };
+  let db: MetadataDb | null = null;
+  return { app, url: addr.url, hostPort: `127.0.0.1:${addr.port}`, dataDir, logs, db: () => (db ??= openDb(t, cfg.storage)) };
 }

@@ -12,11 +12,10 @@ import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import { request } from 'undici';
 import { agent, http } from '../helpers/http.js';
-import type { TestServer } from '../helpers/server.js';
+import { type TestServer, openDb } from '../helpers/server.js';
 import { type Blob, type Image, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
 import type { FakeUpstream } from '../fixtures/fake-upstream.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
-import { MetadataStore } from '../../src/storage/db.js';
 import { noServerErrors, pushImage, serve } from './_support.js';
 import { ACCEPT_ALL, sleep, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 
@@ -74,13 +73,13 @@ async function pull(t: ExecutionContext, s: TestServer, repo: string, tag: strin
 }
 
 function rows(s: TestServer, repo: string): { manifests: number; blobLinks: number; upstreamTags: number } {
-  const db = s.app.service.meta.db;
+  const db = s.db().db;
   const count = (table: string) =>
     db.prepare<[string], { n: number }>(`SELECT COUNT(*) AS n FROM ${table} x JOIN repositories r ON r.id = x.repo_id WHERE r.name = ?`).get(repo)!.n;
   return { manifests: count('manifests'), blobLinks: count('repo_blobs'), upstreamTags: count('upstream_tags') };
 }
 
-const blobRow = (s: TestServer, digest: string) => s.app.service.meta.blobSize(digest as Digest);
+const blobRow = (s: TestServer, digest: string) => s.db().blobSize(digest as Digest);
 
 async function assertGone(t: ExecutionContext, s: TestServer, repo: string, img: Image): Promise<void> {
   t.deepEqual(rows(s, repo), { manifests: 0, blobLinks: 0, upstreamTags: 0 }, `${repo} rows`);
@@ -88,7 +87,7 @@ async function assertGone(t: ExecutionContext, s: TestServer, repo: string, img:
     t.is(blobRow(s, b.digest), undefined, `row of ${b.digest}`);
     t.false(await exists(blobFile(s, b.digest)), `file of ${b.digest}`);
   }
-  t.false(s.app.service.meta.hasManifest(repo as RepoName, img.manifest.digest as Digest));
+  t.false(await s.app.service.meta.hasManifest(repo as RepoName, img.manifest.digest as Digest));
 }
 
 async function assertKept(t: ExecutionContext, s: TestServer, img: Image): Promise<void> {
@@ -323,15 +322,11 @@ test('offline: regmirror gc --evict applies the cache policy (dry run first)', a
   t.is(real.eviction.cachedBytes, newer.config.size + newer.layers[0]!.size);
   for (const b of blobsOf(older)) t.false(await exists(blobFile(s, b.digest)));
   for (const b of blobsOf(newer)) t.deepEqual(await fs.readFile(blobFile(s, b.digest)), b.bytes);
-  const meta = new MetadataStore(path.join(storage, 'regmirror.db'));
-  try {
-    for (const b of blobsOf(older)) t.is(meta.blobSize(b.digest as Digest), undefined);
-    for (const b of blobsOf(newer)) t.is(meta.blobSize(b.digest as Digest), b.size);
-    t.false(meta.hasManifest('library/older' as RepoName, older.manifest.digest as Digest));
-    t.true(meta.hasManifest('library/newer' as RepoName, newer.manifest.digest as Digest));
-  } finally {
-    meta.close();
-  }
+  const meta = openDb(t, storage);
+  for (const b of blobsOf(older)) t.is(meta.blobSize(b.digest as Digest), undefined);
+  for (const b of blobsOf(newer)) t.is(meta.blobSize(b.digest as Digest), b.size);
+  t.false(meta.hasManifest('library/older' as RepoName, older.manifest.digest as Digest));
+  t.true(meta.hasManifest('library/newer' as RepoName, newer.manifest.digest as Digest));
 
   // Without a policy, --evict says so and removes nothing.
   await fs.writeFile(config, `storage: ${storage}\n`);

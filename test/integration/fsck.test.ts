@@ -22,7 +22,7 @@ function blobFile(storage: string, digest: string): string {
   return path.join(storage, 'blobs', 'sha256', hex.slice(0, 2), hex);
 }
 
-const stored = (s: TestServer, d: string) => s.app.service.meta.blobSize(d as Digest) !== undefined;
+const stored = (s: TestServer, d: string) => s.db().blobSize(d as Digest) !== undefined;
 
 test('fsck finds flipped, truncated and missing blobs; --repair drops the cached ones, which the next pull refetches', async (t) => {
   const fake = await startFake(t);

@@ -21,7 +21,8 @@ import { configFromObject } from '../../src/config/load.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { hashFile } from '../../src/storage/blobs.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
-import { tempDir } from '../helpers/server.js';
+import { openDb, tempDir } from '../helpers/server.js';
+import type { MetadataDb } from '../../src/storage/db.js';
 import { http, pushBlob, sha256, type Res } from '../helpers/http.js';
 import { randomBytes } from '../fixtures/images.js';
 import type { FakeUpstream } from '../fixtures/fake-upstream.js';
@@ -84,6 +85,8 @@ interface Mirror {
   storage: string;
   filler: Filler;
   logs: string[];
+  /** A second connection to the database, for assertions on committed rows. */
+  db: MetadataDb;
 }
 
 /** A tmpfs of `sizeMiB` (unmounted in teardown) holding the whole storage directory. */
@@ -111,7 +114,7 @@ async function startMirror(t: ExecutionContext, opts: { sizeMiB?: number; config
   const app = await buildApp(cfg, { logger: createLogger(cfg, sink), accessFlushMs: opts.accessFlushMs ?? 3_600_000 });
   const addr = await app.listen(0, '127.0.0.1');
   t.teardown(() => app.close());
-  return { app, url: addr.url, storage, filler: new Filler(path.join(root, 'filler')), logs };
+  return { app, url: addr.url, storage, filler: new Filler(path.join(root, 'filler')), logs, db: openDb(t, storage) };
 }
 
 function logged(m: Mirror, msg: string, level?: number): Array<Record<string, unknown>> {
@@ -144,7 +147,7 @@ async function files(dir: string): Promise<string[]> {
  * upload rows and data files match one to one.
  */
 async function assertConsistent(t: ExecutionContext, m: Mirror): Promise<void> {
-  const meta = m.app.service.meta;
+  const meta = m.db;
   const rows = meta.allBlobs();
   for (const { digest, size } of rows) {
     const got = await hashFile(path.join(m.storage, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)), 'sha256').catch(() => null);
@@ -270,7 +273,7 @@ fullDiskTest('push: a monolithic upload that does not fit fails with 507 and lea
 fullDiskTest('push: the database is full when a blob is committed: the file goes back, nothing is stored, and the same request succeeds after space is freed', async (t) => {
   const m = await startMirror(t);
   const repo = 'team/dbfull';
-  const meta = m.app.service.meta;
+  const meta = m.db;
 
   // Monolithic: the blob takes exactly the last free pages, so its file is written and
   // renamed into place, and recording its row fails (SQLITE_FULL).
@@ -344,7 +347,7 @@ fullDiskTest('pull-through: a fill that hits ENOSPC aborts its clients and leave
   const UP = 'hub.test';
   const m = await startMirror(t, { config: { upstreams: { [UP]: upstreamEntry(fake, { libraryPrefix: false }) }, defaultUpstream: UP } });
   const repo = 'team/remote';
-  const meta = m.app.service.meta;
+  const meta = m.db;
   const warm = sampleImage('remote-warm');
   const cold = sampleImage('remote-cold');
   fake.addImage(repo, warm, 'warm');
@@ -414,7 +417,7 @@ fullDiskTest('last-access times: a flush failing on a full disk neither fails re
   await pushBlobs(m.url, repo, [...img.layers, img.config]);
   t.is((await putManifest(m.url, repo, 'v1', img.manifest)).status, 201);
   const lastAccess = () =>
-    m.app.service.meta.db
+    m.db.db
       .prepare<[string], { last_access: number }>("SELECT m.last_access FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.name = 'team/access' AND m.digest = ?")
       .get(img.manifest.digest)!.last_access;
   const before = lastAccess();
@@ -448,7 +451,7 @@ fullDiskTest('push into a pull-through namespace while the disk is full: 507 (no
 
   await m.filler.fill();
   expect507(t, await putManifest(m.url, 'mirror/team/app', '1.0', img.manifest), 'manifest PUT whose blobs cannot be stored');
-  t.false(m.app.service.meta.hasManifest('mirror/team/app' as RepoName, img.manifest.digest as Digest));
+  t.false(m.db.hasManifest('mirror/team/app' as RepoName, img.manifest.digest as Digest));
   await assertConsistent(t, m);
 
   await m.filler.remove();

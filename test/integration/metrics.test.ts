@@ -61,7 +61,7 @@ test('blob bytes served: from the fill, then from disk; a range by its length; H
   const layer = img.layers[1]!;
   const url = `${s.url}/v2/library/app/blobs/${layer.digest}`;
   t.is((await http('GET', url)).status, 200);
-  await waitFor(async () => (await http('HEAD', url)).status === 200 && s.app.service.meta.blobSize(layer.digest as Digest) !== undefined, 10_000, 'blob committed');
+  await waitFor(async () => (await http('HEAD', url)).status === 200 && s.db().blobSize(layer.digest as Digest) !== undefined, 10_000, 'blob committed');
   t.is((await http('GET', url, { headers: { range: 'bytes=10-109' } })).status, 206);
   t.is((await http('HEAD', url)).status, 200);
   const text = (await http('GET', `${s.url}/metrics`)).body.toString();

@@ -32,7 +32,7 @@ async function setup(t: ExecutionContext): Promise<{ fake: FakeUpstream; s: Test
   return { fake, s };
 }
 
-const stored = (s: TestServer, d: string) => s.app.service.meta.blobSize(d as Digest) !== undefined;
+const stored = (s: TestServer, d: string) => s.db().blobSize(d as Digest) !== undefined;
 
 test('prefetch pulls every platform of an index through the mirror once; later pulls need no upstream', async (t) => {
   const { fake, s } = await setup(t);

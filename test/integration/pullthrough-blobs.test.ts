@@ -33,7 +33,7 @@ function bigBlob(size: number, seed: string): Blob {
 const blobUrl = (s: TestServer, b: Blob, repo = REPO) => `${s.url}/v2/${repo}/blobs/${b.digest}`;
 
 function storedSize(s: TestServer, b: Blob): number | undefined {
-  return s.app.service.meta.blobSize(b.digest as Digest);
+  return s.db().blobSize(b.digest as Digest);
 }
 
 function blobFile(s: TestServer, b: Blob): string {

@@ -36,7 +36,7 @@ test('a fill whose upstream dies before the first byte answers 503 UNAVAILABLE (
   const gets = fake.find({ method: 'GET', path: /\/blobs\// });
   t.true(gets.length >= 2, `the fill tried to resume: ${gets.length} upstream GETs`);
   t.true(gets.every((r) => r.reset && r.bytes === 0));
-  t.is(s.app.service.meta.blobSize(blob.digest as Digest), undefined, 'nothing cached');
+  t.is(s.db().blobSize(blob.digest as Digest), undefined, 'nothing cached');
   await waitFor(async () => (await fs.readdir(path.join(s.dataDir, 'storage', 'tmp'))).length === 0, WAIT_MS, 'temp file removed');
 
   // A Range request on the same failing fill gets the same clean answer.
@@ -50,5 +50,5 @@ test('a fill whose upstream dies before the first byte answers 503 UNAVAILABLE (
   t.is(ok.status, 200);
   t.is(ok.error, null);
   t.true(ok.body.equals(blob.bytes));
-  await waitFor(() => s.app.service.meta.blobSize(blob.digest as Digest) === blob.size, WAIT_MS, 'blob committed');
+  await waitFor(() => s.db().blobSize(blob.digest as Digest) === blob.size, WAIT_MS, 'blob committed');
 });

@@ -104,7 +104,7 @@ async function assertUnaffected(t: ExecutionContext, env: Env): Promise<void> {
 
 /** Every stored manifest and blob hashes to its digest; no temp file is left behind. */
 async function assertStoreClean(t: ExecutionContext, s: TestServer): Promise<void> {
-  const rows = s.app.service.meta.db.prepare('SELECT digest, media_type AS mediaType, body FROM manifest_content').all() as Array<{ digest: string; mediaType: string; body: Buffer }>;
+  const rows = s.db().db.prepare('SELECT digest, media_type AS mediaType, body FROM manifest_content').all() as Array<{ digest: string; mediaType: string; body: Buffer }>;
   for (const r of rows) {
     t.is(sha256(r.body), r.digest, `stored manifest ${r.digest} hashes to its digest`);
     t.regex(r.mediaType, /^application\/vnd\.(oci\.image\.(manifest|index)\.v1|docker\.distribution\.manifest\.(v2|list\.v2))\+json$/, 'a manifest type');
@@ -120,11 +120,11 @@ async function assertStoreClean(t: ExecutionContext, s: TestServer): Promise<voi
 }
 
 function storedManifest(s: TestServer, digest: string): boolean {
-  return s.app.service.meta.db.prepare('SELECT 1 FROM manifest_content WHERE digest = ?').get(digest) !== undefined;
+  return s.db().db.prepare('SELECT 1 FROM manifest_content WHERE digest = ?').get(digest) !== undefined;
 }
 
 function blobStored(s: TestServer, b: Blob): boolean {
-  return s.app.service.meta.blobSize(b.digest as never) !== undefined;
+  return s.db().blobSize(b.digest as never) !== undefined;
 }
 
 function integrityLogged(s: TestServer): boolean {

@@ -41,7 +41,7 @@ test('JSON shape and figures follow real pulls: requests, hit ratio, bytes serve
   const layer = img.layers[0]!;
   const url = `${s.url}/v2/app/blobs/${layer.digest}`;
   t.is((await http('GET', url)).status, 200);
-  await waitFor(() => s.app.service.meta.blobSize(layer.digest as never) !== undefined, 10_000, 'blob committed');
+  await waitFor(() => s.db().blobSize(layer.digest as never) !== undefined, 10_000, 'blob committed');
   t.is((await http('GET', url)).status, 200);
 
   const st = await status(s.url);

@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import type { Digest, RepoName } from '../../src/registry/names.js';
 import { AccessRecorder } from '../../src/storage/access.js';
 import { MetadataStore, type NewManifest } from '../../src/storage/db.js';
+import { LocalMetadataStore } from '../../src/storage/local/metadata.js';
 
 const d = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}` as Digest;
 const repo = 'library/app' as RepoName;
@@ -94,16 +95,16 @@ test('AccessRecorder writes nothing until flush, then one forward-only update pe
     meta.db.prepare<[], { m: number; b: number }>('SELECT (SELECT last_access FROM manifests) AS m, (SELECT last_access FROM blobs) AS b').get()!;
   const initial = read();
   let now = initial.m + 60_000;
-  const rec = new AccessRecorder(meta, () => now);
+  const rec = new AccessRecorder(new LocalMetadataStore(meta), () => now);
   rec.manifest(repo, img.digest);
   rec.blob(d('x'));
   rec.blob(d('x'));
   t.deepEqual(read(), initial, 'no write per request');
   t.is(rec.pending, 2);
-  rec.flush();
+  await rec.flush();
   t.deepEqual(read(), { m: initial.m + 60_000, b: initial.m + 60_000 });
   now = initial.m + 1; // an older time never moves last_access back
   rec.blob(d('x'));
-  rec.flush();
+  await rec.flush();
   t.is(read().b, initial.m + 60_000);
 });

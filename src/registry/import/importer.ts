@@ -56,7 +56,7 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
   for (const d of img.blobs) {
     const staged = staging.blobs.get(d)!;
     bytes += staged.size;
-    if (svc.meta.blobSize(d) !== undefined) existing++;
+    if ((await svc.meta.blobSize(d)) !== undefined) existing++;
     else {
       fresh++;
       newBytes += staged.size;
@@ -67,11 +67,11 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
   }
   for (const m of img.children) {
     bytes += m.body.length;
-    svc.putManifest(img.repo, { kind: 'digest', digest: m.digest }, m.mediaType, m.body, m.parsed, 'pushed');
+    await svc.putManifest(img.repo, { kind: 'digest', digest: m.digest }, m.mediaType, m.body, m.parsed, 'pushed');
   }
   bytes += img.root.body.length;
   const ref = img.tag === null ? { kind: 'digest' as const, digest: img.root.digest } : { kind: 'tag' as const, tag: img.tag };
-  svc.putManifest(img.repo, ref, img.root.mediaType, img.root.body, img.root.parsed, 'pushed');
+  await svc.putManifest(img.repo, ref, img.root.mediaType, img.root.body, img.root.parsed, 'pushed');
   return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes, ...(img.built ? { built: true as const } : {}) };
 }
 

@@ -21,14 +21,14 @@ export class BlobLookups {
   async find(repo: RepoName, r: Resolution, digest: Digest, head: boolean): Promise<BlobAnswer> {
     const meta = this.local.meta;
     const headers = nsHeaders(r);
-    const localSize = meta.repoBlobSize(repo, digest);
+    const localSize = await meta.repoBlobSize(repo, digest);
     if (localSize !== undefined) return this.count('blob', 'hit', r, this.localBlob(digest, localSize, headers));
     // Stored for another repository: serve here only if a manifest this repository got
     // from upstream references it, or the upstream confirms it below.
-    const stored = meta.blobSize(digest);
-    if (stored !== undefined && meta.referencedInRepo(repo, digest)) {
-      this.upstreams.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
-      return this.count('blob', 'hit', r, this.localBlob(digest, stored, headers));
+    let stored = await meta.blobSize(digest);
+    if (stored !== undefined && (await meta.referencedInRepo(repo, digest))) {
+      if (await this.link(repo, digest)) return this.count('blob', 'hit', r, this.localBlob(digest, stored, headers));
+      stored = undefined; // evicted since the lookup: as if never stored
     }
     const up = routeOrThrow(r);
     if (!up) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
@@ -42,9 +42,8 @@ export class BlobLookups {
       await res.body.dump();
       if (res.status !== 200) throw upstreamError(res, 'BLOB_UNKNOWN');
       // Re-read: a fill may have committed the blob while the HEAD was in flight.
-      const storedNow = stored ?? meta.blobSize(digest);
-      if (storedNow !== undefined) {
-        this.upstreams.bestEffort('blob link', () => meta.linkBlob(repo, digest, 'cached'));
+      const storedNow = stored ?? (await meta.blobSize(digest));
+      if (storedNow !== undefined && (await this.link(repo, digest))) {
         return this.count('blob', 'hit', r, this.localBlob(digest, storedNow, headers));
       }
       if (head) {
@@ -64,6 +63,16 @@ export class BlobLookups {
       return this.localBlob(digest, fill.written, headers);
     }
     return { size: fill.size, headers, fill, open: (start, end) => fill.reader(start, end) };
+  }
+
+  /**
+   * Link a stored blob here (cached). False when it was evicted since the lookup; with the
+   * disk full the link is skipped and the blob served anyway (true).
+   */
+  private async link(repo: RepoName, digest: Digest): Promise<boolean> {
+    let linked = true;
+    await this.upstreams.bestEffort('blob link', async () => (linked = await this.local.meta.linkBlob(repo, digest, 'cached')));
+    return linked;
   }
 
   private localBlob(digest: Digest, size: number, headers: Record<string, string>): BlobAnswer {

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { SingleFlight } from '../../singleflight.js';
 import type { Resolution } from '../../upstream/routing.js';
 import { readBody } from '../../upstream/client.js';
-import type { ManifestRecord } from '../../storage/db.js';
+import type { ManifestRecord } from '../../storage/ports.js';
 import { RegistryError } from '../errors.js';
 import { isIndexType } from '../mediatypes.js';
 import { type Digest, type Reference, type RepoName, isDigest } from '../names.js';
@@ -44,20 +44,22 @@ export class ManifestLookups {
     const meta = this.local.meta;
     const headers = nsHeaders(r);
     if (ref.kind === 'digest') {
-      if (meta.hasManifest(repo, ref.digest)) return this.count('manifest', 'hit', r, { record: this.local.getManifest(repo, ref, accept), headers });
-    } else if (meta.tag(repo, ref.tag)) {
+      // By digest a held manifest is the answer whatever the Accept (as getManifest).
+      const held = await meta.manifest(repo, ref.digest);
+      if (held) return this.count('manifest', 'hit', r, { record: held, headers });
+    } else if (await meta.tag(repo, ref.tag)) {
       // Pushed tags win, and are never revalidated.
-      return this.count('manifest', 'hit', r, { record: this.local.getManifest(repo, ref, accept), headers });
+      return this.count('manifest', 'hit', r, { record: await this.local.getManifest(repo, ref, accept), headers });
     }
     const up = routeOrThrow(r);
-    if (!up) return { record: this.local.getManifest(repo, ref, accept), headers };
+    if (!up) return { record: await this.local.getManifest(repo, ref, accept), headers };
     if (ref.kind === 'digest') return this.count('manifest', 'miss', r, { record: await this.fetch(repo, up, ref.digest, accept, null), headers });
 
     // Keyed by upstream and remote name too: one local path can reach several upstreams
     // (?ns=a vs ?ns=b), and one upstream's tag must never answer for another's.
     const key = `${originOf(up)}|${acceptKey(accept)}`;
-    const cached = meta.upstreamTag(repo, ref.tag, key);
-    const cachedRecord = cached && meta.manifest(repo, cached.digest);
+    const cached = await meta.upstreamTag(repo, ref.tag, key);
+    const cachedRecord = cached && (await meta.manifest(repo, cached.digest));
     try {
       if (!cached || !cachedRecord) {
         return this.count('manifest', 'miss', r, { record: await this.fetch(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
@@ -71,7 +73,7 @@ export class ManifestLookups {
     } catch (e) {
       if (!isTransient(e)) throw e;
       // Whichever client cached the tag: any variant this client reads beats a 503.
-      const stale = this.staleTag(repo, ref.tag, up, accept);
+      const stale = await this.staleTag(repo, ref.tag, up, accept);
       if (!stale) throw e;
       this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, digest: stale.digest, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
       return this.count('manifest', 'stale', r, { record: stale, headers: { ...headers, Warning: STALE_WARNING } });
@@ -82,13 +84,13 @@ export class ManifestLookups {
    * A cached manifest of `tag` from this upstream repository that the client reads,
    * whichever client's Accept set cached it (rules in stale.ts); undefined if none.
    */
-  private staleTag(repo: RepoName, tag: string, up: UpstreamRoute, accept: readonly string[]): ManifestRecord | undefined {
+  private async staleTag(repo: RepoName, tag: string, up: UpstreamRoute, accept: readonly string[]): Promise<ManifestRecord | undefined> {
     const meta = this.local.meta;
-    const variants = meta.upstreamTagVariants(tag, `${originOf(up)}|`);
+    const variants = await meta.upstreamTagVariants(tag, `${originOf(up)}|`);
     // A variant cached under another local path of the same upstream repository is
     // linked here first, so this path's child manifest and blob requests find it too.
-    const held = (v: (typeof variants)[number]) => {
-      meta.adoptCachedManifest(v.repo, repo, v.digest);
+    const held = async (v: (typeof variants)[number]) => {
+      await meta.adoptCachedManifest(v.repo, repo, v.digest);
       return meta.manifest(repo, v.digest);
     };
     const chosen = chooseStaleVariant(variants, accept);
@@ -96,9 +98,9 @@ export class ManifestLookups {
     // None the client reads: the linux/amd64 entry of a cached index, if held.
     for (const v of variants) {
       if (!isIndexType(v.mediaType)) continue;
-      const index = held(v);
+      const index = await held(v);
       const child = index && defaultPlatformChild(index.body);
-      const record = child && clientReads(accept, child.mediaType) ? meta.manifest(repo, child.digest) : undefined;
+      const record = child && clientReads(accept, child.mediaType) ? await meta.manifest(repo, child.digest) : undefined;
       if (record) return record;
     }
     return undefined;
@@ -125,13 +127,13 @@ export class ManifestLookups {
       });
       await res.body.dump();
       if (res.status === 404) {
-        this.local.meta.deleteUpstreamTag(repo, tag);
+        await this.local.meta.deleteUpstreamTag(repo, tag);
         throw new RegistryError('MANIFEST_UNKNOWN', 'tag no longer exists upstream');
       }
       if (res.status !== 200) throw upstreamError(res, 'MANIFEST_UNKNOWN');
       const d = String(res.headers['docker-content-digest'] ?? '');
       if (!isDigest(d)) return null;
-      if (d === current) this.upstreams.bestEffort('tag check time', () => this.local.meta.touchUpstreamTag(repo, tag, key));
+      if (d === current) await this.upstreams.bestEffort('tag check time', () => this.local.meta.touchUpstreamTag(repo, tag, key));
       return d;
     }).promise;
   }
@@ -158,7 +160,7 @@ export class ManifestLookups {
     const res = await this.upstreams.request(up, 'GET', `/v2/${up.remoteName}/manifests/${reference}`, { accept: upstreamAccept(accept), timeoutMs: up.lookupTimeoutMs });
     if (res.status !== 200) {
       await res.body.dump();
-      if (res.status === 404 && tag) this.upstreams.bestEffort('upstream tag removal', () => this.local.meta.deleteUpstreamTag(repo, tag.name));
+      if (res.status === 404 && tag) await this.upstreams.bestEffort('upstream tag removal', () => this.local.meta.deleteUpstreamTag(repo, tag.name));
       throw upstreamError(res, 'MANIFEST_UNKNOWN');
     }
     const body = await readBody(res, this.local.limits.maxManifestBytes, up.upstream.bodyTimeoutMs).catch((e: unknown) => {
@@ -187,7 +189,7 @@ export class ManifestLookups {
     const artifactType = parsed.artifactType;
     const annotations = parsed.annotations ? JSON.stringify(parsed.annotations) : null;
     const record: ManifestRecord = { digest, mediaType, size: body.length, artifactType, subject, annotations, body };
-    if (this.upstreams.bestEffort('manifest cache', () => this.local.meta.putCachedManifest(repo, { ...record, refs }, tag))) {
+    if (await this.upstreams.bestEffort('manifest cache', () => this.local.meta.putCachedManifest(repo, { ...record, refs }, tag))) {
       this.log.info({ upstream: up.upstream.name, repo: up.remoteName, reference, digest }, 'manifest cached');
     }
     return record;

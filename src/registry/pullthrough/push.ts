@@ -38,8 +38,10 @@ export class PushCompletion {
     depth: number,
   ): Promise<void> {
     const meta = this.local.meta;
-    const missingBlobs = blobs.filter((d) => meta.repoBlobSize(repo, d.digest) === undefined);
-    const missingManifests = manifests.filter((d) => !meta.hasManifest(repo, d.digest));
+    const missingBlobs: Descriptor[] = [];
+    for (const d of blobs) if ((await meta.repoBlobSize(repo, d.digest)) === undefined) missingBlobs.push(d);
+    const missingManifests: Descriptor[] = [];
+    for (const d of manifests) if (!(await meta.hasManifest(repo, d.digest))) missingManifests.push(d);
     const tasks: Array<Promise<unknown>> = [];
     // A reference the disk had no room for must fail the push with 507, not with a
     // misleading MANIFEST_BLOB_UNKNOWN; other upstream failures leave it to the normal check.
@@ -49,7 +51,7 @@ export class PushCompletion {
       tasks.push(
         this.manifests.fetch(repo, up, d.digest, [d.mediaType], null).then(
           // Fetched but not stored: only when the disk is full (see bestEffort in ManifestLookups.doFetch).
-          () => void (full ||= !meta.hasManifest(repo, d.digest)),
+          async () => void (full ||= !(await meta.hasManifest(repo, d.digest))),
           () => undefined,
         ),
       );
@@ -57,15 +59,15 @@ export class PushCompletion {
     for (const d of missingBlobs) {
       tasks.push(
         (async () => {
-          if (meta.blobSize(d.digest) !== undefined) {
+          if ((await meta.blobSize(d.digest)) !== undefined) {
             const res = await this.upstreams.request(up, 'HEAD', `/v2/${up.remoteName}/blobs/${d.digest}`, {});
             await res.body.dump();
-            if (res.status === 200) meta.linkBlob(repo, d.digest, 'cached');
+            if (res.status === 200) await meta.linkBlob(repo, d.digest, 'cached');
             return;
           }
           const fill = this.blobs.startFill(repo, up, d.digest, d.size);
           await fill.done;
-          meta.linkBlob(repo, d.digest, 'cached');
+          await meta.linkBlob(repo, d.digest, 'cached');
         })().catch(noteFull),
       );
     }
@@ -77,7 +79,7 @@ export class PushCompletion {
     // whole, so complete every child the same way (nested indexes too, to a bounded depth).
     if (depth >= MAX_INDEX_NESTING) return;
     for (const d of manifests) {
-      const child = meta.manifest(repo, d.digest);
+      const child = await meta.manifest(repo, d.digest);
       if (!child) continue; // still missing: the normal check reports it
       let parsed: ReturnType<typeof parseManifest>;
       try {

@@ -9,8 +9,7 @@ import type { BlobFill } from '../../cache/fill.js';
 import type { Resolution } from '../../upstream/routing.js';
 import { type UpstreamClient, UpstreamProtocolError, type UpstreamResponse, UpstreamUnavailableError } from '../../upstream/client.js';
 import { isStorageFull } from '../../storage/space.js';
-import type { ManifestRecord } from '../../storage/db.js';
-import type { BlobBody } from '../../storage/ports.js';
+import type { BlobBody, ManifestRecord } from '../../storage/ports.js';
 import { RegistryError } from '../errors.js';
 import { MANIFEST_TYPES } from '../mediatypes.js';
 
@@ -135,9 +134,9 @@ export class Upstreams {
    * manifest just fetched, a tag's check time, a blob link): with the disk full it is
    * skipped and the read is answered anyway. Returns whether it was written.
    */
-  bestEffort(what: string, write: () => void): boolean {
+  async bestEffort(what: string, write: () => Promise<unknown>): Promise<boolean> {
     try {
-      write();
+      await write();
       return true;
     } catch (e) {
       if (!isStorageFull(e)) throw e;

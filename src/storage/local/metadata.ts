@@ -82,9 +82,9 @@ class LocalOps implements MetadataOps {
     this.db.recordBlob(repo, digest, size, provenance);
   }
 
-  async linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<void> {
+  async linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<boolean> {
     for (let w = this.enter(); w; w = this.enter()) await w;
-    this.db.linkBlob(repo, digest, provenance);
+    return this.db.linkBlob(repo, digest, provenance);
   }
 
   async unlinkBlob(repo: RepoName, digest: Digest): Promise<boolean> {
