@@ -2,7 +2,11 @@
  * The only module that contains SQL. Opens regmirror.db (WAL), runs migrations keyed on
  * `user_version`, prepares every statement once, and exposes named operations. Each
  * logical change (a manifest push with its tag and references, a blob commit with its
- * repository link) is one synchronous transaction.
+ * repository link) is one synchronous transaction. Internal to storage/: the registry
+ * reaches it through the async MetadataStore port (local/metadata.ts).
+ *
+ * Over ~400 lines on purpose: the schema, every statement and the operations that run
+ * them stay side by side, so each query can be checked against the schema in one file.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
