@@ -262,6 +262,9 @@ export class LocalMetadataStore extends LocalOps implements MetadataStore {
       state.live = false;
       this.db.txEnd = null;
       this.db.txToken = null;
+      // On Node 20 an enabled AsyncLocalStorage keeps promise hooks on for the whole
+      // process (a cost on every request): on only while a transaction runs.
+      this.db.txContext.disable();
       release();
     }
   }
