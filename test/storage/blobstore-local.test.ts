@@ -169,3 +169,47 @@ test.serial('local: a commit of a digest whose file is being unlinked waits for 
   t.deepEqual(await store.stat(d), { size: data.length });
   t.true((await fs.readFile(paths.blob(d))).equals(data), 'the committed file is there');
 });
+
+test.serial('local: a commit that checked after an eviction dropped the row but before it registered the file delete keeps its file', async (t) => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
+  const paths = storagePaths(root);
+  const meta = new MetadataStore(paths.db);
+  const store = new LocalBlobStore(paths, meta);
+  await store.recover();
+  const target = fs as unknown as { rename: typeof fs.rename; rm: typeof fs.rm };
+  const orig = { rename: target.rename, rm: target.rm };
+  // Once armed, an unlink in blobs/ is held until the commit's rename into blobs/ is done
+  // (ceiling 3 s): the worst order for a delete the store should not have started.
+  let armed = false;
+  let renamed!: () => void;
+  const renamedIntoBlobs = new Promise<void>((r) => (renamed = r));
+  target.rename = async (from, to) => {
+    await orig.rename(from, to);
+    if (armed && String(to).startsWith(paths.blobsDir)) renamed();
+  };
+  target.rm = async (p, opts) => {
+    if (armed && String(p).startsWith(paths.blobsDir)) await Promise.race([renamedIntoBlobs, new Promise((r) => setTimeout(r, 3000))]);
+    return orig.rm(p, opts);
+  };
+  t.teardown(async () => {
+    Object.assign(target, orig);
+    meta.close();
+    await fs.rm(root, { recursive: true, force: true });
+  });
+  const data = randomBytes(100_000);
+  const d = sha256(data);
+  const first = store.stage({ algorithm: 'sha256' });
+  await first.append(data);
+  await first.commit(d, { repo: 'a/b' as RepoName, provenance: 'cached' });
+  const copy = path.join(paths.tmpDir, 'second-copy');
+  await fs.writeFile(copy, data);
+  armed = true;
+  // The eviction's metadata change (async through the port) drops the row; a commit of the
+  // same digest runs its check before the eviction gets to register the file delete.
+  meta.deleteBlobRow(d);
+  const committing = store.commit(copy, d, data.length, 'a/c' as RepoName, 'cached');
+  const deleting = store.delete(d);
+  await Promise.all([committing, deleting]);
+  t.deepEqual(await store.stat(d), { size: data.length });
+  t.true((await fs.readFile(paths.blob(d))).equals(data), 'the committed file is there');
+});
