@@ -125,30 +125,39 @@ test('local: files sit at blobs/<alg>/<xx>/<hex>; list() reports stray names as 
   t.true(all.includes(sha256(orphan)), 'listed for GC');
 });
 
+/**
+ * Wrap fs/promises (the store calls it through the module object): once armed, an unlink
+ * under `dir` waits until a rename into `dir` completed, or 3 s.
+ */
+function holdUnlinksUntilRename(dir: string): { arm(): void; restore(): void } {
+  const target = fs as unknown as { rename: typeof fs.rename; rm: typeof fs.rm };
+  const orig = { rename: target.rename, rm: target.rm };
+  let armed = false;
+  let renamed!: () => void;
+  const renamedInto = new Promise<void>((r) => (renamed = r));
+  target.rename = async (from, to) => {
+    await orig.rename(from, to);
+    if (armed && String(to).startsWith(dir)) renamed();
+  };
+  target.rm = async (p, opts) => {
+    if (armed && String(p).startsWith(dir)) await Promise.race([renamedInto, new Promise((r) => setTimeout(r, 3000))]);
+    return orig.rm(p, opts);
+  };
+  return { arm: () => void (armed = true), restore: () => void Object.assign(target, orig) };
+}
+
 test.serial('local: a commit of a digest whose file is being unlinked waits for the unlink (the new file is kept)', async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
   const paths = storagePaths(root);
   const meta = new MetadataStore(paths.db);
   const store = new LocalBlobStore(paths, meta);
   await store.recover();
-  const target = fs as unknown as { rename: typeof fs.rename; rm: typeof fs.rm };
-  const orig = { rename: target.rename, rm: target.rm };
-  // Once armed, the unlink of the blob file is held until a rename into blobs/ happens
-  // (which the store must not do meanwhile) or 3 s pass (longer than the commit's fsync on
-  // a busy machine, so a store that did not wait would rename within it).
-  let armed = false;
-  let renamed!: () => void;
-  const renamedIntoBlobs = new Promise<void>((r) => (renamed = r));
-  target.rename = async (from, to) => {
-    await orig.rename(from, to);
-    if (armed && String(to).startsWith(paths.blobsDir)) renamed();
-  };
-  target.rm = async (p, opts) => {
-    if (armed && String(p).startsWith(paths.blobsDir)) await Promise.race([renamedIntoBlobs, new Promise((r) => setTimeout(r, 3000))]);
-    return orig.rm(p, opts);
-  };
+  // The unlink is held until a rename into blobs/ happens (which the store must not do
+  // meanwhile) or 3 s pass (longer than the commit's fsync on a busy machine, so a store
+  // that did not wait would rename within it).
+  const hold = holdUnlinksUntilRename(paths.blobsDir);
   t.teardown(async () => {
-    Object.assign(target, orig);
+    hold.restore();
     meta.close();
     await fs.rm(root, { recursive: true, force: true });
   });
@@ -161,7 +170,7 @@ test.serial('local: a commit of a digest whose file is being unlinked waits for 
   const second = store.stage({ algorithm: 'sha256' });
   await second.append(data);
   await second.flush();
-  armed = true;
+  hold.arm();
   meta.deleteBlobRow(d); // eviction: row first, then the file
   const deleting = store.delete(d);
   await second.commit(d, link);
@@ -176,23 +185,11 @@ test.serial('local: a commit that checked after an eviction dropped the row but 
   const meta = new MetadataStore(paths.db);
   const store = new LocalBlobStore(paths, meta);
   await store.recover();
-  const target = fs as unknown as { rename: typeof fs.rename; rm: typeof fs.rm };
-  const orig = { rename: target.rename, rm: target.rm };
-  // Once armed, an unlink in blobs/ is held until the commit's rename into blobs/ is done
-  // (ceiling 3 s): the worst order for a delete the store should not have started.
-  let armed = false;
-  let renamed!: () => void;
-  const renamedIntoBlobs = new Promise<void>((r) => (renamed = r));
-  target.rename = async (from, to) => {
-    await orig.rename(from, to);
-    if (armed && String(to).startsWith(paths.blobsDir)) renamed();
-  };
-  target.rm = async (p, opts) => {
-    if (armed && String(p).startsWith(paths.blobsDir)) await Promise.race([renamedIntoBlobs, new Promise((r) => setTimeout(r, 3000))]);
-    return orig.rm(p, opts);
-  };
+  // An unlink in blobs/ is held until the commit's rename into blobs/ is done (ceiling
+  // 3 s): the worst order for a delete the store should not have started.
+  const hold = holdUnlinksUntilRename(paths.blobsDir);
   t.teardown(async () => {
-    Object.assign(target, orig);
+    hold.restore();
     meta.close();
     await fs.rm(root, { recursive: true, force: true });
   });
@@ -203,7 +200,7 @@ test.serial('local: a commit that checked after an eviction dropped the row but 
   await first.commit(d, { repo: 'a/b' as RepoName, provenance: 'cached' });
   const copy = path.join(paths.tmpDir, 'second-copy');
   await fs.writeFile(copy, data);
-  armed = true;
+  hold.arm();
   // The eviction's metadata change (async through the port) drops the row; a commit of the
   // same digest runs its check before the eviction gets to register the file delete.
   meta.deleteBlobRow(d);
