@@ -138,6 +138,9 @@ export class UploadService {
     const rangeLength = cr ? cr.end - cr.start + 1 : undefined;
     if (cr && body.length !== undefined && body.length !== rangeLength) {
       body.stream.resume();
+      // A chunk at the wrong place is refused as such whatever its length (the store checks
+      // the offset first too).
+      if (cr.start !== s.offset) throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${s.offset}`, { status: 416, headers: uploadRangeHeader(s.offset) });
       throw new RegistryError('SIZE_INVALID', 'Content-Length does not match Content-Range');
     }
     const length = rangeLength ?? body.length;

@@ -16,7 +16,7 @@ import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { RegistryError, isRegistryError } from '../errors.js';
 import type { Digest } from '../names.js';
-import type { BlobStore, BlobWriter } from '../../storage/ports.js';
+import type { BlobStore, BlobWriter, PositionalReader } from '../../storage/ports.js';
 import { isStorageFull } from '../../storage/space.js';
 import { malformed } from './detect.js';
 
@@ -47,29 +47,37 @@ export interface StagedBlob {
 }
 
 function stagedBlob(writer: BlobWriter, digest: Digest, size: number): StagedBlob {
-  const read = async (position: number, length: number): Promise<Buffer> => {
-    const r = await writer.reader();
-    try {
-      const buf = Buffer.alloc(Math.max(0, Math.min(length, size - position)));
-      for (let n = 0; n < buf.length; ) {
-        const got = await r.read(buf.subarray(n), buf.length - n, position + n);
-        if (got === 0) throw new Error(`staged blob ${digest} ended at ${position + n} of ${size} bytes`);
-        n += got;
-      }
-      return buf;
-    } finally {
-      await r.close();
+  /** Fill `buf` from `position` (fewer bytes at the end of the content). */
+  const fill = async (r: PositionalReader, position: number, length: number): Promise<Buffer> => {
+    const buf = Buffer.alloc(Math.max(0, Math.min(length, size - position)));
+    for (let n = 0; n < buf.length; ) {
+      const got = await r.read(buf.subarray(n), buf.length - n, position + n);
+      if (got === 0) throw new Error(`staged blob ${digest} ended at ${position + n} of ${size} bytes`);
+      n += got;
     }
+    return buf;
   };
   return {
     digest,
     size,
     writer,
-    read,
+    read: async (position, length) => {
+      const r = await writer.reader();
+      try {
+        return await fill(r, position, length);
+      } finally {
+        await r.close();
+      }
+    },
     stream: () =>
       Readable.from(
         (async function* () {
-          for (let pos = 0; pos < size; pos += READ_BYTES) yield await read(pos, READ_BYTES);
+          const r = await writer.reader();
+          try {
+            for (let pos = 0; pos < size; pos += READ_BYTES) yield await fill(r, pos, READ_BYTES);
+          } finally {
+            await r.close();
+          }
         })(),
         { objectMode: false },
       ),
