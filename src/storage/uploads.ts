@@ -63,10 +63,11 @@ export class LocalUploadStore implements UploadStore {
 
   async start(repo: RepoName, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
     const id = randomUUID();
-    const createdAt = Date.now();
     await fs.writeFile(this.paths.upload(id), '');
+    let createdAt: number;
     try {
       this.meta.createUpload(id, repo);
+      createdAt = this.meta.upload(id)!.createdAt; // the time sweep expires it by
     } catch (e) {
       await fs.rm(this.paths.upload(id), { force: true }); // no session without its row (SQLITE_FULL)
       throw e;

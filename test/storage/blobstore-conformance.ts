@@ -71,7 +71,7 @@ async function listed(store: BlobStore): Promise<Array<Digest | null>> {
   return out;
 }
 
-async function openOrFail(t: ExecutionContext, store: BlobStore, d: Digest): Promise<BlobBody> {
+export async function openOrFail(t: ExecutionContext, store: BlobStore, d: Digest): Promise<BlobBody> {
   const body = await store.open(d);
   if (!body) return t.fail(`${d} not visible`) as never;
   t.teardown(() => body.close().catch(() => undefined));

@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Digest, RepoName } from '../../src/registry/names.js';
 import type { BlobStore } from '../../src/storage/ports.js';
-import { type DriverFactory, readStream, sha256 } from './blobstore-conformance.js';
+import { type DriverFactory, openOrFail, readStream, sha256 } from './blobstore-conformance.js';
 
 const repo = 'conformance/uploads' as RepoName;
 const NO_LIMIT = { maxBytes: Number.MAX_SAFE_INTEGER };
@@ -25,13 +25,9 @@ async function errorOf(t: ExecutionContext, p: Promise<unknown>): Promise<{ code
 
 async function content(t: ExecutionContext, store: BlobStore, d: Digest): Promise<Buffer> {
   const st = await store.stat(d);
-  const body = await store.open(d);
-  if (!st || !body) return t.fail(`${d} is not visible`) as never;
-  try {
-    return st.size === 0 ? Buffer.alloc(0) : await readStream(body.stream(0, st.size - 1));
-  } finally {
-    await body.close();
-  }
+  if (!st) return t.fail(`${d} is not visible`) as never;
+  const body = await openOrFail(t, store, d);
+  return st.size === 0 ? Buffer.alloc(0) : readStream(body.stream(0, st.size - 1));
 }
 
 /** Wait (bounded) until the clock moved past `ms`, so an age of 0 has expired. */
