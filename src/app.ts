@@ -79,7 +79,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const blobs = storage.blobs;
   await blobs.recover();
   const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
-  const uploads = storage.uploads(maxBlob);
+  const uploads = storage.uploads();
   await uploads.sweep(config.limits.uploadTtlMs);
   const service = new RegistryService(meta, blobs, uploads, config.limits);
   const clients = new Map<string, UpstreamClient>();

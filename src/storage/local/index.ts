@@ -1,20 +1,19 @@
 /**
  * The local storage driver, assembled: one SQLite connection (db.ts) shared by the
  * metadata port, the blob store and upload sessions, so one process owns it. Code above
- * storage/ opens it here and sees only the ports (and the upload manager, until upload
- * sessions get their own port).
+ * storage/ opens it here and sees only the ports.
  */
 import { LocalBlobStore } from '../blobs.js';
 import { MetadataDb } from '../db.js';
 import type { StoragePaths } from '../paths.js';
-import { UploadManager } from '../uploads.js';
+import { LocalUploadStore } from '../uploads.js';
 import { LocalMetadataStore } from './metadata.js';
 
 export interface LocalStorage {
   metadata: LocalMetadataStore;
   blobs: LocalBlobStore;
   /** Upload sessions over the same connection and blob store. */
-  uploads(maxBlobBytes: number): UploadManager;
+  uploads(): LocalUploadStore;
 }
 
 /** Open (and migrate) the database under `paths`; close it with `metadata.close()`. */
@@ -24,6 +23,6 @@ export function openLocalStorage(paths: StoragePaths): LocalStorage {
   return {
     metadata: new LocalMetadataStore(db),
     blobs,
-    uploads: (maxBlobBytes) => new UploadManager(paths, db, blobs, maxBlobBytes),
+    uploads: () => new LocalUploadStore(paths, db, blobs),
   };
 }
