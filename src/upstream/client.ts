@@ -14,6 +14,9 @@ import type { UpstreamConfig } from '../config/schema.js';
 import { type Challenge, parseChallenges } from './challenge.js';
 import { UpstreamHealth } from './health.js';
 import { type WireCredentials, credentialSource } from './credentials.js';
+import { RateGuardedBody } from './minrate.js';
+
+export { MIN_BODY_BYTES_PER_SEC, RateGuardedBody } from './minrate.js';
 
 export const USER_AGENT = 'regmirror/0.1 (+pull-through OCI mirror)';
 const MAX_REDIRECTS = 10;
@@ -359,9 +362,6 @@ async function readCapped(body: AsyncIterable<Buffer>, max: number): Promise<str
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** The slowest body an upstream may send, averaged over `timeouts.body` spent waiting for it. */
-export const MIN_BODY_BYTES_PER_SEC = 1024;
-
 /**
  * `body`'s chunks, failing (destroying it) once the time spent waiting for them adds up to
  * `windowMs` with fewer than MIN_BODY_BYTES_PER_SEC * windowMs/1000 bytes received.
@@ -376,109 +376,6 @@ export function minimumRate(
   tooSlow: () => Error = () => new UpstreamProtocolError('upstream sends the body too slowly', 503),
 ): RateGuardedBody {
   return new RateGuardedBody(body, windowMs, tooSlow);
-}
-
-/** The minimum-rate accounting shared by both ways of reading (see minimumRate). */
-class RateWindow {
-  private readonly minBytes: number;
-  private waited = 0;
-  private bytes = 0;
-
-  constructor(
-    private readonly windowMs: number,
-    private readonly tooSlow: () => Error,
-  ) {
-    this.minBytes = Math.max(1, Math.floor((MIN_BODY_BYTES_PER_SEC * windowMs) / 1000));
-  }
-
-  /** `bytes` arrived after waiting `ms` for them; throws once the window is too slow. */
-  got(bytes: number, ms: number): void {
-    this.waited += ms;
-    this.bytes += bytes;
-    if (this.waited >= this.windowMs) {
-      if (this.bytes < this.minBytes) throw this.tooSlow();
-      this.waited = 0;
-      this.bytes = 0;
-    }
-  }
-}
-
-export class RateGuardedBody implements AsyncIterable<Buffer> {
-  constructor(
-    private readonly body: Readable,
-    private readonly windowMs: number,
-    private readonly tooSlow: () => Error,
-  ) {}
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
-    const rate = new RateWindow(this.windowMs, this.tooSlow);
-    const it = (this.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-    let finished = false;
-    try {
-      for (;;) {
-        const started = Date.now();
-        const r = await it.next();
-        if (r.done) {
-          finished = true;
-          return;
-        }
-        rate.got(r.value.length, Date.now() - started);
-        yield r.value;
-      }
-    } finally {
-      // The stream's own iterator destroys it on return (and handles its error event).
-      if (!finished) await Promise.resolve(it.return?.()).catch(() => undefined);
-    }
-  }
-
-  /**
-   * Hand every chunk to `onChunk` from the body's 'data' events; a promise it returns
-   * pauses the body until it settles (that time is the consumer's, not the upstream's).
-   * Resolves at the end of the body; rejects with the body's error, the too-slow error or
-   * `onChunk`'s, and then destroys the body.
-   */
-  pump(onChunk: (chunk: Buffer) => void | Promise<void>): Promise<void> {
-    const body = this.body;
-    const rate = new RateWindow(this.windowMs, this.tooSlow);
-    return new Promise<void>((resolve, reject) => {
-      let since = Date.now();
-      let settled = false;
-      const finish = (err?: unknown) => {
-        if (settled) return;
-        settled = true;
-        body.off('data', onData).off('end', onEnd).off('error', finish).off('close', onClose);
-        if (err === undefined) return resolve();
-        body.on('error', () => undefined); // destroy() may report it again
-        body.destroy();
-        reject(err);
-      };
-      const resumed = () => {
-        if (settled) return;
-        since = Date.now();
-        body.resume();
-      };
-      const onData = (chunk: Buffer) => {
-        const now = Date.now();
-        let wait: void | Promise<void>;
-        try {
-          rate.got(chunk.length, now - since);
-          wait = onChunk(chunk);
-        } catch (e) {
-          return finish(e);
-        }
-        since = now;
-        if (wait) {
-          body.pause();
-          wait.then(resumed, finish);
-        }
-      };
-      const onEnd = () => finish();
-      const onClose = () => finish(new Error('upstream body closed before its end'));
-      if (body.readableEnded) return resolve();
-      if (body.destroyed) return finish(body.errored ?? new Error('upstream body closed before its end'));
-      body.on('data', onData).on('end', onEnd).on('error', finish).on('close', onClose);
-    });
-  }
 }
 
 /** Read a whole (small) body; a stall past the body timeout or an oversized body is an UpstreamProtocolError. */
