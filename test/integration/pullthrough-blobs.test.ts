@@ -131,7 +131,8 @@ test('a slow and a fast reader of one unthrottled fill both get exact bytes: the
         if (n < MiB) return;
         if (slowWaited) return sleep(1);
         slowWaited = true;
-        await waitFor(upstreamDone, WAIT_MS, 'the upstream to finish sending');
+        // 24 MiB through the fill on a loaded 2-core machine: a longer ceiling than WAIT_MS.
+        await waitFor(upstreamDone, 4 * WAIT_MS, 'the upstream to finish sending');
         slowAtUpstreamEnd = n;
       },
     }),
