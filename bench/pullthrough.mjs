@@ -209,6 +209,13 @@ configure({ name: 'pullthrough', keep: KEEP });
 const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
 // A second build, measured as another cache in the same run (A/B of a change).
 const REGMIRROR_CLI_B = process.env.BENCH_REGMIRROR_CLI_B ? path.resolve(process.env.BENCH_REGMIRROR_CLI_B) : null;
+// Extra environment for regmirror-B only (`K=V K=V`), e.g. glibc malloc tunables.
+const REGMIRROR_ENV_B = Object.fromEntries(
+  (process.env.BENCH_REGMIRROR_ENV_B ?? '')
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
 const SCENARIOS = ['cold1', 'warm', 'coldN', 'ttfb'];
 const ONLY = (process.env.BENCH_PT_ONLY || SCENARIOS.join(',')).split(',').map((x) => x.trim());
 for (const o of ONLY) if (!SCENARIOS.includes(o)) throw new Error(`BENCH_PT_ONLY: unknown scenario ${o} (${SCENARIOS.join(', ')})`);
@@ -249,6 +256,8 @@ function cpuDelta(a, b) {
     ours += user + sys;
     out[`${role}CpuSeconds`] = round((user + sys) / CLK_TCK, 2);
     out[`${role}CpuSysSeconds`] = round(sys / CLK_TCK, 2);
+    // Minor faults: fresh memory touched (allocation churn); counted exactly, whatever the load.
+    out[`${role}MinorFaults`] = (b.per[role].minflt ?? 0) - (a.per[role]?.minflt ?? 0);
   }
   out.foreignCpuShare = Math.max(0, round((b.busy - a.busy - ours) / CLK_TCK / (secs * NCPU), 3));
   return out;
@@ -368,7 +377,7 @@ async function seedUpstream(base) {
 // Caches under test
 // ---------------------------------------------------------------------------------------
 
-async function startRegmirror(dir, upstreamBase, cli, name) {
+async function startRegmirror(dir, upstreamBase, cli, name, env = {}) {
   fs.mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const cfg = path.join(dir, 'regmirror.yml');
@@ -388,7 +397,7 @@ async function startRegmirror(dir, upstreamBase, cli, name) {
   );
   const profileDir = PROFILE ? path.join(dir, 'cpu-profile') : null;
   const args = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, cli] : [cli];
-  const entry = startProcess(name, process.execPath, [...args, 'serve', '--config', cfg], path.join(dir, 'server.log'));
+  const entry = startProcess(name, process.execPath, [...args, 'serve', '--config', cfg], path.join(dir, 'server.log'), { env: { ...process.env, ...env } });
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, entry);
   return { name, base, entry, pid: entry.pid, dir, profileDir };
@@ -475,6 +484,7 @@ async function pullScenario(label, cache, nClients, img, upstream, proxy) {
     // The image crosses the cache once (cold) or is served N times from disk (warm).
     cacheCpuSecondsPerGB: round(cpu.cacheCpuSeconds / (img.size / 1e9), 3),
     cacheCpuSysSecondsPerGB: round(cpu.cacheCpuSysSeconds / (img.size / 1e9), 3),
+    cacheMinorFaultsPerGB: Math.round(cpu.cacheMinorFaults / (img.size / 1e9)),
   };
   log(
     `${cache.name} ${label}: ${r.wallSeconds} s wall, ${r.clientMBps} MB/s to clients, upstream ${r.upstreamBytesPerImage}x image ` +
@@ -597,6 +607,7 @@ function buildRows(res, names) {
     row(`Cold pull, 1 client: wall time (s), median of ${COLD1_RUNS}`, (c) => c.cold1Median?.wallSeconds, 2, '', 'lower is better');
     row(`Cold pull, 1 client: cache CPU s per GB filled, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
     row(`Cold pull, 1 client: cache system CPU s per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSysSecondsPerGB, 3, '', 'info');
+    row(`Cold pull, 1 client: cache minor page faults per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheMinorFaultsPerGB, 0, '', 'info (fresh memory touched)');
   }
   row('Cold pull, 1 client: wall time (s)', (c) => ok(c.cold1)?.wallSeconds, 2, '', 'lower is better');
   row('Cold pull, 1 client: cache CPU s per GB filled', (c) => ok(c.cold1)?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
@@ -748,7 +759,7 @@ async function main() {
   if (h.headers['docker-content-digest'] !== img.manifestDigest) throw new Error(`proxy: tag resolves to ${h.headers['docker-content-digest']}`);
 
   const kinds = [{ name: 'regmirror', start: (dir, up) => startRegmirror(dir, up, cliA, 'regmirror') }];
-  if (cliB) kinds.push({ name: 'regmirror-B', start: (dir, up) => startRegmirror(dir, up, cliB, 'regmirror-B') });
+  if (cliB) kinds.push({ name: 'regmirror-B', start: (dir, up) => startRegmirror(dir, up, cliB, 'regmirror-B', REGMIRROR_ENV_B) });
   if (withDist) kinds.push({ name: 'docker-registry', start: startDistributionProxy });
   const caches = Object.fromEntries(kinds.map((k) => [k.name, {}]));
   const skipped = [];
@@ -802,6 +813,7 @@ async function main() {
       cacheCpuSeconds: med((r) => r.cacheCpuSeconds),
       cacheCpuSecondsPerGB: med((r) => r.cacheCpuSecondsPerGB),
       cacheCpuSysSecondsPerGB: med((r) => r.cacheCpuSysSecondsPerGB),
+      cacheMinorFaultsPerGB: med((r) => r.cacheMinorFaultsPerGB),
       foreignCpuShare: med((r) => r.foreignCpuShare),
     };
   }
@@ -838,7 +850,7 @@ async function main() {
     date,
     node: process.version,
     machine: { cpus: NCPU, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
-    regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT, cliB: REGMIRROR_CLI_B, cliBBuiltAt: REGMIRROR_CLI_B ? newestMtime(path.dirname(REGMIRROR_CLI_B)) : null },
+    regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT, cliB: REGMIRROR_CLI_B, envB: REGMIRROR_ENV_B, cliBBuiltAt: REGMIRROR_CLI_B ? newestMtime(path.dirname(REGMIRROR_CLI_B)) : null },
     distribution: versionOf('docker-registry', ['--version']),
     settings: { only: ONLY, cold1Runs: COLD1_RUNS, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
     imageBytes: img.size,
@@ -875,7 +887,7 @@ async function main() {
   }
   if (ttfb && !ttfb.valid) notes.push(`TTFB: ${ttfb.failures.length} failures, not reported (first: ${ttfb.failures[0]})`);
   if (serverLogs.length) notes.push(`Cache logs were not empty: ${serverLogs.map((l) => `${l.instance} ${l.lines} lines`).join(', ')} (first lines in the JSON, serverLogs).`);
-  if (cliB) notes.push(`regmirror-B is ${REGMIRROR_CLI_B} (built ${meta.regmirror.cliBBuiltAt}), measured in the same run as regmirror (${REGMIRROR_CLI}).`);
+  if (cliB) notes.push(`regmirror-B is ${REGMIRROR_CLI_B} (built ${meta.regmirror.cliBBuiltAt})${Object.keys(REGMIRROR_ENV_B).length ? ` with ${process.env.BENCH_REGMIRROR_ENV_B}` : ''}, measured in the same run as regmirror (${REGMIRROR_CLI}).`);
   const doc = { meta, table: rows.map(({ digits, suffix, values, ...r }) => ({ ...r, ...values })), ...res, profiles, serverLogs, notes };
 
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
