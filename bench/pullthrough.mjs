@@ -221,6 +221,10 @@ const ONLY = (process.env.BENCH_PT_ONLY || SCENARIOS.join(',')).split(',').map((
 for (const o of ONLY) if (!SCENARIOS.includes(o)) throw new Error(`BENCH_PT_ONLY: unknown scenario ${o} (${SCENARIOS.join(', ')})`);
 // Cold 1-client pulls per cache, each on a fresh instance, interleaved (A B, B A, ...).
 const COLD1_RUNS = Math.round(envNum('BENCH_PT_COLD1_RUNS', 1, 1, 20));
+// Before each cold 1-client pull, fetch a blob of this many MiB (not part of the image)
+// through the fresh cache, unmeasured: a long-running mirror has its fill path compiled
+// (V8 JIT) already; 0 = measure a just-started process.
+const WARM_FILL_MIB = Math.round(envNum('BENCH_PT_WARM_FILL_MIB', 0, 0, 1024));
 
 // Copy the build at start, so a rebuild of dist/ during the run (tests, colleagues) does not
 // change what later scenarios measure.
@@ -370,7 +374,8 @@ async function seedUpstream(base) {
   );
   if (put.headers['docker-content-digest'] !== manifestDigest) throw new Error(`upstream manifest digest ${put.headers['docker-content-digest']}, want ${manifestDigest}`);
   const blobs = [configDesc, ...layers];
-  return { config: configDesc, layers, blobs, manifestDigest, manifestBytes: manifest.length, size: blobs.reduce((n, b) => n + b.size, 0) };
+  const warmFill = WARM_FILL_MIB ? { digest: await pushLayer(base, 'warm-fill', WARM_FILL_MIB * MIB), size: WARM_FILL_MIB * MIB } : null;
+  return { config: configDesc, layers, blobs, warmFill, manifestDigest, manifestBytes: manifest.length, size: blobs.reduce((n, b) => n + b.size, 0) };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -793,6 +798,10 @@ async function main() {
     for (const k of run % 2 ? [...kinds].reverse() : kinds) {
       if (overBudget(`${k.name} cold1 run ${run + 1}${run === 0 && ONLY.includes('warm') ? '/warm' : ''}`)) continue;
       const c = await fresh(k);
+      if (img.warmFill) {
+        const r = await fetchVerified(`${c.base}/v2/${REPO}/blobs/${img.warmFill.digest}`, { agent: seedAgent, deadlineAt: Date.now() + SCENARIO_TIMEOUT_S * 1000, expect: img.warmFill });
+        if (!r.ok) throw new Error(`${k.name}: warm-up fill failed: ${r.error}`);
+      }
       const cold = await pullScenario(`cold pull, 1 client${COLD1_RUNS > 1 ? ` (run ${run + 1}/${COLD1_RUNS})` : ''}`, c, 1, img, upstream, proxy);
       (caches[k.name].cold1Runs ??= []).push(cold);
       caches[k.name].cold1 ??= cold;
@@ -852,7 +861,7 @@ async function main() {
     machine: { cpus: NCPU, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
     regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT, cliB: REGMIRROR_CLI_B, envB: REGMIRROR_ENV_B, cliBBuiltAt: REGMIRROR_CLI_B ? newestMtime(path.dirname(REGMIRROR_CLI_B)) : null },
     distribution: versionOf('docker-registry', ['--version']),
-    settings: { only: ONLY, cold1Runs: COLD1_RUNS, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
+    settings: { only: ONLY, cold1Runs: COLD1_RUNS, warmFillMiB: WARM_FILL_MIB, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
     imageBytes: img.size,
     manifestDigest: img.manifestDigest,
     seedSeconds: round(seedSeconds, 1),
