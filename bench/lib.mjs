@@ -300,14 +300,14 @@ try {
 }
 export const NCPU = os.cpus().length;
 
-/** A process's CPU time in clock ticks (0 if it is gone). */
+/** A process's CPU time in clock ticks and its minor page faults so far (0 if it is gone). */
 export function pidCpuTicks(pid) {
   try {
     const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return { user: Number(f[11]), sys: Number(f[12]) };
+    return { user: Number(f[11]), sys: Number(f[12]), minflt: Number(f[7]) };
   } catch {
-    return { user: 0, sys: 0 };
+    return { user: 0, sys: 0, minflt: 0 };
   }
 }
 
@@ -444,4 +444,33 @@ export async function startDockerRegistry(dir, processName, remoteurl = null) {
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, entry);
   return { base, entry, pid: entry.pid };
+}
+
+/** Self time per function from the .cpuprofile files in `dir` (node --cpu-prof), hottest first. */
+export function summarizeProfiles(dir, top = 25) {
+  let files = [];
+  try {
+    files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+  } catch {
+    return null;
+  }
+  const self = new Map();
+  let total = 0;
+  for (const f of files) {
+    const p = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
+    const byId = new Map(p.nodes.map((n) => [n.id, n]));
+    const dt = new Map();
+    for (let i = 0; i < p.samples.length; i++) dt.set(p.samples[i], (dt.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
+    for (const [id, us] of dt) {
+      const n = byId.get(id);
+      const cf = n.callFrame;
+      // Paths relative to the checkout, or to a snapshot of a build (bench/pullthrough.mjs).
+      const url = cf.url.replace(`file://${ROOT}/`, '').replace(/^file:\/\/.*\/build\/dist\//, 'dist/');
+      const key = `${cf.functionName || '(anonymous)'} ${url ? `${url}:${cf.lineNumber + 1}` : ''}`.trim();
+      self.set(key, (self.get(key) ?? 0) + us);
+      total += us;
+    }
+  }
+  const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
+  return { files: files.map((f) => path.join(dir, f)), totalMs: Math.round(total / 1000), top: rows.map(([k, us]) => ({ fn: k, ms: Math.round(us / 1000), pct: Math.round((1000 * us) / total) / 10 })) };
 }

@@ -32,7 +32,10 @@
  * BENCH_PT_SCENARIO_TIMEOUT (90 s per pull scenario), BENCH_PT_BUDGET (200 s: no scenario
  * starts after this), BENCH_PT_TIMEOUT (280 s hard limit), BENCH_WAIT_QUIET (0: seconds to
  * wait at most for other CPU load to stop first), BENCH_DOCKER_REGISTRY=0,
- * BENCH_REGMIRROR_CLI, BENCH_PT_SNAPSHOT=0 (run dist/ in place instead of a copy made at
+ * BENCH_REGMIRROR_CLI, BENCH_REGMIRROR_CLI_B (a second build measured as `regmirror-B`, A/B),
+ * BENCH_PT_ONLY (cold1,warm,coldN,ttfb), BENCH_PT_COLD1_RUNS (1: cold 1-client pulls per
+ * cache, interleaved; medians reported), BENCH_PROFILE=1 (regmirror under --cpu-prof),
+ * BENCH_PT_SNAPSHOT=0 (run dist/ in place instead of a copy made at
  * start), BENCH_KEEP=1, BENCH_RESULTS_DIR. See bench/README.md.
  */
 import { createHash } from 'node:crypto';
@@ -73,6 +76,7 @@ import {
   startDockerRegistry,
   startProcess,
   stopProcess,
+  summarizeProfiles,
   tempDirs,
   versionOf,
   waitQuiet,
@@ -199,13 +203,32 @@ const BUDGET_S = envNum('BENCH_PT_BUDGET', 200, 10, 3600);
 const HARD_LIMIT_S = envNum('BENCH_PT_TIMEOUT', 280, 30, 3600);
 const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
 const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
-const KEEP = process.env.BENCH_KEEP === '1';
+const PROFILE = process.env.BENCH_PROFILE === '1';
+const KEEP = process.env.BENCH_KEEP === '1' || PROFILE;
 configure({ name: 'pullthrough', keep: KEEP });
 const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
+// A second build, measured as another cache in the same run (A/B of a change).
+const REGMIRROR_CLI_B = process.env.BENCH_REGMIRROR_CLI_B ? path.resolve(process.env.BENCH_REGMIRROR_CLI_B) : null;
+// Extra environment for regmirror-B only (`K=V K=V`), e.g. glibc malloc tunables.
+const REGMIRROR_ENV_B = Object.fromEntries(
+  (process.env.BENCH_REGMIRROR_ENV_B ?? '')
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
+const SCENARIOS = ['cold1', 'warm', 'coldN', 'ttfb'];
+const ONLY = (process.env.BENCH_PT_ONLY || SCENARIOS.join(',')).split(',').map((x) => x.trim());
+for (const o of ONLY) if (!SCENARIOS.includes(o)) throw new Error(`BENCH_PT_ONLY: unknown scenario ${o} (${SCENARIOS.join(', ')})`);
+// Cold 1-client pulls per cache, each on a fresh instance, interleaved (A B, B A, ...).
+const COLD1_RUNS = Math.round(envNum('BENCH_PT_COLD1_RUNS', 1, 1, 20));
+// Before each cold 1-client pull, fetch a blob of this many MiB (not part of the image)
+// through the fresh cache, unmeasured: a long-running mirror has its fill path compiled
+// (V8 JIT) already; 0 = measure a just-started process.
+const WARM_FILL_MIB = Math.round(envNum('BENCH_PT_WARM_FILL_MIB', 0, 0, 1024));
+
 // Copy the build at start, so a rebuild of dist/ during the run (tests, colleagues) does not
 // change what later scenarios measure.
 const SNAPSHOT = process.env.BENCH_PT_SNAPSHOT !== '0';
-let regmirrorCli = REGMIRROR_CLI;
 const RESULTS_DIR = path.resolve(process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results'));
 const LAYER_SIZE = LAYER_MIB * MIB;
 const IDLE_WAIT_MS = 60_000; // at most this long for the caches' upstream traffic to stop
@@ -237,6 +260,8 @@ function cpuDelta(a, b) {
     ours += user + sys;
     out[`${role}CpuSeconds`] = round((user + sys) / CLK_TCK, 2);
     out[`${role}CpuSysSeconds`] = round(sys / CLK_TCK, 2);
+    // Minor faults: fresh memory touched (allocation churn); counted exactly, whatever the load.
+    out[`${role}MinorFaults`] = (b.per[role].minflt ?? 0) - (a.per[role]?.minflt ?? 0);
   }
   out.foreignCpuShare = Math.max(0, round((b.busy - a.busy - ours) / CLK_TCK / (secs * NCPU), 3));
   return out;
@@ -349,14 +374,15 @@ async function seedUpstream(base) {
   );
   if (put.headers['docker-content-digest'] !== manifestDigest) throw new Error(`upstream manifest digest ${put.headers['docker-content-digest']}, want ${manifestDigest}`);
   const blobs = [configDesc, ...layers];
-  return { config: configDesc, layers, blobs, manifestDigest, manifestBytes: manifest.length, size: blobs.reduce((n, b) => n + b.size, 0) };
+  const warmFill = WARM_FILL_MIB ? { digest: await pushLayer(base, 'warm-fill', WARM_FILL_MIB * MIB), size: WARM_FILL_MIB * MIB } : null;
+  return { config: configDesc, layers, blobs, warmFill, manifestDigest, manifestBytes: manifest.length, size: blobs.reduce((n, b) => n + b.size, 0) };
 }
 
 // ---------------------------------------------------------------------------------------
 // Caches under test
 // ---------------------------------------------------------------------------------------
 
-async function startRegmirror(dir, upstreamBase) {
+async function startRegmirror(dir, upstreamBase, cli, name, env = {}) {
   fs.mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const cfg = path.join(dir, 'regmirror.yml');
@@ -374,10 +400,12 @@ async function startRegmirror(dir, upstreamBase) {
       '',
     ].join('\n'),
   );
-  const entry = startProcess('regmirror', process.execPath, [regmirrorCli, 'serve', '--config', cfg], path.join(dir, 'server.log'));
+  const profileDir = PROFILE ? path.join(dir, 'cpu-profile') : null;
+  const args = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, cli] : [cli];
+  const entry = startProcess(name, process.execPath, [...args, 'serve', '--config', cfg], path.join(dir, 'server.log'), { env: { ...process.env, ...env } });
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, entry);
-  return { name: 'regmirror', base, entry, pid: entry.pid, dir };
+  return { name, base, entry, pid: entry.pid, dir, profileDir };
 }
 
 async function startDistributionProxy(dir, upstreamBase) {
@@ -458,6 +486,10 @@ async function pullScenario(label, cache, nClients, img, upstream, proxy) {
     valid: failures.length === 0,
     rss: rssOut,
     ...cpu,
+    // The image crosses the cache once (cold) or is served N times from disk (warm).
+    cacheCpuSecondsPerGB: round(cpu.cacheCpuSeconds / (img.size / 1e9), 3),
+    cacheCpuSysSecondsPerGB: round(cpu.cacheCpuSysSeconds / (img.size / 1e9), 3),
+    cacheMinorFaultsPerGB: Math.round(cpu.cacheMinorFaults / (img.size / 1e9)),
   };
   log(
     `${cache.name} ${label}: ${r.wallSeconds} s wall, ${r.clientMBps} MB/s to clients, upstream ${r.upstreamBytesPerImage}x image ` +
@@ -561,7 +593,7 @@ function fmt(v, digits = 0, suffix = '') {
   return `${Number(v).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })}${suffix}`;
 }
 
-function buildRows(res) {
+function buildRows(res, names) {
   const get = (cache, fn) => {
     try {
       const v = fn(res.caches[cache] ?? {}, cache);
@@ -574,9 +606,16 @@ function buildRows(res) {
   const ratio = (a, b) => (a && b ? a / b : null);
   const up = res.ttfb?.summary?.upstream;
   const rows = [];
-  const row = (metric, fn, digits, suffix, target) => rows.push({ metric, regmirror: get('regmirror', fn), distribution: get('docker-registry', fn), digits, suffix, target });
+  const row = (metric, fn, digits, suffix, target) => rows.push({ metric, values: Object.fromEntries(names.map((name) => [name, get(name, fn)])), digits, suffix, target });
   const n = CLIENTS;
+  if (COLD1_RUNS > 1) {
+    row(`Cold pull, 1 client: wall time (s), median of ${COLD1_RUNS}`, (c) => c.cold1Median?.wallSeconds, 2, '', 'lower is better');
+    row(`Cold pull, 1 client: cache CPU s per GB filled, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
+    row(`Cold pull, 1 client: cache system CPU s per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSysSecondsPerGB, 3, '', 'info');
+    row(`Cold pull, 1 client: cache minor page faults per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheMinorFaultsPerGB, 0, '', 'info (fresh memory touched)');
+  }
   row('Cold pull, 1 client: wall time (s)', (c) => ok(c.cold1)?.wallSeconds, 2, '', 'lower is better');
+  row('Cold pull, 1 client: cache CPU s per GB filled', (c) => ok(c.cold1)?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
   row('Cold pull, 1 client: upstream blob bytes / image size', (c) => ok(c.cold1)?.upstreamBytesPerImage, 2, 'x', '1.00x');
   row('Cold pull, 1 client: upstream GETs per blob (max)', (c) => ok(c.cold1)?.upstreamBlobGetsPerBlob.max, 0, '', '1');
   row(`Cold pull, ${n} clients: wall time (s)`, (c) => ok(c.coldN)?.wallSeconds, 2, '', 'lower is better');
@@ -627,11 +666,11 @@ function buildRows(res) {
   row(`Cache CPU s, cold pull ${n} clients`, (c) => ok(c.coldN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
   row(`Cache CPU s, warm pull ${n} clients`, (c) => ok(c.warmN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
   row(`Cache RSS peak, cold pull ${n} clients (MiB)`, (c) => ok(c.coldN)?.rss?.peakMiB, 1, '', 'info');
-  row('Verification failures (all scenarios)', (c) => ['cold1', 'warm1', 'warmN', 'coldN'].reduce((k, s) => k + (c[s]?.failures?.length ?? 0), 0), 0, '', '0');
+  row('Verification failures (all scenarios)', (c) => [...(c.cold1Runs ?? []), c.warm1, c.warmN, c.coldN].reduce((k, s) => k + (s?.failures?.length ?? 0), 0), 0, '', '0');
   return rows;
 }
 
-function markdown(meta, rows, notes) {
+function markdown(meta, rows, notes, names) {
   const L = [];
   L.push(`# regmirror pull-through benchmark (${meta.date})`);
   L.push('');
@@ -643,9 +682,9 @@ function markdown(meta, rows, notes) {
       'Clients, caches, upstream and proxy share the machine: compare the two caches within one run, not absolute numbers across runs.',
   );
   L.push('');
-  L.push('| metric | regmirror | docker-registry proxy | target |');
-  L.push('| --- | ---: | ---: | --- |');
-  for (const r of rows) L.push(`| ${r.metric} | ${fmt(r.regmirror, r.digits, r.suffix)} | ${fmt(r.distribution, r.digits, r.suffix)} | ${r.target} |`);
+  L.push(`| metric | ${names.map((n) => (n === 'docker-registry' ? 'docker-registry proxy' : n)).join(' | ')} | target |`);
+  L.push(`| --- | ${names.map(() => '---:').join(' | ')} | --- |`);
+  for (const r of rows) L.push(`| ${r.metric} | ${names.map((n) => fmt(r.values[n], r.digits, r.suffix)).join(' | ')} | ${r.target} |`);
   if (notes.length) {
     L.push('');
     for (const n of notes) L.push(`- ${n}`);
@@ -687,7 +726,7 @@ async function main() {
     cleanup().finally(() => process.exit(3));
   }, (HARD_LIMIT_S + WAIT_QUIET_S) * 1000);
 
-  if (!fs.existsSync(REGMIRROR_CLI)) throw new Error(`${REGMIRROR_CLI} missing: run \`npm run build\` first`);
+  for (const cli of [REGMIRROR_CLI, REGMIRROR_CLI_B]) if (cli && !fs.existsSync(cli)) throw new Error(`${cli} missing: run \`npm run build\` first`);
   if (!onPath('docker-registry')) throw new Error('docker-registry is not on PATH: it is the upstream of this benchmark (apt-get install docker-registry)');
   const withDist = WITH_DISTRIBUTION;
   if (WAIT_QUIET_S > 0) await waitQuiet(WAIT_QUIET_S);
@@ -699,17 +738,20 @@ async function main() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-bench-pt-'));
   tempDirs.push(root);
   const cliBuiltAt = newestMtime(path.dirname(REGMIRROR_CLI));
-  if (SNAPSHOT) {
-    // <root>/build/{dist,package.json,node_modules -> the checkout's}: same module resolution.
-    const b = path.join(root, 'build');
-    fs.mkdirSync(b);
-    const pkgDir = path.dirname(path.dirname(REGMIRROR_CLI));
-    fs.cpSync(path.dirname(REGMIRROR_CLI), path.join(b, 'dist'), { recursive: true });
+  const snapshot = (cli, sub) => {
+    if (!SNAPSHOT) return cli;
+    // <root>/<sub>/build/{dist,package.json,node_modules -> the checkout's}: same module resolution.
+    const b = path.join(root, sub, 'build');
+    fs.mkdirSync(b, { recursive: true });
+    const pkgDir = path.dirname(path.dirname(cli));
+    fs.cpSync(path.dirname(cli), path.join(b, 'dist'), { recursive: true });
     fs.copyFileSync(path.join(pkgDir, 'package.json'), path.join(b, 'package.json'));
     fs.symlinkSync(path.join(pkgDir, 'node_modules'), path.join(b, 'node_modules'), 'dir');
-    regmirrorCli = path.join(b, 'dist', path.basename(REGMIRROR_CLI));
-    log(`measuring a copy of ${path.relative(ROOT, path.dirname(REGMIRROR_CLI)) || '.'}/ (built ${cliBuiltAt}) in ${b}`);
-  }
+    log(`measuring a copy of ${path.dirname(cli)}/ (built ${newestMtime(path.dirname(cli))}) in ${b}`);
+    return path.join(b, 'dist', path.basename(cli));
+  };
+  const cliA = snapshot(REGMIRROR_CLI, 'build-a');
+  const cliB = REGMIRROR_CLI_B ? snapshot(REGMIRROR_CLI_B, 'build-b') : null;
   const upstream = await startUpstream(path.join(root, 'upstream'));
   const proxy = await startCountingProxy(path.join(root, 'proxy'), upstream.base);
   log(`upstream docker-registry pid ${upstream.pid} at ${upstream.base}; counting proxy pid ${proxy.pid} at ${proxy.base}`);
@@ -721,14 +763,17 @@ async function main() {
   const h = expectStatus(await request('HEAD', `${proxy.base}/v2/${REPO}/manifests/${TAG}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, 'HEAD manifest via proxy');
   if (h.headers['docker-content-digest'] !== img.manifestDigest) throw new Error(`proxy: tag resolves to ${h.headers['docker-content-digest']}`);
 
-  const kinds = [{ name: 'regmirror', start: startRegmirror }];
+  const kinds = [{ name: 'regmirror', start: (dir, up) => startRegmirror(dir, up, cliA, 'regmirror') }];
+  if (cliB) kinds.push({ name: 'regmirror-B', start: (dir, up) => startRegmirror(dir, up, cliB, 'regmirror-B', REGMIRROR_ENV_B) });
   if (withDist) kinds.push({ name: 'docker-registry', start: startDistributionProxy });
   const caches = Object.fromEntries(kinds.map((k) => [k.name, {}]));
   const skipped = [];
   let instance = 0;
   const fresh = async (k) => k.start(path.join(root, `${k.name}-${++instance}`), proxy.base);
   const serverLogs = [];
+  const profileDirs = Object.fromEntries(kinds.map((k) => [k.name, []]));
   const retire = async (c) => {
+    if (c.profileDir) profileDirs[c.name].push(c.profileDir);
     const info = await stopProcess(c.entry);
     // Anything a cache logged (regmirror at warn, docker-registry at error) goes into the JSON.
     try {
@@ -747,17 +792,42 @@ async function main() {
     return true;
   };
 
-  // 1) cold pull with 1 client, then warm pulls (1 and N clients) on the same instance.
-  for (const k of kinds) {
-    if (overBudget(`${k.name} cold1/warm`)) continue;
-    const c = await fresh(k);
-    caches[k.name].cold1 = await pullScenario('cold pull, 1 client', c, 1, img, upstream, proxy);
-    caches[k.name].warm1 = await pullScenario('warm pull, 1 client', c, 1, img, upstream, proxy);
-    caches[k.name].warmN = await pullScenario(`warm pull, ${CLIENTS} clients`, c, CLIENTS, img, upstream, proxy);
-    await retire(c);
+  // 1) cold pull with 1 client, then warm pulls (1 and N clients) on the same instance;
+  // further cold 1-client pulls (BENCH_PT_COLD1_RUNS) on fresh instances, order alternating.
+  for (let run = 0; run < (ONLY.includes('cold1') || ONLY.includes('warm') ? COLD1_RUNS : 0); run++) {
+    for (const k of run % 2 ? [...kinds].reverse() : kinds) {
+      if (overBudget(`${k.name} cold1 run ${run + 1}${run === 0 && ONLY.includes('warm') ? '/warm' : ''}`)) continue;
+      const c = await fresh(k);
+      if (img.warmFill) {
+        const r = await fetchVerified(`${c.base}/v2/${REPO}/blobs/${img.warmFill.digest}`, { agent: seedAgent, deadlineAt: Date.now() + SCENARIO_TIMEOUT_S * 1000, expect: img.warmFill });
+        if (!r.ok) throw new Error(`${k.name}: warm-up fill failed: ${r.error}`);
+      }
+      const cold = await pullScenario(`cold pull, 1 client${COLD1_RUNS > 1 ? ` (run ${run + 1}/${COLD1_RUNS})` : ''}`, c, 1, img, upstream, proxy);
+      (caches[k.name].cold1Runs ??= []).push(cold);
+      caches[k.name].cold1 ??= cold;
+      if (run === 0 && ONLY.includes('warm')) {
+        caches[k.name].warm1 = await pullScenario('warm pull, 1 client', c, 1, img, upstream, proxy);
+        caches[k.name].warmN = await pullScenario(`warm pull, ${CLIENTS} clients`, c, CLIENTS, img, upstream, proxy);
+      }
+      await retire(c);
+    }
+  }
+  for (const c of Object.values(caches)) {
+    const runs = (c.cold1Runs ?? []).filter((r) => r.valid);
+    if (runs.length === 0) continue;
+    const med = (f) => round(median(runs.map(f)), 3);
+    c.cold1Median = {
+      runs: runs.length,
+      wallSeconds: med((r) => r.wallSeconds),
+      cacheCpuSeconds: med((r) => r.cacheCpuSeconds),
+      cacheCpuSecondsPerGB: med((r) => r.cacheCpuSecondsPerGB),
+      cacheCpuSysSecondsPerGB: med((r) => r.cacheCpuSysSecondsPerGB),
+      cacheMinorFaultsPerGB: med((r) => r.cacheMinorFaultsPerGB),
+      foreignCpuShare: med((r) => r.foreignCpuShare),
+    };
   }
   // 2) cold pull with N clients (order flipped).
-  for (const k of [...kinds].reverse()) {
+  for (const k of ONLY.includes('coldN') ? [...kinds].reverse() : []) {
     if (overBudget(`${k.name} cold${CLIENTS}`)) continue;
     const c = await fresh(k);
     caches[k.name].coldN = await pullScenario(`cold pull, ${CLIENTS} clients`, c, CLIENTS, img, upstream, proxy);
@@ -765,7 +835,22 @@ async function main() {
   }
   // 3) TTFB of cold layers, both caches fresh, rounds interleaved.
   let ttfb = null;
-  if (!overBudget('ttfb')) ttfb = await ttfbScenario(kinds, fresh, retire, img, upstream, proxy);
+  if (ONLY.includes('ttfb') && !overBudget('ttfb')) ttfb = await ttfbScenario(kinds, fresh, retire, img, upstream, proxy);
+  const profiles = {};
+  for (const [name, dirs] of Object.entries(profileDirs)) {
+    // One merged summary per build: every instance's profile (start-up and seeding-free).
+    const merged = path.join(root, `profile-${name}`);
+    for (const d of dirs) {
+      if (!fs.existsSync(d)) continue;
+      fs.mkdirSync(merged, { recursive: true });
+      for (const f of fs.readdirSync(d)) fs.copyFileSync(path.join(d, f), path.join(merged, `${path.basename(path.dirname(d))}-${f}`));
+    }
+    const p = dirs.length ? summarizeProfiles(merged, 30) : null;
+    if (!p) continue;
+    profiles[name] = p;
+    log(`${name} CPU profile (${p.totalMs} ms sampled over ${dirs.length} instances, start-up included): ${merged}`);
+    for (const t of p.top) console.error(`  ${String(t.pct).padStart(5)}%  ${String(t.ms).padStart(6)} ms  ${t.fn}`);
+  }
 
   const commit = versionOf('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   const dirty = (versionOf('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) ?? '') !== '';
@@ -774,9 +859,9 @@ async function main() {
     date,
     node: process.version,
     machine: { cpus: NCPU, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
-    regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT },
+    regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT, cliB: REGMIRROR_CLI_B, envB: REGMIRROR_ENV_B, cliBBuiltAt: REGMIRROR_CLI_B ? newestMtime(path.dirname(REGMIRROR_CLI_B)) : null },
     distribution: versionOf('docker-registry', ['--version']),
-    settings: { layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
+    settings: { only: ONLY, cold1Runs: COLD1_RUNS, warmFillMiB: WARM_FILL_MIB, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
     imageBytes: img.size,
     manifestDigest: img.manifestDigest,
     seedSeconds: round(seedSeconds, 1),
@@ -784,7 +869,7 @@ async function main() {
     totalSeconds: round(elapsedS(), 1),
   };
   const res = { caches, ttfb };
-  const rows = buildRows(res);
+  const rows = buildRows(res, kinds.map((k) => k.name));
   const notes = [];
   let maxForeign = 0;
   for (const c of Object.values(caches)) for (const s of ['cold1', 'warm1', 'warmN', 'coldN']) maxForeign = Math.max(maxForeign, c[s]?.foreignCpuShare ?? 0);
@@ -811,17 +896,18 @@ async function main() {
   }
   if (ttfb && !ttfb.valid) notes.push(`TTFB: ${ttfb.failures.length} failures, not reported (first: ${ttfb.failures[0]})`);
   if (serverLogs.length) notes.push(`Cache logs were not empty: ${serverLogs.map((l) => `${l.instance} ${l.lines} lines`).join(', ')} (first lines in the JSON, serverLogs).`);
-  const doc = { meta, table: rows.map(({ digits, suffix, ...r }) => r), ...res, serverLogs, notes };
+  if (cliB) notes.push(`regmirror-B is ${REGMIRROR_CLI_B} (built ${meta.regmirror.cliBBuiltAt})${Object.keys(REGMIRROR_ENV_B).length ? ` with ${process.env.BENCH_REGMIRROR_ENV_B}` : ''}, measured in the same run as regmirror (${REGMIRROR_CLI}).`);
+  const doc = { meta, table: rows.map(({ digits, suffix, values, ...r }) => ({ ...r, ...values })), ...res, profiles, serverLogs, notes };
 
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const jsonFile = path.join(RESULTS_DIR, `${date.slice(0, 10)}-pullthrough.json`);
   fs.writeFileSync(jsonFile, `${JSON.stringify(doc, null, 2)}\n`);
-  const md = markdown(meta, rows, notes);
+  const md = markdown(meta, rows, notes, kinds.map((k) => k.name));
   fs.writeFileSync(path.join(RESULTS_DIR, 'latest-pullthrough.md'), md);
   process.stdout.write(`\n${md}\n`);
   log(`wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, 'latest-pullthrough.md'))}`);
   clearTimeout(hard);
-  const anyFailure = Object.values(caches).some((c) => ['cold1', 'warm1', 'warmN', 'coldN'].some((s) => c[s] && !c[s].valid)) || (ttfb && !ttfb.valid);
+  const anyFailure = Object.values(caches).some((c) => [...(c.cold1Runs ?? []), c.warm1, c.warmN, c.coldN].some((s) => s && !s.valid)) || (ttfb && !ttfb.valid);
   return anyFailure ? 2 : 0;
 }
 

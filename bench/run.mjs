@@ -58,6 +58,7 @@ import {
   startProcess,
   stopProcess,
   streamDigest,
+  summarizeProfiles,
   tempDirs,
   versionOf,
   waitQuiet,
@@ -396,37 +397,6 @@ async function startRegmirror(dir) {
 async function startDistribution(dir) {
   const { base, entry, pid } = await startDockerRegistry(dir, 'docker-registry');
   return { name: 'docker-registry', base, entry, pid, dir };
-}
-
-// ---------------------------------------------------------------------------------------
-// Profile summary (BENCH_PROFILE=1): self time per function from the .cpuprofile files.
-// ---------------------------------------------------------------------------------------
-
-function summarizeProfiles(dir, top = 25) {
-  let files = [];
-  try {
-    files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
-  } catch {
-    return null;
-  }
-  const self = new Map();
-  let total = 0;
-  for (const f of files) {
-    const p = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
-    const byId = new Map(p.nodes.map((n) => [n.id, n]));
-    const dt = new Map();
-    for (let i = 0; i < p.samples.length; i++) dt.set(p.samples[i], (dt.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
-    for (const [id, us] of dt) {
-      const n = byId.get(id);
-      const cf = n.callFrame;
-      const url = cf.url.replace(`file://${ROOT}/`, '');
-      const key = `${cf.functionName || '(anonymous)'} ${url ? `${url}:${cf.lineNumber + 1}` : ''}`.trim();
-      self.set(key, (self.get(key) ?? 0) + us);
-      total += us;
-    }
-  }
-  const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
-  return { files: files.map((f) => path.join(dir, f)), totalMs: Math.round(total / 1000), top: rows.map(([k, us]) => ({ fn: k, ms: Math.round(us / 1000), pct: Math.round((1000 * us) / total) / 10 })) };
 }
 
 // ---------------------------------------------------------------------------------------

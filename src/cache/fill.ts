@@ -12,7 +12,9 @@
  * Speed: upstream chunks are queued for the store's stage (which batches the writes, so
  * the upstream never waits for a single one), and the last few MiB written stay in
  * memory, so readers keeping up with the download are served without re-reading the
- * file or allocating; only readers that fall behind read from disk.
+ * file or allocating; only readers that fall behind read from disk. Chunks are taken from
+ * the body's events (ChunkPump) with no promise per chunk unless the stage is behind
+ * (bench/results/fill-cpu.md has the profile of where a cold fill's CPU goes).
  */
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -20,16 +22,36 @@ import { RegistryError } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
 import type { BlobStore, BlobWriter, PositionalReader } from '../storage/ports.js';
 
+/**
+ * A body that hands its chunks to a callback (no promise per chunk); a promise returned
+ * by the callback pauses the body until it settles. See minimumRate (upstream/client.ts).
+ */
+export interface ChunkPump {
+  pump(onChunk: (chunk: Buffer) => void | Promise<void>): Promise<void>;
+}
+
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
   /** `abort` releases a body the fill refuses before reading it (size checks), so its connection is freed. */
-  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer>; abort?: () => void }>;
+  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump); abort?: () => void }>;
+}
+
+function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & ChunkPump {
+  return typeof (body as Partial<ChunkPump>).pump === 'function';
 }
 
 const MAX_RESUMES = 3;
 const READ_CHUNK = 1024 * 1024;
 /** Bytes of the most recent writes kept in memory for readers that keep up. */
 const RECENT_WINDOW = 8 * 1024 * 1024;
+/** Upstream byte counts go to onBytes (metrics: label hashing per call) in steps this size. */
+const REPORT_BYTES = 1024 * 1024;
+/**
+ * Bytes not yet on disk beyond which the body waits for the stage's `append` (which applies
+ * the stage's own backpressure). Below it appends are not awaited, so a chunk costs no
+ * pause and resume of the upstream body; their failures are kept and thrown on the next one.
+ */
+const STAGE_BACKLOG = 16 * 1024 * 1024;
 
 interface Deferred {
   promise: Promise<void>;
@@ -63,7 +85,8 @@ export class BlobFill {
   readonly ready: Promise<void>;
   /** Resolves when the blob is committed; rejects when the fill fails. */
   readonly done: Promise<void>;
-  private tick = deferred();
+  /** Made when someone waits: a chunk nobody waits for costs no promise. */
+  private tick: Deferred | null = null;
   private settleReady!: (e?: Error) => void;
   private settleDone!: (e?: Error) => void;
 
@@ -83,13 +106,13 @@ export class BlobFill {
 
   /** A promise for the next state change (bytes written, commit, failure). */
   changed(): Promise<void> {
-    return this.tick.promise;
+    return (this.tick ??= deferred()).promise;
   }
 
   notify(): void {
     const t = this.tick;
-    this.tick = deferred();
-    t.resolve();
+    this.tick = null;
+    t?.resolve();
   }
 
   markReady(size: number | null): void {
@@ -141,14 +164,15 @@ export class BlobFill {
    */
   memorySlices(pos: number, limit: number): Buffer[] {
     const out: Buffer[] = [];
-    if (pos < this.recentStart) return out;
-    let off = this.recentStart;
-    for (const c of this.recent) {
-      if (off >= limit) break;
-      if (pos < off + c.length) {
-        const from = Math.max(pos, off) - off;
-        out.push(c.subarray(from, Math.min(c.length, limit - off)));
-      }
+    if (pos < this.recentStart || pos >= this.received) return out;
+    // Readers that keep up are near the newest chunk: find the one holding `pos` from the
+    // end (recentStart + the chunks' lengths = received), not by walking the whole window.
+    let i = this.recent.length - 1;
+    let off = this.received - this.recent[i]!.length;
+    while (off > pos) off -= this.recent[--i]!.length;
+    for (; i < this.recent.length && off < limit; i++) {
+      const c = this.recent[i]!;
+      if (c.length > 0) out.push(c.subarray(Math.max(pos, off) - off, Math.min(c.length, limit - off)));
       off += c.length;
     }
     return out;
@@ -315,6 +339,25 @@ export class FillManager {
     const w = f.stage;
     w.onWritten = (bytes) => f.wrote(bytes);
     let stageReady = false;
+    let unreported = 0;
+    const report = () => {
+      if (unreported > 0) this.onBytes?.(f.origin, unreported);
+      unreported = 0;
+    };
+    let appendError: unknown = null;
+    const noteAppendError = (e: unknown) => void (appendError ??= e);
+    // One upstream chunk: to readers at once (memory window), then hashed and queued for
+    // the stage (append queues synchronously: "hashed now"); a returned promise pauses the body.
+    const take = (chunk: Buffer): Promise<void> | undefined => {
+      if (appendError) throw appendError;
+      if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
+      if ((unreported += chunk.length) >= REPORT_BYTES) report();
+      if (!w.failed) f.accept(chunk);
+      const appended = w.append(chunk);
+      if (w.received - w.written > STAGE_BACKLOG) return appended;
+      appended.catch(noteAppendError);
+      return undefined;
+    };
     try {
       let resumes = 0;
       for (;;) {
@@ -344,12 +387,8 @@ export class FillManager {
           continue;
         }
         try {
-          for await (const chunk of body) {
-            if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
-            this.onBytes?.(f.origin, chunk.length);
-            if (!w.failed) f.accept(chunk);
-            await w.append(chunk);
-          }
+          if (isPump(body)) await body.pump(take);
+          else for await (const chunk of body) await take(chunk);
           if (f.size === null || w.received === f.size) break;
           throw new Error(`upstream body ended early at ${w.received} of ${f.size} bytes`);
         } catch (e) {
@@ -359,16 +398,19 @@ export class FillManager {
           this.log.warn({ digest: f.digest, offset: f.written, err: (e as Error).message }, 'upstream broke mid-blob; resuming with Range');
         }
       }
+      if (appendError) throw appendError;
       if (w.digest() !== f.digest) {
         throw new RegistryError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { expected: f.digest } });
       }
       // Verified bytes may be served in full now (the tail is still in memory); durability
       // (write, fsync, move into place, row) follows.
       f.verify();
+      report();
       await w.commit(f.digest, { repo, provenance: 'cached' });
       f.commit();
       this.log.info({ digest: f.digest, bytes: f.written, ms: Date.now() - started, resumes }, 'blob cached');
     } catch (e) {
+      report();
       const err = e instanceof Error ? e : new Error(String(e));
       if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') this.log.error({ digest: f.digest, bytes: f.written }, 'upstream integrity error: digest mismatch, nothing stored');
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');

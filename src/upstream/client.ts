@@ -14,6 +14,9 @@ import type { UpstreamConfig } from '../config/schema.js';
 import { type Challenge, parseChallenges } from './challenge.js';
 import { UpstreamHealth } from './health.js';
 import { type WireCredentials, credentialSource } from './credentials.js';
+import { RateGuardedBody } from './minrate.js';
+
+export { MIN_BODY_BYTES_PER_SEC, RateGuardedBody } from './minrate.js';
 
 export const USER_AGENT = 'regmirror/0.1 (+pull-through OCI mirror)';
 const MAX_REDIRECTS = 10;
@@ -359,47 +362,20 @@ async function readCapped(body: AsyncIterable<Buffer>, max: number): Promise<str
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** The slowest body an upstream may send, averaged over `timeouts.body` spent waiting for it. */
-export const MIN_BODY_BYTES_PER_SEC = 1024;
-
 /**
- * Yield `body`'s chunks, failing (destroying it) once the time spent waiting for them adds
- * up to `windowMs` with fewer than MIN_BODY_BYTES_PER_SEC * windowMs/1000 bytes received.
+ * `body`'s chunks, failing (destroying it) once the time spent waiting for them adds up to
+ * `windowMs` with fewer than MIN_BODY_BYTES_PER_SEC * windowMs/1000 bytes received.
  * The dispatcher's bodyTimeout only catches silence; a body dripping a byte a second never
  * trips it, and would keep a fill (and every client joined to it) busy for days. Only time
  * spent waiting on the upstream counts, never time the consumer takes (disk backpressure).
+ * Read it with `for await`, or with `pump` (blob fills), which costs no promise per chunk.
  */
-export async function* minimumRate(
+export function minimumRate(
   body: Readable,
   windowMs: number,
   tooSlow: () => Error = () => new UpstreamProtocolError('upstream sends the body too slowly', 503),
-): AsyncGenerator<Buffer> {
-  const minBytes = Math.max(1, Math.floor((MIN_BODY_BYTES_PER_SEC * windowMs) / 1000));
-  const it = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-  let waited = 0;
-  let bytes = 0;
-  let finished = false;
-  try {
-    for (;;) {
-      const started = Date.now();
-      const r = await it.next();
-      if (r.done) {
-        finished = true;
-        return;
-      }
-      waited += Date.now() - started;
-      bytes += r.value.length;
-      if (waited >= windowMs) {
-        if (bytes < minBytes) throw tooSlow();
-        waited = 0;
-        bytes = 0;
-      }
-      yield r.value;
-    }
-  } finally {
-    // The stream's own iterator destroys it on return (and handles its error event).
-    if (!finished) await Promise.resolve(it.return?.()).catch(() => undefined);
-  }
+): RateGuardedBody {
+  return new RateGuardedBody(body, windowMs, tooSlow);
 }
 
 /** Read a whole (small) body; a stall past the body timeout or an oversized body is an UpstreamProtocolError. */

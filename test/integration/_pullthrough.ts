@@ -45,11 +45,18 @@ export interface StreamResult {
 /**
  * GET (or HEAD) with a streaming body read. `abortAfterBytes` destroys the request once that
  * many body bytes arrived (a client leaving mid-body); `onFirstByte` samples state (e.g. the
- * fake's progress) when the first byte arrives.
+ * fake's progress) when the first byte arrives; `afterChunk` runs after every chunk with the
+ * bytes so far, and the body is not read meanwhile (a slow client: return a promise).
  */
 export async function fetchStream(
   url: string,
-  opts: { method?: 'GET' | 'HEAD'; headers?: Record<string, string>; abortAfterBytes?: number; onFirstByte?: () => unknown } = {},
+  opts: {
+    method?: 'GET' | 'HEAD';
+    headers?: Record<string, string>;
+    abortAfterBytes?: number;
+    onFirstByte?: () => unknown;
+    afterChunk?: (bytes: number) => void | Promise<void>;
+  } = {},
 ): Promise<StreamResult> {
   const ac = new AbortController();
   const started = Date.now();
@@ -67,6 +74,7 @@ export async function fetchStream(
       }
       chunks.push(c);
       n += c.length;
+      await opts.afterChunk?.(n);
       if (opts.abortAfterBytes !== undefined && n >= opts.abortAfterBytes) {
         ac.abort();
         break;

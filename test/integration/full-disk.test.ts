@@ -371,6 +371,9 @@ fullDiskTest('pull-through: a fill that hits ENOSPC aborts its clients and leave
   t.truthy(r1.error, 'the client mid-body sees an aborted transfer');
   t.true(r1.body.length < big.bytes.length, 'never the whole blob');
   await waitFor(() => logged(m, 'blob fill failed').some((l) => l.digest === big.digest), WAIT_MS, 'the fill to fail');
+  // Given up at the write error (the fill does not await every append), not after reading
+  // the rest of the upstream body for nothing.
+  t.regex(String(logged(m, 'blob fill failed').find((l) => l.digest === big.digest)?.err), /ENOSPC/, 'failed with the write error');
   await waitFor(async () => (await fs.readdir(path.join(m.storage, 'tmp'))).length === 0, WAIT_MS, 'the temp file to be removed');
   t.is(meta.blobSize(big.digest as Digest), undefined, 'nothing stored');
   t.is(fake.blobGets(big.digest), 1, 'a local write error is not retried upstream with Range');

@@ -113,6 +113,44 @@ test('clients joining a fill after the in-memory window moved on read the earlie
   await waitFor(() => storedSize(s, blob) === blob.size, WAIT_MS, 'blob committed');
 });
 
+test('a slow and a fast reader of one unthrottled fill both get exact bytes: the slow one from the file through reused buffers, long after the upstream finished', async (t) => {
+  const { fake, s } = await setup(t);
+  const MiB = 1024 * KiB;
+  // Three times the fill's in-memory window: the slow reader ends up far behind it.
+  const blob = bigBlob(24 * MiB, 'slow-and-fast');
+  fake.addBlob(REPO, blob);
+  const upstreamDone = () => fake.find({ method: 'GET', path: /\/blobs\// })[0]?.finished ?? false;
+  let slowWaited = false;
+  let slowAtUpstreamEnd = -1;
+  const [slow, fast] = await Promise.all([
+    // Reads 1 MiB, then stops reading until the upstream sent everything (its socket and the
+    // server's buffers fill up meanwhile), then reads the rest slowly, so the server's writes
+    // of file bytes queue up behind the socket while it reads on.
+    fetchStream(blobUrl(s, blob), {
+      afterChunk: async (n) => {
+        if (n < MiB) return;
+        if (slowWaited) return sleep(1);
+        slowWaited = true;
+        // 24 MiB through the fill on a loaded 2-core machine: a longer ceiling than WAIT_MS.
+        await waitFor(upstreamDone, 4 * WAIT_MS, 'the upstream to finish sending');
+        slowAtUpstreamEnd = n;
+      },
+    }),
+    fetchStream(blobUrl(s, blob)),
+  ]);
+  t.is(fast.status, 200);
+  t.is(fast.error, null);
+  t.true(fast.body.equals(blob.bytes), 'fast reader: exact bytes');
+  t.is(slow.status, 200);
+  t.is(slow.error, null);
+  t.true(slow.body.equals(blob.bytes), 'slow reader: exact bytes');
+  t.true(slowAtUpstreamEnd > 0 && slowAtUpstreamEnd < 4 * MiB, `slow reader had ${slowAtUpstreamEnd} bytes when the upstream finished`);
+  t.is(fake.blobGets(blob.digest), 1, 'one upstream GET');
+  t.is(fake.bytesSent, blob.size);
+  await waitFor(() => storedSize(s, blob) === blob.size, WAIT_MS, 'blob committed');
+  t.true((await fs.readFile(blobFile(s, blob))).equals(blob.bytes), 'stored bytes');
+});
+
 test('the first byte reaches the client while the upstream is still sending', async (t) => {
   const { fake, s } = await setup(t);
   const blob = bigBlob(512 * KiB, 'first-byte');
