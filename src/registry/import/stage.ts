@@ -248,20 +248,23 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
       if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
       const writer = store.stage({ algorithm: 'sha256', maxBytes: limits.maxBlobBytes });
       await writer.appendStream(Readable.from(body, { objectMode: false })); // a failure drops the stage
-      let written: { digest: Digest; size: number };
-      try {
-        written = await writer.seal(); // durability starts now, in the background
-        const blob = BLOB_RE.exec(key);
-        if (blob && written.digest !== `sha256:${blob[1]}`) {
-          throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: `sha256:${blob[1]}`, actual: written.digest } });
-        }
-      } catch (e) {
+      const digest = writer.digest();
+      const blob = BLOB_RE.exec(key);
+      if (blob && digest !== `sha256:${blob[1]}`) {
+        await writer.abort();
+        throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: `sha256:${blob[1]}`, actual: digest } });
+      }
+      paths.set(key, digest);
+      if (blobs.has(digest)) {
+        await writer.abort(); // staged once already: dropped before any fsync
+        continue;
+      }
+      // Durability starts now, in the background, while the next entries stream in.
+      const { size: written } = await writer.seal().catch(async (e: unknown) => {
         await writer.abort();
         throw e;
-      }
-      paths.set(key, written.digest);
-      if (blobs.has(written.digest)) await writer.abort();
-      else blobs.set(written.digest, stagedBlob(writer, written.digest, written.size));
+      });
+      blobs.set(digest, stagedBlob(writer, digest, written));
     }
   } catch (e) {
     entries.destroy();
