@@ -153,6 +153,56 @@ if (missing) {
     t.deepEqual(await pending(store.client, opts.bucket), [], 'multipart upload aborted, stage objects removed');
   });
 
+  test('s3: a range read started after the object is gone fails with an error, never empty or short bytes', async (t) => {
+    const { store, meta } = await s3Store(t);
+    const data = randomBytes(PART + 3);
+    const w = store.stage({ algorithm: 'sha256' });
+    await w.append(data);
+    await w.commit(sha256(data), link);
+    const body = (await store.open(sha256(data)))!;
+    t.true((await read(body.stream(0, 9))).equals(data.subarray(0, 10)));
+    meta.deleteBlobRow(sha256(data));
+    await store.delete(sha256(data));
+    const e = await t.throwsAsync(read(body.stream(0, data.length - 1)));
+    t.is((e as NodeJS.ErrnoException).code, 'ENOENT');
+    await body.close();
+  });
+
+  test('s3: a commit of a digest whose object is being deleted waits for the delete (the new object is kept)', async (t) => {
+    const { store, meta } = await s3Store(t);
+    const data = randomBytes(100_000);
+    const d = sha256(data);
+    const first = store.stage({ algorithm: 'sha256' });
+    await first.append(data);
+    await first.commit(d, link);
+    // Once armed, the DELETE of the blob's key is held until a write to that key is done
+    // (which the store must not do meanwhile) or 3 s pass (a store that did not wait
+    // would write within that time).
+    const client = store.client as unknown as { send: (cmd: { input?: { Key?: string } }, ...rest: unknown[]) => Promise<unknown> };
+    const send = client.send.bind(client);
+    let armed = false;
+    let wrote!: () => void;
+    const written = new Promise<void>((r) => (wrote = r));
+    client.send = async (cmd, ...rest) => {
+      const ours = armed && cmd.input?.Key === store.blobKey(d);
+      if (ours && cmd.constructor.name === 'DeleteObjectCommand') await Promise.race([written, new Promise((r) => setTimeout(r, 3000))]);
+      const res = await send(cmd, ...rest);
+      if (ours && /^(PutObject|CopyObject|CompleteMultipartUpload)Command$/.test(cmd.constructor.name)) wrote();
+      return res;
+    };
+    const second = store.stage({ algorithm: 'sha256' });
+    await second.append(data);
+    armed = true;
+    meta.deleteBlobRow(d); // eviction: row first, then the object
+    const deleting = store.delete(d);
+    await second.commit(d, link);
+    await deleting;
+    t.deepEqual(await store.stat(d), { size: data.length });
+    const body = await store.open(d);
+    t.truthy(body, 'the committed object is there');
+    t.true((await read(body!.stream(0, data.length - 1))).equals(data));
+  });
+
   test("s3: recover() leaves younger stages alone (another replica's), and that replica still commits", async (t) => {
     const a = await s3Store(t, { staleStageMs: 60 * 60 * 1000 });
     const data = randomBytes(PART + 100);
@@ -207,9 +257,13 @@ if (missing) {
     const other = await fetch(url.replace(sha256(data).slice(7), sha256(Buffer.from('x')).slice(7)));
     await other.arrayBuffer();
     t.is(other.status, 403, 'the signature covers the key');
-    // Expiry: valid for 1 s; the store refuses it afterwards (polled, bounded).
-    const short = await store.redirectUrl(sha256(data), 1);
+    // Expiry: valid for 2 s from its X-Amz-Date (whole seconds, so 1-2 s from now); the
+    // store refuses it afterwards (polled, bounded).
     const signedAt = Date.now();
+    const short = await store.redirectUrl(sha256(data), 2);
+    const first = await fetch(short);
+    await first.arrayBuffer();
+    t.is(first.status, 200, 'valid right after signing');
     const status = await waitFor(
       async () => {
         const r = await fetch(short);
