@@ -24,7 +24,7 @@ import { RegistryService } from './registry/service.js';
 import { BlobStore } from './storage/blobs.js';
 import { MetadataStore } from './storage/db.js';
 import { storagePaths } from './storage/paths.js';
-import { UploadManager } from './storage/uploads.js';
+import { LocalUploadStore } from './storage/uploads.js';
 import { FillManager } from './cache/fill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
@@ -80,7 +80,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const blobs = new BlobStore(paths, meta);
   await blobs.recover();
   const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
-  const uploads = new UploadManager(paths, meta, blobs, maxBlob);
+  const uploads = new LocalUploadStore(paths, meta, blobs);
   await uploads.sweep(config.limits.uploadTtlMs);
   const service = new RegistryService(meta, blobs, uploads, config.limits);
   const clients = new Map<string, UpstreamClient>();

@@ -55,3 +55,8 @@ export function parseContentRange(header: string | undefined): ByteRange | null 
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) return 'invalid';
   return { start, end };
 }
+
+/** The `Range` header of upload responses: `0-<last byte>` (distribution sends 0-0 when empty). */
+export function uploadRangeHeader(size: number): Record<string, string> {
+  return { Range: `0-${Math.max(0, size - 1)}` };
+}

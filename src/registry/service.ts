@@ -3,15 +3,15 @@
  * Handlers call it with parsed, branded values; it enforces the spec's rules (manifest
  * references must exist, blobs are visible only where linked, tags vs digests).
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { RegistryError } from './errors.js';
 import { type ParsedManifest, parseManifest } from './manifests.js';
 import { acceptsMediaType } from './mediatypes.js';
 import { type Digest, type Reference, type RepoName, digestAlgorithm } from './names.js';
 import { createHash } from 'node:crypto';
-import type { BlobStore } from '../storage/blobs.js';
 import type { ManifestMeta, ManifestRecord, MetadataStore, Provenance } from '../storage/db.js';
-import type { UploadManager } from '../storage/uploads.js';
+import type { BlobStore, UploadStore } from '../storage/ports.js';
+import { UploadService } from './uploads.js';
 
 export interface Limits {
   maxManifestBytes: number;
@@ -28,12 +28,17 @@ export function digestOf(bytes: Buffer, alg: 'sha256' | 'sha512' = 'sha256'): Di
 }
 
 export class RegistryService {
+  /** Blob pushes: mounts, monolithic uploads and upload sessions. */
+  readonly pushes: UploadService;
+
   constructor(
     readonly meta: MetadataStore,
     readonly blobs: BlobStore,
-    readonly uploads: UploadManager,
+    readonly uploads: UploadStore,
     readonly limits: Limits,
-  ) {}
+  ) {
+    this.pushes = new UploadService(this);
+  }
 
   /** Resolve a reference to a stored manifest in `repo`, honouring Accept for tags. */
   getManifest(repo: RepoName, ref: Reference, accept: readonly string[]): ManifestRecord {
@@ -101,8 +106,22 @@ export class RegistryService {
     if (!ok) throw new RegistryError('MANIFEST_UNKNOWN');
   }
 
-  openBlob(digest: Digest, start?: number, end?: number): Readable {
-    return this.blobs.readStream(digest, start, end);
+  /** Bytes [start, end] of a committed blob (all of it by default), through the blob store port. */
+  openBlob(digest: Digest, start = 0, end?: number): Readable {
+    const blobs = this.blobs;
+    return Readable.from(
+      (async function* () {
+        const body = await blobs.open(digest);
+        if (!body) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+        try {
+          const last = end ?? ((await blobs.stat(digest))?.size ?? 0) - 1;
+          if (last >= start) yield* body.stream(start, last);
+        } finally {
+          await body.close();
+        }
+      })(),
+      { objectMode: false },
+    );
   }
 
   deleteBlob(repo: RepoName, digest: Digest): void {

@@ -5,35 +5,25 @@
  * matches; the metadata row is written after the rename (storage/README.md, crash
  * invariant).
  *
- * Besides the port, the file-level methods below (`writeTemp`, `commit` of a path,
- * `discard`, `path`, `readStream`) serve code inside the local driver (upload sessions)
- * and, until it moves to `stage()`, registry/import; nothing else should use them.
+ * Besides the port, the file-level `commit` of a path serves the local upload-session
+ * driver (storage/uploads.ts: a finished session's data file is renamed into place);
+ * code above storage/ uses the port only.
  */
-import { createReadStream, type ReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { MetadataStore, Provenance } from './db.js';
-import { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
-import { LocalBlobBody, READ_CHUNK_BYTES } from './local/body.js';
+import { hashFile } from './hashing.js';
+import { LocalBlobBody } from './local/body.js';
 import { LocalStage, type StageHost } from './local/stage.js';
 import type { StoragePaths } from './paths.js';
 import type { BlobEntry, BlobStore as BlobStorePort, StageOptions } from './ports.js';
 import { ensureFree } from './space.js';
-import { RegistryError } from '../registry/errors.js';
-import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm, isDigest } from '../registry/names.js';
+import { type Digest, type RepoName, digestAlgorithm, isDigest } from '../registry/names.js';
 
 export { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
 
 /** Digest algorithms with a directory under blobs/ (what list() walks). */
 const ALGORITHMS = ['sha256', 'sha512'] as const;
-
-export interface WrittenBlob {
-  tempPath: string;
-  size: number;
-  digest: Digest;
-}
 
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await fs.open(dir, 'r');
@@ -128,50 +118,6 @@ export class LocalBlobStore implements BlobStorePort {
 
   // ---- file level (local driver internals, see the top) --------------------------------
 
-  path(digest: Digest): string {
-    return this.paths.blob(digest);
-  }
-
-  readStream(digest: Digest, start?: number, end?: number): ReadStream {
-    return createReadStream(this.paths.blob(digest), { highWaterMark: READ_CHUNK_BYTES, ...(start === undefined ? {} : { start, end }) });
-  }
-
-  /**
-   * Stream `body` into a temp file, hashing with the algorithm of `expected` (or sha256),
-   * and fsync it (or, with `sync` false, leave that to the caller: `syncTemp` before
-   * `commit`). The caller commits or discards the result.
-   */
-  /** fsync a file written by `writeTemp(..., false)`; required before `commit` of it. */
-  syncTemp(tempPath: string): Promise<void> {
-    return fsyncFile(tempPath);
-  }
-
-  async writeTemp(body: Readable, algorithm: DigestAlgorithm, maxBytes: number, opts: { expectedBytes?: number; sync?: boolean } = {}): Promise<WrittenBlob> {
-    const { expectedBytes, sync = true } = opts;
-    if (expectedBytes !== undefined) {
-      await ensureFree(this.paths.tmpDir, expectedBytes).catch((e: unknown) => {
-        body.resume(); // drained, so the connection stays usable for the error response
-        throw e;
-      });
-    }
-    const tempPath = this.paths.tempFile();
-    const h = new HashingCounter(algorithm);
-    const limit = new Transform({
-      transform(chunk: Buffer, _e, cb) {
-        if (h.bytes > maxBytes) cb(new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${maxBytes} bytes`, { status: 413 }));
-        else cb(null, chunk);
-      },
-    });
-    try {
-      await pipeline(body, h, limit, batchedFileSink({ path: tempPath, flags: 'w' }));
-      if (sync) await fsyncFile(tempPath);
-    } catch (e) {
-      await fs.rm(tempPath, { force: true });
-      throw e;
-    }
-    return { tempPath, size: h.bytes, digest: `${algorithm}:${h.hash.digest('hex')}` as Digest };
-  }
-
   /**
    * Move a verified, fsynced file into the content store and record it for `repo`.
    * Rename is atomic; the directory is fsynced so the rename survives a power cut
@@ -215,10 +161,6 @@ export class LocalBlobStore implements BlobStorePort {
     }
   }
 
-  async discard(tempPath: string): Promise<void> {
-    await fs.rm(tempPath, { force: true });
-  }
-
   /** Remove an unreferenced blob: row first, then file (a crash leaves only an orphan file). */
   async remove(digest: Digest): Promise<void> {
     this.meta.deleteBlobRow(digest);
@@ -242,5 +184,5 @@ export class LocalBlobStore implements BlobStorePort {
   }
 }
 
-/** The local driver under its old name (registry/import and others still import it so). */
+/** The local driver under its old name (app.ts constructs it so). */
 export { LocalBlobStore as BlobStore };

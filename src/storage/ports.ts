@@ -4,8 +4,9 @@
  * `local`: files + SQLite) implements them. Named for what the registry needs, not for
  * files: no path, file handle or SQL crosses this line.
  *
- * Status: `BlobStore` is implemented by the local driver (src/storage/blobs.ts) and
- * checked by test/storage/blobstore-conformance.ts. `MetadataStore` below is a DESIGN
+ * Status: `BlobStore` and `UploadStore` are implemented by the local driver
+ * (src/storage/blobs.ts, src/storage/uploads.ts) and checked by
+ * test/storage/blobstore-conformance.ts. `MetadataStore` below is a DESIGN
  * DRAFT for the next slice: nothing implements or uses it yet (src/storage/db.ts is still
  * called directly and synchronously).
  */
@@ -91,6 +92,16 @@ export interface BlobWriter {
    * the content moving into place and `commit` resolving waits for the outcome.
    */
   reader(): Promise<PositionalReader>;
+  /**
+   * Declare the content complete (no append after it) and start making it durable in the
+   * background (local: fsync of the temp file, then its descriptor is closed), so that the
+   * caller can do other work meanwhile (an import streams the next archive entry). `commit`
+   * waits for that durability before the content becomes visible. Optional: `commit` seals
+   * by itself. Resolves with what was written once it is all written (rejects with the
+   * write error); a sealed writer still serves `reader()` and must still be committed or
+   * aborted.
+   */
+  seal(): Promise<{ digest: Digest; size: number }>;
   /** Called with the written byte count after each batch reached the stage (fill readers). */
   onWritten: ((bytes: number) => void) | null;
   /**
@@ -146,6 +157,84 @@ export interface BlobStore {
    * otherwise what it actually is, which may differ from the recorded digest and size.
    */
   verify(digest: Digest): Promise<{ digest: Digest; size: number } | null>;
+}
+
+// ---- upload sessions ---------------------------------------------------------------------
+
+/**
+ * An open upload session as the store holds it. Everything here is persisted (local: the
+ * `uploads` row and the size of `uploads/<id>`), so any process over the same storage sees
+ * the same session: no field depends on the process that started it.
+ */
+export interface UploadState {
+  /** Opaque, unguessable and URL-safe (`[A-Za-z0-9._-]`, at most 128 characters). */
+  id: string;
+  repo: RepoName;
+  /** Bytes accepted so far: the offset the next chunk must start at. */
+  offset: number;
+  /** Milliseconds since the epoch; what `sweep` expires by. */
+  createdAt: number;
+}
+
+export interface AppendOptions {
+  /**
+   * Where the chunk must start (the client's Content-Range start): refused with
+   * RANGE_INVALID (416, `Range: 0-<offset-1>` of the session) unless it equals the
+   * session's offset, before a byte is read. Absent: append at the current end (a streamed
+   * PATCH without Content-Range).
+   */
+  offset?: number;
+  /** Exact byte count the chunk must have (Content-Length / Content-Range), else SIZE_INVALID. */
+  length?: number;
+  /** The session may not grow past this many bytes: SIZE_INVALID (413). */
+  maxBytes: number;
+}
+
+/**
+ * Upload sessions (distribution-spec chunked and streamed pushes), implemented by each
+ * driver next to its BlobStore (`finish` commits into it). What every driver promises:
+ *
+ * * Resumable anywhere: a session started by one process can be appended to, inspected,
+ *   finished or cancelled by another process over the same storage (another replica, or
+ *   this one after a restart). All session state is in the store; a driver may keep
+ *   caches in memory (local: the running hash) only as optimisations it can check against
+ *   the stored state (a running hash is not serialisable in Node: a driver without one
+ *   that matches the stored offset re-hashes the stored bytes at `finish`, or keeps a
+ *   persisted hash checkpoint).
+ * * A chunk is all or nothing: an append that fails for any reason (wrong length, size
+ *   limit, the client going away, a full disk) leaves the session at its previous offset,
+ *   usable; the client may send the chunk again from there. A full disk is 507 with the
+ *   session's `Range`.
+ * * One writer at a time: an append or finish while another append or finish of the same
+ *   session is running is refused with BLOB_UPLOAD_INVALID (416) and changes nothing.
+ *   A driver serving several processes enforces that across them (e.g. a lease row with
+ *   an expiry); the local driver serves one process and enforces it in memory.
+ * * `finish` verifies every stored byte against the digest before anything becomes
+ *   visible. A mismatch is DIGEST_INVALID and removes the session and its bytes (nothing
+ *   is left, nothing visible). On success the blob is committed (BlobStore commit rules:
+ *   durable first, deduplicated, linked to the session's repository as `pushed`) and the
+ *   session is gone. A failure to store (full disk) keeps the session finishable.
+ * * Ended sessions (finished, cancelled, expired, or never started) are unknown: `status`
+ *   returns null, and append/finish/cancel throw BLOB_UPLOAD_UNKNOWN. So does an id that
+ *   is not one the driver could have issued (never an error from the storage layer).
+ */
+export interface UploadStore {
+  /** Open a session for `repo`; `algorithm` is a hint for the running hash (sha256 by default). */
+  start(repo: RepoName, algorithm?: DigestAlgorithm): Promise<UploadState>;
+  /** The session as stored now, or null when it is unknown. */
+  status(id: string): Promise<UploadState | null>;
+  /** Append `body` (see AppendOptions and the promises above); resolves with the new offset. */
+  append(id: string, body: Readable, opts: AppendOptions): Promise<number>;
+  /** Verify and commit the session's bytes as `digest` (see above); resolves with the blob size. */
+  finish(id: string, digest: Digest): Promise<{ size: number }>;
+  /** End the session and drop its bytes. */
+  cancel(id: string): Promise<void>;
+  /**
+   * Remove sessions created more than `maxAgeMs` ago that nobody is writing to, and
+   * whatever the driver holds for sessions that no longer exist (local: data files without
+   * a row, rows without a data file). Resolves with the number of sessions removed.
+   */
+  sweep(maxAgeMs: number): Promise<number>;
 }
 
 // ---- metadata store: DESIGN DRAFT (next slice; not implemented, not used) ------------

@@ -1,47 +1,48 @@
 /**
- * Upload sessions (distribution-spec "Pushing blobs"). A session is a row in `uploads`
- * plus a data file under `uploads/<id>` that PATCH appends to. The file's size is the
- * truth for the session offset, so a session survives a restart; the running hash lives
- * in memory and is rebuilt from the file when missing or when another algorithm is asked.
+ * Local driver of the upload-session port (ports.ts `UploadStore`; distribution-spec
+ * "Pushing blobs"). A session is a row in `uploads` plus a data file under `uploads/<id>`
+ * that appends extend. The row and the file are the whole session: the file's size is the
+ * offset, so a session survives a restart and another store over the same storage (a new
+ * process) carries it on. The running hash kept in memory is only a shortcut: it is used
+ * while it covers exactly the stored bytes (sessions only grow, so equal length means the
+ * same bytes), and `finish` re-hashes the file otherwise.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { BlobStore, HashingCounter, batchedFileSink, fsyncFile, hashFile } from './blobs.js';
+import type { LocalBlobStore } from './blobs.js';
 import type { MetadataStore } from './db.js';
+import { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
 import type { StoragePaths } from './paths.js';
 import { UPLOAD_ID_RE } from './paths.js';
+import type { AppendOptions, UploadState, UploadStore } from './ports.js';
 import { ensureFree, isStorageFull } from './space.js';
 import { RegistryError, insufficientStorage } from '../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../registry/names.js';
+import { uploadRangeHeader as rangeHeader } from '../registry/range.js';
 
+/** What this process knows beyond the stored state; losing it costs a re-hash, nothing else. */
 interface LiveState {
-  hasher: HashingCounter | null; // null: hash state lost (restart, failed write): rehash at finish
+  /** Covers the first `hasher.bytes` bytes of the data file; null: re-hash at finish. */
+  hasher: HashingCounter | null;
+  /** An append or finish is running (one writer at a time, in this process). */
   busy: boolean;
-  /** Offset after the last completed append; fresher than a stat taken before it finished. */
-  size: number | null;
 }
 
-export interface UploadSession {
-  id: string;
-  repo: RepoName;
-  size: number;
-}
-
-export class UploadManager {
+export class LocalUploadStore implements UploadStore {
   private readonly live = new Map<string, LiveState>();
 
   constructor(
     private readonly paths: StoragePaths,
     private readonly meta: MetadataStore,
-    private readonly blobs: BlobStore,
-    private readonly maxBlobBytes: number,
+    private readonly blobs: LocalBlobStore,
   ) {}
 
-  /** Reconcile sessions with files after a restart and drop expired ones. */
+  /** Reconcile sessions with files (after a restart) and drop expired ones. */
   async sweep(maxAgeMs: number): Promise<number> {
+    await fs.mkdir(this.paths.uploadsDir, { recursive: true });
     const now = Date.now();
     const rows = this.meta.uploads();
     const known = new Set(rows.map((r) => r.id));
@@ -50,7 +51,7 @@ export class UploadManager {
       const expired = now - r.createdAt > maxAgeMs && !this.live.get(r.id)?.busy;
       const missing = !(await exists(this.paths.upload(r.id)));
       if (expired || missing) {
-        await this.cancelById(r.id);
+        await this.remove(r.id);
         removed++;
       }
     }
@@ -60,8 +61,9 @@ export class UploadManager {
     return removed;
   }
 
-  async start(repo: RepoName, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadSession> {
+  async start(repo: RepoName, algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
     const id = randomUUID();
+    const createdAt = Date.now();
     await fs.writeFile(this.paths.upload(id), '');
     try {
       this.meta.createUpload(id, repo);
@@ -69,69 +71,51 @@ export class UploadManager {
       await fs.rm(this.paths.upload(id), { force: true }); // no session without its row (SQLITE_FULL)
       throw e;
     }
-    this.live.set(id, { hasher: new HashingCounter(algorithm), busy: false, size: 0 });
-    return { id, repo, size: 0 };
+    this.live.set(id, { hasher: new HashingCounter(algorithm), busy: false });
+    return { id, repo, offset: 0, createdAt };
   }
 
-  async get(repo: RepoName, id: string): Promise<UploadSession> {
-    if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+  async status(id: string): Promise<UploadState | null> {
+    if (!UPLOAD_ID_RE.test(id)) return null;
     const row = this.meta.upload(id);
-    if (!row || row.repo !== repo) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    if (!row) return null;
+    const offset = await this.storedSize(id);
+    return offset === null ? null : { id, repo: row.repo as RepoName, offset, createdAt: row.createdAt };
+  }
+
+  async append(id: string, body: Readable, opts: AppendOptions): Promise<number> {
+    // Checked and claimed without an await in between (one writer at a time).
+    let state: LiveState;
     try {
-      const st = await fs.stat(this.paths.upload(id));
-      return { id, repo, size: st.size };
-    } catch {
-      throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+      state = this.claim(id);
+    } catch (e) {
+      body.resume();
+      throw await this.withRange(id, e);
+    }
+    try {
+      const base = await this.storedSize(id);
+      if (base === null) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+      if (opts.offset !== undefined && opts.offset !== base) {
+        throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${base}`, { status: 416, headers: rangeHeader(base) });
+      }
+      // Known length: refuse before reading a byte what cannot fit (see space.ts).
+      if (opts.length !== undefined) await ensureFree(this.paths.uploadsDir, opts.length, rangeHeader(base));
+      return await this.write(id, state, base, body, opts);
+    } catch (e) {
+      body.resume(); // drained, so the connection stays usable for the error response
+      throw e;
+    } finally {
+      state.busy = false;
     }
   }
 
-  /**
-   * Append a chunk. `range` (from Content-Range) must start at the current size; the
-   * declared length, when given, must equal what arrives, or the chunk is rolled back.
-   */
-  async append(
-    session: UploadSession,
-    body: Readable,
-    range: { start: number; end: number } | undefined,
-    declaredLength: number | undefined,
-  ): Promise<number> {
-    const state = this.stateOf(session.id);
-    if (state.busy) {
-      throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416, headers: rangeHeader(session.size) });
-    }
-    if (!this.meta.upload(session.id)) {
-      // Closed by a concurrent PUT or DELETE since get(): appending would re-create the
-      // file as an orphan and answer 202 for bytes that can never be committed.
-      body.resume();
-      this.live.delete(session.id);
-      throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
-    }
-    // get() stat'ed the file before any append that finished since: trust the live offset.
-    if (state.size !== null) session.size = state.size;
-    if (range && range.start !== session.size) {
-      body.resume();
-      throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${session.size}`, { status: 416, headers: rangeHeader(session.size) });
-    }
-    const expected = range ? range.end - range.start + 1 : declaredLength;
-    if (range && declaredLength !== undefined && declaredLength !== expected) {
-      body.resume();
-      throw new RegistryError('SIZE_INVALID', 'Content-Length does not match Content-Range');
-    }
-    state.busy = true;
-    try {
-      // Known length: refuse before reading a byte what cannot fit (see space.ts).
-      if (expected !== undefined) await ensureFree(this.paths.uploadsDir, expected, rangeHeader(session.size));
-    } catch (e) {
-      state.busy = false;
-      body.resume();
-      throw e;
-    }
-    // Hash into a copy and adopt it only if the whole chunk lands, so a rollback keeps
-    // the session's running hash valid.
-    const hasher = state.hasher ? state.hasher.clone() : null;
+  /** Append `body` at `base`; on any failure the file goes back to `base` (all or nothing). */
+  private async write(id: string, state: LiveState, base: number, body: Readable, opts: AppendOptions): Promise<number> {
+    // Hash into a copy, adopted only if the whole chunk lands, so a rollback keeps the
+    // running hash valid; one that does not cover the stored bytes is dropped.
+    const hasher = state.hasher && state.hasher.bytes === base ? state.hasher.clone() : null;
     let written = 0;
-    const maxBytes = this.maxBlobBytes;
-    const base = session.size;
+    const { maxBytes } = opts;
     const counter = new Transform({
       transform(chunk: Buffer, _e, cb) {
         written += chunk.length;
@@ -141,97 +125,107 @@ export class UploadManager {
       },
     });
     try {
-      await pipeline(body, counter, batchedFileSink({ path: this.paths.upload(session.id), flags: 'a' }));
-      if (expected !== undefined && written !== expected) {
-        throw new RegistryError('SIZE_INVALID', `expected ${expected} bytes, received ${written}`);
+      await pipeline(body, counter, batchedFileSink({ path: this.paths.upload(id), flags: 'a' }));
+      if (opts.length !== undefined && written !== opts.length) {
+        throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received ${written}`);
       }
       state.hasher = hasher;
-      state.size = base + written;
       return base + written;
     } catch (e) {
       // Roll the file back to the last good offset so the session stays usable (also on
       // ENOSPC: the chunk is not counted, and the client may resend it from `base`).
-      await fs.truncate(this.paths.upload(session.id), base).catch(() => undefined);
+      await fs.truncate(this.paths.upload(id), base).catch(() => undefined);
       if (isStorageFull(e)) throw insufficientStorage(rangeHeader(base));
       throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted', { detail: { offset: base } });
-    } finally {
-      state.busy = false;
     }
   }
 
-  /** Verify the whole upload against `digest` and commit it as a blob of the session's repo. */
-  async finish(session: UploadSession, digest: Digest): Promise<number> {
-    // One writer at a time, checked and claimed without an await in between: two PUTs
-    // closing the same session would otherwise both hash the file and the second rename
-    // would fail with ENOENT (a 500) after the first moved it into the content store.
-    if (!this.meta.upload(session.id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
-    const state = this.stateOf(session.id);
-    if (state.busy) {
-      throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416, headers: rangeHeader(session.size) });
-    }
-    state.busy = true;
+  async finish(id: string, digest: Digest): Promise<{ size: number }> {
+    // Claimed without an await: two PUTs closing the same session would otherwise both
+    // hash the file and the second rename would fail with ENOENT after the first moved it.
+    const state = this.claim(id);
     try {
-      const file = this.paths.upload(session.id);
+      const size = await this.storedSize(id);
+      if (size === null) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+      const file = this.paths.upload(id);
       const alg = digestAlgorithm(digest);
-      let actual: Digest;
-      let size: number;
       const h = state.hasher;
-      if (h && h.algorithm === alg && h.bytes === session.size) {
-        actual = h.currentDigest();
-        size = h.bytes;
-      } else {
-        ({ digest: actual, size } = await hashFile(file, alg));
-      }
+      const actual = h && h.algorithm === alg && h.bytes === size ? h.currentDigest() : (await hashFile(file, alg)).digest;
       if (actual !== digest) {
-        await this.cancelById(session.id);
+        await this.remove(id);
         throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
       }
+      const repo = this.meta.upload(id)?.repo as RepoName | undefined;
+      if (repo === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN'); // cancelled meanwhile
       await fsyncFile(file);
       try {
-        await this.blobs.commit(file, digest, size, session.repo, 'pushed');
+        await this.blobs.commit(file, digest, size, repo, 'pushed');
       } catch (e) {
-        // The data file is back in place (see BlobStore.commit): the session is intact and
-        // the same PUT succeeds once there is space again.
-        throw isStorageFull(e) ? insufficientStorage(rangeHeader(session.size)) : e;
+        // The data file is back in place (see LocalBlobStore.commit): the session is
+        // intact and the same PUT succeeds once there is space again.
+        throw isStorageFull(e) ? insufficientStorage(rangeHeader(size)) : e;
       }
-      this.live.delete(session.id);
+      this.live.delete(id);
       try {
-        this.meta.deleteUpload(session.id);
+        this.meta.deleteUpload(id);
       } catch (e) {
         // The blob is committed; a row left behind (SQLITE_FULL) has no data file any more,
-        // so the session answers BLOB_UPLOAD_UNKNOWN and the next sweep drops the row.
+        // so the session is unknown and the next sweep drops the row.
         if (!isStorageFull(e)) throw e;
       }
-      return size;
+      return { size };
+    } catch (e) {
+      throw await this.withRange(id, e);
     } finally {
       state.busy = false;
     }
   }
 
-  async cancel(session: UploadSession): Promise<void> {
-    await this.cancelById(session.id);
+  async cancel(id: string): Promise<void> {
+    if (!UPLOAD_ID_RE.test(id) || !this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    await this.remove(id);
   }
 
-  private async cancelById(id: string): Promise<void> {
+  /** The session's live state, marked busy; throws unless it exists and nobody writes to it. */
+  private claim(id: string): LiveState {
+    if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    let s = this.live.get(id);
+    if (s?.busy) throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416 });
+    // Closed by a concurrent PUT or DELETE: appending would re-create the file as an
+    // orphan and answer 202 for bytes that can never be committed.
+    if (!this.meta.upload(id)) {
+      this.live.delete(id);
+      throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    }
+    if (!s) {
+      s = { hasher: null, busy: false };
+      this.live.set(id, s);
+    }
+    s.busy = true;
+    return s;
+  }
+
+  /** A 416 refusal without its Range header gets the session's stored offset. */
+  private async withRange(id: string, e: unknown): Promise<unknown> {
+    if (!(e instanceof RegistryError) || e.status !== 416 || e.headers.Range !== undefined) return e;
+    const size = (await this.storedSize(id).catch(() => null)) ?? 0;
+    return new RegistryError(e.code, e.message, { status: 416, detail: e.detail, headers: { ...e.headers, ...rangeHeader(size) } });
+  }
+
+  private async storedSize(id: string): Promise<number | null> {
+    try {
+      return (await fs.stat(this.paths.upload(id))).size;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  private async remove(id: string): Promise<void> {
     this.meta.deleteUpload(id);
     this.live.delete(id);
     await fs.rm(this.paths.upload(id), { force: true });
   }
-
-  private stateOf(id: string): LiveState {
-    let s = this.live.get(id);
-    if (!s) {
-      s = { hasher: null, busy: false, size: null };
-      this.live.set(id, s);
-    }
-    return s;
-  }
-}
-
-
-/** The `Range` header of upload responses: `0-<last byte>` (distribution sends 0-0 when empty). */
-export function rangeHeader(size: number): Record<string, string> {
-  return { Range: `0-${Math.max(0, size - 1)}` };
 }
 
 async function exists(p: string): Promise<boolean> {

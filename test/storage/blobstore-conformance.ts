@@ -7,7 +7,7 @@ import type { ExecutionContext, TestFn } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Digest, RepoName } from '../../src/registry/names.js';
-import type { BlobBody, BlobLink, BlobStore } from '../../src/storage/ports.js';
+import type { BlobBody, BlobLink, BlobStore, UploadStore } from '../../src/storage/ports.js';
 
 export interface DriverHandle {
   store: BlobStore;
@@ -20,6 +20,12 @@ export interface DriverHandle {
   restart(): Promise<BlobStore>;
   /** Anything the driver keeps for stages (local: files in tmp/); empty when none is left. */
   leftovers(): Promise<string[]>;
+  /** The upload sessions of the same driver, committing into `store` (uploadstore-conformance.ts). */
+  uploads: UploadStore;
+  /** A second store over the same storage, alive at the same time: another process or replica. */
+  replica(): Promise<{ store: BlobStore; uploads: UploadStore }>;
+  /** Anything the driver keeps for upload sessions (local: files in uploads/); empty when none is left. */
+  uploadLeftovers(): Promise<string[]>;
 }
 
 export type DriverFactory = (t: ExecutionContext) => Promise<DriverHandle>;
@@ -30,7 +36,7 @@ export function sha256(b: Buffer): Digest {
   return `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
 }
 
-async function readStream(s: Readable): Promise<Buffer> {
+export async function readStream(s: Readable): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const c of s) parts.push(c as Buffer);
   return Buffer.concat(parts);
@@ -261,6 +267,35 @@ export function blobStoreConformance(test: TestFn, name: string, factory: Driver
     t.true(all.equals(data), 'after the commit it reads the committed blob');
     await early.close();
     await late.close();
+  });
+
+  test(title('seal: ends the appends, reports what was written, and the stage can still be read, committed or aborted'), async (t) => {
+    const { store, leftovers } = await factory(t);
+    const data = randomBytes(2 * 1024 * 1024 + 9);
+    const w = store.stage({ algorithm: 'sha256', maxBytes: data.length });
+    await w.appendStream(Readable.from([data.subarray(0, 5000), data.subarray(5000)]));
+    const sealed = await w.seal();
+    t.deepEqual(sealed, { digest: sha256(data), size: data.length });
+    t.is(w.seal(), w.seal(), 'sealing again is the same outcome');
+    await t.throwsAsync(w.append(Buffer.from('late')), undefined, 'no append after seal');
+    t.is(await store.stat(sealed.digest), null, 'sealed is not committed');
+    const r = await w.reader();
+    const head = Buffer.alloc(5000);
+    t.is(await r.read(head, 5000, 0), 5000);
+    await r.close();
+    t.true(head.equals(data.subarray(0, 5000)), 'a sealed stage reads back');
+    await w.commit(sealed.digest, link);
+    t.true((await readStream((await openOrFail(t, store, sealed.digest)).stream(0, data.length - 1))).equals(data));
+    const dropped = store.stage({ algorithm: 'sha256' });
+    await dropped.append(randomBytes(100_000));
+    await dropped.seal();
+    await dropped.abort();
+    const wrong = store.stage({ algorithm: 'sha256' });
+    await wrong.append(randomBytes(1000));
+    await wrong.seal();
+    t.is((await t.throwsAsync<Error & { code?: string }>(wrong.commit(sha256(data), link)))?.code, 'DIGEST_INVALID');
+    t.deepEqual(await listed(store), [sealed.digest]);
+    t.deepEqual(await leftovers(), [], 'aborted and refused sealed stages left nothing');
   });
 
   test(title('list() names every blob once, by digest'), async (t) => {

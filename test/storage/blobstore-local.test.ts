@@ -12,7 +12,9 @@ import type { RepoName } from '../../src/registry/names.js';
 import { LocalBlobStore } from '../../src/storage/blobs.js';
 import { MetadataStore } from '../../src/storage/db.js';
 import { storagePaths } from '../../src/storage/paths.js';
+import { LocalUploadStore } from '../../src/storage/uploads.js';
 import { type DriverFactory, blobStoreConformance, sha256 } from './blobstore-conformance.js';
+import { uploadStoreConformance } from './uploadstore-conformance.js';
 
 const local: DriverFactory = async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
@@ -22,7 +24,7 @@ const local: DriverFactory = async (t) => {
     const meta = new MetadataStore(paths.db);
     metas.push(meta);
     const store = new LocalBlobStore(paths, meta);
-    return { meta, store };
+    return { meta, store, uploads: new LocalUploadStore(paths, meta, store) };
   };
   let current = await open();
   await current.store.recover();
@@ -38,10 +40,17 @@ const local: DriverFactory = async (t) => {
       return current.store;
     },
     leftovers: async () => fs.readdir(paths.tmpDir),
+    uploads: current.uploads,
+    replica: async () => {
+      const other = await open(); // SQLite (WAL) and the files, shared as by two processes
+      return { store: other.store, uploads: other.uploads };
+    },
+    uploadLeftovers: async () => fs.readdir(paths.uploadsDir),
   };
 };
 
 blobStoreConformance(test, 'local', local);
+uploadStoreConformance(test, 'local', local);
 
 test.serial('local: a stage reader arriving between the rename and the row waits and reads the committed blob', async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));

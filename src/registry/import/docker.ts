@@ -13,8 +13,6 @@
  * Nothing is stored here.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import fs from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { RegistryError, isRegistryError } from '../errors.js';
@@ -124,17 +122,11 @@ async function keptRoot(staging: Staging, c: Candidate, limits: Limits): Promise
 
 /** sha256 of the gunzipped file, or undefined when it is not gzip (streamed: layers can be large). */
 async function gunzippedDigest(file: StagedBlob): Promise<Digest | undefined> {
-  const head = Buffer.alloc(3);
-  const fh = await fs.open(file.tempPath);
-  try {
-    await fh.read(head, 0, 3, 0);
-  } finally {
-    await fh.close();
-  }
+  const head = await file.read(0, 3);
   if (head[0] !== 0x1f || head[1] !== 0x8b || head[2] !== 0x08) return undefined;
   const h = createHash('sha256');
   try {
-    await pipeline(createReadStream(file.tempPath), createGunzip(), async (src: AsyncIterable<Buffer>) => {
+    await pipeline(file.stream(), createGunzip(), async (src: AsyncIterable<Buffer>) => {
       for await (const chunk of src) h.update(chunk);
     });
   } catch {
@@ -196,7 +188,7 @@ export async function planDockerArchive(staging: Staging, target: ImportTarget, 
     const config = fileOf(staging, entry.Config, `entry ${i}'s config`);
     configs.add(config.digest);
     if (config.size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `the config of manifest.json entry ${i} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
-    const diffIds = diffIdsOf(await fs.readFile(config.tempPath), i);
+    const diffIds = diffIdsOf(await config.read(0, config.size), i);
     if (diffIds.length !== entry.Layers.length) throw invalid(`manifest.json entry ${i} lists ${entry.Layers.length} layers, its config ${diffIds.length} diff_ids`);
     const layers = entry.Layers.map((l, j) => fileOf(staging, l, `entry ${i}'s layer ${j}`));
     const fileDigests = layers.map((l) => l.digest).join();

@@ -6,7 +6,7 @@
  * (the same order, and the same `pushed` provenance, as a client push).
  */
 import type { Readable } from 'node:stream';
-import { insufficientStorage, isRegistryError } from '../errors.js';
+import { RegistryError, insufficientStorage, isRegistryError } from '../errors.js';
 import type { Digest, RepoName } from '../names.js';
 import type { RegistryService } from '../service.js';
 import { isStorageFull } from '../../storage/space.js';
@@ -14,7 +14,7 @@ import { type BundleError, importBundle, isBundle } from './bundle.js';
 import { malformed, openTar } from './detect.js';
 import { planDockerArchive } from './docker.js';
 import { type ImportTarget, type PlannedImage, planOciLayout } from './oci.js';
-import { type Staging, type TarEntries, stageArchive, tarEntries } from './stage.js';
+import { type StagedBlob, type Staging, type TarEntries, stageArchive, tarEntries } from './stage.js';
 
 export type { ImportTarget } from './oci.js';
 
@@ -61,9 +61,7 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
       fresh++;
       newBytes += staged.size;
     }
-    // Dedupes against the store (see BlobStore.commit): an existing blob is only linked.
-    await staged.synced; // the rename below must only publish durable content
-    await svc.blobs.commit(staged.tempPath, d, staged.size, img.repo, 'pushed');
+    await commitStaged(svc, staged, img.repo);
   }
   for (const m of img.children) {
     bytes += m.body.length;
@@ -73,6 +71,24 @@ async function commitImage(svc: RegistryService, staging: Staging, img: PlannedI
   const ref = img.tag === null ? { kind: 'digest' as const, digest: img.root.digest } : { kind: 'tag' as const, tag: img.tag };
   svc.putManifest(img.repo, ref, img.root.mediaType, img.root.body, img.root.parsed, 'pushed');
   return { name: img.repo, tag: img.tag, digest: img.root.digest, mediaType: img.root.mediaType, blobs: { new: fresh, existing }, bytes, newBytes, ...(img.built ? { built: true as const } : {}) };
+}
+
+/** Repositories each staged blob was committed to (an archive's images may share blobs). */
+const committedTo = new WeakMap<StagedBlob, RepoName>();
+
+/**
+ * Commit a staged blob for `repo`: its stage the first time (durable first, and deduped
+ * against the store: an existing blob is only linked), a link from the repository it was
+ * committed to afterwards.
+ */
+async function commitStaged(svc: RegistryService, staged: StagedBlob, repo: RepoName): Promise<void> {
+  const first = committedTo.get(staged);
+  if (first === undefined) {
+    await staged.writer.commit(staged.digest, { repo, provenance: 'pushed' });
+    committedTo.set(staged, repo);
+  } else if (first !== repo && !svc.mountBlob(repo, staged.digest, first)) {
+    throw new RegistryError('UNAVAILABLE', `blob ${staged.digest} was deleted while the archive was being imported; retry`, { status: 503 });
+  }
 }
 
 async function openEntries(input: Readable): Promise<TarEntries> {

@@ -4,7 +4,6 @@
  * needs, all checked against the staged, digest-verified files. Pure decisions over the
  * staging area; nothing is stored here.
  */
-import fs from 'node:fs/promises';
 import { RegistryError } from '../errors.js';
 import { type Descriptor, type ParsedManifest, parseManifest } from '../manifests.js';
 import { isIndexType, isManifestType } from '../mediatypes.js';
@@ -112,7 +111,7 @@ export async function readManifest(staging: Staging, d: Descriptor, limits: Limi
   if (!staged) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest ${d.digest} is not in the archive`, { detail: { digest: d.digest } });
   if (staged.size !== d.size) throw invalid(`manifest ${d.digest} is ${staged.size} bytes, its descriptor says ${d.size}`);
   if (staged.size > limits.maxManifestBytes) throw new RegistryError('MANIFEST_INVALID', `manifest ${d.digest} exceeds ${limits.maxManifestBytes} bytes`, { status: 413 });
-  const body = await fs.readFile(staged.tempPath);
+  const body = await staged.read(0, staged.size);
   let parsed: ParsedManifest;
   try {
     parsed = parseManifest(body, d.mediaType);

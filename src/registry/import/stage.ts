@@ -1,6 +1,6 @@
 /**
- * Reads a tar stream into a staging area: every regular file is streamed to a temp file
- * through the blob store (hashed as it is written, fsynced) and known by its sha256, a
+ * Reads a tar stream into a staging area: every regular file is streamed into a blob
+ * store stage (hashed as it is written, made durable in the background) and known by its sha256, a
  * `blobs/sha256/<hex>` entry checked against its name (docker-save layers are named by
  * v1 id or diff_id, so content is the only key that fits every layout); the few small
  * metadata files are kept in memory under a cap; links are recorded, never followed on
@@ -11,13 +11,12 @@
  * tar-stream does the tar parsing (PAX/GNU long names and sizes, base-256 numbers, header
  * checksums): a hand-written parser is where the classic tar bugs live.
  */
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { RegistryError, isRegistryError } from '../errors.js';
 import type { Digest } from '../names.js';
-import type { BlobStore } from '../../storage/blobs.js';
+import type { BlobStore, BlobWriter, PositionalReader } from '../../storage/ports.js';
 import { isStorageFull } from '../../storage/space.js';
 import { malformed } from './detect.js';
 
@@ -29,16 +28,60 @@ const BLOB_RE = /^blobs\/sha256\/([a-f0-9]{64})$/;
 /** Link chains longer than this are refused (and a loop is one). */
 export const MAX_LINK_DEPTH = 16;
 
+/** Reads of the staged content in 1 MiB steps (configs, manifests, layers to gunzip). */
+const READ_BYTES = 1024 * 1024;
+
 export interface StagedBlob {
   digest: Digest;
   size: number;
-  tempPath: string;
   /**
-   * The temp file's fsync, started as soon as it is written so the disk flushes it while
-   * the next entries stream in (an fsync per blob in line cost a third of an import's wall
-   * time); awaited before the blob is committed.
+   * The stage, sealed as soon as its entry was read, so the store makes it durable (local:
+   * fsync) while the next entries stream in (an fsync per blob in line cost a third of an
+   * import's wall time); committed by the importer, or aborted by `Staging.discard`.
    */
-  synced: Promise<void>;
+  writer: BlobWriter;
+  /** `length` bytes from `position` (fewer at the end). */
+  read(position: number, length: number): Promise<Buffer>;
+  /** The whole content as a stream. */
+  stream(): Readable;
+}
+
+function stagedBlob(writer: BlobWriter, digest: Digest, size: number): StagedBlob {
+  /** Fill `buf` from `position` (fewer bytes at the end of the content). */
+  const fill = async (r: PositionalReader, position: number, length: number): Promise<Buffer> => {
+    const buf = Buffer.alloc(Math.max(0, Math.min(length, size - position)));
+    for (let n = 0; n < buf.length; ) {
+      const got = await r.read(buf.subarray(n), buf.length - n, position + n);
+      if (got === 0) throw new Error(`staged blob ${digest} ended at ${position + n} of ${size} bytes`);
+      n += got;
+    }
+    return buf;
+  };
+  return {
+    digest,
+    size,
+    writer,
+    read: async (position, length) => {
+      const r = await writer.reader();
+      try {
+        return await fill(r, position, length);
+      } finally {
+        await r.close();
+      }
+    },
+    stream: () =>
+      Readable.from(
+        (async function* () {
+          const r = await writer.reader();
+          try {
+            for (let pos = 0; pos < size; pos += READ_BYTES) yield await fill(r, pos, READ_BYTES);
+          } finally {
+            await r.close();
+          }
+        })(),
+        { objectMode: false },
+      ),
+  };
 }
 
 export interface Staging {
@@ -50,7 +93,7 @@ export interface Staging {
   links: Map<string, string>;
   /** Small metadata files by archive name. */
   files: Map<string, Buffer>;
-  /** Remove every temp file still owned by the staging area. */
+  /** Abort every stage not committed yet. */
   discard(): Promise<void>;
 }
 
@@ -172,7 +215,7 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
   const discard = async () => {
     const all = [...blobs.values()];
     blobs.clear();
-    await Promise.all(all.map((b) => fs.rm(b.tempPath, { force: true })));
+    await Promise.all(all.map((b) => b.writer.abort())); // a no-op for committed ones
   };
   try {
     for (let entry = await entries.next(); entry; entry = await entries.next()) {
@@ -203,19 +246,22 @@ export async function stageArchive(entries: TarEntries, store: BlobStore, limits
         continue;
       }
       if (size > limits.maxBlobBytes) throw new RegistryError('SIZE_INVALID', `archive entry ${key} exceeds the maximum blob size of ${limits.maxBlobBytes} bytes`, { status: 413 });
-      const written = await store.writeTemp(Readable.from(body, { objectMode: false }), 'sha256', limits.maxBlobBytes, { sync: false });
-      const blob = BLOB_RE.exec(key);
-      if (blob && written.digest !== `sha256:${blob[1]}`) {
-        await fs.rm(written.tempPath, { force: true });
-        throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: `sha256:${blob[1]}`, actual: written.digest } });
+      const writer = store.stage({ algorithm: 'sha256', maxBytes: limits.maxBlobBytes });
+      await writer.appendStream(Readable.from(body, { objectMode: false })); // a failure drops the stage
+      let written: { digest: Digest; size: number };
+      try {
+        written = await writer.seal(); // durability starts now, in the background
+        const blob = BLOB_RE.exec(key);
+        if (blob && written.digest !== `sha256:${blob[1]}`) {
+          throw new RegistryError('DIGEST_INVALID', `archive entry ${key} does not hash to its name`, { detail: { expected: `sha256:${blob[1]}`, actual: written.digest } });
+        }
+      } catch (e) {
+        await writer.abort();
+        throw e;
       }
       paths.set(key, written.digest);
-      if (blobs.has(written.digest)) await fs.rm(written.tempPath, { force: true });
-      else {
-        const synced = store.syncTemp(written.tempPath);
-        synced.catch(() => undefined); // reported where it is awaited, before the commit
-        blobs.set(written.digest, { digest: written.digest, size: written.size, tempPath: written.tempPath, synced });
-      }
+      if (blobs.has(written.digest)) await writer.abort();
+      else blobs.set(written.digest, stagedBlob(writer, written.digest, written.size));
     }
   } catch (e) {
     entries.destroy();

@@ -44,6 +44,9 @@ export class LocalStage implements BlobWriter {
   private state: 'open' | 'committing' | 'committed' | 'ended' = 'open';
   private outcome: Promise<void> | null = null;
   private committedAs: Digest | null = null;
+  /** Set by seal(): what was written, and the background fsync + close of the temp file. */
+  private sealed: Promise<{ digest: Digest; size: number }> | null = null;
+  private durable: Promise<void> | null = null;
 
   constructor(
     private readonly host: StageHost,
@@ -57,6 +60,7 @@ export class LocalStage implements BlobWriter {
 
   async append(chunk: Buffer): Promise<void> {
     if (this.error) throw this.error;
+    if (this.sealed) throw new Error('blob stage is sealed');
     this.hasher.update(chunk);
     this.received += chunk.length;
     this.queue.push(chunk);
@@ -68,6 +72,7 @@ export class LocalStage implements BlobWriter {
   async appendStream(body: Readable): Promise<void> {
     const { expectedBytes, maxBytes = Number.POSITIVE_INFINITY } = this.opts;
     try {
+      if (this.sealed) throw new Error('blob stage is sealed');
       if (expectedBytes !== undefined) {
         await ensureFree(this.host.tmpDir, expectedBytes).catch((e: unknown) => {
           body.resume(); // drained, so the connection stays usable for the error response
@@ -122,6 +127,24 @@ export class LocalStage implements BlobWriter {
     }
   }
 
+  seal(): Promise<{ digest: Digest; size: number }> {
+    if (this.sealed) return this.sealed;
+    if (this.state !== 'open') return Promise.reject(new Error('blob stage already ended'));
+    this.sealed = (async () => {
+      await this.flush();
+      const fh = await this.opening;
+      // The fsync runs while the caller goes on (an import reads the next entry); the
+      // descriptor is closed with it, so a sealed stage holds no file open.
+      this.durable = fh.sync().finally(() => {
+        this.closed = true;
+        return fh.close();
+      });
+      this.durable.catch(() => undefined); // delivered by commit
+      return { digest: this.digest(), size: this.written };
+    })();
+    return this.sealed;
+  }
+
   commit(expected: Digest, link: BlobLink): Promise<void> {
     if (this.state !== 'open') return Promise.reject(new Error('blob stage already ended'));
     this.state = 'committing';
@@ -133,10 +156,15 @@ export class LocalStage implements BlobWriter {
     try {
       await this.flush();
       if (this.digest() !== expected) throw new RegistryError('DIGEST_INVALID', 'content does not match its digest', { detail: { expected } });
-      const fh = await this.opening;
-      await fh.sync();
-      this.closed = true;
-      await fh.close();
+      if (this.sealed) {
+        await this.sealed;
+        await this.durable;
+      } else {
+        const fh = await this.opening;
+        await fh.sync();
+        this.closed = true;
+        await fh.close();
+      }
       await this.host.commitFile(this.tempPath, expected, this.written, link.repo, link.provenance);
       this.committedAs = expected;
       this.state = 'committed';
@@ -160,6 +188,8 @@ export class LocalStage implements BlobWriter {
   private async discard(): Promise<void> {
     this.state = 'ended';
     while (this.running) await this.running.catch(() => undefined);
+    await this.sealed?.catch(() => undefined);
+    await this.durable?.catch(() => undefined);
     if (!this.closed) {
       this.closed = true;
       const fh = await this.opening.catch(() => null);
