@@ -8,26 +8,22 @@
 import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { RepoName } from '../../src/registry/names.js';
 import { MetadataStore } from '../../src/storage/db.js';
 import { S3BlobStore, type S3BlobStoreOptions } from '../../src/storage/s3/store.js';
+import { S3UploadStore } from '../../src/storage/s3/uploads.js';
 import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
 import { tempDir } from '../helpers/server.js';
 import { waitFor } from '../helpers/tools.js';
-import { type DriverFactory, blobStoreConformance, sha256 } from './blobstore-conformance.js';
+import { type DriverFactory, blobStoreConformance, readStream as read, sha256 } from './blobstore-conformance.js';
+import { uploadStoreConformance } from './uploadstore-conformance.js';
 
 const PART = 5 * 1024 * 1024; // S3's minimum: the smallest blobs that span parts
 const link = { repo: 'conformance/repo' as RepoName, provenance: 'pushed' as const };
 
 let gw: Radosgw | null = null;
 let bucketNo = 0;
-
-async function read(s: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of s) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
 
 /** A store on a new bucket with its own SQLite metadata; `more` overrides options. */
 async function s3Store(t: ExecutionContext, more: Partial<S3BlobStoreOptions> = {}) {
@@ -52,7 +48,7 @@ async function s3Store(t: ExecutionContext, more: Partial<S3BlobStoreOptions> = 
     const store = new S3BlobStore({ ...opts, ...o }, meta);
     metas.push(meta);
     stores.push(store);
-    return { meta, store };
+    return { meta, store, uploads: new S3UploadStore(store, meta) };
   };
   t.teardown(() => {
     for (const s of stores) s.close();
@@ -63,9 +59,9 @@ async function s3Store(t: ExecutionContext, more: Partial<S3BlobStoreOptions> = 
   return { ...first, opts, open };
 }
 
-/** Stage objects and multipart uploads in the store's bucket: what a stage leaves behind. */
-async function pending(client: S3Client, bucket: string): Promise<string[]> {
-  const objs = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'mirror/one/stages/' }));
+/** Objects under `area` and multipart uploads in the store's bucket: what stages (or upload sessions) leave behind. */
+async function pending(client: S3Client, bucket: string, area = 'stages'): Promise<string[]> {
+  const objs = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `mirror/one/${area}/` }));
   const mpu = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
   return [...(objs.Contents ?? []).map((o) => o.Key!), ...(mpu.Uploads ?? []).map((u) => `multipart:${u.Key}`)];
 }
@@ -81,6 +77,12 @@ const s3: DriverFactory = async (t) => {
       return current.store;
     },
     leftovers: () => pending(first.store.client, first.opts.bucket),
+    uploads: first.uploads,
+    replica: async () => {
+      const other = first.open(); // the same bucket and metadata file, as a second process
+      return { store: other.store, uploads: other.uploads };
+    },
+    uploadLeftovers: () => pending(first.store.client, first.opts.bucket, 'uploads'),
   };
 };
 
@@ -96,6 +98,7 @@ if (missing) {
   });
 
   blobStoreConformance(test, 's3', s3);
+  uploadStoreConformance(test, 's3', s3);
 
   test('s3: multipart boundaries: empty, under a part, exactly one part, one part and a byte, exactly two parts', async (t) => {
     const { store, opts } = await s3Store(t);
@@ -201,6 +204,27 @@ if (missing) {
     const body = await store.open(d);
     t.truthy(body, 'the committed object is there');
     t.true((await read(body!.stream(0, data.length - 1))).equals(data));
+  });
+
+  test('s3: uploads: a chunk over a part is a multipart upload; one cut off midway (client gone) leaves no object and no multipart upload', async (t) => {
+    const { store, uploads, opts } = await s3Store(t);
+    const data = randomBytes(2 * PART + 5);
+    const s = await uploads.start(link.repo);
+    const head = data.subarray(0, 1000);
+    t.is(await uploads.append(s.id, Readable.from([head]), { maxBytes: data.length }), 1000);
+    async function* cut(): AsyncGenerator<Buffer> {
+      yield data.subarray(1000, 1000 + PART);
+      yield data.subarray(1000 + PART, 1000 + PART + 100_000);
+      throw new Error('client went away');
+    }
+    const e = await t.throwsAsync(uploads.append(s.id, Readable.from(cut()), { offset: 1000, maxBytes: data.length }));
+    t.is((e as { code?: string }).code, 'BLOB_UPLOAD_INVALID');
+    t.is((await uploads.status(s.id))?.offset, 1000, 'the cut chunk is not counted');
+    t.deepEqual(await pending(store.client, opts.bucket, 'uploads'), [`mirror/one/uploads/${s.id}/0000000000000000`], 'only the first chunk; the multipart upload was aborted');
+    t.is(await uploads.append(s.id, Readable.from([data.subarray(1000, PART), data.subarray(PART)]), { offset: 1000, length: data.length - 1000, maxBytes: data.length }), data.length);
+    t.deepEqual(await uploads.finish(s.id, sha256(data)), { size: data.length });
+    t.true((await read((await store.open(sha256(data)))!.stream(0, data.length - 1))).equals(data));
+    t.deepEqual(await pending(store.client, opts.bucket, 'uploads'), []);
   });
 
   test("s3: recover() leaves younger stages alone (another replica's), and that replica still commits", async (t) => {

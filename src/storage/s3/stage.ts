@@ -55,6 +55,7 @@ export class S3Stage implements BlobWriter {
   private state: 'open' | 'committing' | 'committed' | 'ended' = 'open';
   private outcome: Promise<void> | null = null;
   private committedAs: Digest | null = null;
+  private sealed: Promise<{ digest: Digest; size: number }> | null = null;
   /** Highest part number PUT (or being PUT) as a stage object: what cleanup removes. */
   private maxPut = 0;
 
@@ -72,6 +73,7 @@ export class S3Stage implements BlobWriter {
   async append(chunk: Buffer): Promise<void> {
     if (this.error) throw this.error;
     if (this.state !== 'open') throw new Error('blob stage already ended');
+    if (this.sealed) throw new Error('blob stage is sealed');
     this.hasher.update(chunk);
     this.received += chunk.length;
     this.cur.push(chunk);
@@ -126,10 +128,10 @@ export class S3Stage implements BlobWriter {
     }
   }
 
-  /** Declare the content complete and written (the `uploads` branch's port addition). */
-  async seal(): Promise<{ digest: Digest; size: number }> {
-    await this.flush();
-    return { digest: this.digest(), size: this.received };
+  /** No append after this; resolves once everything is in stage objects (the same promise each time). */
+  seal(): Promise<{ digest: Digest; size: number }> {
+    this.sealed ??= this.flush().then(() => ({ digest: this.digest(), size: this.received }));
+    return this.sealed;
   }
 
   digest(): Digest {

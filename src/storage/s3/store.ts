@@ -96,6 +96,11 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     this.client = makeClient(opts);
   }
 
+  /** `rest` under the store's prefix (upload sessions live under `uploads/`, see uploads.ts). */
+  key(rest: string): string {
+    return `${this.prefix}${rest}`;
+  }
+
   blobKey(digest: Digest): string {
     return `${this.prefix}blobs/${digest.replace(':', '/')}`;
   }
