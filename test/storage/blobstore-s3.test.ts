@@ -9,6 +9,8 @@ import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import pino from 'pino';
+import { FillManager } from '../../src/cache/fill.js';
 import type { RepoName } from '../../src/registry/names.js';
 import { MetadataStore } from '../../src/storage/db.js';
 import { S3BlobStore, type S3BlobStoreOptions } from '../../src/storage/s3/store.js';
@@ -225,6 +227,46 @@ if (missing) {
     t.deepEqual(await uploads.finish(s.id, sha256(data)), { size: data.length });
     t.true((await read((await store.open(sha256(data)))!.stream(0, data.length - 1))).equals(data));
     t.deepEqual(await pending(store.client, opts.bucket, 'uploads'), []);
+  });
+
+  test('s3: a pull-through fill on S3: a reader behind the memory window reads the stage objects, then the committed blob', async (t) => {
+    const { store } = await s3Store(t);
+    const data = randomBytes(3 * PART + 17);
+    const d = sha256(data);
+    let releaseLast!: () => void;
+    const last = new Promise<void>((r) => (releaseLast = r));
+    const source = {
+      async open() {
+        async function* body(): AsyncGenerator<Buffer> {
+          for (let i = 0; i < 3 * PART; i += 256 * 1024) yield data.subarray(i, i + 256 * 1024);
+          await last; // the fill holds here until the late reader has read from the stage
+          yield data.subarray(3 * PART);
+        }
+        return { size: data.length, body: body() };
+      },
+    };
+    const fills = new FillManager(store, pino({ level: 'silent' }), Number.MAX_SAFE_INTEGER);
+    const f = fills.fill(d, link.repo, 'up|conformance/repo', source);
+    await waitFor(() => (f.written >= 3 * PART ? true : undefined), 60_000, 'three parts in stage objects');
+    const it = f.reader(0, data.length - 1)[Symbol.asyncIterator]();
+    const got: Buffer[] = [];
+    let n = 0;
+    while (n < PART + 1) {
+      const r = await it.next();
+      if (r.done) break;
+      got.push(r.value as Buffer);
+      n += (r.value as Buffer).length;
+    }
+    t.is(f.state, 'streaming', 'read from the stage while the fill is open');
+    releaseLast();
+    for (let r = await it.next(); !r.done; r = await it.next()) got.push(r.value as Buffer);
+    t.true(Buffer.concat(got).equals(data), 'the late reader got every byte right');
+    await f.done;
+    t.deepEqual(await store.stat(d), { size: data.length });
+    const late = await f.stage.reader();
+    const buf = Buffer.alloc(1000);
+    t.is(await late.read(buf, 1000, 2 * PART), 1000);
+    t.true(buf.equals(data.subarray(2 * PART, 2 * PART + 1000)), 'after the commit the stage reads the committed blob');
   });
 
   test("s3: recover() leaves younger stages alone (another replica's), and that replica still commits", async (t) => {
