@@ -91,18 +91,28 @@ function daemon(bin: string, args: string[], log: { text: string }): ChildProces
   return child;
 }
 
-/** A port `p` with `p + 1` also free (the monitor's v2 and v1 addresses). */
+/** A port `p` with `p + 1` very likely free too (the monitor's v2 and v1 addresses); a clash fails the start, which is retried. */
 async function portPair(): Promise<number> {
-  for (let i = 0; i < 20; i++) {
+  for (;;) {
     const p = await freePort();
-    const q = await freePort();
-    if (q === p + 1) return p;
-    if (p < 65_000) return p; // p + 1 is very likely free too; a clash makes mkfs or the mon fail loudly
+    if (p < 65_000) return p;
   }
-  return freePort();
 }
 
+/** Start a cluster; a start that fails (e.g. a port taken between the probe and the bind) is retried twice on new ports. */
 export async function startRadosgw(): Promise<Radosgw> {
+  let last: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startOnce();
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw last;
+}
+
+async function startOnce(): Promise<Radosgw> {
   const bin = Object.fromEntries(BINS.map((b) => [b, requireTool(b, 'radosgw ceph-mon ceph-osd')])) as Record<(typeof BINS)[number], string>;
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-ceph-'));
   await fs.mkdir(path.join(dir, 'run'));
