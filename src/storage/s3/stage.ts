@@ -130,7 +130,9 @@ export class S3Stage implements BlobWriter {
 
   /** No append after this; resolves once everything is in stage objects (the same promise each time). */
   seal(): Promise<{ digest: Digest; size: number }> {
-    this.sealed ??= this.flush().then(() => ({ digest: this.digest(), size: this.received }));
+    if (this.sealed) return this.sealed;
+    if (this.state !== 'open') return Promise.reject(new Error('blob stage already ended'));
+    this.sealed = this.flush().then(() => ({ digest: this.digest(), size: this.received }));
     return this.sealed;
   }
 
