@@ -5,7 +5,7 @@
  * nothing, the store going away and coming back (503, no restart), credentials kept out
  * of errors, stages of other replicas left alone by recover(), presigned redirects.
  */
-import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -267,6 +267,52 @@ if (missing) {
     const buf = Buffer.alloc(1000);
     t.is(await late.read(buf, 1000, 2 * PART), 1000);
     t.true(buf.equals(data.subarray(2 * PART, 2 * PART + 1000)), 'after the commit the stage reads the committed blob');
+  });
+
+  test('s3: uploads: chunks that can be parts are copied server-side (one chunk, several), and only bytes that were hashed are committed', async (t) => {
+    const { store, uploads, opts } = await s3Store(t);
+    const copies: string[] = [];
+    const client = store.client as unknown as { send: (cmd: { input?: { Key?: string; CopySource?: string } }, ...rest: unknown[]) => Promise<unknown> };
+    const send = client.send.bind(client);
+    let beforeCopy: ((source: string) => Promise<void>) | null = null;
+    client.send = async (cmd, ...rest) => {
+      const source = cmd.input?.CopySource;
+      if (source?.includes('/uploads/')) {
+        copies.push(cmd.constructor.name);
+        await beforeCopy?.(source.slice(opts.bucket.length + 1));
+      }
+      return send(cmd, ...rest);
+    };
+    for (const cuts of [[2 * PART + 9], [PART, PART + 1, 77]]) {
+      copies.length = 0;
+      const data = randomBytes(cuts.reduce((a, b) => a + b, 0));
+      const s = await uploads.start(link.repo);
+      for (let off = 0, i = 0; i < cuts.length; off += cuts[i]!, i++) {
+        await uploads.append(s.id, Readable.from([data.subarray(off, off + cuts[i]!)]), { offset: off, maxBytes: data.length });
+      }
+      t.deepEqual(await uploads.finish(s.id, sha256(data)), { size: data.length });
+      t.deepEqual(copies, cuts.map(() => 'UploadPartCopyCommand'), `copied server-side: ${cuts.join('+')}`);
+      t.true((await read((await store.open(sha256(data)))!.stream(0, data.length - 1))).equals(data));
+    }
+    // A chunk overwritten after it was hashed (a second writer on another replica): the
+    // copied part's ETag is not the MD5 that was hashed, so the copy is aborted, nothing
+    // becomes visible, and the next finish hashes what is stored now.
+    const data = randomBytes(PART + 10);
+    const s = await uploads.start(link.repo);
+    await uploads.append(s.id, Readable.from([data]), { offset: 0, maxBytes: data.length });
+    const evil = Buffer.from(data);
+    evil[0] = evil[0]! ^ 1;
+    beforeCopy = async (key) => {
+      beforeCopy = null;
+      await send(new PutObjectCommand({ Bucket: opts.bucket, Key: key, Body: evil }) as never);
+    };
+    const e = await t.throwsAsync(uploads.finish(s.id, sha256(data)));
+    t.is((e as { status?: number }).status, 503, (e as Error).message);
+    t.regex((e as Error).message, /CopiedPartChanged/);
+    t.is(await store.open(sha256(data)), null, 'the changed chunk was not committed');
+    t.is(await store.stat(sha256(data)), null);
+    t.is((await t.throwsAsync(uploads.finish(s.id, sha256(data))) as { code?: string }).code, 'DIGEST_INVALID', 'the next finish hashes what is stored now');
+    t.deepEqual(await pending(store.client, opts.bucket, 'uploads'), []);
   });
 
   test("s3: recover() leaves younger stages alone (another replica's), and that replica still commits", async (t) => {

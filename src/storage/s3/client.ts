@@ -21,7 +21,7 @@ export interface S3BlobStoreOptions {
   /** Static credentials; omitted: the SDK's default chain (AWS_ACCESS_KEY_ID, ...). */
   accessKeyId?: string;
   secretAccessKey?: string;
-  /** Multipart part size in bytes (>= 5 MiB, S3's minimum for all but the last part). Default 16 MiB. */
+  /** Multipart part size in bytes (5 MiB to 5 GiB, S3's limits for all but the last part). Default 16 MiB. */
   partSize?: number;
   /** `recover()` removes stages and multipart uploads older than this (other replicas may still be writing younger ones). Default 24 h. */
   staleStageMs?: number;
@@ -36,6 +36,8 @@ export interface S3BlobStoreOptions {
 
 export const MIN_PART_SIZE = 5 * 1024 * 1024;
 export const DEFAULT_PART_SIZE = 16 * 1024 * 1024;
+/** S3's limit for one copy (CopyObject, or one UploadPartCopy) and for one part. */
+export const MAX_COPY_BYTES = 5 * 1024 * 1024 * 1024;
 /** S3's limit on parts per multipart upload. */
 export const MAX_PARTS = 10_000;
 

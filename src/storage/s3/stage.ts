@@ -18,10 +18,26 @@ import type { BlobLink, BlobWriter, PositionalReader, StageOptions } from '../po
 import { type ObjectRef, gone, readInto } from './body.js';
 import { MAX_PARTS, storeError } from './client.js';
 
-/** What a stage hands its store to commit: parts 1..parts in stage objects, or all of it in `inline`. */
+/**
+ * An object holding a piece of content (or its `range`, `bytes=a-b`: at most 5 GiB).
+ * `etag`: copy it only while unchanged (stores that honour CopySourceIfMatch; Ceph 16 does
+ * not); `md5` (hex): what the copied bytes must hash to, checked against the part's ETag
+ * before the copy is completed.
+ */
+export interface SourceObject {
+  key: string;
+  size: number;
+  etag?: string;
+  range?: string;
+  md5?: string;
+}
+
+/**
+ * Content to commit: the concatenation of `sources` (every one but the last at least
+ * MIN_PART_SIZE, at most MAX_PARTS of them), or all of it in `inline`.
+ */
 export interface StagedContent {
-  id: string;
-  parts: number;
+  sources: SourceObject[];
   size: number;
   inline: Buffer | null;
 }
@@ -177,10 +193,13 @@ export class S3Stage implements BlobWriter {
       let content: StagedContent;
       if (this.part === 1 && this.flushedCur === 0) {
         // Never left memory (at most one part): one PUT to the blob's key, no stage object.
-        content = { id: this.id, parts: 0, size: this.received, inline: Buffer.concat(this.cur, this.curBytes) };
+        content = { sources: [], size: this.received, inline: Buffer.concat(this.cur, this.curBytes) };
       } else {
         await this.flush();
-        content = { id: this.id, parts: this.curBytes > 0 ? this.part : this.part - 1, size: this.received, inline: null };
+        const size = this.host.partSize;
+        const parts = Math.ceil(this.received / size);
+        const sources = Array.from({ length: parts }, (_, i) => ({ key: this.host.stageKey(this.id, i + 1), size: Math.min(size, this.received - i * size) }));
+        content = { sources, size: this.received, inline: null };
       }
       await this.host.commitStaged(content, expected, link);
       this.committedAs = expected;

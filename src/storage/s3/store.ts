@@ -60,8 +60,8 @@ import type { MetadataStore } from '../db.js';
 import { HashingCounter } from '../hashing.js';
 import type { BlobEntry, BlobLink, BlobStore, StageOptions } from '../ports.js';
 import { S3BlobBody } from './body.js';
-import { DEFAULT_PART_SIZE, MIN_PART_SIZE, type S3BlobStoreOptions, isNotFound, makeClient, storeError } from './client.js';
-import { S3Stage, type S3StageHost, type StagedContent } from './stage.js';
+import { DEFAULT_PART_SIZE, MAX_COPY_BYTES, MIN_PART_SIZE, type S3BlobStoreOptions, isNotFound, makeClient, storeError } from './client.js';
+import { type SourceObject, S3Stage, type S3StageHost, type StagedContent } from './stage.js';
 
 export type { S3BlobStoreOptions } from './client.js';
 
@@ -87,7 +87,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     private readonly index: BlobIndex,
   ) {
     this.partSize = opts.partSize ?? DEFAULT_PART_SIZE;
-    if (!Number.isInteger(this.partSize) || this.partSize < MIN_PART_SIZE) throw new Error(`S3 partSize must be an integer >= ${MIN_PART_SIZE}`);
+    if (!Number.isInteger(this.partSize) || this.partSize < MIN_PART_SIZE || this.partSize > MAX_COPY_BYTES) throw new Error(`S3 partSize must be an integer from ${MIN_PART_SIZE} to ${MAX_COPY_BYTES}`);
     const p = (opts.prefix ?? '').replace(/^\/+|\/+$/g, '');
     this.prefix = p ? `${p}/` : '';
     this.bucket = opts.bucket;
@@ -228,8 +228,9 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     try {
       if (c.inline) {
         await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: c.inline, ContentLength: c.inline.length }));
-      } else if (c.parts === 1) {
-        await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: key, CopySource: `${this.bucket}/${this.stageKey(c.id, 1)}` }));
+      } else if (c.sources.length === 1 && !c.sources[0]!.md5 && !c.sources[0]!.range) {
+        const [src] = c.sources as [SourceObject];
+        await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: key, CopySource: this.copySource(src), CopySourceIfMatch: src.etag }));
       } else {
         await this.assemble(c, key);
       }
@@ -239,21 +240,24 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     this.index.recordBlob(link.repo, digest, c.size, link.provenance);
   }
 
-  /** Join the stage's parts into `key` with one multipart upload; aborted on any failure. */
+  /** Join the sources into `key` with one multipart upload of server-side copies; aborted on any failure. */
   private async assemble(c: StagedContent, key: string): Promise<void> {
     const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }));
     try {
       const etags: string[] = [];
-      let next = 1;
+      let next = 0;
       const worker = async () => {
-        for (let n = next++; n <= c.parts; n = next++) {
+        for (let i = next++; i < c.sources.length; i = next++) {
+          const src = c.sources[i]!;
           const r = await this.client.send(
-            new UploadPartCopyCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: n, CopySource: `${this.bucket}/${this.stageKey(c.id, n)}` }),
+            new UploadPartCopyCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, CopySource: this.copySource(src), CopySourceIfMatch: src.etag, CopySourceRange: src.range }),
           );
-          etags[n - 1] = r.CopyPartResult?.ETag ?? '';
+          etags[i] = r.CopyPartResult?.ETag ?? '';
+          // A part's ETag is the MD5 of the bytes copied: anything else was not what was hashed.
+          if (src.md5 && etags[i]!.replace(/"/g, '') !== src.md5) throw Object.assign(new Error('copied part differs'), { name: 'CopiedPartChanged' });
         }
       };
-      await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, c.parts) }, worker));
+      await Promise.all(Array.from({ length: Math.min(COPY_CONCURRENCY, c.sources.length) }, worker));
       // Ceph 16 answers CompleteMultipartUpload with an empty ETag (a known bug): nothing here uses it.
       await this.client.send(
         new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId, MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) } }),
@@ -262,6 +266,10 @@ export class S3BlobStore implements BlobStore, S3StageHost {
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId })).catch(() => undefined);
       throw e;
     }
+  }
+
+  private copySource(src: SourceObject): string {
+    return `${this.bucket}/${src.key}`;
   }
 
   // ---- helpers -------------------------------------------------------------------------

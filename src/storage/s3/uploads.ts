@@ -9,10 +9,14 @@
  *   parts in memory; one PUT when it fits in a part), completed only after the length and
  *   size checks passed, so it appears whole or not at all; a failed append aborts the
  *   multipart upload and the offset stays where it was.
- * - Finish streams the chunks, in order, into a blob stage (store.ts), whose commit hashes
- *   every stored byte against the digest before anything is visible; DIGEST_INVALID drops
- *   the session, a store failure (503) keeps it finishable. No running hash is trusted
- *   across requests (Node cannot persist one), so nothing needs checking against it.
+ * - Finish hashes every stored byte against the digest before anything is visible. When
+ *   the chunks can be multipart parts (all but the last >= 5 MiB: e.g. one streamed PATCH)
+ *   they are hashed and then copied server-side into the blob's key, each copy conditional
+ *   on the ETag seen when hashing began (a chunk changed meanwhile fails the copy, never
+ *   commits unverified bytes); otherwise they are streamed through a blob stage, whose
+ *   commit checks the digest. DIGEST_INVALID drops the session, a store failure (503)
+ *   keeps it finishable. No running hash is trusted across requests (Node cannot persist
+ *   one), so nothing needs checking against it.
  * - One writer at a time is enforced in this process. Across replicas it needs a lease in
  *   the shared metadata store (the PostgreSQL driver, issue #13); until then two replicas
  *   appending to the same session at once could both write the chunk at one offset.
@@ -27,24 +31,24 @@ import {
   PutObjectCommand,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { RegistryError } from '../../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../../registry/names.js';
 import { uploadRangeHeader as rangeHeader } from '../../registry/range.js';
 import type { MetadataStore } from '../db.js';
 import { UPLOAD_ID_RE } from '../paths.js';
-import type { AppendOptions, UploadState, UploadStore } from '../ports.js';
-import { rangeStream } from './body.js';
-import { storeError } from './client.js';
+import { HashingCounter } from '../hashing.js';
+import type { AppendOptions, BlobLink, UploadState, UploadStore } from '../ports.js';
+import { type ObjectRef, rangeStream } from './body.js';
+import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import type { SourceObject } from './stage.js';
 import type { S3BlobStore } from './store.js';
 
 export type UploadIndex = Pick<MetadataStore, 'createUpload' | 'upload' | 'deleteUpload' | 'uploads'>;
 
-interface Chunk {
-  key: string;
+interface Chunk extends SourceObject {
   start: number;
-  size: number;
 }
 
 export class S3UploadStore implements UploadStore {
@@ -96,21 +100,22 @@ export class S3UploadStore implements UploadStore {
       const chunks = await this.chunks(id);
       const repo = this.meta.upload(id)?.repo as RepoName | undefined;
       if (repo === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN'); // cancelled meanwhile
-      const w = this.store.stage({ algorithm: digestAlgorithm(digest) });
+      const link = { repo, provenance: 'pushed' as const };
+      // Chunks that can be parts (S3's minimum for all but the last) are hashed and then
+      // copied server-side, each only while unchanged since it was listed (ETag); other
+      // sessions (small chunks) are streamed through a stage.
+      const pieces = copyPieces(chunks);
+      const copyable = chunks.length > 0 && pieces.length <= MAX_PARTS && chunks.every((c, i) => i === chunks.length - 1 || c.size >= MIN_PART_SIZE);
+      let size: number;
       try {
-        for (const c of chunks) {
-          const o = { client: this.store.client, bucket: this.store.bucket, key: c.key };
-          for await (const b of rangeStream(o, 0, c.size - 1)) await w.append(b as Buffer);
-        }
-        await w.commit(digest, { repo, provenance: 'pushed' });
+        size = copyable ? await this.commitChunks(pieces, digest, link) : await this.restage(chunks, digest, link);
       } catch (e) {
-        await w.abort();
         if ((e as { code?: string }).code === 'DIGEST_INVALID') await this.remove(id);
         throw e;
       }
       this.meta.deleteUpload(id);
       await this.deleteChunks(id);
-      return { size: w.received };
+      return { size };
     } catch (e) {
       throw await this.withRange(id, e);
     } finally {
@@ -161,6 +166,40 @@ export class S3UploadStore implements UploadStore {
 
   // ---- internals -----------------------------------------------------------------------
 
+  /** Hash the pieces (and each one's MD5, which its copy must match), then copy them into the blob's key. */
+  private async commitChunks(pieces: Array<SourceObject & { start: number }>, digest: Digest, link: BlobLink): Promise<number> {
+    const h = new HashingCounter(digestAlgorithm(digest));
+    const sources: SourceObject[] = [];
+    for (const { start, ...p } of pieces) {
+      const md5 = createHash('md5');
+      for await (const b of rangeStream(this.object(p.key), start, start + p.size - 1)) {
+        h.update(b as Buffer);
+        md5.update(b as Buffer);
+      }
+      sources.push({ ...p, md5: md5.digest('hex') });
+    }
+    if (h.currentDigest() !== digest) throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
+    await this.store.commitStaged({ sources, size: h.bytes, inline: null }, digest, link);
+    return h.bytes;
+  }
+
+  /** Stream the chunks, in order, into a blob stage, whose commit checks the digest. */
+  private async restage(chunks: Chunk[], digest: Digest, link: BlobLink): Promise<number> {
+    const w = this.store.stage({ algorithm: digestAlgorithm(digest) });
+    try {
+      for (const c of chunks) for await (const b of rangeStream(this.object(c.key), 0, c.size - 1)) await w.append(b as Buffer);
+      await w.commit(digest, link);
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return w.received;
+  }
+
+  private object(key: string): ObjectRef {
+    return { client: this.store.client, bucket: this.store.bucket, key };
+  }
+
   private chunkKey(id: string, start: number): string {
     return this.store.key(`uploads/${id}/${String(start).padStart(16, '0')}`);
   }
@@ -173,7 +212,7 @@ export class S3UploadStore implements UploadStore {
       let token: string | undefined;
       do {
         const r = await this.store.client.send(new ListObjectsV2Command({ Bucket: this.store.bucket, Prefix: prefix, ContinuationToken: token }));
-        for (const o of r.Contents ?? []) if (o.Key) all.push({ key: o.Key, start: Number(o.Key.slice(prefix.length)), size: o.Size ?? 0 });
+        for (const o of r.Contents ?? []) if (o.Key) all.push({ key: o.Key, start: Number(o.Key.slice(prefix.length)), size: o.Size ?? 0, ...(o.ETag ? { etag: o.ETag } : {}) });
         token = r.IsTruncated ? r.NextContinuationToken : undefined;
       } while (token);
     } catch (e) {
@@ -272,6 +311,21 @@ export class S3UploadStore implements UploadStore {
       await this.store.client.send(new DeleteObjectsCommand({ Bucket: this.store.bucket, Delete: { Objects: keys.slice(i, i + 1000).map((Key) => ({ Key })), Quiet: true } }));
     }
   }
+}
+
+/** The chunks as copy sources: one each, or equal ranges of one over S3's 5 GiB copy limit. */
+function copyPieces(chunks: readonly Chunk[]): Array<SourceObject & { start: number }> {
+  const out: Array<SourceObject & { start: number }> = [];
+  for (const c of chunks) {
+    const n = Math.ceil(c.size / MAX_COPY_BYTES);
+    const step = Math.ceil(c.size / n);
+    for (let i = 0; i < n; i++) {
+      const a = i * step;
+      const b = Math.min(c.size, a + step);
+      out.push({ key: c.key, size: b - a, start: a, ...(c.etag ? { etag: c.etag } : {}), ...(n > 1 ? { range: `bytes=${a}-${b - 1}` } : {}) });
+    }
+  }
+  return out;
 }
 
 function end(chunks: readonly Chunk[]): number {
