@@ -1,14 +1,18 @@
 // S3 blob driver throughput against a throwaway Ceph RADOS Gateway (issue #13), with the
 // local driver as reference on the same machine in the same run: a 256 MiB
 // stage+commit (64 KiB appends, as from a socket) and a 256 MiB open/stream, MB/s and
-// this process's CPU seconds; peak RSS while staging (sampled every 20 ms).
+// this process's CPU seconds; peak RSS while staging (sampled every 20 ms); and a 256 MiB
+// push as an upload session (one streamed chunk, then finish).
 // Needs `npm run build && npm run build:test` (the cluster helper is a test helper).
 // Usage: node bench/s3-blobs.mjs [MiB=256] [partMiB=16]
 import { randomBytes, createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { S3BlobStore } from '../dist/storage/s3/store.js';
+import { S3UploadStore } from '../dist/storage/s3/uploads.js';
+import { LocalUploadStore } from '../dist/storage/uploads.js';
 import { LocalBlobStore } from '../dist/storage/blobs.js';
 import { MetadataStore } from '../dist/storage/db.js';
 import { storagePaths } from '../dist/storage/paths.js';
@@ -68,6 +72,27 @@ async function run(name, store, digest) {
   return { driver: name, rssBeforeMiB: rssBefore, stageCommit: stage, openStream: read };
 }
 
+/** A push as one streamed PATCH then PUT (upload session append + finish) of a blob not stored yet. */
+async function push(uploads) {
+  const tail = Buffer.from('push');
+  const h = createHash('sha256');
+  for (let off = 0; off < total; off += MiB) h.update(block.subarray(0, Math.min(MiB, total - off)));
+  h.update(tail);
+  const d = `sha256:${h.digest('hex')}`;
+  async function* body() {
+    for (let off = 0; off < total; off += CHUNK) {
+      const b = off % MiB;
+      yield block.subarray(b, b + Math.min(CHUNK, total - off));
+    }
+    yield tail;
+  }
+  const s = await uploads.start('bench/repo');
+  return measure(async () => {
+    await uploads.append(s.id, Readable.from(body()), { offset: 0, maxBytes: Number.MAX_SAFE_INTEGER });
+    await uploads.finish(s.id, d);
+  });
+}
+
 const digest = digestOf();
 const results = [];
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-s3bench-'));
@@ -77,6 +102,7 @@ try {
   const s3 = new S3BlobStore({ endpoint: gw.endpoint, region: gw.region, bucket: 'bench', prefix: 'regmirror', accessKeyId: gw.accessKeyId, secretAccessKey: gw.secretAccessKey, partSize }, meta);
   await s3.recover();
   results.push(await run(`s3 (radosgw memstore, ${partSize / MiB} MiB parts)`, s3, digest));
+  results.push({ driver: 's3 upload session (one streamed chunk, then finish)', appendFinish: await push(new S3UploadStore(s3, meta)) });
   s3.close();
   meta.close();
   await fs.mkdir(path.join(dir, 'local'));
@@ -85,6 +111,7 @@ try {
   const local = new LocalBlobStore(paths, lmeta);
   await local.recover();
   results.push(await run('local (reference)', local, digest));
+  results.push({ driver: 'local upload session (reference)', appendFinish: await push(new LocalUploadStore(paths, lmeta, local)) });
   lmeta.close();
 } finally {
   await gw.stop();

@@ -3,7 +3,10 @@
  * (test/helpers/radosgw.ts: one throwaway cluster for this file, a fresh bucket per test),
  * plus what only this driver can show: multipart boundaries, a failed assembly leaving
  * nothing, the store going away and coming back (503, no restart), credentials kept out
- * of errors, stages of other replicas left alone by recover(), presigned redirects.
+ * of errors, stages of other replicas left alone by recover(), presigned redirects, upload
+ * sessions on S3 and a pull-through fill on S3.
+ * Over ~400 lines on purpose: one Ceph cluster per test file (~7 s and ~200 MB to start),
+ * so the S3 driver's tests share this file rather than start a second cluster.
  */
 import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import test, { type ExecutionContext } from 'ava';
