@@ -152,11 +152,18 @@ export class S3UploadStore implements UploadStore {
         token = r.IsTruncated ? r.NextContinuationToken : undefined;
       } while (token);
       await this.deleteKeys(stray);
-      const mpu = await this.store.client.send(new ListMultipartUploadsCommand({ Bucket: this.store.bucket, Prefix: root }));
-      for (const u of mpu.Uploads ?? []) {
-        if (u.Key && u.UploadId && orphan(u.Key)) {
-          await this.store.client.send(new AbortMultipartUploadCommand({ Bucket: this.store.bucket, Key: u.Key, UploadId: u.UploadId }));
+      let KeyMarker: string | undefined;
+      let UploadIdMarker: string | undefined;
+      for (let more = true; more; ) {
+        const mpu = await this.store.client.send(new ListMultipartUploadsCommand({ Bucket: this.store.bucket, Prefix: root, KeyMarker, UploadIdMarker }));
+        for (const u of mpu.Uploads ?? []) {
+          if (u.Key && u.UploadId && orphan(u.Key)) {
+            await this.store.client.send(new AbortMultipartUploadCommand({ Bucket: this.store.bucket, Key: u.Key, UploadId: u.UploadId }));
+          }
         }
+        more = mpu.IsTruncated === true;
+        KeyMarker = mpu.NextKeyMarker;
+        UploadIdMarker = mpu.NextUploadIdMarker;
       }
     } catch (e) {
       throw storeError(e, 'upload sweep');
