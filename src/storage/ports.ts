@@ -156,6 +156,12 @@ export interface BlobStore {
    * otherwise what it actually is, which may differ from the recorded digest and size.
    */
   verify(digest: Digest): Promise<{ digest: Digest; size: number } | null>;
+  /**
+   * Optional (object stores): a URL from which a client can GET the committed blob itself
+   * for `expiresIn` seconds, presigned (distribution's `redirect`); the caller looked the
+   * blob up first. Absent: serve it through `open`.
+   */
+  redirectUrl?(digest: Digest, expiresIn: number): Promise<string>;
 }
 
 // ---- upload sessions ---------------------------------------------------------------------

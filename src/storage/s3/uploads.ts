@@ -1,0 +1,341 @@
+/**
+ * S3 driver of the upload-session port (ports.ts `UploadStore`). A session is its metadata
+ * row (`uploads`: repository, creation time; shared by all replicas) plus its chunks, one
+ * object per accepted append at `<prefix>uploads/<id>/<start offset, 16 digits>`. The
+ * objects are the whole byte state: the offset is where the contiguous chunks end, so any
+ * replica carries a session on from the store alone.
+ *
+ * - All or nothing: a chunk is streamed into its object with a multipart upload (about two
+ *   parts in memory; one PUT when it fits in a part), completed only after the length and
+ *   size checks passed, so it appears whole or not at all; a failed append aborts the
+ *   multipart upload and the offset stays where it was.
+ * - Finish hashes every stored byte against the digest before anything is visible. When
+ *   the chunks can be multipart parts (all but the last >= 5 MiB: e.g. one streamed PATCH)
+ *   they are hashed and then copied server-side into the blob's key, each copy conditional
+ *   on the ETag seen when hashing began (a chunk changed meanwhile fails the copy, never
+ *   commits unverified bytes); otherwise they are streamed through a blob stage, whose
+ *   commit checks the digest. DIGEST_INVALID drops the session, a store failure (503)
+ *   keeps it finishable. No running hash is trusted across requests (Node cannot persist
+ *   one), so nothing needs checking against it.
+ * - One writer at a time is enforced in this process. Across replicas it needs a lease in
+ *   the shared metadata store (the PostgreSQL driver, issue #13); until then two replicas
+ *   appending to the same session at once could both write the chunk at one offset.
+ */
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectsCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { createHash, randomUUID } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { RegistryError } from '../../registry/errors.js';
+import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../../registry/names.js';
+import { uploadRangeHeader as rangeHeader } from '../../registry/range.js';
+import type { MetadataStore } from '../db.js';
+import { UPLOAD_ID_RE } from '../paths.js';
+import { HashingCounter } from '../hashing.js';
+import type { AppendOptions, BlobLink, UploadState, UploadStore } from '../ports.js';
+import { type ObjectRef, rangeStream } from './body.js';
+import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import type { SourceObject } from './stage.js';
+import type { S3BlobStore } from './store.js';
+
+export type UploadIndex = Pick<MetadataStore, 'createUpload' | 'upload' | 'deleteUpload' | 'uploads'>;
+
+interface Chunk extends SourceObject {
+  start: number;
+}
+
+export class S3UploadStore implements UploadStore {
+  /** Sessions an append or finish of this process is running on. */
+  private readonly busy = new Set<string>();
+
+  constructor(
+    private readonly store: S3BlobStore,
+    private readonly meta: UploadIndex,
+  ) {}
+
+  async start(repo: RepoName, _algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
+    const id = randomUUID();
+    this.meta.createUpload(id, repo);
+    return { id, repo, offset: 0, createdAt: this.meta.upload(id)?.createdAt ?? Date.now() };
+  }
+
+  async status(id: string): Promise<UploadState | null> {
+    if (!UPLOAD_ID_RE.test(id)) return null;
+    const row = this.meta.upload(id);
+    if (!row) return null;
+    return { id, repo: row.repo as RepoName, offset: end(await this.chunks(id)), createdAt: row.createdAt };
+  }
+
+  async append(id: string, body: Readable, opts: AppendOptions): Promise<number> {
+    try {
+      this.claim(id);
+    } catch (e) {
+      body.resume();
+      throw await this.withRange(id, e);
+    }
+    try {
+      const base = end(await this.chunks(id));
+      if (opts.offset !== undefined && opts.offset !== base) {
+        throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${base}`, { status: 416, headers: rangeHeader(base) });
+      }
+      return base + (await this.putChunk(this.chunkKey(id, base), body, base, opts));
+    } catch (e) {
+      body.resume(); // drained, so the connection stays usable for the error response
+      throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted');
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  async finish(id: string, digest: Digest): Promise<{ size: number }> {
+    this.claim(id); // without an await since the check: concurrent finishes get 416
+    try {
+      const chunks = await this.chunks(id);
+      const repo = this.meta.upload(id)?.repo as RepoName | undefined;
+      if (repo === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN'); // cancelled meanwhile
+      const link = { repo, provenance: 'pushed' as const };
+      // Chunks that can be parts (S3's minimum for all but the last) are hashed and then
+      // copied server-side, each only while unchanged since it was listed (ETag); other
+      // sessions (small chunks) are streamed through a stage.
+      const pieces = copyPieces(chunks);
+      const copyable = chunks.length > 0 && pieces.length <= MAX_PARTS && chunks.every((c, i) => i === chunks.length - 1 || c.size >= MIN_PART_SIZE);
+      let size: number;
+      try {
+        size = copyable ? await this.commitChunks(pieces, digest, link) : await this.restage(chunks, digest, link);
+      } catch (e) {
+        if ((e as { code?: string }).code === 'DIGEST_INVALID') await this.remove(id);
+        throw e;
+      }
+      this.meta.deleteUpload(id);
+      await this.deleteChunks(id);
+      return { size };
+    } catch (e) {
+      throw await this.withRange(id, e);
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  async cancel(id: string): Promise<void> {
+    if (!UPLOAD_ID_RE.test(id) || !this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    await this.remove(id);
+  }
+
+  /** Expired sessions nobody here writes to, chunks and multipart uploads of sessions that no longer exist. */
+  async sweep(maxAgeMs: number): Promise<number> {
+    const now = Date.now();
+    let removed = 0;
+    for (const r of this.meta.uploads()) {
+      if (now - r.createdAt > maxAgeMs && !this.busy.has(r.id)) {
+        await this.remove(r.id);
+        removed++;
+      }
+    }
+    const root = this.store.key('uploads/');
+    const orphan = (key: string) => {
+      const id = key.slice(root.length).split('/')[0] ?? '';
+      return !this.busy.has(id) && !this.meta.upload(id); // checked right before removing: a session started meanwhile has a row
+    };
+    try {
+      const stray: string[] = [];
+      let token: string | undefined;
+      do {
+        const r = await this.store.client.send(new ListObjectsV2Command({ Bucket: this.store.bucket, Prefix: root, ContinuationToken: token }));
+        for (const o of r.Contents ?? []) if (o.Key && orphan(o.Key)) stray.push(o.Key);
+        token = r.IsTruncated ? r.NextContinuationToken : undefined;
+      } while (token);
+      await this.deleteKeys(stray);
+      let KeyMarker: string | undefined;
+      let UploadIdMarker: string | undefined;
+      for (let more = true; more; ) {
+        const mpu = await this.store.client.send(new ListMultipartUploadsCommand({ Bucket: this.store.bucket, Prefix: root, KeyMarker, UploadIdMarker }));
+        for (const u of mpu.Uploads ?? []) {
+          if (u.Key && u.UploadId && orphan(u.Key)) {
+            await this.store.client.send(new AbortMultipartUploadCommand({ Bucket: this.store.bucket, Key: u.Key, UploadId: u.UploadId }));
+          }
+        }
+        more = mpu.IsTruncated === true;
+        KeyMarker = mpu.NextKeyMarker;
+        UploadIdMarker = mpu.NextUploadIdMarker;
+      }
+    } catch (e) {
+      throw storeError(e, 'upload sweep');
+    }
+    return removed;
+  }
+
+  // ---- internals -----------------------------------------------------------------------
+
+  /** Hash the pieces (and each one's MD5, which its copy must match), then copy them into the blob's key. */
+  private async commitChunks(pieces: Array<SourceObject & { start: number }>, digest: Digest, link: BlobLink): Promise<number> {
+    const h = new HashingCounter(digestAlgorithm(digest));
+    const sources: SourceObject[] = [];
+    for (const { start, ...p } of pieces) {
+      const md5 = createHash('md5');
+      for await (const b of rangeStream(this.object(p.key), start, start + p.size - 1)) {
+        h.update(b as Buffer);
+        md5.update(b as Buffer);
+      }
+      sources.push({ ...p, md5: md5.digest('hex') });
+    }
+    if (h.currentDigest() !== digest) throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { detail: { expected: digest } });
+    await this.store.commitStaged({ sources, size: h.bytes, inline: null }, digest, link);
+    return h.bytes;
+  }
+
+  /** Stream the chunks, in order, into a blob stage, whose commit checks the digest. */
+  private async restage(chunks: Chunk[], digest: Digest, link: BlobLink): Promise<number> {
+    const w = this.store.stage({ algorithm: digestAlgorithm(digest) });
+    try {
+      for (const c of chunks) for await (const b of rangeStream(this.object(c.key), 0, c.size - 1)) await w.append(b as Buffer);
+      await w.commit(digest, link);
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return w.received;
+  }
+
+  private object(key: string): ObjectRef {
+    return { client: this.store.client, bucket: this.store.bucket, key };
+  }
+
+  private chunkKey(id: string, start: number): string {
+    return this.store.key(`uploads/${id}/${String(start).padStart(16, '0')}`);
+  }
+
+  /** The session's chunks from offset 0 on, as far as they are contiguous. */
+  private async chunks(id: string): Promise<Chunk[]> {
+    const prefix = this.store.key(`uploads/${id}/`);
+    const all: Chunk[] = [];
+    try {
+      let token: string | undefined;
+      do {
+        const r = await this.store.client.send(new ListObjectsV2Command({ Bucket: this.store.bucket, Prefix: prefix, ContinuationToken: token }));
+        for (const o of r.Contents ?? []) if (o.Key) all.push({ key: o.Key, start: Number(o.Key.slice(prefix.length)), size: o.Size ?? 0, ...(o.ETag ? { etag: o.ETag } : {}) });
+        token = r.IsTruncated ? r.NextContinuationToken : undefined;
+      } while (token);
+    } catch (e) {
+      throw storeError(e, 'upload LIST');
+    }
+    all.sort((a, b) => a.start - b.start);
+    const out: Chunk[] = [];
+    for (const c of all) if (c.start === end(out)) out.push(c);
+    return out;
+  }
+
+  /**
+   * Stream `body` into `key` as one object that appears only when the chunk is accepted
+   * whole; resolves with its length (0: no object).
+   */
+  private async putChunk(key: string, body: Readable, base: number, opts: AppendOptions): Promise<number> {
+    const { client, bucket, partSize } = this.store;
+    // Store failures are 503s; a failing body (the client went away) stays what it is.
+    const send = <T>(p: Promise<T>): Promise<T> => p.catch((e: unknown) => Promise.reject(storeError(e, 'upload PUT')));
+    let cur: Buffer[] = [];
+    let curBytes = 0;
+    let total = 0;
+    let uploadId: string | undefined;
+    const etags: string[] = [];
+    let inflight: Promise<unknown> = Promise.resolve();
+    const upload = async (buf: Buffer) => {
+      uploadId ??= (await send(client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key })))).UploadId;
+      await inflight; // one part in flight: the memory bound
+      const n = etags.length + 1;
+      etags.push('');
+      const p = send(client.send(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: buf, ContentLength: buf.length })));
+      p.catch(() => undefined); // awaited before the next part or the completion
+      inflight = p.then((r) => (etags[n - 1] = r.ETag ?? ''));
+    };
+    try {
+      for await (const c of body) {
+        const chunk = c as Buffer;
+        total += chunk.length;
+        if (base + total > opts.maxBytes) throw new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${opts.maxBytes} bytes`, { status: 413 });
+        if (opts.length !== undefined && total > opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received more`);
+        cur.push(chunk);
+        curBytes += chunk.length;
+        if (curBytes >= partSize) {
+          const all = Buffer.concat(cur, curBytes);
+          cur = curBytes > partSize ? [Buffer.from(all.subarray(partSize))] : [];
+          curBytes -= partSize;
+          await upload(all.subarray(0, partSize));
+        }
+      }
+      if (opts.length !== undefined && total !== opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received ${total}`);
+      if (uploadId === undefined) {
+        if (total > 0) await send(client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: Buffer.concat(cur, curBytes), ContentLength: curBytes })));
+        return total;
+      }
+      if (curBytes > 0) await upload(Buffer.concat(cur, curBytes));
+      await inflight;
+      await send(client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) } })));
+      return total;
+    } catch (e) {
+      if (uploadId !== undefined) {
+        await inflight.catch(() => undefined);
+        await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+      }
+      throw e;
+    }
+  }
+
+  /** Marks the session busy; throws unless it exists and nobody here writes to it. */
+  private claim(id: string): void {
+    if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    if (this.busy.has(id)) throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416 });
+    if (!this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    this.busy.add(id);
+  }
+
+  /** A 416 refusal without its Range header gets the session's stored offset. */
+  private async withRange(id: string, e: unknown): Promise<unknown> {
+    if (!(e instanceof RegistryError) || e.status !== 416 || e.headers.Range !== undefined) return e;
+    const size = UPLOAD_ID_RE.test(id) ? end(await this.chunks(id).catch(() => [])) : 0;
+    return new RegistryError(e.code, e.message, { status: 416, detail: e.detail, headers: { ...e.headers, ...rangeHeader(size) } });
+  }
+
+  private async remove(id: string): Promise<void> {
+    this.meta.deleteUpload(id);
+    await this.deleteChunks(id);
+  }
+
+  /** Best effort once the row is gone: what stays is an orphan `sweep` removes. */
+  private async deleteChunks(id: string): Promise<void> {
+    const keys = await this.chunks(id).then((cs) => cs.map((c) => c.key)).catch(() => []);
+    await this.deleteKeys(keys).catch(() => undefined);
+  }
+
+  private async deleteKeys(keys: string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += 1000) {
+      await this.store.client.send(new DeleteObjectsCommand({ Bucket: this.store.bucket, Delete: { Objects: keys.slice(i, i + 1000).map((Key) => ({ Key })), Quiet: true } }));
+    }
+  }
+}
+
+/** The chunks as copy sources: one each, or equal ranges of one over S3's 5 GiB copy limit. */
+function copyPieces(chunks: readonly Chunk[]): Array<SourceObject & { start: number }> {
+  const out: Array<SourceObject & { start: number }> = [];
+  for (const c of chunks) {
+    const n = Math.ceil(c.size / MAX_COPY_BYTES);
+    const step = Math.ceil(c.size / n);
+    for (let i = 0; i < n; i++) {
+      const a = i * step;
+      const b = Math.min(c.size, a + step);
+      out.push({ key: c.key, size: b - a, start: a, ...(c.etag ? { etag: c.etag } : {}), ...(n > 1 ? { range: `bytes=${a}-${b - 1}` } : {}) });
+    }
+  }
+  return out;
+}
+
+function end(chunks: readonly Chunk[]): number {
+  const last = chunks[chunks.length - 1];
+  return last ? last.start + last.size : 0;
+}
