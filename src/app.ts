@@ -148,8 +148,10 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   fastify.removeAllContentTypeParsers();
   fastify.addContentTypeParser('*', (_req, _payload, done) => done(null));
 
-  fastify.addHook('onRequest', async (_req, reply) => {
+  // Callback style, not async: no promise per request on every route.
+  fastify.addHook('onRequest', (_req, reply, done) => {
     reply.header('docker-distribution-api-version', 'registry/2.0');
+    done();
   });
   let cachedBytes = { value: 0, at: -Infinity };
   const cachedBytesNow = async () => {
