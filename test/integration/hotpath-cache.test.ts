@@ -4,6 +4,8 @@
  * bytes (src/http/smallblobs.ts). Each test first warms the caches with repeated requests,
  * then changes the state over HTTP or by eviction and asks again right away.
  */
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { http, pushBlob } from '../helpers/http.js';
 import type { TestServer } from '../helpers/server.js';
@@ -100,6 +102,21 @@ test('small blobs: exact bytes and ranges from memory; a deleted blob answers 40
 
   t.is((await http('DELETE', url)).status, 202);
   assertError(t, await http('GET', url), 404, 'BLOB_UNKNOWN');
+});
+
+test('small blobs: a damaged file is never kept in memory (served as before, right bytes once repaired)', async (t) => {
+  const s = await serve(t);
+  const small = makeBlob(randomBytes(2000, 'hot-damaged'), 'application/octet-stream');
+  t.is(await pushBlob(s.url, 'hot/damaged', small.bytes), small.digest);
+  const hex = small.digest.slice('sha256:'.length);
+  const file = path.join(s.dataDir, 'storage', 'blobs', 'sha256', hex.slice(0, 2), hex);
+  const damaged = Buffer.from(small.bytes);
+  damaged[100] ^= 0xff;
+  await fs.writeFile(file, damaged);
+  const url = `${s.url}/v2/hot/damaged/blobs/${small.digest}`;
+  t.true((await http('GET', url)).body.equals(damaged), 'the file as it is (what fsck reports)');
+  await fs.writeFile(file, small.bytes);
+  t.true((await http('GET', url)).body.equals(small.bytes), 'the damaged bytes were not kept');
 });
 
 test('evicted pulled-through content is fetched from the upstream again, never answered from memory', async (t) => {
