@@ -474,3 +474,27 @@ export function summarizeProfiles(dir, top = 25) {
   const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
   return { files: files.map((f) => path.join(dir, f)), totalMs: Math.round(total / 1000), top: rows.map(([k, us]) => ({ fn: k, ms: Math.round(us / 1000), pct: Math.round((1000 * us) / total) / 10 })) };
 }
+
+// ---------------------------------------------------------------------------------------
+// Reference server for small requests (bench/refserver.mjs)
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Start the bare `node:http` reference in its own process. `routes`: path ->
+ * `{ headers, body }` (a Buffer); written to `<dir>` for the child to load.
+ */
+export async function startReferenceServer(dir, routes, processName = 'node-http') {
+  const port = await freePort();
+  const spec = {};
+  for (const [i, [p, r]] of Object.entries(routes).entries()) {
+    const bodyFile = path.join(dir, `body-${i}`);
+    fs.writeFileSync(bodyFile, r.body);
+    spec[p] = { headers: r.headers, bodyFile };
+  }
+  const routesFile = path.join(dir, 'routes.json');
+  fs.writeFileSync(routesFile, JSON.stringify(spec, null, 2));
+  const entry = startProcess(processName, process.execPath, [path.join(HERE, 'refserver.mjs'), String(port), routesFile], path.join(dir, 'server.log'));
+  const base = `http://127.0.0.1:${port}`;
+  await waitReady(base, entry);
+  return { base, entry, pid: entry.pid };
+}

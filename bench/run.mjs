@@ -54,6 +54,7 @@ import {
   rssSummary,
   sha256,
   startDockerRegistry,
+  startReferenceServer,
   startedPids,
   startProcess,
   stopProcess,
@@ -69,10 +70,22 @@ import {
 // Settings
 // ---------------------------------------------------------------------------------------
 
+const ALL_METRICS = ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet', 'manifestHeadDigest', 'manifestGetDigest', 'blobGetTiny', 'push'];
+// The small requests, each also measured against the bare node:http reference (issue #14 item 2).
+const SMALL_METRICS = ['manifestHead', 'manifestGet', 'manifestHeadDigest', 'manifestGetDigest', 'blobGetTiny'];
+// `small` stands for SMALL_METRICS: the quick mode for working on the small-request path.
+const ONLY = (process.env.BENCH_ONLY || ALL_METRICS.join(','))
+  .split(',')
+  .map((x) => x.trim())
+  .filter(Boolean)
+  .flatMap((x) => (x === 'small' ? SMALL_METRICS : [x]));
+for (const m of ONLY) if (!ALL_METRICS.includes(m)) throw new Error(`BENCH_ONLY: unknown metric ${m} (known: small, ${ALL_METRICS.join(', ')})`);
+const SMALL_ONLY = ONLY.every((m) => SMALL_METRICS.includes(m));
 const SECONDS = envNum('BENCH_SECONDS', 10, 1, 120);
 const WARMUP = envNum('BENCH_WARMUP', 2, 0, 30);
 const PUSH_REPS = Math.round(envNum('BENCH_PUSH_REPS', 3, 1, 10));
-const BIG_MIB = Math.round(envNum('BENCH_BIG_MIB', 256, 1, 4096));
+// Only the small requests: the big blob is never fetched, so keep its seeding short.
+const BIG_MIB = Math.round(envNum('BENCH_BIG_MIB', SMALL_ONLY ? 1 : 256, 1, 4096));
 const SMALL_COUNT = 64;
 const BIG_SIZE = BIG_MIB * MIB;
 const SMALL_SIZE = MIB;
@@ -80,16 +93,15 @@ const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
 const PROFILE = process.env.BENCH_PROFILE === '1';
 const KEEP = process.env.BENCH_KEEP === '1' || PROFILE;
 configure({ name: 'bench', keep: KEEP });
-const ALL_METRICS = ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet', 'push'];
-const ONLY = (process.env.BENCH_ONLY || ALL_METRICS.join(',')).split(',').map((x) => x.trim()).filter(Boolean);
-for (const m of ONLY) if (!ALL_METRICS.includes(m)) throw new Error(`BENCH_ONLY: unknown metric ${m} (known: ${ALL_METRICS.join(', ')})`);
+// The bare node:http reference (0: not started; the small-request ratios are then n/a).
+const WITH_REFERENCE = process.env.BENCH_REFERENCE !== '0';
 // Another build of regmirror to measure (A/B experiments); default: this checkout's dist/.
 const REGMIRROR_CLI = path.resolve(process.env.BENCH_REGMIRROR_CLI || path.join(ROOT, 'dist/cli.js'));
 const SLICES = Math.round(envNum('BENCH_SLICES', 2, 1, 10));
 const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
 const RESULTS_DIR = path.resolve(process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results'));
 // 4 timed runs x 2 servers, plus seeding, pushes and start-up; generous but finite.
-const HARD_LIMIT_S = envNum('BENCH_TIMEOUT', 240 + 8 * (SECONDS + WARMUP) + PUSH_REPS * 30, 30, 3600);
+const HARD_LIMIT_S = envNum('BENCH_TIMEOUT', 240 + 3 * ONLY.length * (SECONDS + WARMUP) + PUSH_REPS * 30, 30, 3600);
 
 const REPO = 'bench/core';
 const TAG = 'bench';
@@ -243,9 +255,37 @@ async function seed(srv, s) {
   }
   const g = expectStatus(await request('GET', `${srv.base}/v2/${REPO}/manifests/${TAG}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, 'GET manifest');
   if (!g.body.equals(s.oci)) throw new Error(`${srv.name}: GET manifest body differs from what was pushed`);
+  const gd = expectStatus(await request('GET', `${srv.base}/v2/${REPO}/manifests/${s.ociDigest}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, 'GET manifest by digest');
+  if (!gd.body.equals(s.oci)) throw new Error(`${srv.name}: GET manifest by digest: body differs from what was pushed`);
+  const gc = expectStatus(await request('GET', `${srv.base}/v2/${REPO}/blobs/${s.configDigest}`), 200, 'GET config blob');
+  if (!gc.body.equals(s.config)) throw new Error(`${srv.name}: GET config blob: body differs from what was pushed`);
   const hb = expectStatus(await request('HEAD', `${srv.base}/v2/${REPO}/blobs/${s.big.digest}`), 200, 'HEAD big blob');
   if (Number(hb.headers['content-length']) !== s.big.size) throw new Error(`${srv.name}: big blob has content-length ${hb.headers['content-length']}`);
   return (Date.now() - start) / 1000;
+}
+
+/** The small-request paths (manifest by tag and by digest, the config blob as the small blob). */
+function smallPaths(s) {
+  return {
+    manifestTag: `/v2/${REPO}/manifests/${TAG}`,
+    manifestDigest: `/v2/${REPO}/manifests/${s.ociDigest}`,
+    tinyBlob: `/v2/${REPO}/blobs/${s.configDigest}`,
+  };
+}
+
+/**
+ * What the reference server answers: regmirror's own headers and body for each small
+ * path (GET with the benchmark's Accept), minus what node:http sets per response itself.
+ */
+async function referenceRoutes(srv, s) {
+  const routes = {};
+  for (const p of Object.values(smallPaths(s))) {
+    const r = expectStatus(await request('GET', `${srv.base}${p}`, { headers: { accept: MANIFEST_ACCEPT } }), 200, `GET ${p}`);
+    const headers = { ...r.headers };
+    for (const h of ['date', 'connection', 'keep-alive', 'transfer-encoding']) delete headers[h];
+    routes[p] = { headers, body: r.body };
+  }
+  return routes;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -446,21 +486,57 @@ function buildRows(results) {
       row('Manifest GET (server CPU µs per request)', (x) => val(x, 'manifestGet')?.serverCpuUsPerRequest, 1),
       row(`Push ${BIG_MIB} MiB (server CPU s per GB, median)`, (x) => x.push?.medianServerCpuSecondsPerGB, 3),
     ],
+    small: smallRowsOf(results),
   };
+}
+
+const SMALL_LABELS = {
+  manifestHead: 'Manifest HEAD by tag, 64 conns',
+  manifestGet: 'Manifest GET by tag, 64 conns',
+  manifestHeadDigest: 'Manifest HEAD by digest, 64 conns',
+  manifestGetDigest: 'Manifest GET by digest, 64 conns',
+  blobGetTiny: 'Small blob GET (config), 16 conns',
+};
+const SMALL_AIM = 0.5; // issue #14 item 2: at least half the bare node:http server
+
+/** regmirror vs the bare node:http reference on the same requests, same run. */
+function smallRowsOf(results) {
+  const r = results.regmirror;
+  const n = results['node-http'];
+  const val = (x, k) => (x && x[k] && x[k].valid ? x[k] : null);
+  return SMALL_METRICS.filter((k) => r?.[k]).map((k) => {
+    const a = val(r, k);
+    const b = val(n, k);
+    return {
+      metric: SMALL_LABELS[k],
+      key: k,
+      regmirror: a?.reqPerSec ?? null,
+      reference: b?.reqPerSec ?? null,
+      ratio: ratio(a?.reqPerSec, b?.reqPerSec),
+      regmirrorCpuUs: a?.serverCpuUsPerRequest ?? null,
+      referenceCpuUs: b?.serverCpuUsPerRequest ?? null,
+      cpuRatio: ratio(b?.serverCpuUsPerRequest, a?.serverCpuUsPerRequest),
+    };
+  });
 }
 
 function aimsOf(results) {
   const r = results.regmirror;
   const d = results['docker-registry'];
   const aims = [];
+  const measured = (k) => ONLY.includes(k) && d;
   const head = ratio(r?.manifestHead?.valid ? r.manifestHead.reqPerSec : null, d?.manifestHead?.valid ? d.manifestHead.reqPerSec : null);
-  aims.push({ aim: 'manifest HEAD req/s >= 2x docker-registry', value: head === null ? 'n/a' : `${head}x`, pass: head === null ? null : head >= 2 });
+  if (measured('manifestHead')) aims.push({ aim: 'manifest HEAD req/s >= 2x docker-registry', value: head === null ? 'n/a' : `${head}x`, pass: head === null ? null : head >= 2 });
   for (const [k, label] of [
     ['blobGetBig', `blob GET ${BIG_MIB} MiB MB/s >= docker-registry`],
     ['blobGetSmall', 'blob GET 1 MiB MB/s >= docker-registry'],
   ]) {
+    if (!measured(k)) continue;
     const x = ratio(r?.[k]?.valid ? r[k].bodyMBps : null, d?.[k]?.valid ? d[k].bodyMBps : null);
     aims.push({ aim: label, value: x === null ? 'n/a' : `${x}x`, pass: x === null ? null : x >= 1 });
+  }
+  for (const row of smallRowsOf(results)) {
+    aims.push({ aim: `${row.metric}: req/s >= ${SMALL_AIM}x bare node:http`, value: row.ratio === null ? 'n/a' : `${row.ratio}x`, pass: row.ratio === null ? null : row.ratio >= SMALL_AIM });
   }
   const rs = r?.rssBigGet;
   if (rs) {
@@ -473,7 +549,8 @@ function aimsOf(results) {
 function table(lines, rows, title) {
   lines.push(`| ${title} | regmirror | docker-registry | ratio regmirror/docker-registry |`);
   lines.push('| --- | ---: | ---: | ---: |');
-  for (const r of rows) lines.push(`| ${r.metric} | ${fmt(r.regmirror, r.digits)} | ${fmt(r.distribution, r.digits)} | ${r.ratio === null ? 'n/a' : `${r.ratio.toFixed(2)}`} |`);
+  // Rows nobody measured (metrics left out with BENCH_ONLY) are left out.
+  for (const r of rows.filter((x) => x.regmirror !== null || x.distribution !== null)) lines.push(`| ${r.metric} | ${fmt(r.regmirror, r.digits)} | ${fmt(r.distribution, r.digits)} | ${r.ratio === null ? 'n/a' : `${r.ratio.toFixed(2)}`} |`);
   lines.push('');
 }
 
@@ -492,6 +569,15 @@ function markdown(meta, rows, aims, notes) {
   lines.push('Server CPU per unit of work (lower is better; less sensitive to other load on the machine):');
   lines.push('');
   table(lines, rows.cpu, 'cost');
+  if (rows.small.length) {
+    lines.push('Small requests vs a bare `node:http` server answering the same headers and body (bench/refserver.mjs), same load, same run:');
+    lines.push('');
+    lines.push('| request | regmirror req/s | node:http req/s | ratio | regmirror CPU µs/req | node:http CPU µs/req | CPU ratio node:http/regmirror |');
+    lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const x = (v) => (v === null ? 'n/a' : v.toFixed(2));
+    for (const r of rows.small) lines.push(`| ${r.metric} | ${fmt(r.regmirror)} | ${fmt(r.reference)} | ${x(r.ratio)} | ${fmt(r.regmirrorCpuUs, 1)} | ${fmt(r.referenceCpuUs, 1)} | ${x(r.cpuRatio)} |`);
+    lines.push('');
+  }
   lines.push('| aim | measured | result |');
   lines.push('| --- | ---: | --- |');
   for (const a of aims) lines.push(`| ${a.aim} | ${a.value} | ${a.pass === null ? 'n/a' : a.pass ? 'met' : 'NOT met'} |`);
@@ -512,21 +598,29 @@ function markdown(meta, rows, aims, notes) {
  * BENCH_SLICES slices per server, run in the order A B B A A B ... (flipped for every
  * other metric), so background load that comes and goes lands on both servers alike.
  */
-async function benchAll(servers, seedData, results) {
+async function benchAll(registries, reference, seedData, results) {
   const bigPath = `/v2/${REPO}/blobs/${seedData.big.digest}`;
   const smallReqs = seedData.small.map((b) => ({ method: 'GET', path: `/v2/${REPO}/blobs/${b.digest}` }));
-  const manifestPath = `/v2/${REPO}/manifests/${TAG}`;
+  const paths = smallPaths(seedData);
+  const manifestPath = paths.manifestTag;
   const accept = { accept: MANIFEST_ACCEPT };
+  const manifestBytes = seedData.oci.length;
   const metrics = [
     // A 256 MiB request takes ~BIG_SIZE / (bandwidth / 4); allow a slow one without a timeout.
     { key: 'blobGetBig', name: `GET ${BIG_MIB} MiB blob`, rss: true, opts: { connections: 4, method: 'GET', timeout: Math.max(30, SECONDS * 3) }, extra: { requests: [{ method: 'GET', path: bigPath }] } },
     { key: 'blobGetSmall', name: 'GET 1 MiB blobs', opts: { connections: 16, method: 'GET' }, extra: { requests: smallReqs }, minBodyPerRequest: SMALL_SIZE },
     { key: 'manifestHead', name: 'HEAD manifest', opts: { connections: 64, method: 'HEAD', headers: accept }, extra: { head: true, requests: [{ method: 'HEAD', path: manifestPath }] } },
     // Each response must carry the whole manifest.
-    { key: 'manifestGet', name: 'GET manifest', opts: { connections: 64, method: 'GET', headers: accept }, extra: { requests: [{ method: 'GET', path: manifestPath }] }, minBodyPerRequest: seedData.oci.length },
+    { key: 'manifestGet', name: 'GET manifest', opts: { connections: 64, method: 'GET', headers: accept }, extra: { requests: [{ method: 'GET', path: manifestPath }] }, minBodyPerRequest: manifestBytes },
+    { key: 'manifestHeadDigest', name: 'HEAD manifest by digest', opts: { connections: 64, method: 'HEAD', headers: accept }, extra: { head: true, requests: [{ method: 'HEAD', path: paths.manifestDigest }] } },
+    { key: 'manifestGetDigest', name: 'GET manifest by digest', opts: { connections: 64, method: 'GET', headers: accept }, extra: { requests: [{ method: 'GET', path: paths.manifestDigest }] }, minBodyPerRequest: manifestBytes },
+    // The config blob (a few KB): per-request cost of the blob path, not bandwidth.
+    { key: 'blobGetTiny', name: `GET ${seedData.config.length} B blob`, opts: { connections: 16, method: 'GET' }, extra: { requests: [{ method: 'GET', path: paths.tinyBlob }] }, minBodyPerRequest: seedData.config.length },
   ];
   const sliceSeconds = SECONDS / SLICES;
   for (const [i, m] of metrics.filter((x) => ONLY.includes(x.key)).entries()) {
+    // The reference answers only the small requests, and it is measured the same way.
+    const servers = reference && SMALL_METRICS.includes(m.key) ? [...registries, reference] : registries;
     const slices = new Map(servers.map((srv) => [srv.name, []]));
     const rss = new Map();
     for (let k = 0; k < SLICES; k++) {
@@ -637,13 +731,22 @@ async function main() {
     log(`${s.name} seeded in ${secs.toFixed(2)} s`);
   }
 
+  let reference = null;
+  if (WITH_REFERENCE && ONLY.some((m) => SMALL_METRICS.includes(m))) {
+    const refDir = path.join(root, 'node-http');
+    fs.mkdirSync(refDir);
+    const ref = await startReferenceServer(refDir, await referenceRoutes(servers[0], seedData));
+    reference = { name: 'node-http', base: ref.base, entry: ref.entry, pid: ref.pid, dir: refDir };
+    results[reference.name] = { pid: reference.pid };
+    log(`node-http (reference) pid ${reference.pid} at ${reference.base}`);
+  }
   for (const s of servers) results[s.name].rssBeforeRunsMiB = Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10;
-  await benchAll(servers, seedData, results);
+  await benchAll(servers, reference, seedData, results);
   if (ONLY.includes('push')) await benchPushes(servers, seedData, results);
 
   const rm = servers[0];
   const stopInfo = {};
-  for (const s of servers) stopInfo[s.name] = await stopProcess(s.entry);
+  for (const s of reference ? [...servers, reference] : servers) stopInfo[s.name] = await stopProcess(s.entry);
   let profile = null;
   if (PROFILE && rm.profileDir) {
     profile = summarizeProfiles(rm.profileDir);
@@ -662,7 +765,7 @@ async function main() {
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
     regmirror: { commit, dirty },
     distribution: withDist ? versionOf('docker-registry', ['--version']) : null,
-    settings: { seconds: SECONDS, slices: SLICES, warmup: WARMUP, pushReps: PUSH_REPS, bigMiB: BIG_MIB, smallCount: SMALL_COUNT, smallMiB: 1, manifestBytes: seedData.oci.length, accept: MANIFEST_ACCEPT },
+    settings: { seconds: SECONDS, slices: SLICES, warmup: WARMUP, pushReps: PUSH_REPS, bigMiB: BIG_MIB, smallCount: SMALL_COUNT, smallMiB: 1, manifestBytes: seedData.oci.length, tinyBlobBytes: seedData.config.length, only: ONLY, reference: WITH_REFERENCE, accept: MANIFEST_ACCEPT },
     loadavg: { before: loadBefore.map((x) => Math.round(x * 100) / 100), after: os.loadavg().map((x) => Math.round(x * 100) / 100) },
     autocannon: '8 (library; bodies counted, not buffered; HEAD responses parsed without body)',
   };
@@ -671,7 +774,7 @@ async function main() {
   const notes = [];
   let maxForeign = 0;
   for (const r of Object.values(results)) {
-    for (const k of ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet']) maxForeign = Math.max(maxForeign, r[k]?.foreignCpuShareMax ?? 0);
+    for (const k of ALL_METRICS) maxForeign = Math.max(maxForeign, r[k]?.foreignCpuShareMax ?? 0);
     for (const p of r.push?.runs ?? []) maxForeign = Math.max(maxForeign, p.foreignCpuShare ?? 0);
   }
   notes.push(
@@ -679,11 +782,11 @@ async function main() {
       (maxForeign > 0.15 ? ': throughput numbers are disturbed, prefer the CPU-cost table and re-run on a quiet machine.' : ' (includes kernel loopback work; below ~15% is normal).'),
   );
   for (const [name, r] of Object.entries(results)) {
-    for (const k of ['blobGetBig', 'blobGetSmall', 'manifestHead', 'manifestGet']) {
-      if (r[k] && !r[k].valid) notes.push(`${name} ${k}: run had ${r[k].errors} errors, ${r[k].timeouts} timeouts, ${r[k].non2xx} non-2xx responses; not reported`);
+    for (const k of ALL_METRICS) {
+      if (r[k] && r[k].valid === false) notes.push(`${name} ${k}: run had ${r[k].errors} errors, ${r[k].timeouts} timeouts, ${r[k].non2xx} non-2xx responses; not reported`);
     }
   }
-  const doc = { meta, results, table: rows.main.map(({ digits, ...r }) => r), cpuTable: rows.cpu.map(({ digits, ...r }) => r), aims, exits: stopInfo, profile };
+  const doc = { meta, results, table: rows.main.map(({ digits, ...r }) => r), cpuTable: rows.cpu.map(({ digits, ...r }) => r), smallTable: rows.small, aims, exits: stopInfo, profile };
 
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const jsonFile = path.join(RESULTS_DIR, `${date.slice(0, 10)}-core.json`);

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
+import { SmallBlobCache } from './http/smallblobs.js';
 import { registerExplain } from './http/explain.js';
 import { registerImport } from './http/import.js';
 import { registerExport } from './http/export.js';
@@ -22,6 +23,7 @@ import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
 import { openLocalStorage } from './storage/local/index.js';
+import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
@@ -75,7 +77,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const paths = storagePaths(config.storage);
   await fs.mkdir(paths.root, { recursive: true });
   const storage = openLocalStorage(paths);
-  const meta = storage.metadata;
+  // Manifest GET/HEAD by tag or digest without a database round trip (rule in readcache.ts).
+  const meta = withReadCache(storage.metadata);
   const blobs = storage.blobs;
   await blobs.recover();
   const maxBlob = config.limits.maxBlobBytes > 0 ? config.limits.maxBlobBytes : Number.MAX_SAFE_INTEGER;
@@ -145,8 +148,10 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   fastify.removeAllContentTypeParsers();
   fastify.addContentTypeParser('*', (_req, _payload, done) => done(null));
 
-  fastify.addHook('onRequest', async (_req, reply) => {
+  // Callback style, not async: no promise per request on every route.
+  fastify.addHook('onRequest', (_req, reply, done) => {
     reply.header('docker-distribution-api-version', 'registry/2.0');
+    done();
   });
   let cachedBytes = { value: 0, at: -Infinity };
   const cachedBytesNow = async () => {
@@ -195,7 +200,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     metrics.blobBytesServed.inc({ source, upstream }, bytes);
     status.served(source, bytes, upstream);
   };
-  const deps = { svc: service, pull, access, onBlobServed };
+  const deps = { svc: service, pull, access, onBlobServed, smallBlobs: new SmallBlobCache() };
   registerV2(fastify, deps);
   registerExplain(fastify, deps);
   registerImport(fastify, deps);

@@ -9,6 +9,7 @@ import { upstreamLabel } from '../registry/pullthrough.js';
 import type { Deps } from './deps.js';
 import { queryOf, queryParam } from './request.js';
 import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
+import { SMALL_BLOB_MAX_BYTES } from './smallblobs.js';
 
 /**
  * Look the blob up and, for a GET served from storage, open it before any header is
@@ -17,12 +18,22 @@ import { DIRECT_MIN_BYTES, sendFileRange, sendFillRange } from './sendfile.js';
  * clean 404 for local-only content). Once open, a delete does not disturb the transfer
  * (BlobStore.delete).
  */
-async function lookupAndOpen(pull: Deps['pull'], repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
+async function lookupAndOpen({ pull, smallBlobs }: Deps, repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
   for (let attempt = 0; ; attempt++) {
     const blob = await pull.getBlob(repo, ns, digest, head);
-    if (head || !blob.body || blob.size === 0) return { blob, body: null };
+    if (head || !blob.body || blob.size === 0) return { blob, body: null, bytes: undefined };
+    // Found in storage just now (the lookup above): small content may come from memory.
+    const small = smallBlobs && blob.size <= SMALL_BLOB_MAX_BYTES;
+    const kept = small ? smallBlobs.get(digest, blob.size) : undefined;
+    if (kept) return { blob, body: null, bytes: kept };
     const body = await blob.body();
-    if (body) return { blob, body };
+    if (body && small) {
+      const bytes = await smallBlobs.load(digest, body, blob.size).finally(() => body.close().catch(() => undefined));
+      if (bytes) return { blob, body: null, bytes };
+      // Not kept (no positional reads, or not the recorded length): served from the file as before.
+      const again = await blob.body();
+      if (again) return { blob, body: again, bytes: undefined };
+    } else if (body) return { blob, body, bytes: undefined };
     if (attempt > 0) throw new RegistryError('UNAVAILABLE', 'blob was removed while being served; retry', { status: 503 });
   }
 }
@@ -38,7 +49,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   const digest = parseDigest(rawDigest);
   const head = req.method === 'HEAD';
   const ns = queryParam(queryOf(req), 'ns');
-  const { blob, body } = await lookupAndOpen(pull, repo, ns, digest, head);
+  const { blob, body, bytes } = await lookupAndOpen(deps, repo, ns, digest, head);
   // 'close' follows every response (finished, failed or aborted); close the body then.
   if (body) reply.raw.once('close', () => void body.close().catch(() => undefined));
   // The store's fast path (local: positional reads on the open file), when it has one.
@@ -47,6 +58,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   const source = blob.fill ? 'fill' : 'disk';
   const upstream = upstreamLabel(pull.resolve(repo, ns));
   const open = (start: number, end: number): Readable => {
+    if (bytes) return Readable.from([bytes.subarray(start, end + 1)]);
     if (body) return body.stream(start, end);
     if (!blob.open) throw new Error('blob answer has no body');
     return blob.open(start, end);
@@ -66,6 +78,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
     if (head || size === 0) return reply.send();
     countServed(deps, reply, source, size, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, 0, size - 1);
+    if (bytes) return reply.send(bytes);
     if (fast && size >= DIRECT_MIN_BYTES) return sendFileRange(reply, fast, 0, size - 1);
     return reply.send(open(0, size - 1));
   }
@@ -79,6 +92,7 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
     if (head) return reply.send();
     countServed(deps, reply, source, r.end - r.start + 1, upstream);
     if (blob.fill) return sendFillRange(reply, blob.fill, r.start, r.end);
+    if (bytes) return reply.send(bytes.subarray(r.start, r.end + 1));
     if (fast && r.end - r.start + 1 >= DIRECT_MIN_BYTES) return sendFileRange(reply, fast, r.start, r.end);
     return reply.send(open(r.start, r.end));
   }

@@ -1,6 +1,7 @@
 import type { PullThrough } from '../registry/pullthrough.js';
 import type { RegistryService } from '../registry/service.js';
 import type { AccessControl } from './auth.js';
+import type { SmallBlobCache } from './smallblobs.js';
 
 /** What /v2 handlers work with: local registry operations and the pull-through layer. */
 export interface Deps {
@@ -13,4 +14,6 @@ export interface Deps {
    * path's upstream (`local`: none); metrics and status.
    */
   onBlobServed?: (source: 'disk' | 'fill', bytes: number, upstream: string) => void;
+  /** Small blob bytes by digest (absent: every GET reads the file). */
+  smallBlobs?: SmallBlobCache;
 }

@@ -26,7 +26,8 @@ export function registerOps(app: FastifyInstance, { metrics, ping }: OpsDeps): v
 
 /** Request counts and durations by API area, and one access log line per request. */
 export function instrumentRequests(app: FastifyInstance, metrics: Metrics): void {
-  app.addHook('onResponse', async (req, reply) => {
+  // Callback style, not async: no promise per request.
+  app.addHook('onResponse', (req, reply, done) => {
     const url = req.raw.url ?? '/';
     const area = url.startsWith('/v2') ? parseApiPath(url.split('?', 1)[0]!).kind : url.split('?', 1)[0]!.split('/')[1] || 'root';
     metrics.httpRequests.inc({ area, method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
@@ -35,6 +36,7 @@ export function instrumentRequests(app: FastifyInstance, metrics: Metrics): void
       { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime), ua: req.headers['user-agent'] },
       'request',
     );
+    done();
   });
   // A client that closes before the response ends (containerd's parallel range reads do
   // this by design) gets no onResponse: log it here so the access log stays complete.

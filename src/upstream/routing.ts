@@ -47,7 +47,22 @@ export class Router {
     return this.byHost.get(host.toLowerCase());
   }
 
+  /** Answers by path and `ns`: the rules are fixed for the process, so one never changes (bounded). */
+  private readonly memo = new Map<string, Readonly<Resolution>>();
+
+  /** Every request resolves its path (often twice): remembered, as the rules are pure. */
   resolve(path: string, nsParam?: string): Resolution {
+    const key = nsParam === undefined ? path : `${path}\0${nsParam}`;
+    let r = this.memo.get(key);
+    if (r === undefined) {
+      r = Object.freeze(this.compute(path, nsParam));
+      if (this.memo.size >= 10_000) this.memo.clear();
+      this.memo.set(key, r);
+    }
+    return r;
+  }
+
+  private compute(path: string, nsParam?: string): Resolution {
     const ns = nsParam ? nsParam.trim().toLowerCase() : null;
     let rest = path;
     let namespace: NamespaceConfig | null = null;
