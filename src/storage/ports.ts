@@ -4,10 +4,10 @@
  * `local`: files + SQLite) implements them. Named for what the registry needs, not for
  * files: no path, file handle or SQL crosses this line.
  *
- * Status: `BlobStore` is implemented by the local driver (src/storage/blobs.ts) and
- * checked by test/storage/blobstore-conformance.ts. `MetadataStore` below is a DESIGN
- * DRAFT for the next slice: nothing implements or uses it yet (src/storage/db.ts is still
- * called directly and synchronously).
+ * `BlobStore` is implemented by the local driver (src/storage/blobs.ts) and checked by
+ * test/storage/blobstore-conformance.ts; `MetadataStore` by src/storage/local/metadata.ts
+ * (over db.ts) and checked by test/storage/metadata-conformance.ts. Upload sessions have
+ * their own port (not here).
  */
 import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm, RepoName } from '../registry/names.js';
@@ -148,86 +148,163 @@ export interface BlobStore {
   verify(digest: Digest): Promise<{ digest: Digest; size: number } | null>;
 }
 
-// ---- metadata store: DESIGN DRAFT (next slice; not implemented, not used) ------------
+// ---- metadata store ----------------------------------------------------------------
 //
-// The async, named operations that src/storage/db.ts offers synchronously today, grouped
-// as the registry uses them. The local driver will wrap db.ts (one SQLite transaction per
-// call, as now); a shared-storage driver implements the same calls. `transaction` runs
-// several calls as one logical change. Types reuse db.ts's shapes where they exist.
+// Everything the registry knows about repositories, links, manifests, tags, the upstream
+// tag cache, access times and what eviction and GC may remove. Every method is one
+// logical change (local driver: one SQLite transaction, as db.ts always did), so callers
+// rarely need `transaction`. The row is the truth of visibility: BlobStore content
+// without a blob row is an orphan.
 
-export type ManifestMetaDraft = Omit<ManifestRecord, 'subject' | 'body'>;
-export interface NewManifestDraft extends ManifestRecord {
+/** A manifest as listed (referrers): ManifestRecord without the bytes and the subject. */
+export type ManifestMeta = Omit<ManifestRecord, 'subject' | 'body'>;
+
+/** A manifest to store, with what it references (blobs and child manifests). */
+export interface NewManifest extends ManifestRecord {
   refs: Array<{ digest: Digest; kind: 'blob' | 'manifest' }>;
 }
-export interface TagRecordDraft {
+
+/** A tag pushed to this registry (upstream-resolved tags live in the upstream tag cache). */
+export interface TagRecord {
   digest: Digest;
   provenance: Provenance;
   checkedAt: number;
 }
-/** Opaque to callers: a driver's key for a repository (local: the row id). */
+
+/** Opaque to callers: a driver's key for a repository (local: the row id). Only passed back. */
 export type RepoKey = number | string;
-export interface EvictedDraft {
+
+/** An eviction candidate: a cached image (root manifest) or a loose cached blob link. */
+export interface EvictionCandidate {
+  repo: RepoKey;
+  digest: Digest;
+  /** Latest access in ms (an image: its manifest or any child manifest in the repository). */
+  lastAccess: number;
+}
+
+export interface Evicted {
   manifests: number;
   /** Blob rows deleted: the caller removes their content afterwards (BlobStore.delete). */
   blobs: Array<{ digest: Digest; size: number }>;
 }
 
-/** DESIGN DRAFT, see above. */
-export interface MetadataStoreDraft {
-  // repositories
+/** One upstream-resolved variant of a tag (see upstreamTagVariants). */
+export interface UpstreamTagVariant {
+  repo: RepoKey;
+  digest: Digest;
+  checkedAt: number;
+  mediaType: string;
+}
+
+/** The named operations; inside `transaction` the same calls, bound to it. */
+export interface MetadataOps {
+  // -- repositories
+  /** Whether the repository is known (anything was ever pushed, cached or uploaded there). */
   repoExists(repo: RepoName): Promise<boolean>;
+  /** Catalog: names > `after` holding a manifest or a tag, sorted, at most `limit`. */
   listRepositories(after: string, limit: number): Promise<string[]>;
-  // blobs and links (the row is the truth of visibility: BlobStore content without one is an orphan)
+
+  // -- blobs and repository links
+  /** Size of a stored blob (any repository), or undefined. */
   blobSize(digest: Digest): Promise<number | undefined>;
+  /** Size of a blob linked to `repo`, or undefined: a blob is only visible where linked. */
   repoBlobSize(repo: RepoName, digest: Digest): Promise<number | undefined>;
+  /** Record committed content (already durable in the BlobStore) and link it to `repo`. */
   recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): Promise<void>;
+  /** Link a stored blob to `repo`; a pushed link wins over a cached one, never the reverse. */
   linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<void>;
+  /** Remove the link; false when there was none. */
   unlinkBlob(repo: RepoName, digest: Digest): Promise<boolean>;
+  /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */
   referencedInRepo(repo: RepoName, digest: Digest): Promise<boolean>;
-  // manifests and tags
+
+  // -- manifests and tags
   manifest(repo: RepoName, digest: Digest): Promise<ManifestRecord | undefined>;
   hasManifest(repo: RepoName, digest: Digest): Promise<boolean>;
-  putManifest(repo: RepoName, m: NewManifestDraft, tags: readonly string[], provenance: Provenance): Promise<void>;
+  /** Store a manifest, its references and `tags` (pushed tags): one logical change. */
+  putManifest(repo: RepoName, m: NewManifest, tags: readonly string[], provenance: Provenance): Promise<void>;
+  /** Remove a manifest from `repo` with every tag pointing at it; false when not held. */
   deleteManifest(repo: RepoName, digest: Digest): Promise<boolean>;
-  tag(repo: RepoName, tag: string): Promise<TagRecordDraft | undefined>;
+  tag(repo: RepoName, tag: string): Promise<TagRecord | undefined>;
   deleteTag(repo: RepoName, tag: string): Promise<boolean>;
+  /** Pushed tag names > `after`, sorted, at most `limit`. */
   listTags(repo: RepoName, after: string, limit: number): Promise<string[]>;
-  referrers(repo: RepoName, subject: Digest): Promise<ManifestMetaDraft[]>;
-  // pull-through cache of upstream tags
+  /** Manifests held by `repo` whose subject is `subject`, sorted by digest. */
+  referrers(repo: RepoName, subject: Digest): Promise<ManifestMeta[]>;
+
+  // -- pull-through cache of upstream tags (per Accept class `acceptKey`)
   upstreamTag(repo: RepoName, tag: string, acceptKey: string): Promise<{ digest: Digest; checkedAt: number } | undefined>;
-  putCachedManifest(repo: RepoName, m: NewManifestDraft, tag: { name: string; acceptKey: string } | null): Promise<void>;
-  upstreamTagVariants(tag: string, keyPrefix: string): Promise<Array<{ repo: RepoKey; digest: Digest; checkedAt: number; mediaType: string }>>;
+  /** Record a manifest fetched from upstream (cached) and, for a by-tag fetch, what the tag resolved to. */
+  putCachedManifest(repo: RepoName, m: NewManifest, tag: { name: string; acceptKey: string } | null): Promise<void>;
+  /**
+   * Every Accept variant of `tag` whose acceptKey starts with `keyPrefix` (one upstream
+   * repository), under any local repository that holds the manifest, newest first, at most 100.
+   */
+  upstreamTagVariants(tag: string, keyPrefix: string): Promise<UpstreamTagVariant[]>;
+  /**
+   * Link a cached manifest held by repository `from` (a variant's key) into `repo`, with
+   * the child manifests `from` holds under it. A no-op when `from` is `repo` itself.
+   */
   adoptCachedManifest(from: RepoKey, repo: RepoName, digest: Digest): Promise<void>;
+  /** The upstream still answers this digest: set the check time to now. */
   touchUpstreamTag(repo: RepoName, tag: string, acceptKey: string): Promise<void>;
+  /** The upstream deleted the tag: forget every Accept variant of it. */
   deleteUpstreamTag(repo: RepoName, tag: string): Promise<void>;
   upstreamTagNames(repo: RepoName): Promise<string[]>;
-  // upload sessions
-  createUpload(id: string, repo: RepoName): Promise<void>;
-  upload(id: string): Promise<{ repo: string; createdAt: number } | undefined>;
-  deleteUpload(id: string): Promise<void>;
-  uploads(): Promise<Array<{ id: string; createdAt: number }>>;
-  // access times (batched by the caller, one transaction per batch)
+
+  // -- access times (batched by the caller: one logical change per batch; times only move forward)
   touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): Promise<void>;
-  // eviction
+
+  // -- eviction (content reachable from anything pushed is never a candidate nor evicted)
+  /** Bytes of blobs that came from an upstream and nothing pushed needs (what cache.maxBytes bounds). */
   cachedBytes(): Promise<number>;
-  cachedImages(): Promise<Array<{ repo: RepoKey; digest: Digest; lastAccess: number }>>;
-  looseBlobs(before: number): Promise<Array<{ repo: RepoKey; digest: Digest; lastAccess: number }>>;
-  evictImage(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<EvictedDraft | null>;
-  evictLooseBlob(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<EvictedDraft | null>;
-  // GC and fsck
-  unlinkDanglingBlobs(pushedGraceMs: number): Promise<number>;
-  unreferencedBlobs(): Promise<Digest[]>;
-  allBlobs(): AsyncIterable<{ digest: Digest; size: number }>;
-  blobPushed(digest: Digest): Promise<boolean>;
-  deleteBlobRow(digest: Digest): Promise<void>;
-  deleteUnreferencedManifestContent(): Promise<number>;
+  /** Cached images: cached manifests no other manifest of their repository references. */
+  cachedImages(): Promise<EvictionCandidate[]>;
+  /** Cached blob links no manifest of their repository references, idle since before `before`. */
+  looseBlobs(before: number): Promise<EvictionCandidate[]>;
   /**
-   * Run `fn` as one logical change: all of its calls commit together or none does
-   * (SQLite: one transaction; `tx` is the same interface bound to it). A rollback-only
-   * run (`dryRun`) serves eviction's dry run.
+   * Evict one cached image as one logical change: its upstream tag rows, its manifest
+   * links (with child manifests nothing else in the repository references), its blob
+   * links, blob rows nobody links any more unless `busy` claims them (an in-flight fill;
+   * called synchronously), manifest content no repository holds. Null when the image
+   * changed since it was chosen (accessed after `notAfter`, pushed, now referenced).
    */
-  transaction<T>(fn: (tx: MetadataStoreDraft) => Promise<T>, opts?: { dryRun?: boolean }): Promise<T>;
-  /** Status page and /metrics: one consistent snapshot instead of inline SQL in app.ts. */
-  stats(): Promise<{ repositories: number; manifests: number; blobs: number; blobBytes: number; cachedBytes: number }>;
+  evictImage(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null>;
+  /** Evict a loose cached blob link (and the blob row, if nothing else needs it); null as above. */
+  evictLooseBlob(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null>;
+
+  // -- GC and fsck
+  /** Drop links no manifest of their repository references: cached always, pushed once older than the grace. */
+  unlinkDanglingBlobs(pushedGraceMs: number): Promise<number>;
+  /** Blobs no repository links. */
+  unreferencedBlobs(): Promise<Digest[]>;
+  /** Every blob row, sorted by digest (fsck). */
+  allBlobs(): AsyncIterable<{ digest: Digest; size: number }>;
+  /** Whether some repository holds this blob as pushed content (nothing upstream can restore it). */
+  blobPushed(digest: Digest): Promise<boolean>;
+  /** Drop a blob row and its links; the caller deletes the content afterwards (row first). */
+  deleteBlobRow(digest: Digest): Promise<void>;
+  /** Drop manifest content no repository holds; returns how many. */
+  deleteUnreferencedManifestContent(): Promise<number>;
+}
+
+/**
+ * The metadata port. Drivers: local (src/storage/local/metadata.ts); a shared-storage
+ * driver implements the same contract (test/storage/metadata-conformance.ts).
+ */
+export interface MetadataStore extends MetadataOps {
+  /**
+   * Run `fn` as one logical change: the calls it makes on `tx` commit together, or none
+   * does when it throws (the error is rethrown). With `dryRun` the change is always rolled
+   * back and `fn`'s result returned (eviction's dry run). Transactions run one at a time,
+   * and no other call on this store observes one in progress: calls made meanwhile wait
+   * until it ends (local driver; one SQLite connection, see there). So inside `fn` use only
+   * `tx`: a call on the store itself would wait for `fn` forever and is refused with an
+   * error instead. Keep `fn` short and free of network I/O; most changes need no
+   * transaction, as each method above is one logical change already.
+   */
+  transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts?: { dryRun?: boolean }): Promise<T>;
+  /** Liveness (/healthz): rejects when the store cannot answer. */
+  ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -1,0 +1,362 @@
+/**
+ * The PostgreSQL metadata driver on a real, throwaway PostgreSQL (test/helpers/postgres.ts):
+ * the port's operations give what the local driver (db.ts) gives for the same scenario;
+ * what only a shared database has to show: migrations with several replicas starting at
+ * once, leases across pools, eviction racing a commit on another replica, and the
+ * database going away and coming back under traffic.
+ */
+import test from 'ava';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { RegistryError } from '../../src/registry/errors.js';
+import type { Digest, RepoName } from '../../src/registry/names.js';
+import { MetadataStore as SqliteDb } from '../../src/storage/db.js';
+import { PgCoordination } from '../../src/storage/pg/leases.js';
+import { PgMetadataStore } from '../../src/storage/pg/metadata.js';
+import { MIGRATIONS, migrate } from '../../src/storage/pg/migrations.js';
+import { type PgPoolHandle, createPool } from '../../src/storage/pg/pool.js';
+import type { PostgresConfig } from '../../src/config/schema.js';
+import type { MetadataOps, NewManifest } from '../../src/storage/ports.js';
+import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
+import { CI, sleep, waitFor } from '../helpers/tools.js';
+
+const pgTest = HAVE_POSTGRES || CI ? test : test.skip;
+
+// One cluster for the file (each test its own database); the restart test starts its own.
+const cleanups: Array<() => unknown> = [];
+let shared: Promise<PostgresCluster> | undefined;
+const cluster = () => (shared ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
+test.after.always(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+function pgConfig(url: string, over: Partial<PostgresConfig> = {}): PostgresConfig {
+  return { url, host: null, port: 5432, database: null, user: null, password: null, poolSize: 4, statementTimeoutMs: 30_000, connectTimeoutMs: 5_000, ssl: null, ...over };
+}
+
+async function pool(t: { teardown(fn: () => unknown): void }, url: string, over: Partial<PostgresConfig> = {}): Promise<PgPoolHandle> {
+  const p = createPool(pgConfig(url, over));
+  t.teardown(() => p.close().catch(() => {}));
+  return p;
+}
+
+const digest = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}` as Digest;
+const repo = (s: string) => s as RepoName;
+
+function manifest(name: string, refs: NewManifest['refs'], subject: Digest | null = null): NewManifest {
+  const body = Buffer.from(JSON.stringify({ name, refs, subject }));
+  return { digest: digest(body.toString()), mediaType: 'application/vnd.oci.image.manifest.v1+json', size: body.length, artifactType: subject ? 'application/x-sig' : null, subject, annotations: null, body, refs };
+}
+
+/** db.ts's synchronous class behind the async port shape, for a side-by-side run. */
+function sqliteOps(db: SqliteDb): MetadataOps & { repoName(key: unknown): string } {
+  const repoName = (key: unknown) => (db.db.prepare('SELECT name FROM repositories WHERE id = ?').get(key) as { name: string }).name;
+  const target = db as unknown as Record<string, (...a: unknown[]) => unknown>;
+  return new Proxy({} as MetadataOps & { repoName(key: unknown): string }, {
+    get: (_o, k: string) => {
+      if (k === 'repoName') return repoName;
+      if (k === 'repoExists') return async (r: RepoName) => db.repoId(r) !== undefined;
+      if (k === 'allBlobs') return async function* () { yield* db.allBlobs(); };
+      return async (...a: unknown[]) => {
+        const out = target[k]!.apply(db, a);
+        // db.ts names the repository key repoId; the port calls it repo.
+        const fix = (v: unknown) => (v && typeof v === 'object' && 'repoId' in v ? (({ repoId, ...rest }) => ({ repo: repoId, ...rest }))(v as { repoId: unknown }) : v);
+        return Array.isArray(out) ? out.map(fix) : out;
+      };
+    },
+  });
+}
+
+/**
+ * One scenario through the port: pushes, pull-through caching, adoption under a second
+ * path, access times, eviction and GC. Returns every answer, repository keys replaced by
+ * names (each driver numbers repositories its own way). The clock is the caller's.
+ */
+async function scenario(m: MetadataOps, repoName: (key: unknown) => Promise<string> | string, tick: (ms: number) => void): Promise<unknown[]> {
+  const out: unknown[] = [];
+  const rec = async (what: string, v: unknown) => out.push([what, v]);
+  const named = async <T extends { repo: unknown }>(xs: T[]) =>
+    (await Promise.all(xs.map(async (x) => ({ ...x, repo: await repoName(x.repo) })))).sort((a, b) => `${a.repo}${(a as { digest?: string }).digest}`.localeCompare(`${b.repo}${(b as { digest?: string }).digest}`));
+  const [b1, b2, b3, b4] = ['l1', 'l2', 'l3', 'loose'].map(digest) as [Digest, Digest, Digest, Digest];
+  const lib = repo('library/app');
+  const team = repo('team/app');
+  const alias = repo('mirror/library/app');
+  await m.recordBlob(lib, b1, 100, 'cached');
+  await m.recordBlob(lib, b2, 200, 'cached');
+  await m.recordBlob(team, b3, 300, 'pushed');
+  await m.recordBlob(lib, b4, 50, 'cached');
+  await m.linkBlob(team, b1, 'cached');
+  await m.linkBlob(team, b1, 'pushed'); // pushed wins
+  await m.linkBlob(lib, b2, 'pushed');
+  await m.linkBlob(lib, b2, 'cached'); // never back to cached
+  const img = manifest('img', [{ digest: b1, kind: 'blob' }, { digest: b2, kind: 'blob' }]);
+  const idx = manifest('idx', [{ digest: img.digest, kind: 'manifest' }]);
+  await m.putCachedManifest(lib, img, { name: '1.0', acceptKey: 'docker.io|library/app|manifest' });
+  await m.putCachedManifest(lib, idx, { name: '1.0', acceptKey: 'docker.io|library/app|index' });
+  const pushed = manifest('pushed', [{ digest: b3, kind: 'blob' }, { digest: b1, kind: 'blob' }]);
+  const sig = manifest('sig', [{ digest: b3, kind: 'blob' }], pushed.digest);
+  await m.putManifest(team, pushed, ['v1', 'v2', 'a'], 'pushed');
+  await m.putManifest(team, sig, [], 'pushed');
+  const variants = await m.upstreamTagVariants('1.0', 'docker.io|library/app|');
+  await rec('variants', await named(variants));
+  await m.adoptCachedManifest(variants.find((v) => v.digest === idx.digest)!.repo, alias, idx.digest);
+  await m.adoptCachedManifest(variants[0]!.repo, lib, idx.digest); // its own repository: no-op
+  tick(10);
+  await m.touchAccess(new Map([[b1, Date.now()], [b4, Date.now() - 5]]), [{ repo: lib, digest: img.digest, at: Date.now() }, { repo: lib, digest: img.digest, at: Date.now() - 3 }]);
+  await m.touchUpstreamTag(lib, '1.0', 'docker.io|library/app|index');
+  for (const r of [lib, team, alias, repo('nobody/here')]) {
+    await rec(`repoExists ${r}`, await m.repoExists(r));
+    await rec(`listTags ${r}`, await m.listTags(r, '', 100));
+    await rec(`upstreamTagNames ${r}`, await m.upstreamTagNames(r));
+    for (const d of [b1, b2, b3, b4, img.digest, idx.digest, pushed.digest]) {
+      await rec(`repoBlobSize ${r} ${d}`, await m.repoBlobSize(r, d));
+      await rec(`referencedInRepo ${r} ${d}`, await m.referencedInRepo(r, d));
+      await rec(`hasManifest ${r} ${d}`, await m.hasManifest(r, d));
+      const man = await m.manifest(r, d);
+      await rec(`manifest ${r} ${d}`, man && { ...man, body: man.body.toString('base64') });
+    }
+  }
+  await rec('listRepositories', await m.listRepositories('', 100));
+  await rec('listRepositories page', await m.listRepositories('library/app', 1));
+  await rec('listTags page', await m.listTags(team, 'a', 1));
+  await rec('tag', await m.tag(team, 'v2'));
+  await rec('tag none', await m.tag(team, 'nope'));
+  await rec('referrers', await m.referrers(team, pushed.digest));
+  await rec('upstreamTag', await m.upstreamTag(lib, '1.0', 'docker.io|library/app|index'));
+  for (const d of [b1, b2, b3, b4, digest('none')]) {
+    await rec(`blobSize ${d}`, await m.blobSize(d));
+    await rec(`blobPushed ${d}`, await m.blobPushed(d));
+  }
+  await rec('cachedBytes', await m.cachedBytes());
+  const images = await m.cachedImages();
+  await rec('cachedImages', await named(images));
+  await rec('looseBlobs', await named(await m.looseBlobs(Date.now() + 1)));
+  tick(1000);
+  // Eviction: the cached index under the alias first (the library/ copy still holds the
+  // content), then the library/ one; a loose blob; then GC.
+  for (const r of [alias, lib]) {
+    let key: unknown;
+    for (const c of await m.cachedImages()) if (c.digest === idx.digest && (await repoName(c.repo)) === r) key = c.repo;
+    if (key === undefined) throw new Error(`no eviction candidate for ${r}`);
+    const k = key as number;
+    await rec(`evictImage stale ${r}`, await m.evictImage(k, idx.digest, Date.now() - 100_000, () => false));
+    await rec(`evictImage ${r}`, await m.evictImage(k, idx.digest, Date.now(), (d) => d === b2));
+  }
+  const loose = await m.looseBlobs(Date.now() + 1);
+  await rec('looseBlobs after', await named(loose));
+  for (const l of loose) await rec(`evictLooseBlob ${await repoName(l.repo)}`, await m.evictLooseBlob(l.repo, l.digest, Date.now(), () => false));
+  await rec('cachedBytes after', await m.cachedBytes());
+  await rec('unlinkDanglingBlobs', await m.unlinkDanglingBlobs(0));
+  await rec('unreferencedBlobs', (await m.unreferencedBlobs()).sort());
+  await rec('deleteUnreferencedManifestContent', await m.deleteUnreferencedManifestContent());
+  for (const d of await m.unreferencedBlobs()) await m.deleteBlobRow(d);
+  const all: unknown[] = [];
+  for await (const b of m.allBlobs()) all.push(b);
+  await rec('allBlobs', all);
+  await rec('unlinkBlob', [await m.unlinkBlob(team, b1), await m.unlinkBlob(team, b1)]);
+  await rec('deleteTag', [await m.deleteTag(team, 'a'), await m.deleteTag(team, 'a')]);
+  await rec('deleteManifest', [await m.deleteManifest(team, pushed.digest), await m.deleteManifest(team, pushed.digest), await m.deleteManifest(repo('nobody/here'), pushed.digest)]);
+  await rec('tags after', await m.listTags(team, '', 100));
+  await m.deleteUpstreamTag(lib, '1.0');
+  await rec('upstream tags after', await m.upstreamTagNames(lib));
+  await rec('listRepositories after', await m.listRepositories('', 100));
+  return out;
+}
+
+pgTest('the port on PostgreSQL answers a whole scenario (push, pull-through, adoption, access, eviction, GC) exactly as the local driver does', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const p = await pool(t, url);
+  const store = await PgMetadataStore.open(p);
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-metapg-'));
+  const sqlite = new SqliteDb(path.join(dir, 'regmirror.db'));
+  t.teardown(async () => {
+    sqlite.db.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+  const local = sqliteOps(sqlite);
+  // Both drivers stamp rows with Date.now(): one controlled clock makes their answers comparable.
+  const realNow = Date.now;
+  let clock = 1_800_000_000_000;
+  Date.now = () => clock;
+  let fromPg: unknown[];
+  let fromLocal: unknown[];
+  try {
+    fromLocal = await scenario(local, local.repoName, (ms) => (clock += ms));
+    clock = 1_800_000_000_000;
+    const pgName = async (key: unknown) => (await p.query<{ name: string }>('SELECT name FROM repositories WHERE id = $1', [key])).rows[0]!.name;
+    fromPg = await scenario(store, pgName, (ms) => (clock += ms));
+  } finally {
+    Date.now = realNow;
+  }
+  t.is(fromPg.length, fromLocal.length);
+  for (let i = 0; i < fromLocal.length; i++) t.deepEqual(fromPg[i], fromLocal[i], JSON.stringify((fromLocal[i] as unknown[])[0]));
+  // And the scenario is not vacuous: it saw the content, then evicted what it should.
+  const get = (k: string) => (fromPg.find((e) => (e as unknown[])[0] === k) as unknown[])[1];
+  t.deepEqual(get('listTags team/app'), ['a', 'v1', 'v2']);
+  t.is((get('referrers') as unknown[]).length, 1);
+  t.is((get('variants') as unknown[]).length, 2);
+  t.true((get('cachedBytes') as number) > 0);
+  t.like(get('evictImage library/app'), { manifests: 2 });
+  t.is(get('evictImage stale library/app'), null);
+});
+
+pgTest('transactions: one logical change; a throw or a dry run leaves nothing; the store itself is refused inside fn; a handle dies with its transaction', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const store = await PgMetadataStore.open(await pool(t, url));
+  const [d1, d2] = [digest('tx1'), digest('tx2')];
+  const seen = await store.transaction(async (tx) => {
+    await tx.recordBlob(repo('a/b'), d1, 1, 'pushed');
+    return tx.blobSize(d1);
+  }, { dryRun: true });
+  t.is(seen, 1, 'visible inside the transaction');
+  t.is(await store.blobSize(d1), undefined, 'dry run rolled back');
+  await t.throwsAsync(
+    store.transaction(async (tx) => {
+      await tx.recordBlob(repo('a/b'), d2, 2, 'pushed');
+      throw new Error('boom');
+    }),
+    { message: 'boom' },
+  );
+  t.is(await store.blobSize(d2), undefined, 'a throw rolls back');
+  await t.throwsAsync(store.transaction(async () => store.blobSize(d1)), { message: /use its tx handle/ });
+  let leaked: MetadataOps | undefined;
+  await store.transaction(async (tx) => {
+    leaked = tx;
+    await tx.recordBlob(repo('a/b'), d2, 2, 'cached');
+  });
+  t.is(await store.repoBlobSize(repo('a/b'), d2), 2, 'committed');
+  await t.throwsAsync(leaked!.blobSize(d2), { message: /after its transaction ended/ });
+});
+
+pgTest('migrations: 3 replicas starting at once migrate once; a restart applies nothing; a failing migration leaves the previous version whole; a newer schema is refused', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const pools = await Promise.all([1, 2, 3].map(() => pool(t, url)));
+  const applied = await Promise.all(pools.map((p) => migrate(p)));
+  const all = MIGRATIONS.map((m) => m.version);
+  t.deepEqual(applied.filter((a) => a.length > 0), [all], 'exactly one starter applied every version');
+  t.deepEqual(await migrate(pools[0]!), [], 'idempotent');
+  const versions = async () => (await pools[0]!.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).rows.map((r) => r.version);
+  t.deepEqual(await versions(), all);
+  const broken = [...MIGRATIONS, { version: 90, name: 'ok part', sql: 'CREATE TABLE t90 (x int)' }, { version: 91, name: 'fails', sql: 'CREATE TABLE t91 (x int); SELECT nonsense_function()' }];
+  await t.throwsAsync(migrate(pools[1]!, broken), { message: /nonsense_function/ });
+  t.deepEqual(await versions(), [...all, 90], 'the failed migration left no version row');
+  t.is((await pools[1]!.query("SELECT 1 FROM pg_tables WHERE tablename = 't91'")).rowCount, 0, 'nor any of its tables');
+  await t.throwsAsync(migrate(pools[2]!), { message: /schema version 90; this regmirror knows up to 2: upgrade regmirror/ });
+});
+
+pgTest('leases across two pools: one holder at a time, renewal only by the holder, takeover after expiry with a bigger token, release', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const [pa, pb] = [await pool(t, url), await pool(t, url)];
+  await migrate(pa);
+  const [a, b] = [new PgCoordination(pa), new PgCoordination(pb)];
+  const first = await a.acquireLease('fill:x', 'replica-a', 60_000);
+  t.truthy(first);
+  t.is(await b.acquireLease('fill:x', 'replica-b', 60_000), null);
+  t.is((await a.acquireLease('fill:x', 'replica-a', 60_000))?.token, first!.token, 'the holder extends, same token');
+  t.false(await b.renewLease('fill:x', 'replica-b', 60_000));
+  t.true(await a.renewLease('fill:x', 'replica-a', 60_000));
+  t.like(await b.leaseHolder('fill:x'), { owner: 'replica-a', token: first!.token });
+  // 24 contenders from both pools for a free name: exactly one wins.
+  const grants = await Promise.all(Array.from({ length: 24 }, (_, i) => (i % 2 ? a : b).acquireLease('gc-leader', `r${i}`, 60_000)));
+  t.is(grants.filter(Boolean).length, 1);
+  // Expiry: a short lease lapses (the database's clock), then another replica takes it.
+  const ttl = 300;
+  const short = await a.acquireLease('fill:y', 'replica-a', ttl);
+  t.truthy(short);
+  await waitFor(async () => ((await b.leaseHolder('fill:y')) === null ? true : undefined), 30_000, 'the lease to expire');
+  const taken = await b.acquireLease('fill:y', 'replica-b', 60_000);
+  t.truthy(taken);
+  t.true(taken!.token > short!.token, 'a new holder gets a bigger token');
+  t.false(await a.renewLease('fill:y', 'replica-a', 60_000), 'the old holder learns it lost the lease');
+  await a.releaseLease('fill:y', 'replica-a'); // not the holder: no effect
+  t.like(await a.leaseHolder('fill:y'), { owner: 'replica-b' });
+  await b.releaseLease('fill:y', 'replica-b');
+  t.is(await a.leaseHolder('fill:y'), null);
+  t.truthy(await a.acquireLease('fill:y', 'replica-a', 60_000), 'free again');
+});
+
+pgTest('eviction on replica A while replica B commits a link to the same blob: B\'s committed link keeps its blob row', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const watch = await pool(t, url);
+  const a = await PgMetadataStore.open(await pool(t, url));
+  const b = await PgMetadataStore.open(await pool(t, url));
+  const blob = digest('race');
+  const img = manifest('race', [{ digest: blob, kind: 'blob' }]);
+  await a.recordBlob(repo('library/x'), blob, 10, 'cached');
+  await a.putCachedManifest(repo('library/x'), img, null);
+  const key = (await a.cachedImages()).find((c) => c.digest === img.digest)!.repo;
+  let evicting: Promise<unknown> | undefined;
+  // B's link is written but not committed when A decides; A must not commit a decision
+  // made without it (READ COMMITTED would: A's delete waits for B, then cascades B's link away).
+  await b.transaction(async (tx) => {
+    await tx.recordBlob(repo('other/y'), blob, 10, 'cached');
+    evicting = a.evictImage(key, img.digest, Date.now() + 1000, () => false).catch((e: unknown) => e);
+    await waitFor(
+      async () => ((await watch.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")).rowCount ? true : undefined),
+      60_000,
+      "A's eviction to wait for B's transaction",
+    );
+  });
+  const evicted = await evicting;
+  t.false(evicted instanceof Error, String(evicted));
+  t.is(await b.repoBlobSize(repo('other/y'), blob), 10, "B's committed link is there");
+  t.is(await a.blobSize(blob), 10, 'and its blob row');
+  t.like(evicted, { manifests: 1, blobs: [] }, 'A evicted the image but kept the blob B links');
+  t.false(await a.hasManifest(repo('library/x'), img.digest));
+});
+
+pgTest('the database restarted under traffic: calls fail with 503 while it is down, then succeed again on the same store', async (t) => {
+  const pgc = await startPostgres(t);
+  const url = await pgc.createDatabase('restart');
+  const store = await PgMetadataStore.open(await pool(t, url, { connectTimeoutMs: 2_000, poolSize: 4 }));
+  const before = digest('before-restart');
+  await store.recordBlob(repo('a/b'), before, 7, 'pushed');
+  const errors: unknown[] = [];
+  let ok = 0;
+  let stop = false;
+  // Traffic: reads and writes, bounded in count and time, until told to stop.
+  const traffic = (async () => {
+    const deadline = Date.now() + 120_000;
+    for (let i = 0; !stop && i < 100_000 && Date.now() < deadline; i++) {
+      try {
+        await (i % 3 === 0 ? store.recordBlob(repo('a/b'), digest(`t${i}`), i, 'cached') : store.repoBlobSize(repo('a/b'), before));
+        ok++;
+      } catch (e) {
+        errors.push(e);
+        await sleep(20);
+      }
+    }
+  })();
+  const explain = (e: unknown) => {
+    t.log(`ok=${ok}, errors: ${errors.slice(-3).map((x) => `${String(x)} ${String((x as { cause?: unknown }).cause ?? '')}`).join('; ')}`, pgc.output().slice(-2000));
+    throw e;
+  };
+  await waitFor(() => (ok > 20 ? true : undefined), 60_000, 'traffic before the crash').catch(explain);
+  await pgc.kill();
+  const down = await store.ping().then(() => null, (e: unknown) => e);
+  t.true(down instanceof RegistryError, `ping while down: ${String(down)}`);
+  t.like(down, { code: 'UNAVAILABLE', status: 503 });
+  await waitFor(() => (errors.length > 0 ? true : undefined), 60_000, 'traffic to notice').catch(explain);
+  await pgc.start().catch(explain);
+  const okAtRestart = ok;
+  await waitFor(() => (ok > okAtRestart + 20 ? true : undefined), 60_000, 'traffic to recover').catch(explain);
+  stop = true;
+  await traffic;
+  t.true(errors.length > 0);
+  for (const e of errors) {
+    t.true(e instanceof RegistryError && e.status === 503 && e.code === 'UNAVAILABLE', `a clear 503, not: ${String(e)}`);
+    t.false(String((e as Error).message).includes('postgres://'), 'no connection string in errors');
+  }
+  t.is(await store.blobSize(before), 7, 'committed before the crash: still there');
+  await t.notThrowsAsync(store.ping());
+});
+
+pgTest('no database at all: opening the store fails fast with 503, not a hang', async (t) => {
+  const p = await pool(t, 'postgres://postgres@127.0.0.1:1/none', { connectTimeoutMs: 1_000 });
+  const started = Date.now();
+  const e = await t.throwsAsync(PgMetadataStore.open(p));
+  t.like(e, { code: 'UNAVAILABLE', status: 503 });
+  t.true(Date.now() - started < 30_000);
+});
