@@ -98,7 +98,13 @@ export function loadConfig(file?: string): Config {
   } catch (e) {
     throw new ConfigError(`cannot read config file ${file}: ${(e as Error).message}`);
   }
-  return parseConfigYaml(text, file);
+  const config = parseConfigYaml(text, file);
+  // The PostgreSQL and S3 drivers exist (storage/pg) but serve, gc and fsck do not use
+  // them yet: refuse rather than run such a config on local disk.
+  if (config.store.driver !== 'local') {
+    throw new ConfigError(`storage.driver: ${config.store.driver} is not available in this version yet (only local); see issue #13`);
+  }
+  return config;
 }
 
 /** Absent section = no budget and no age limit (the embedded default config sets maxAge). */

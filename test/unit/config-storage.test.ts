@@ -107,3 +107,18 @@ test('a postgres URL that does not parse is refused without echoing it (it may h
   t.regex(e!.message, /storage.postgres.url: is not a URL/);
   t.false(e!.message.includes('hunter2'));
 });
+
+test('a config file choosing a shared driver is refused by the commands until the drivers are wired in, never run on local disk', async (t) => {
+  const fs = await import('node:fs/promises');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-cfg-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'c.yml');
+  await fs.writeFile(file, 'storage: { driver: postgres, postgres: { host: db } }\n');
+  const e = t.throws(() => loadConfig(file));
+  t.true(e instanceof ConfigError);
+  t.regex(e!.message, /storage.driver: postgres is not available in this version yet/);
+  await fs.writeFile(file, 'storage: { path: /srv/regmirror }\n');
+  t.is(loadConfig(file).storage, '/srv/regmirror');
+});
