@@ -135,7 +135,7 @@ export async function startPostgres(t: Teardown): Promise<PostgresCluster> {
   let dbCount = 0;
 
   const launch = async (p: number): Promise<void> => {
-    const args = ['-D', data, '-p', String(p), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'];
+    const args = ['-D', data, '-p', String(p), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=200'];
     const c = spawn(path.join(bin, 'postgres'), args, { stdio: ['ignore', 'ignore', 'pipe'], ...(user ?? {}), env: { PATH: '/usr/bin:/bin', LC_ALL: 'C' } });
     if (c.pid === undefined) throw new Error('postgres did not start');
     child = c;
