@@ -211,8 +211,12 @@ export interface MetadataOps {
   repoBlobSize(repo: RepoName, digest: Digest): Promise<number | undefined>;
   /** Record committed content (already durable in the BlobStore) and link it to `repo`. */
   recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): Promise<void>;
-  /** Link a stored blob to `repo`; a pushed link wins over a cached one, never the reverse. */
-  linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<void>;
+  /**
+   * Link a stored blob to `repo`; a pushed link wins over a cached one, never the reverse.
+   * False, with nothing written, when the blob is not stored (e.g. evicted since the
+   * caller looked it up: lookups and this call are separate round trips).
+   */
+  linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<boolean>;
   /** Remove the link; false when there was none. */
   unlinkBlob(repo: RepoName, digest: Digest): Promise<boolean>;
   /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */

@@ -20,6 +20,7 @@ import { type PgPoolHandle, createPool } from '../../src/storage/pg/pool.js';
 import type { PostgresConfig } from '../../src/config/schema.js';
 import type { MetadataOps, NewManifest } from '../../src/storage/ports.js';
 import { leaseContract } from './coordination-conformance.js';
+import { metadataConformance } from './metadata-conformance.js';
 import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
 import { CI, sleep, waitFor } from '../helpers/tools.js';
 
@@ -32,6 +33,16 @@ const cluster = () => (shared ??= startPostgres({ teardown: (fn) => cleanups.pus
 test.after.always(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
+
+// The port's conformance suite (the meta branch's, unchanged): each test on a new database.
+if (HAVE_POSTGRES || CI) {
+  metadataConformance(test, 'postgres', async (t) => {
+    const store = await PgMetadataStore.open(await pool(t, await (await cluster()).createDatabase()));
+    return store;
+  });
+} else {
+  test.skip('postgres: metadata conformance suite (no PostgreSQL installed)', () => {});
+}
 
 function pgConfig(url: string, over: Partial<PostgresConfig> = {}): PostgresConfig {
   return { url, host: null, port: 5432, database: null, user: null, password: null, poolSize: 4, statementTimeoutMs: 30_000, connectTimeoutMs: 5_000, ssl: null, ...over };

@@ -131,9 +131,12 @@ class PgOps implements MetadataOps {
     });
   }
 
-  async linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<void> {
-    await this.ex.change(async (x) => {
+  async linkBlob(repo: RepoName, digest: Digest, provenance: Provenance): Promise<boolean> {
+    return this.ex.change(async (x) => {
+      // Not stored (e.g. evicted since the caller's lookup): nothing written, not even the repository.
+      if ((await x.rows('SELECT 1 FROM blobs WHERE digest = $1', [digest])).length === 0) return false;
       await x.rows(LINK_BLOB, [await ensureRepo(x, repo), digest, provenance, Date.now()]);
+      return true;
     });
   }
 
