@@ -15,7 +15,7 @@ import type { Digest, RepoName } from '../../src/registry/names.js';
 import { MetadataStore as SqliteDb } from '../../src/storage/db.js';
 import { PgCoordination } from '../../src/storage/pg/leases.js';
 import { PgMetadataStore } from '../../src/storage/pg/metadata.js';
-import { MIGRATIONS, migrate } from '../../src/storage/pg/migrations.js';
+import { MIGRATIONS, MIGRATION_LOCK, migrate } from '../../src/storage/pg/migrations.js';
 import { type PgPoolHandle, createPool } from '../../src/storage/pg/pool.js';
 import type { PostgresConfig } from '../../src/config/schema.js';
 import type { MetadataOps, NewManifest } from '../../src/storage/ports.js';
@@ -351,4 +351,64 @@ pgTest('no database at all: opening the store fails fast with 503, not a hang', 
   const e = await t.throwsAsync(PgMetadataStore.open(p));
   t.like(e, { code: 'UNAVAILABLE', status: 503 });
   t.true(Date.now() - started < 30_000);
+});
+
+pgTest('too slow is 503 too: a statement over statementTimeout, no free pooled connection within connectTimeout; both recover; migrations wait longer than a statement may', async (t) => {
+  const url = await (await cluster()).createDatabase();
+  const admin = await pool(t, url);
+  // Short enough for a quick test, long enough that a loaded machine still connects and
+  // answers a plain query in time (a lock wait and a taken pool never end by themselves).
+  const fast = { poolSize: 1, statementTimeoutMs: 2_000, connectTimeoutMs: 5_000 };
+  const slowPool = await pool(t, url, fast);
+  // Another replica holds the migration lock for longer than this one's statement timeout.
+  let unlockMigrations!: () => void;
+  const migrationsHeld = new Promise<void>((r) => (unlockMigrations = r));
+  let locked!: () => void;
+  const lockTaken = new Promise<void>((r) => (locked = r));
+  const holder = admin.transaction(async (c) => {
+    await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK.toString()]);
+    locked();
+    await migrationsHeld;
+  });
+  await lockTaken;
+  const opening = PgMetadataStore.open(slowPool);
+  let settled = false;
+  opening.then(() => (settled = true), () => (settled = true));
+  await sleep(2 * fast.statementTimeoutMs); // two statement timeouts later the migration still waits
+  t.false(settled, 'still waiting for the other replica, not failed');
+  unlockMigrations();
+  await holder;
+  const store = await opening;
+  const d = digest('slow');
+  await store.recordBlob(repo('a/b'), d, 5, 'pushed');
+
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  let tableLocked!: () => void;
+  const tableLock = new Promise<void>((r) => (tableLocked = r));
+  const locker = admin.transaction(async (c) => {
+    await c.query('LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE');
+    tableLocked();
+    await held;
+  });
+  await tableLock;
+  let started = Date.now();
+  t.like(await store.blobSize(d).catch((e: unknown) => e), { code: 'UNAVAILABLE', status: 503 }, 'statement timeout');
+  t.true(Date.now() - started < fast.statementTimeoutMs + 30_000);
+  release();
+  await locker;
+  t.is(await store.blobSize(d), 5, 'the same store answers again');
+
+  let end!: () => void;
+  const busy = new Promise<void>((r) => (end = r));
+  const tx = store.transaction(async (x) => {
+    await x.blobSize(d);
+    await busy; // the only pooled connection stays taken
+  });
+  started = Date.now();
+  t.like(await store.blobSize(d).catch((e: unknown) => e), { code: 'UNAVAILABLE', status: 503 }, 'no connection within connectTimeout');
+  t.true(Date.now() - started < fast.connectTimeoutMs + 30_000);
+  end();
+  await tx;
+  t.is(await store.blobSize(d), 5);
 });

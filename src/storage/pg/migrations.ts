@@ -7,6 +7,7 @@
  * nothing left to do. Text keys use the C collation: tag and repository listings page by
  * byte order whatever the database's locale is (as SQLite does).
  */
+import type pg from 'pg';
 import type { PgPoolHandle } from './pool.js';
 import { mapPgError } from './pool.js';
 
@@ -112,8 +113,14 @@ export const MIGRATIONS: readonly Migration[] = [
   },
 ];
 
+/**
+ * Waiting for another replica's migrations, and running ours, may take longer than a
+ * request's statement timeout: this session has none, and the client gives up after this.
+ */
+const MIGRATION_TIMEOUT_MS = 60 * 60_000;
+
 /** Any fixed 64-bit key; only regmirror's migrations take it. */
-const MIGRATION_LOCK = 0x7265_676d_6972_72n; // "regmirr"
+export const MIGRATION_LOCK = 0x7265_676d_6972_72n; // "regmirr"
 
 /**
  * Bring the schema to the newest version. Returns the versions this call applied (empty
@@ -126,17 +133,19 @@ export async function migrate(db: PgPoolHandle, migrations: readonly Migration[]
   } catch (e) {
     throw mapPgError(e);
   }
-  let broken: Error | undefined;
-  const onError = (e: Error) => (broken ??= e);
+  // A lost connection fails the query in flight; unheard, its 'error' event would be uncaught.
+  const onError = () => {};
   client.on('error', onError);
+  const q = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => client.query<R>({ text, values, query_timeout: MIGRATION_TIMEOUT_MS } as pg.QueryConfig);
   try {
+    await q('SET statement_timeout = 0');
     // Session lock: held across the migrations' own transactions, released on unlock or
     // when this connection ends (a replica dying mid-migration frees it).
-    await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK.toString()]);
+    await q('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK.toString()]);
     try {
-      await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      await q(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
-      const { rows } = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
+      const { rows } = await q<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
       const current = rows[0]?.v ?? 0;
       const newest = migrations.at(-1)?.version ?? 0;
       if (current > newest) {
@@ -145,25 +154,26 @@ export async function migrate(db: PgPoolHandle, migrations: readonly Migration[]
       const applied: number[] = [];
       for (const m of migrations) {
         if (m.version <= current) continue;
-        await client.query('BEGIN');
+        await q('BEGIN');
         try {
-          await client.query(m.sql);
-          await client.query('INSERT INTO schema_migrations(version, name) VALUES ($1, $2)', [m.version, m.name]);
-          await client.query('COMMIT');
+          await q(m.sql);
+          await q('INSERT INTO schema_migrations(version, name) VALUES ($1, $2)', [m.version, m.name]);
+          await q('COMMIT');
         } catch (e) {
-          await client.query('ROLLBACK').catch(() => {});
+          await q('ROLLBACK').catch(() => {});
           throw e;
         }
         applied.push(m.version);
       }
       return applied;
     } finally {
-      await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK.toString()]).catch(() => {});
+      await q('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK.toString()]).catch(() => {});
     }
   } catch (e) {
     throw mapPgError(e);
   } finally {
     client.removeListener('error', onError);
-    client.release(broken);
+    // Not back to the pool: this session's settings (no statement timeout) are its own.
+    client.release(true);
   }
 }
