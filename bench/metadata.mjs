@@ -12,11 +12,10 @@
  * in flight (throughput). Writes bench/results/latest-metadata.md.
  * Settings (env): BENCH_CALLS (3000 per operation), BENCH_RESULTS_DIR.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, envNum, median } from './lib.mjs';
+import { HERE, envNum, median, sha256 } from './lib.mjs';
 
 const BUILD = path.resolve(HERE, '..', 'build');
 const { startPostgres } = await import(path.join(BUILD, 'test/helpers/postgres.js'));
@@ -26,7 +25,7 @@ const { MetadataStore: SqliteDb } = await import(path.join(BUILD, 'src/storage/d
 
 const CALLS = envNum('BENCH_CALLS', 3000, 100, 1_000_000);
 const RESULTS = process.env.BENCH_RESULTS_DIR ?? path.join(HERE, 'results');
-const digest = (s) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
+const digest = sha256;
 
 const cleanups = [];
 const cluster = await startPostgres({ teardown: (fn) => cleanups.push(fn) });

@@ -6,7 +6,6 @@
  * database going away and coming back under traffic.
  */
 import test from 'ava';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,9 +17,9 @@ import { PgMetadataStore } from '../../src/storage/pg/metadata.js';
 import { MIGRATIONS, MIGRATION_LOCK, migrate } from '../../src/storage/pg/migrations.js';
 import { type PgPoolHandle, createPool } from '../../src/storage/pg/pool.js';
 import type { PostgresConfig } from '../../src/config/schema.js';
-import type { MetadataOps, NewManifest } from '../../src/storage/ports.js';
+import type { MetadataOps } from '../../src/storage/ports.js';
 import { leaseContract } from './coordination-conformance.js';
-import { metadataConformance } from './metadata-conformance.js';
+import { dg, manifest, metadataConformance } from './metadata-conformance.js';
 import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
 import { CI, sleep, waitFor } from '../helpers/tools.js';
 
@@ -54,13 +53,9 @@ async function pool(t: { teardown(fn: () => unknown): void }, url: string, over:
   return p;
 }
 
-const digest = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}` as Digest;
+const digest = dg;
 const repo = (s: string) => s as RepoName;
 
-function manifest(name: string, refs: NewManifest['refs'], subject: Digest | null = null): NewManifest {
-  const body = Buffer.from(JSON.stringify({ name, refs, subject }));
-  return { digest: digest(body.toString()), mediaType: 'application/vnd.oci.image.manifest.v1+json', size: body.length, artifactType: subject ? 'application/x-sig' : null, subject, annotations: null, body, refs };
-}
 
 /** db.ts's synchronous class behind the async port shape, for a side-by-side run. */
 function sqliteOps(db: SqliteDb): MetadataOps & { repoName(key: unknown): string } {
@@ -108,7 +103,7 @@ async function scenario(m: MetadataOps, repoName: (key: unknown) => Promise<stri
   await m.putCachedManifest(lib, img, { name: '1.0', acceptKey: 'docker.io|library/app|manifest' });
   await m.putCachedManifest(lib, idx, { name: '1.0', acceptKey: 'docker.io|library/app|index' });
   const pushed = manifest('pushed', [{ digest: b3, kind: 'blob' }, { digest: b1, kind: 'blob' }]);
-  const sig = manifest('sig', [{ digest: b3, kind: 'blob' }], pushed.digest);
+  const sig = manifest('sig', [{ digest: b3, kind: 'blob' }], { subject: pushed.digest, artifactType: 'application/x-sig' });
   await m.putManifest(team, pushed, ['v1', 'v2', 'a'], 'pushed');
   await m.putManifest(team, sig, [], 'pushed');
   const variants = await m.upstreamTagVariants('1.0', 'docker.io|library/app|');
@@ -274,7 +269,7 @@ pgTest('eviction on replica A while replica B commits a link to the same blob: B
   const watch = await pool(t, url);
   const a = await PgMetadataStore.open(await pool(t, url));
   const b = await PgMetadataStore.open(await pool(t, url));
-  const blob = digest('race');
+  const blob = digest('race-blob');
   const img = manifest('race', [{ digest: blob, kind: 'blob' }]);
   await a.recordBlob(repo('library/x'), blob, 10, 'cached');
   await a.putCachedManifest(repo('library/x'), img, null);
