@@ -13,6 +13,7 @@ import { RegistryError } from '../../src/registry/errors.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
 import { MetadataStore as SqliteDb } from '../../src/storage/db.js';
 import { PgCoordination } from '../../src/storage/pg/leases.js';
+import { openPostgresStorage } from '../../src/storage/pg/index.js';
 import { PgMetadataStore } from '../../src/storage/pg/metadata.js';
 import { MIGRATIONS, MIGRATION_LOCK, migrate } from '../../src/storage/pg/migrations.js';
 import { type PgPoolHandle, createPool } from '../../src/storage/pg/pool.js';
@@ -297,7 +298,10 @@ pgTest('eviction on replica A while replica B commits a link to the same blob: B
 pgTest('the database restarted under traffic: calls fail with 503 while it is down, then succeed again on the same store', async (t) => {
   const pgc = await startPostgres(t);
   const url = await pgc.createDatabase('restart');
-  const store = await PgMetadataStore.open(await pool(t, url, { connectTimeoutMs: 2_000, poolSize: 4 }));
+  const warnings: string[] = [];
+  const opened = await openPostgresStorage(pgConfig(url, { connectTimeoutMs: 2_000, poolSize: 4 }), { warn: (o, msg) => warnings.push(`${msg} ${JSON.stringify(o)}`) });
+  t.teardown(() => opened.close().catch(() => {}));
+  const store = opened.metadata;
   const before = digest('before-restart');
   await store.recordBlob(repo('a/b'), before, 7, 'pushed');
   const errors: unknown[] = [];
@@ -321,6 +325,9 @@ pgTest('the database restarted under traffic: calls fail with 503 while it is do
     throw e;
   };
   await waitFor(() => (ok > 20 ? true : undefined), 60_000, 'traffic before the crash').catch(explain);
+  // Four connections in the pool, most of them idle when the server goes: those report
+  // through the pool's error event, which must be logged, not crash the process.
+  await Promise.all([1, 2, 3, 4].map(() => store.ping()));
   await pgc.kill();
   const down = await store.ping().then(() => null, (e: unknown) => e);
   t.true(down instanceof RegistryError, `ping while down: ${String(down)}`);
@@ -337,6 +344,9 @@ pgTest('the database restarted under traffic: calls fail with 503 while it is do
     t.false(String((e as Error).message).includes('postgres://'), 'no connection string in errors');
   }
   t.is(await store.blobSize(before), 7, 'committed before the crash: still there');
+  t.true(warnings.length > 0, 'lost idle connections are logged');
+  for (const w of warnings) t.regex(w, /^metadata database: an idle connection was lost/);
+  t.false(warnings.some((w) => w.includes('postgres://')), 'no connection string logged');
   await t.notThrowsAsync(store.ping());
 });
 
