@@ -102,10 +102,60 @@ export interface CacheConfig {
   readonly evictIntervalMs: number;
 }
 
+/** PostgreSQL for metadata (storage.postgres): several replicas share one database. */
+export interface PostgresConfig {
+  /** postgres://user@host:port/db URL; null when given as fields. */
+  readonly url: string | null;
+  readonly host: string | null;
+  readonly port: number;
+  readonly database: string | null;
+  readonly user: string | null;
+  /** Usually `${ENV}`; never logged. */
+  readonly password: string | null;
+  /** Connections per replica. */
+  readonly poolSize: number;
+  /** Server-side limit per statement; a query over it fails (503) instead of holding a connection. */
+  readonly statementTimeoutMs: number;
+  /** How long to wait for a connection (new or from the pool) before answering 503. */
+  readonly connectTimeoutMs: number;
+  /** TLS to the server: null = plain; otherwise verified against `ca` (PEM file) or the system CAs. */
+  readonly ssl: { readonly ca: string | null; readonly insecureSkipVerify: boolean } | null;
+}
+
+/** An S3-compatible object store for blobs and upload data (storage.s3). */
+export interface S3Config {
+  /** http(s)://host[:port]; null = the AWS endpoint for `region`. */
+  readonly endpoint: string | null;
+  readonly region: string;
+  readonly bucket: string;
+  /** Key prefix for everything regmirror stores ('' or ending in '/'). */
+  readonly prefix: string;
+  /** Path-style URLs (http://endpoint/bucket/key): needed by most on-prem stores (Ceph RGW, MinIO). */
+  readonly forcePathStyle: boolean;
+  /** Both null = the SDK's default chain (environment, instance role). */
+  readonly accessKeyId: string | null;
+  readonly secretAccessKey: string | null;
+  /** Multipart part size in bytes (S3: 5 MiB to 5 GiB). */
+  readonly partSize: number;
+}
+
+/**
+ * Where metadata and blobs live. `local`: SQLite + files under `storage` (one replica).
+ * `postgres`: metadata in PostgreSQL, blobs under `storage`. `shared`: PostgreSQL + S3,
+ * for several replicas.
+ */
+export interface StoreConfig {
+  readonly driver: 'local' | 'postgres' | 'shared';
+  readonly postgres: PostgresConfig | null;
+  readonly s3: S3Config | null;
+}
+
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
-  /** Data directory: blobs, uploads, regmirror.db. */
+  /** Data directory: blobs, uploads, regmirror.db (local driver), tmp/ and the token key (every driver). */
   readonly storage: string;
+  /** The storage drivers (`storage.driver`, default local). */
+  readonly store: StoreConfig;
   readonly log: { readonly level: LogLevel; readonly pretty: boolean };
   readonly limits: {
     /** Manifest PUT bodies above this answer 413 (spec asks to accept at least 4 MB). */

@@ -1,0 +1,70 @@
+/**
+ * Coordination between replicas (issue #13): named leases with an owner and an expiry.
+ * One replica fills a digest (`fill:<digest>`), one runs eviction and GC (`gc-leader`);
+ * a holder that dies stops renewing and another takes over once the lease expired. A
+ * port of its own beside ports.ts: only shared-storage drivers need more than the
+ * in-process implementation below (one replica: the process is the whole cluster).
+ */
+
+export interface LeaseGrant {
+  /** Grows with every new holder: work done under an older token is stale (fencing). */
+  token: number;
+  /** When the lease ends unless renewed (ms since the epoch, the coordinator's clock). */
+  expiresAt: number;
+}
+
+export interface Coordination {
+  /**
+   * Take `name` for `owner` for `ttlMs`: granted when nobody holds it, its lease expired,
+   * or `owner` already holds it (then it is extended, same token). Null when someone
+   * else holds it. At most one owner holds a name at any time.
+   */
+  acquireLease(name: string, owner: string, ttlMs: number): Promise<LeaseGrant | null>;
+  /** Extend a lease `owner` still holds (not expired); false once it is lost: stop the work. */
+  renewLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Give the lease up if `owner` holds it (no-op otherwise). */
+  releaseLease(name: string, owner: string): Promise<void>;
+  /** Who holds `name` now (null: nobody, or expired). */
+  leaseHolder(name: string): Promise<{ owner: string; token: number; expiresAt: number } | null>;
+}
+
+/** The local driver's coordination: leases in a Map, for a single replica. */
+export class LocalCoordination implements Coordination {
+  private readonly leases = new Map<string, { owner: string; token: number; expiresAt: number }>();
+  private tokens = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  private live(name: string) {
+    const l = this.leases.get(name);
+    if (l && l.expiresAt <= this.now()) {
+      this.leases.delete(name);
+      return undefined;
+    }
+    return l;
+  }
+
+  async acquireLease(name: string, owner: string, ttlMs: number): Promise<LeaseGrant | null> {
+    const l = this.live(name);
+    if (l && l.owner !== owner) return null;
+    const lease = { owner, token: l?.token ?? ++this.tokens, expiresAt: this.now() + ttlMs };
+    this.leases.set(name, lease);
+    return { token: lease.token, expiresAt: lease.expiresAt };
+  }
+
+  async renewLease(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    const l = this.live(name);
+    if (!l || l.owner !== owner) return false;
+    l.expiresAt = this.now() + ttlMs;
+    return true;
+  }
+
+  async releaseLease(name: string, owner: string): Promise<void> {
+    if (this.leases.get(name)?.owner === owner) this.leases.delete(name);
+  }
+
+  async leaseHolder(name: string): Promise<{ owner: string; token: number; expiresAt: number } | null> {
+    const l = this.live(name);
+    return l ? { ...l } : null;
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * Open the PostgreSQL side of the shared storage: one pool for metadata and leases, the
+ * schema brought up to date (several replicas may start at once), and the two ports on
+ * top. What app.ts will call for `storage.driver: postgres|shared`.
+ */
+import type { PostgresConfig } from '../../config/schema.js';
+import { PgCoordination } from './leases.js';
+import { PgMetadataStore } from './metadata.js';
+import { createPool } from './pool.js';
+
+export interface PostgresStorage {
+  metadata: PgMetadataStore;
+  coordination: PgCoordination;
+  /** Ends the pool (the metadata store's close does the same). */
+  close(): Promise<void>;
+}
+
+/** Only code and message: pg's errors carry no connection string or password. */
+export interface PgLog {
+  warn(obj: { code?: string; err: string }, msg: string): void;
+}
+
+export async function openPostgresStorage(cfg: PostgresConfig, log: PgLog): Promise<PostgresStorage> {
+  const db = createPool(cfg, (e) => log.warn({ code: (e as { code?: string }).code, err: e.message }, 'metadata database: an idle connection was lost (reconnects on next use)'));
+  try {
+    const metadata = await PgMetadataStore.open(db);
+    return { metadata, coordination: new PgCoordination(db), close: () => db.close() };
+  } catch (e) {
+    await db.close().catch(() => {});
+    throw e;
+  }
+}
