@@ -18,7 +18,7 @@ const UP = 'hub.test';
 const REPO = 'library/big';
 const KiB = 1024;
 /** Upper bound for background progress (fills, commits); generous because CI load varies. */
-const WAIT_MS = 30_000;
+const WAIT_MS = 90_000; // generous: a loaded 2-core machine has stalled a 1 s upstream wait past 30 s
 
 async function setup(t: ExecutionContext, fakeOpts: FakeUpstreamOptions = {}, upstream: Record<string, unknown> = {}): Promise<{ fake: FakeUpstream; s: TestServer }> {
   const fake = await startFake(t, fakeOpts);
