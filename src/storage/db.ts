@@ -120,6 +120,14 @@ const MIGRATIONS: string[] = [
   `
   CREATE INDEX upstream_tags_name ON upstream_tags(name);
   `,
+  // v5: store growth (bench/scale.mjs). Eviction's and fsck's per-blob "linked as pushed /
+  // as cached?" checks answer from the index alone, and the pushed-content walk (KEEP_CTE,
+  // isProtected) reads only pushed manifests instead of scanning every manifest row.
+  `
+  CREATE INDEX repo_blobs_digest_prov ON repo_blobs(digest, provenance);
+  DROP INDEX repo_blobs_digest;
+  CREATE INDEX manifests_pushed ON manifests(digest) WHERE provenance = 'pushed';
+  `,
 ];
 
 /**
@@ -233,6 +241,9 @@ export class MetadataDb {
       ),
       deleteBlob: db.prepare<[string]>('DELETE FROM blobs WHERE digest = ?'),
       allBlobs: db.prepare<[], { digest: string; size: number }>('SELECT digest, size FROM blobs ORDER BY digest'),
+      blobsAfter: db.prepare<[string, number], { digest: string; size: number }>(
+        'SELECT digest, size FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?',
+      ),
       blobPushed: db.prepare<[string], { one: number }>("SELECT 1 AS one FROM repo_blobs WHERE digest = ? AND provenance = 'pushed' LIMIT 1"),
       // Links no manifest of the repository references: cached ones always (they exist only
       // for a manifest), pushed ones once older than the grace period (abandoned pushes).
@@ -670,9 +681,14 @@ export class MetadataDb {
     return this.s.unreferencedBlobs.all().map((r) => r.digest as Digest);
   }
 
-  /** Every stored blob (fsck). */
+  /** Every stored blob (tests' invariant checks on small stores; fsck pages with blobsAfter). */
   allBlobs(): Array<{ digest: Digest; size: number }> {
     return this.s.allBlobs.all().map((r) => ({ digest: r.digest as Digest, size: r.size }));
+  }
+
+  /** Up to `limit` blob rows after `after`, by digest: fsck walks them page by page (memory bounded). */
+  blobsAfter(after: string, limit: number): Array<{ digest: Digest; size: number }> {
+    return this.s.blobsAfter.all(after, limit).map((r) => ({ digest: r.digest as Digest, size: r.size }));
   }
 
   /** Whether some repository holds this blob as pushed content (nothing upstream can restore it). */

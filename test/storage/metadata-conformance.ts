@@ -274,6 +274,19 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.is(await meta.deleteUnreferencedManifestContent(), 0);
   });
 
+  test(title('allBlobs: every row once, by digest, across more rows than one page'), async (t) => {
+    const meta = await factory(t);
+    const want: string[] = [];
+    for (let i = 0; i < 2345; i++) {
+      const d = dg(`many-${i}`);
+      want.push(d);
+      await meta.recordBlob(A, d, i, 'cached');
+    }
+    const rows = await all(meta.allBlobs());
+    t.deepEqual(rows.map((r) => r.digest), want.sort(), 'each row once, sorted by digest');
+    t.is(rows.find((r) => r.digest === dg('many-2344'))?.size, 2344);
+  });
+
   test(title('transaction: commits all of fn together; a throw rolls all back and rethrows; a dry run returns the result and keeps nothing'), async (t) => {
     const meta = await factory(t);
     const m = manifest('tx', blobRefs('tx-l'));

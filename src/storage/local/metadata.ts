@@ -215,10 +215,19 @@ class LocalOps implements MetadataOps {
     return this.db.unreferencedBlobs();
   }
 
-  /** One snapshot of the rows (digest and size only), yielded one by one. */
+  /**
+   * The rows by digest, read in pages (memory stays bounded with millions of rows; the
+   * connection is free between pages). A row added or removed meanwhile may or may not be
+   * yielded, as with any walk of a store that changes.
+   */
   async *allBlobs(): AsyncIterable<{ digest: Digest; size: number }> {
-    for (let w = this.enter(); w; w = this.enter()) await w;
-    yield* this.db.allBlobs();
+    for (let after = ''; ; ) {
+      for (let w = this.enter(); w; w = this.enter()) await w;
+      const page = this.db.blobsAfter(after, 1000);
+      yield* page;
+      if (page.length < 1000) return;
+      after = page[page.length - 1]!.digest;
+    }
   }
 
   async blobPushed(digest: Digest): Promise<boolean> {
