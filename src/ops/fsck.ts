@@ -27,30 +27,48 @@ export interface FsckResult {
   problems: FsckProblem[];
 }
 
+/** Blobs verified at once: overlaps disk reads and hashing; small enough not to thrash a disk. */
+const VERIFY_CONCURRENCY = 4;
+
 export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: boolean }): Promise<FsckResult> {
   const paths = storagePaths(config.storage);
   const { metadata: meta, blobs: store } = openLocalStorage(paths);
   const out: FsckResult = { checked: 0, bytes: 0, problems: [] };
-  try {
-    for await (const { digest, size } of meta.allBlobs()) {
-      out.checked++;
-      let problem: FsckProblem['problem'] | null = null;
-      const got = await store.verify(digest);
-      if (!got) problem = 'missing';
-      else {
-        out.bytes += got.size;
-        if (got.size !== size) problem = 'size';
-        else if (got.digest !== digest) problem = 'digest';
-      }
-      if (!problem) continue;
-      const pushed = await meta.blobPushed(digest);
-      const repaired = opts.repair && !pushed;
-      if (repaired) {
-        await meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
-        await store.delete(digest);
-      }
-      out.problems.push({ digest, problem, pushed, repaired });
+  const check = async (digest: Digest, size: number): Promise<void> => {
+    let problem: FsckProblem['problem'] | null = null;
+    const got = await store.verify(digest);
+    if (!got) problem = 'missing';
+    else {
+      out.bytes += got.size;
+      if (got.size !== size) problem = 'size';
+      else if (got.digest !== digest) problem = 'digest';
     }
+    if (!problem) return;
+    const pushed = await meta.blobPushed(digest);
+    const repaired = opts.repair && !pushed;
+    if (repaired) {
+      await meta.deleteBlobRow(digest); // links go with it (ON DELETE CASCADE)
+      await store.delete(digest);
+    }
+    out.problems.push({ digest, problem, pushed, repaired });
+  };
+  try {
+    // A few blobs at a time: reads and hashing overlap (the hashes run on the threadpool),
+    // and the rows come in pages, so memory stays bounded however large the store.
+    const running = new Set<Promise<void>>();
+    let failure: { err: unknown } | null = null; // the first error (an unreadable disk) ends the run
+    for await (const { digest, size } of meta.allBlobs()) {
+      if (failure) break;
+      out.checked++;
+      const p: Promise<void> = check(digest, size)
+        .catch((err: unknown) => void (failure ??= { err }))
+        .finally(() => running.delete(p));
+      running.add(p);
+      if (running.size >= VERIFY_CONCURRENCY) await Promise.race(running);
+    }
+    await Promise.all(running);
+    if (failure) throw (failure as { err: unknown }).err;
+    out.problems.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
     return out;
   } finally {
     await meta.close();

@@ -274,6 +274,30 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.is(await meta.deleteUnreferencedManifestContent(), 0);
   });
 
+  test(title('eviction: a cached manifest that pushed content references (even as a blob) is never evicted'), async (t) => {
+    const meta = await factory(t);
+    const img = await cacheImage(meta, A, 'as-blob', ['ab-layer'], 'v1');
+    // A pushed artifact whose layer descriptor is the cached manifest's digest.
+    await meta.putManifest(B, manifest('artifact', [{ digest: img.digest, kind: 'blob' }]), ['v1'], 'pushed');
+    // Listing it as a candidate is allowed (every unit re-checks); evicting it is not.
+    const listed = (await meta.cachedImages()).find((c) => c.digest === img.digest);
+    if (listed) t.is(await meta.evictImage(listed.repo, img.digest, Date.now(), never), null, 'refused: pushed content reaches it');
+    t.true(await meta.hasManifest(A, img.digest), 'still held');
+  });
+
+  test(title('allBlobs: every row once, by digest, across more rows than one page'), async (t) => {
+    const meta = await factory(t);
+    const want: string[] = [];
+    for (let i = 0; i < 2345; i++) {
+      const d = dg(`many-${i}`);
+      want.push(d);
+      await meta.recordBlob(A, d, i, 'cached');
+    }
+    const rows = await all(meta.allBlobs());
+    t.deepEqual(rows.map((r) => r.digest), want.sort(), 'each row once, sorted by digest');
+    t.is(rows.find((r) => r.digest === dg('many-2344'))?.size, 2344);
+  });
+
   test(title('transaction: commits all of fn together; a throw rolls all back and rethrows; a dry run returns the result and keeps nothing'), async (t) => {
     const meta = await factory(t);
     const m = manifest('tx', blobRefs('tx-l'));

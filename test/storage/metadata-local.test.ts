@@ -10,6 +10,7 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { RepoName } from '../../src/registry/names.js';
 import { openLocalStorage, type LocalStorage } from '../../src/storage/local/index.js';
+import { MetadataDb } from '../../src/storage/db.js';
 import { storagePaths } from '../../src/storage/paths.js';
 import { withReadCache } from '../../src/storage/readcache.js';
 import type { MetadataStore } from '../../src/storage/ports.js';
@@ -146,4 +147,75 @@ test('readcache: a read that started before a write settled is not kept', async 
   t.is(await after, undefined);
   t.is(await cached.tag(A, 'v1'), undefined);
   t.is(reads, 2, 'an answer read after the write is kept');
+});
+
+test('local: whole-store scans (cached bytes, eviction candidates) run off the event loop, with the same answers; a transaction handle scans inline', async (t) => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-metadata-scan-'));
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const paths = storagePaths(root);
+  // Enough cached rows that each scan is real work: 2,000 images of 10 blobs, plus loose links.
+  const raw = new MetadataDb(paths.db);
+  raw.db.transaction(() => {
+    raw.db.prepare("INSERT INTO repositories(id, name, created_at) VALUES (1, 'local/scan', 0)").run();
+    const blob = raw.db.prepare('INSERT INTO blobs(digest, size, created_at, last_access) VALUES (?, ?, 0, ?)');
+    const link = raw.db.prepare("INSERT INTO repo_blobs(repo_id, digest, provenance, created_at) VALUES (1, ?, 'cached', 0)");
+    const content = raw.db.prepare("INSERT INTO manifest_content(digest, media_type, size, body) VALUES (?, 'application/vnd.oci.image.manifest.v1+json', 2, '{}')");
+    const ref = raw.db.prepare("INSERT INTO manifest_refs(digest, child, kind) VALUES (?, ?, 'blob')");
+    const man = raw.db.prepare("INSERT INTO manifests(repo_id, digest, provenance, created_at, last_access) VALUES (1, ?, 'cached', 0, ?)");
+    for (let i = 0; i < 2000; i++) {
+      const m = dg(`scan-m${i}`);
+      content.run(m);
+      man.run(m, i);
+      for (let b = 0; b < 10; b++) {
+        const d = dg(`scan-b${i}-${b}`);
+        blob.run(d, 3, i);
+        link.run(d);
+        ref.run(m, d);
+      }
+    }
+    for (let i = 0; i < 500; i++) {
+      blob.run(dg(`scan-loose${i}`), 5, i);
+      link.run(dg(`scan-loose${i}`));
+    }
+  })();
+  const inline = { bytes: raw.cachedBytes(), images: raw.cachedImages(), loose: raw.looseBlobs(1_000_000) };
+  raw.close();
+  t.is(inline.bytes, 2000 * 10 * 3 + 500 * 5);
+
+  const storage = openLocalStorage(paths);
+  t.teardown(() => storage.metadata.close());
+  const { metadata } = storage;
+  // A synchronous scan resolves within the call's own microtasks: no event-loop turn can
+  // run before it. Off the loop, timers and I/O keep running while it works.
+  for (const [name, scan, want] of [
+    ['cachedBytes', () => metadata.cachedBytes(), inline.bytes],
+    ['cachedImages', () => metadata.cachedImages(), inline.images],
+    ['looseBlobs', () => metadata.looseBlobs(1_000_000), inline.loose],
+  ] as const) {
+    let turns = 0;
+    let spin = true;
+    const tick = () => {
+      turns++;
+      if (spin) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const got = await (scan as () => Promise<unknown>)();
+    const turnsBefore = turns;
+    spin = false;
+    t.deepEqual(got, want, `${name}: same answer as on the main connection`);
+    t.true(turnsBefore > 0, `${name}: the event loop turned while it ran`);
+  }
+  // A committed write is seen by the next scan (another connection, same database).
+  await metadata.recordBlob('local/scan' as RepoName, dg('scan-new'), 7, 'cached');
+  t.is(await metadata.cachedBytes(), inline.bytes + 7);
+  // Inside a transaction the scan must see the transaction's own rows: inline.
+  const inTx = await metadata.transaction(
+    async (tx) => {
+      await tx.recordBlob('local/scan' as RepoName, dg('scan-tx'), 11, 'cached');
+      return tx.cachedBytes();
+    },
+    { dryRun: true },
+  );
+  t.is(inTx, inline.bytes + 7 + 11, 'a transaction handle sees its uncommitted rows');
+  t.is(await metadata.cachedBytes(), inline.bytes + 7, 'the dry run kept nothing');
 });

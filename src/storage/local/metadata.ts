@@ -20,6 +20,7 @@
  */
 import type { Digest, RepoName } from '../../registry/names.js';
 import type { MetadataDb } from '../db.js';
+import { ScanReader } from './scan.js';
 import type {
   Evicted,
   EvictionCandidate,
@@ -48,6 +49,8 @@ class LocalOps implements MetadataOps {
     protected readonly db: MetadataDb,
     /** Null for the store itself (gated); the transaction's state for a handle. */
     private readonly tx: TxState | null,
+    /** The store's scan worker; null on a transaction handle. */
+    protected readonly scans: ScanReader | null = null,
   ) {}
 
   /** Null when the connection may be used now (same tick); else wait and ask again. */
@@ -180,19 +183,22 @@ class LocalOps implements MetadataOps {
     this.db.touchAccess(blobs, manifests);
   }
 
+  // Whole-store scans: on the store itself, in the scan worker (committed state, which is
+  // what the store sees outside a transaction); on a transaction handle, inline, so they
+  // see the transaction's own changes.
   async cachedBytes(): Promise<number> {
     for (let w = this.enter(); w; w = this.enter()) await w;
-    return this.db.cachedBytes();
+    return this.scans ? this.scans.run('cachedBytes', [], () => this.db.cachedBytes()) : this.db.cachedBytes();
   }
 
   async cachedImages(): Promise<EvictionCandidate[]> {
     for (let w = this.enter(); w; w = this.enter()) await w;
-    return this.db.cachedImages();
+    return this.scans ? this.scans.run('cachedImages', [], () => this.db.cachedImages()) : this.db.cachedImages();
   }
 
   async looseBlobs(before: number): Promise<EvictionCandidate[]> {
     for (let w = this.enter(); w; w = this.enter()) await w;
-    return this.db.looseBlobs(before);
+    return this.scans ? this.scans.run('looseBlobs', [before], () => this.db.looseBlobs(before)) : this.db.looseBlobs(before);
   }
 
   async evictImage(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null> {
@@ -215,10 +221,19 @@ class LocalOps implements MetadataOps {
     return this.db.unreferencedBlobs();
   }
 
-  /** One snapshot of the rows (digest and size only), yielded one by one. */
+  /**
+   * The rows by digest, read in pages (memory stays bounded with millions of rows; the
+   * connection is free between pages). A row added or removed meanwhile may or may not be
+   * yielded, as with any walk of a store that changes.
+   */
   async *allBlobs(): AsyncIterable<{ digest: Digest; size: number }> {
-    for (let w = this.enter(); w; w = this.enter()) await w;
-    yield* this.db.allBlobs();
+    for (let after = ''; ; ) {
+      for (let w = this.enter(); w; w = this.enter()) await w;
+      const page = this.db.blobsAfter(after, 1000);
+      yield* page;
+      if (page.length < 1000) return;
+      after = page[page.length - 1]!.digest;
+    }
   }
 
   async blobPushed(digest: Digest): Promise<boolean> {
@@ -239,7 +254,7 @@ class LocalOps implements MetadataOps {
 
 export class LocalMetadataStore extends LocalOps implements MetadataStore {
   constructor(db: MetadataDb) {
-    super(db, null);
+    super(db, null, new ScanReader(db.db.memory ? null : db.db.name));
   }
 
   async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
@@ -276,6 +291,7 @@ export class LocalMetadataStore extends LocalOps implements MetadataStore {
 
   async close(): Promise<void> {
     for (let w = this.enter(); w; w = this.enter()) await w;
+    await this.scans?.close();
     this.db.close();
   }
 }

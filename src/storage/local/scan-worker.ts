@@ -1,0 +1,25 @@
+/**
+ * Worker thread of scan.ts: runs the whole-store read queries of eviction on its own
+ * connection to the same database (WAL: it reads the last committed state and never
+ * blocks the main connection's writers), so the server's event loop keeps serving.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { MetadataDb } from '../db.js';
+import type { ScanOp, ScanReply, ScanRequest } from './scan.js';
+
+const db = new MetadataDb((workerData as { file: string }).file); // already migrated: a no-op
+const ops: { [K in ScanOp]: (...args: never[]) => unknown } = {
+  cachedBytes: () => db.cachedBytes(),
+  cachedImages: () => db.cachedImages(),
+  looseBlobs: (before: number) => db.looseBlobs(before),
+};
+
+parentPort!.on('message', ({ id, op, args }: ScanRequest) => {
+  let reply: ScanReply;
+  try {
+    reply = { id, value: (ops[op] as (...a: unknown[]) => unknown)(...args) };
+  } catch (e) {
+    reply = { id, error: (e as Error).message };
+  }
+  parentPort!.postMessage(reply);
+});
