@@ -36,16 +36,13 @@ import type { Readable } from 'node:stream';
 import { RegistryError } from '../../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../../registry/names.js';
 import { uploadRangeHeader as rangeHeader } from '../../registry/range.js';
-import type { MetadataStore } from '../db.js';
 import { UPLOAD_ID_RE } from '../paths.js';
 import { HashingCounter } from '../hashing.js';
-import type { AppendOptions, BlobLink, UploadState, UploadStore } from '../ports.js';
+import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } from '../ports.js';
 import { type ObjectRef, rangeStream } from './body.js';
 import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
 import type { SourceObject } from './stage.js';
 import type { S3BlobStore } from './store.js';
-
-export type UploadIndex = Pick<MetadataStore, 'createUpload' | 'upload' | 'deleteUpload' | 'uploads'>;
 
 interface Chunk extends SourceObject {
   start: number;
@@ -57,25 +54,25 @@ export class S3UploadStore implements UploadStore {
 
   constructor(
     private readonly store: S3BlobStore,
-    private readonly meta: UploadIndex,
+    private readonly meta: UploadRows,
   ) {}
 
   async start(repo: RepoName, _algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
     const id = randomUUID();
-    this.meta.createUpload(id, repo);
-    return { id, repo, offset: 0, createdAt: this.meta.upload(id)?.createdAt ?? Date.now() };
+    const { createdAt } = await this.meta.createUpload(id, repo);
+    return { id, repo, offset: 0, createdAt };
   }
 
   async status(id: string): Promise<UploadState | null> {
     if (!UPLOAD_ID_RE.test(id)) return null;
-    const row = this.meta.upload(id);
+    const row = await this.meta.upload(id);
     if (!row) return null;
     return { id, repo: row.repo as RepoName, offset: end(await this.chunks(id)), createdAt: row.createdAt };
   }
 
   async append(id: string, body: Readable, opts: AppendOptions): Promise<number> {
     try {
-      this.claim(id);
+      await this.claim(id);
     } catch (e) {
       body.resume();
       throw await this.withRange(id, e);
@@ -95,10 +92,10 @@ export class S3UploadStore implements UploadStore {
   }
 
   async finish(id: string, digest: Digest): Promise<{ size: number }> {
-    this.claim(id); // without an await since the check: concurrent finishes get 416
+    await this.claim(id); // concurrent finishes (this process) get 416
     try {
       const chunks = await this.chunks(id);
-      const repo = this.meta.upload(id)?.repo as RepoName | undefined;
+      const repo = (await this.meta.upload(id))?.repo;
       if (repo === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN'); // cancelled meanwhile
       const link = { repo, provenance: 'pushed' as const };
       // Chunks that can be parts (S3's minimum for all but the last) are hashed and then
@@ -113,7 +110,7 @@ export class S3UploadStore implements UploadStore {
         if ((e as { code?: string }).code === 'DIGEST_INVALID') await this.remove(id);
         throw e;
       }
-      this.meta.deleteUpload(id);
+      await this.meta.deleteUpload(id);
       await this.deleteChunks(id);
       return { size };
     } catch (e) {
@@ -124,7 +121,7 @@ export class S3UploadStore implements UploadStore {
   }
 
   async cancel(id: string): Promise<void> {
-    if (!UPLOAD_ID_RE.test(id) || !this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    if (!UPLOAD_ID_RE.test(id) || !(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     await this.remove(id);
   }
 
@@ -132,23 +129,23 @@ export class S3UploadStore implements UploadStore {
   async sweep(maxAgeMs: number): Promise<number> {
     const now = Date.now();
     let removed = 0;
-    for (const r of this.meta.uploads()) {
+    for (const r of await this.meta.uploads()) {
       if (now - r.createdAt > maxAgeMs && !this.busy.has(r.id)) {
         await this.remove(r.id);
         removed++;
       }
     }
     const root = this.store.key('uploads/');
-    const orphan = (key: string) => {
+    const orphan = async (key: string) => {
       const id = key.slice(root.length).split('/')[0] ?? '';
-      return !this.busy.has(id) && !this.meta.upload(id); // checked right before removing: a session started meanwhile has a row
+      return !this.busy.has(id) && !(await this.meta.upload(id)); // checked right before removing: a session started meanwhile has a row
     };
     try {
       const stray: string[] = [];
       let token: string | undefined;
       do {
         const r = await this.store.client.send(new ListObjectsV2Command({ Bucket: this.store.bucket, Prefix: root, ContinuationToken: token }));
-        for (const o of r.Contents ?? []) if (o.Key && orphan(o.Key)) stray.push(o.Key);
+        for (const o of r.Contents ?? []) if (o.Key && (await orphan(o.Key))) stray.push(o.Key);
         token = r.IsTruncated ? r.NextContinuationToken : undefined;
       } while (token);
       await this.deleteKeys(stray);
@@ -157,7 +154,7 @@ export class S3UploadStore implements UploadStore {
       for (let more = true; more; ) {
         const mpu = await this.store.client.send(new ListMultipartUploadsCommand({ Bucket: this.store.bucket, Prefix: root, KeyMarker, UploadIdMarker }));
         for (const u of mpu.Uploads ?? []) {
-          if (u.Key && u.UploadId && orphan(u.Key)) {
+          if (u.Key && u.UploadId && (await orphan(u.Key))) {
             await this.store.client.send(new AbortMultipartUploadCommand({ Bucket: this.store.bucket, Key: u.Key, UploadId: u.UploadId }));
           }
         }
@@ -288,11 +285,16 @@ export class S3UploadStore implements UploadStore {
   }
 
   /** Marks the session busy; throws unless it exists and nobody here writes to it. */
-  private claim(id: string): void {
+  private async claim(id: string): Promise<void> {
     if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     if (this.busy.has(id)) throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416 });
-    if (!this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
-    this.busy.add(id);
+    this.busy.add(id); // before the row lookup's await, so a second request meanwhile gets 416
+    try {
+      if (!(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    } catch (e) {
+      this.busy.delete(id);
+      throw e;
+    }
   }
 
   /** A 416 refusal without its Range header gets the session's stored offset. */
@@ -303,7 +305,7 @@ export class S3UploadStore implements UploadStore {
   }
 
   private async remove(id: string): Promise<void> {
-    this.meta.deleteUpload(id);
+    await this.meta.deleteUpload(id);
     await this.deleteChunks(id);
   }
 
