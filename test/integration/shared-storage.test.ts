@@ -7,6 +7,7 @@
  */
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import pg from 'pg';
 import { http, sha256 } from '../helpers/http.js';
 import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
 import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
@@ -14,7 +15,7 @@ import type { TestServer } from '../helpers/server.js';
 import { tempDir } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { randomBytes } from '../fixtures/images.js';
-import { startFake, upstreamEntry } from './_pullthrough.js';
+import { startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 import { noServerErrors, OCI_MANIFEST, pushImage, sampleImage, serve } from './_support.js';
 
 const missing = radosgwMissing() ?? (HAVE_POSTGRES || CI ? null : 'PostgreSQL is not installed');
@@ -25,8 +26,11 @@ let pgCluster: Promise<PostgresCluster> | undefined;
 let gw: Promise<Radosgw> | undefined;
 let n = 0;
 
-/** A fresh database and bucket; `replicas` servers on them (same config otherwise). */
-async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[]> {
+/** Generous ceiling for background commits on a loaded machine (polled, not slept). */
+const WAIT_MS = 30_000;
+
+/** A fresh database and bucket; `count` servers on them (same config otherwise); `db` is the database URL. */
+async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string }> {
   const pgc = await (pgCluster ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
   const g = await (gw ??= startRadosgw().then((r) => (cleanups.push(() => r.stop()), r)));
   const url = await pgc.createDatabase();
@@ -43,7 +47,18 @@ async function replicas(t: ExecutionContext, count: number, extra: Record<string
     // One after the other: the first creates the schema and the bucket (both are also safe at once).
     out.push(await serve(t, { ...extra, storage }));
   }
-  return out;
+  return Object.assign(out, { db: url });
+}
+
+/** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
+async function blobRows(db: string, digests: string[]): Promise<number> {
+  const c = new pg.Client({ connectionString: db });
+  await c.connect();
+  try {
+    return (await c.query<{ n: string }>('SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).rows.map((r) => Number(r.n))[0] ?? 0;
+  } finally {
+    await c.end();
+  }
 }
 
 async function getBytes(t: ExecutionContext, url: string, accept?: string): Promise<Buffer> {
@@ -61,7 +76,7 @@ if (missing && !CI) {
   });
 
   test('a push to replica A is served by replica B by tag and by digest, same bytes; B sees A\'s tag list', async (t) => {
-    const [a, b] = (await replicas(t, 2)) as [TestServer, TestServer];
+    const [a, b] = (await replicas(t, 2)) as unknown as [TestServer, TestServer];
     const img = sampleImage('shared-push');
     const put = await pushImage(a.url, 'team/app', img, 'v1');
     t.is(put.status, 201, put.body.toString());
@@ -91,21 +106,24 @@ if (missing && !CI) {
     const img = sampleImage('shared-pull');
     fake.addImage('library/tool', img, 'latest');
     const upstreams = { upstreams: { 'hub.test': upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: 'hub.test' };
-    const [a, b] = (await replicas(t, 2, upstreams)) as [TestServer, TestServer];
+    const rs = await replicas(t, 2, upstreams);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
     t.true((await getBytes(t, `${a.url}/v2/library/tool/manifests/latest`, OCI_MANIFEST)).equals(img.manifest.bytes));
-    for (const blob of [img.config, ...img.layers]) t.true((await getBytes(t, `${a.url}/v2/library/tool/blobs/${blob.digest}`)).equals(blob.bytes));
+    const blobs = [img.config, ...img.layers];
+    for (const blob of blobs) t.true((await getBytes(t, `${a.url}/v2/library/tool/blobs/${blob.digest}`)).equals(blob.bytes));
+    await waitFor(async () => (await blobRows(rs.db, blobs.map((x) => x.digest))) === blobs.length, WAIT_MS, "A's fills committed");
     const upstreamRequests = fake.count();
     t.true(upstreamRequests > 0);
     await fake.stop(); // B can only answer from the shared store now
     t.true((await getBytes(t, `${b.url}/v2/library/tool/manifests/${img.manifest.digest}`, OCI_MANIFEST)).equals(img.manifest.bytes));
-    for (const blob of [img.config, ...img.layers]) {
+    for (const blob of blobs) {
       t.true((await getBytes(t, `${b.url}/v2/library/tool/blobs/${blob.digest}`)).equals(blob.bytes), `blob ${blob.digest} from B`);
     }
     t.is(fake.count(), upstreamRequests, 'B asked the upstream nothing');
   });
 
   test('a chunked upload started on replica A is continued and finished on replica B', async (t) => {
-    const [a, b] = (await replicas(t, 2)) as [TestServer, TestServer];
+    const [a, b] = (await replicas(t, 2)) as unknown as [TestServer, TestServer];
     const blob = randomBytes(300_000, 'shared-chunked');
     const d = sha256(blob);
     const post = await http('POST', `${a.url}/v2/team/up/blobs/uploads/`, { headers: { 'content-length': '0' } });
