@@ -8,6 +8,9 @@
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import pg from 'pg';
+import { configFromObject } from '../../src/config/load.js';
+import { fsck } from '../../src/ops/fsck.js';
+import { collectGarbage } from '../../src/ops/gc.js';
 import { http, sha256 } from '../helpers/http.js';
 import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
 import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
@@ -30,15 +33,16 @@ let n = 0;
 const WAIT_MS = 30_000;
 
 /** A fresh database and bucket; `count` servers on them (same config otherwise); `db` is the database URL. */
-async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string }> {
+async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
   const pgc = await (pgCluster ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
   const g = await (gw ??= startRadosgw().then((r) => (cleanups.push(() => r.stop()), r)));
   const url = await pgc.createDatabase();
   const bucket = `shared-${process.pid}-${++n}`;
   const out: TestServer[] = [];
+  let storage: Record<string, unknown> = {};
   for (let i = 0; i < count; i++) {
     const dir = await tempDir(t, 'regmirror-replica-');
-    const storage = {
+    storage = {
       driver: 'shared',
       path: path.join(dir, 'storage'),
       postgres: { url, poolSize: 4 },
@@ -47,7 +51,7 @@ async function replicas(t: ExecutionContext, count: number, extra: Record<string
     // One after the other: the first creates the schema and the bucket (both are also safe at once).
     out.push(await serve(t, { ...extra, storage }));
   }
-  return Object.assign(out, { db: url });
+  return Object.assign(out, { db: url, storage });
 }
 
 /** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
@@ -148,5 +152,25 @@ if (missing && !CI) {
     t.is(put.status, 201, put.body.toString());
     for (const s of [a, b]) t.true((await getBytes(t, `${s.url}/v2/team/up/blobs/${d}`)).equals(blob), `served by ${s.url}`);
     t.is((await http('GET', `${a.url}${loc}`)).status, 404, 'the finished session is gone on A too');
+  });
+
+  test('gc and fsck run on shared storage (replicas stopped): fsck checks the objects, gc removes unreferenced rows and objects', async (t) => {
+    const rs = await replicas(t, 2);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const img = sampleImage('shared-gc');
+    t.is((await pushImage(a.url, 'team/gc', img, 'v1')).status, 201);
+    t.is((await http('DELETE', `${b.url}/v2/team/gc/manifests/${img.manifest.digest}`)).status, 202);
+    await Promise.all([a.app.close(), b.app.close()]);
+    const cfg = configFromObject({ storage: rs.storage, limits: { uploadTtl: '0s' } });
+    const blobs = [img.config, ...img.layers];
+    const before = await fsck(cfg, { repair: false });
+    t.is(before.checked, blobs.length);
+    t.deepEqual(before.problems, []);
+    const gc = await collectGarbage(cfg, { dryRun: false });
+    t.is(gc.blobsRemoved, blobs.length);
+    t.is(gc.orphanFilesRemoved, 0);
+    t.is((await fsck(cfg, { repair: false })).checked, 0);
+    const c = await serve(t, { storage: rs.storage });
+    for (const blob of blobs) t.is((await http('GET', `${c.url}/v2/team/gc/blobs/${blob.digest}`)).status, 404, 'gone from a replica started afterwards');
   });
 }
