@@ -58,7 +58,7 @@ export async function openSharedStorage(pgc: PostgresConfig, s3c: S3Config, log:
   return {
     metadata: pg.metadata,
     blobs,
-    uploads: () => new S3UploadStore(blobs, pg.uploadRows),
+    uploads: () => new S3UploadStore(blobs, pg.uploadRows, pg.coordination),
     coordination: pg.coordination,
     close: once(async () => {
       blobs.close();

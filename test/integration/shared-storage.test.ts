@@ -5,6 +5,7 @@
  * a push, a pull-through fill, and a chunked upload started on one and finished on the
  * other. Each test gets its own database and bucket. Never skipped under CI=true.
  */
+import httpNode from 'node:http';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import pg from 'pg';
@@ -172,5 +173,39 @@ if (missing && !CI) {
     t.is((await fsck(cfg, { repair: false })).checked, 0);
     const c = await serve(t, { storage: rs.storage });
     for (const blob of blobs) t.is((await http('GET', `${c.url}/v2/team/gc/blobs/${blob.digest}`)).status, 404, 'gone from a replica started afterwards');
+  });
+
+  test('one writer per upload session across replicas: a PATCH on B while A is receiving a chunk is 416 and changes nothing', async (t) => {
+    const rs = await replicas(t, 2);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const blob = randomBytes(200_000, 'shared-lease');
+    const post = await http('POST', `${a.url}/v2/team/lease/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    const loc = post.header('location')!;
+    const id = loc.split('/').pop()!.split('?')[0]!;
+    // A's PATCH: headers and half the chunk sent, the rest held back until B was answered.
+    let answerA!: (r: { status: number; range: string | undefined }) => void;
+    const resA = new Promise<{ status: number; range: string | undefined }>((r) => (answerA = r));
+    const req = httpNode.request(`${a.url}${loc}`, { method: 'PATCH', headers: { ...OCTET, 'content-range': '0-99999', 'content-length': '100000' } }, (res) => {
+      res.resume();
+      res.on('end', () => answerA({ status: res.statusCode ?? 0, range: res.headers.range }));
+    });
+    req.on('error', (e) => t.fail(String(e)));
+    req.write(blob.subarray(0, 50_000));
+    const c = new pg.Client({ connectionString: rs.db });
+    await c.connect();
+    t.teardown(() => c.end());
+    await waitFor(async () => (await c.query('SELECT 1 FROM leases WHERE name = $1 AND expires_at > clock_timestamp()', [`upload:${id}`])).rowCount === 1, WAIT_MS, "A's lease on the session");
+    const onB = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-99999' }, body: blob.subarray(0, 100_000) });
+    t.is(onB.status, 416, onB.body.toString());
+    t.is(onB.header('range'), '0-0', 'nothing stored yet');
+    req.end(blob.subarray(50_000, 100_000));
+    const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer to A's PATCH")), WAIT_MS).unref());
+    t.deepEqual(await Promise.race([resA, late]), { status: 202, range: '0-99999' });
+    // The lease is released with the request: B takes the next chunk and finishes.
+    const p2 = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000) });
+    t.is(p2.status, 202, p2.body.toString());
+    const put = await http('PUT', `${b.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(sha256(blob))}`, { headers: { 'content-length': '0' } });
+    t.is(put.status, 201, put.body.toString());
+    t.true((await getBytes(t, `${a.url}/v2/team/lease/blobs/${sha256(blob)}`)).equals(blob));
   });
 }

@@ -17,9 +17,11 @@
  *   commit checks the digest. DIGEST_INVALID drops the session, a store failure (503)
  *   keeps it finishable. No running hash is trusted across requests (Node cannot persist
  *   one), so nothing needs checking against it.
- * - One writer at a time is enforced in this process. Across replicas it needs a lease in
- *   the shared metadata store (the PostgreSQL driver, issue #13); until then two replicas
- *   appending to the same session at once could both write the chunk at one offset.
+ * - One writer at a time: in this process by a set; across replicas, when given a
+ *   `Coordination` (the shared driver: PostgreSQL leases), by a lease `upload:<id>` taken
+ *   for each append and finish (renewed while it runs, released after): another replica's
+ *   request meanwhile gets 416. A lease lost mid-append (the database unreachable for
+ *   longer than LEASE_TTL_MS) is not noticed before that chunk completes.
  */
 import {
   AbortMultipartUploadCommand,
@@ -41,8 +43,12 @@ import { HashingCounter } from '../hashing.js';
 import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } from '../ports.js';
 import { type ObjectRef, rangeStream } from './body.js';
 import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import type { Coordination } from '../coordination.js';
 import type { SourceObject } from './stage.js';
 import type { S3BlobStore } from './store.js';
+
+/** A writer's lease on a session (see the top); renewed every third of it while the request runs. */
+const LEASE_TTL_MS = 60_000;
 
 interface Chunk extends SourceObject {
   start: number;
@@ -51,10 +57,15 @@ interface Chunk extends SourceObject {
 export class S3UploadStore implements UploadStore {
   /** Sessions an append or finish of this process is running on. */
   private readonly busy = new Set<string>();
+  /** Renewal timers of the session leases this process holds. */
+  private readonly renewals = new Map<string, NodeJS.Timeout>();
+  private readonly owner = randomUUID();
 
   constructor(
     private readonly store: S3BlobStore,
     private readonly meta: UploadRows,
+    /** Leases across processes (shared driver); absent: one process, the busy set is enough. */
+    private readonly leases?: Coordination,
   ) {}
 
   async start(repo: RepoName, _algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
@@ -87,7 +98,7 @@ export class S3UploadStore implements UploadStore {
       body.resume(); // drained, so the connection stays usable for the error response
       throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted');
     } finally {
-      this.busy.delete(id);
+      await this.release(id);
     }
   }
 
@@ -116,7 +127,7 @@ export class S3UploadStore implements UploadStore {
     } catch (e) {
       throw await this.withRange(id, e);
     } finally {
-      this.busy.delete(id);
+      await this.release(id);
     }
   }
 
@@ -291,10 +302,33 @@ export class S3UploadStore implements UploadStore {
     this.busy.add(id); // before the row lookup's await, so a second request meanwhile gets 416
     try {
       if (!(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+      if (this.leases) {
+        const name = `upload:${id}`;
+        if (!(await this.leases.acquireLease(name, this.owner, LEASE_TTL_MS))) {
+          throw new RegistryError('BLOB_UPLOAD_INVALID', 'another replica is writing to this upload', { status: 416 });
+        }
+        const timer = setInterval(() => void this.leases!.renewLease(name, this.owner, LEASE_TTL_MS).catch(() => false), LEASE_TTL_MS / 3);
+        timer.unref();
+        this.renewals.set(id, timer);
+      }
     } catch (e) {
       this.busy.delete(id);
       throw e;
     }
+  }
+
+  /**
+   * Ends a claim: the lease (best effort: it expires anyway), then the busy mark, in that
+   * order so that a later claim here is never released by this one.
+   */
+  private async release(id: string): Promise<void> {
+    const timer = this.renewals.get(id);
+    if (timer !== undefined) {
+      clearInterval(timer);
+      this.renewals.delete(id);
+      await this.leases!.releaseLease(`upload:${id}`, this.owner).catch(() => undefined);
+    }
+    this.busy.delete(id);
   }
 
   /** A 416 refusal without its Range header gets the session's stored offset. */
