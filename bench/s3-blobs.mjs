@@ -15,6 +15,7 @@ import { S3UploadStore } from '../dist/storage/s3/uploads.js';
 import { LocalUploadStore } from '../dist/storage/uploads.js';
 import { LocalBlobStore } from '../dist/storage/blobs.js';
 import { MetadataStore } from '../dist/storage/db.js';
+import { LocalMetadataStore } from '../dist/storage/local/metadata.js';
 import { storagePaths } from '../dist/storage/paths.js';
 import { startRadosgw } from '../build/test/helpers/radosgw.js';
 
@@ -98,13 +99,13 @@ const results = [];
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-s3bench-'));
 const gw = await startRadosgw();
 try {
-  const meta = new MetadataStore(path.join(dir, 's3meta.db'));
+  const meta = new LocalMetadataStore(new MetadataStore(path.join(dir, 's3meta.db')));
   const s3 = new S3BlobStore({ endpoint: gw.endpoint, region: gw.region, bucket: 'bench', prefix: 'regmirror', accessKeyId: gw.accessKeyId, secretAccessKey: gw.secretAccessKey, partSize }, meta);
   await s3.recover();
   results.push(await run(`s3 (radosgw memstore, ${partSize / MiB} MiB parts)`, s3, digest));
   results.push({ driver: 's3 upload session (one streamed chunk, then finish)', appendFinish: await push(new S3UploadStore(s3, meta)) });
   s3.close();
-  meta.close();
+  await meta.close();
   await fs.mkdir(path.join(dir, 'local'));
   const paths = storagePaths(path.join(dir, 'local'));
   const lmeta = new MetadataStore(paths.db);

@@ -22,7 +22,7 @@ import { registerStatus } from './http/status.js';
 import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
 import { RegistryService } from './registry/service.js';
-import { openLocalStorage } from './storage/local/index.js';
+import { openStorage } from './storage/open.js';
 import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
@@ -76,7 +76,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const logger = opts.logger ?? createLogger(config);
   const paths = storagePaths(config.storage);
   await fs.mkdir(paths.root, { recursive: true });
-  const storage = openLocalStorage(paths);
+  const storage = await openStorage(config.store, paths, logger.child({ component: 'metadata-db' }));
   // Manifest GET/HEAD by tag or digest without a database round trip (rule in readcache.ts).
   const meta = withReadCache(storage.metadata);
   const blobs = storage.blobs;
@@ -270,7 +270,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         await Promise.all([...clients.values()].map((c) => c.close()));
         await evicting;
         await flushAccess();
-        await meta.close();
+        await storage.close(); // metadata store and, for the shared driver, the object store client
       })();
       return closing;
     },

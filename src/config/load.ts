@@ -99,10 +99,15 @@ export function loadConfig(file?: string): Config {
     throw new ConfigError(`cannot read config file ${file}: ${(e as Error).message}`);
   }
   const config = parseConfigYaml(text, file);
-  // The PostgreSQL and S3 drivers exist (storage/pg) but serve, gc and fsck do not use
-  // them yet: refuse rather than run such a config on local disk.
-  if (config.store.driver !== 'local') {
-    throw new ConfigError(`storage.driver: ${config.store.driver} is not available in this version yet (only local); see issue #13`);
+  // `postgres` alone (PostgreSQL metadata, local files) is not implemented (storage/open.ts
+  // says why): refuse rather than run such a config on something else.
+  if (config.store.driver === 'postgres') {
+    throw new ConfigError('storage.driver: postgres (PostgreSQL metadata with local blobs) is not available; use shared (PostgreSQL + S3) or local; see issue #13');
+  }
+  // Eviction runs in every replica and nothing orders one replica's object delete against
+  // another's commit of the same digest yet (no leader, issue #13): refused, not risked.
+  if (config.store.driver === 'shared' && (config.cache.maxBytes !== null || config.cache.maxAgeMs !== null)) {
+    throw new ConfigError('cache.maxBytes/cache.maxAge: eviction is not available with storage.driver shared yet (no eviction leader across replicas); see issue #13');
   }
   return config;
 }

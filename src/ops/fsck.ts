@@ -8,9 +8,9 @@
  * transaction, then the file): the next pull fetches them again. Damaged pushed blobs
  * cannot be restored from anywhere and are only reported. Offline, like gc.
  */
-import type { Config } from '../config/schema.js';
+import type { Config, StoreConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import { openLocalStorage } from '../storage/local/index.js';
+import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
 
 export interface FsckProblem {
@@ -30,9 +30,10 @@ export interface FsckResult {
 /** Blobs verified at once: overlaps disk reads and hashing; small enough not to thrash a disk. */
 const VERIFY_CONCURRENCY = 4;
 
-export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: boolean }): Promise<FsckResult> {
+export async function fsck(config: Pick<Config, 'storage'> & { store?: StoreConfig }, opts: { repair: boolean }): Promise<FsckResult> {
   const paths = storagePaths(config.storage);
-  const { metadata: meta, blobs: store } = openLocalStorage(paths);
+  const storage = await openStorage(config.store ?? LOCAL, paths, stderrLog);
+  const { metadata: meta, blobs: store } = storage;
   const out: FsckResult = { checked: 0, bytes: 0, problems: [] };
   const check = async (digest: Digest, size: number): Promise<void> => {
     let problem: FsckProblem['problem'] | null = null;
@@ -71,6 +72,6 @@ export async function fsck(config: Pick<Config, 'storage'>, opts: { repair: bool
     out.problems.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
     return out;
   } finally {
-    await meta.close();
+    await storage.close();
   }
 }

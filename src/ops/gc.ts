@@ -6,8 +6,8 @@
  * crash mid-GC leaves only orphan files, which the next GC removes.
  */
 import { type EvictionResult, Evictor } from '../cache/eviction.js';
-import type { Config } from '../config/schema.js';
-import { openLocalStorage } from '../storage/local/index.js';
+import type { Config, StoreConfig } from '../config/schema.js';
+import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
 
 export interface GcResult {
@@ -21,11 +21,12 @@ export interface GcResult {
 }
 
 export async function collectGarbage(
-  config: Pick<Config, 'storage' | 'limits' | 'cache'>,
+  config: Pick<Config, 'storage' | 'limits' | 'cache'> & { store?: StoreConfig },
   opts: { dryRun: boolean; evict?: boolean },
 ): Promise<GcResult> {
   const paths = storagePaths(config.storage);
-  const { metadata: meta, blobs: store } = openLocalStorage(paths);
+  const storage = await openStorage(config.store ?? LOCAL, paths, stderrLog);
+  const { metadata: meta, blobs: store } = storage;
   try {
     let eviction: EvictionResult | undefined;
     if (opts.evict) {
@@ -60,6 +61,6 @@ export async function collectGarbage(
       ...(eviction ? { eviction } : {}),
     };
   } finally {
-    await meta.close();
+    await storage.close();
   }
 }

@@ -242,6 +242,19 @@ export interface UploadStore {
   sweep(maxAgeMs: number): Promise<number>;
 }
 
+/**
+ * The upload-session rows a driver keeps in its metadata store when the session bytes live
+ * elsewhere (the S3 upload store: rows in the shared metadata store, chunks in the bucket).
+ * Offered by both metadata drivers next to `MetadataStore`; each call is one change.
+ */
+export interface UploadRows {
+  /** Record a new session for `repo` (creating the repository row); resolves with its creation time. */
+  createUpload(id: string, repo: RepoName): Promise<{ createdAt: number }>;
+  upload(id: string): Promise<{ repo: RepoName; createdAt: number } | undefined>;
+  deleteUpload(id: string): Promise<void>;
+  uploads(): Promise<Array<{ id: string; createdAt: number }>>;
+}
+
 // ---- metadata store ----------------------------------------------------------------
 //
 // Everything the registry knows about repositories, links, manifests, tags, the upstream

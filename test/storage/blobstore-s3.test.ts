@@ -15,7 +15,8 @@ import { Readable } from 'node:stream';
 import pino from 'pino';
 import { FillManager } from '../../src/cache/fill.js';
 import type { RepoName } from '../../src/registry/names.js';
-import { MetadataStore } from '../../src/storage/db.js';
+import { MetadataDb } from '../../src/storage/db.js';
+import { LocalMetadataStore } from '../../src/storage/local/metadata.js';
 import { S3BlobStore, type S3BlobStoreOptions } from '../../src/storage/s3/store.js';
 import { S3UploadStore } from '../../src/storage/s3/uploads.js';
 import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
@@ -35,7 +36,7 @@ async function s3Store(t: ExecutionContext, more: Partial<S3BlobStoreOptions> = 
   const g = gw!;
   const dir = await tempDir(t, 'regmirror-s3meta-');
   const metaPath = `${dir}/meta.db`;
-  const metas: MetadataStore[] = [];
+  const metas: LocalMetadataStore[] = [];
   const stores: S3BlobStore[] = [];
   const opts: S3BlobStoreOptions = {
     endpoint: g.endpoint,
@@ -49,15 +50,15 @@ async function s3Store(t: ExecutionContext, more: Partial<S3BlobStoreOptions> = 
     ...more,
   };
   const open = (o: Partial<S3BlobStoreOptions> = {}) => {
-    const meta = new MetadataStore(metaPath);
+    const meta = new LocalMetadataStore(new MetadataDb(metaPath));
     const store = new S3BlobStore({ ...opts, ...o }, meta);
     metas.push(meta);
     stores.push(store);
     return { meta, store, uploads: new S3UploadStore(store, meta) };
   };
-  t.teardown(() => {
+  t.teardown(async () => {
     for (const s of stores) s.close();
-    for (const m of metas) m.close();
+    for (const m of metas) await m.close();
   });
   const first = open();
   await first.store.recover();
@@ -169,7 +170,7 @@ if (missing) {
     await w.commit(sha256(data), link);
     const body = (await store.open(sha256(data)))!;
     t.true((await read(body.stream(0, 9))).equals(data.subarray(0, 10)));
-    meta.deleteBlobRow(sha256(data));
+    await meta.deleteBlobRow(sha256(data));
     await store.delete(sha256(data));
     const e = await t.throwsAsync(read(body.stream(0, data.length - 1)));
     t.is((e as NodeJS.ErrnoException).code, 'ENOENT');
@@ -201,7 +202,7 @@ if (missing) {
     const second = store.stage({ algorithm: 'sha256' });
     await second.append(data);
     armed = true;
-    meta.deleteBlobRow(d); // eviction: row first, then the object
+    await meta.deleteBlobRow(d); // eviction: row first, then the object
     const deleting = store.delete(d);
     await second.commit(d, link);
     await deleting;
@@ -402,11 +403,11 @@ if (missing) {
     await w.commit(sha256(data), link);
     const secret = `${g.secretAccessKey.slice(0, -4)}XXXX`;
     const dir = await tempDir(t, 'regmirror-s3meta-');
-    const meta = new MetadataStore(`${dir}/meta.db`);
+    const meta = new LocalMetadataStore(new MetadataDb(`${dir}/meta.db`));
     const bad = new S3BlobStore({ ...opts, secretAccessKey: secret, maxAttempts: 1 }, meta);
-    t.teardown(() => {
+    t.teardown(async () => {
       bad.close();
-      meta.close();
+      await meta.close();
     });
     for (const op of [() => bad.open(sha256(data)), () => bad.verify(sha256(data)), () => bad.recover()]) {
       const e = (await t.throwsAsync(op())) as Error & { code?: string; status?: number };

@@ -108,7 +108,7 @@ test('a postgres URL that does not parse is refused without echoing it (it may h
   t.false(e!.message.includes('hunter2'));
 });
 
-test('a config file choosing a shared driver is refused by the commands until the drivers are wired in, never run on local disk', async (t) => {
+test('a config file: shared is accepted (without eviction), postgres alone and shared with eviction are refused, never run on local disk', async (t) => {
   const fs = await import('node:fs/promises');
   const os = await import('node:os');
   const path = await import('node:path');
@@ -118,7 +118,15 @@ test('a config file choosing a shared driver is refused by the commands until th
   await fs.writeFile(file, 'storage: { driver: postgres, postgres: { host: db } }\n');
   const e = t.throws(() => loadConfig(file));
   t.true(e instanceof ConfigError);
-  t.regex(e!.message, /storage.driver: postgres is not available in this version yet/);
+  t.regex(e!.message, /storage.driver: postgres \(PostgreSQL metadata with local blobs\) is not available; use shared/);
+  const shared = 'storage: { driver: shared, postgres: { host: db }, s3: { endpoint: "http://rgw:7480", bucket: blobs } }\n';
+  await fs.writeFile(file, shared);
+  t.is(loadConfig(file).store.driver, 'shared');
+  for (const cache of ['cache: { maxAge: 7d }', 'cache: { maxBytes: 10GiB }']) {
+    await fs.writeFile(file, `${shared}${cache}\n`);
+    const ev = t.throws(() => loadConfig(file));
+    t.regex(ev!.message, /eviction is not available with storage.driver shared yet/, cache);
+  }
   await fs.writeFile(file, 'storage: { path: /srv/regmirror }\n');
   t.is(loadConfig(file).storage, '/srv/regmirror');
 });

@@ -32,6 +32,7 @@ import type {
   Provenance,
   RepoKey,
   TagRecord,
+  UploadRows,
   UpstreamTagVariant,
 } from '../ports.js';
 
@@ -252,7 +253,7 @@ class LocalOps implements MetadataOps {
   }
 }
 
-export class LocalMetadataStore extends LocalOps implements MetadataStore {
+export class LocalMetadataStore extends LocalOps implements MetadataStore, UploadRows {
   constructor(db: MetadataDb) {
     super(db, null, new ScanReader(db.db.memory ? null : db.db.name));
   }
@@ -287,6 +288,30 @@ export class LocalMetadataStore extends LocalOps implements MetadataStore {
   async ping(): Promise<void> {
     for (let w = this.enter(); w; w = this.enter()) await w;
     this.db.ping();
+  }
+
+  // -- upload-session rows (UploadRows: the S3 upload store over this metadata)
+
+  async createUpload(id: string, repo: RepoName): Promise<{ createdAt: number }> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    this.db.createUpload(id, repo);
+    return { createdAt: this.db.upload(id)!.createdAt };
+  }
+
+  async upload(id: string): Promise<{ repo: RepoName; createdAt: number } | undefined> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    const row = this.db.upload(id);
+    return row && { repo: row.repo as RepoName, createdAt: row.createdAt };
+  }
+
+  async deleteUpload(id: string): Promise<void> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    this.db.deleteUpload(id);
+  }
+
+  async uploads(): Promise<Array<{ id: string; createdAt: number }>> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    return this.db.uploads();
   }
 
   async close(): Promise<void> {

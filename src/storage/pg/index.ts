@@ -7,10 +7,13 @@ import type { PostgresConfig } from '../../config/schema.js';
 import { PgCoordination } from './leases.js';
 import { PgMetadataStore } from './metadata.js';
 import { createPool } from './pool.js';
+import { PgUploadRows } from './uploads.js';
 
 export interface PostgresStorage {
   metadata: PgMetadataStore;
   coordination: PgCoordination;
+  /** Upload-session rows for the S3 upload store (same pool). */
+  uploadRows: PgUploadRows;
   /** Ends the pool (the metadata store's close does the same). */
   close(): Promise<void>;
 }
@@ -24,7 +27,7 @@ export async function openPostgresStorage(cfg: PostgresConfig, log: PgLog): Prom
   const db = createPool(cfg, (e) => log.warn({ code: (e as { code?: string }).code, err: e.message }, 'metadata database: an idle connection was lost (reconnects on next use)'));
   try {
     const metadata = await PgMetadataStore.open(db);
-    return { metadata, coordination: new PgCoordination(db), close: () => db.close() };
+    return { metadata, coordination: new PgCoordination(db), uploadRows: new PgUploadRows(db), close: () => db.close() };
   } catch (e) {
     await db.close().catch(() => {});
     throw e;

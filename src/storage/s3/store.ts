@@ -21,7 +21,7 @@
  *   one part is copied (CopyObject), several are joined with a multipart upload of
  *   UploadPartCopy (no byte crosses the network twice), and the stage objects are removed.
  *   A blob that never filled a part goes to its key in one PUT.
- * - Dedupe and races. A digest with a row is only linked. Within one process a commit
+ * - Dedupe and races. A digest with a row is only linked (one metadata change that checks the row). Within one process a commit
  *   waits for a delete of the same digest in progress (as in the local driver). Across
  *   replicas that ordering is the metadata store's job (eviction holds a lease; issue #13).
  * - Reads. `open` HEADs the object (null when gone) and serves ranged GETs; each range is
@@ -56,17 +56,16 @@ import {
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { Readable } from 'node:stream';
 import { type Digest, digestAlgorithm, isDigest } from '../../registry/names.js';
-import type { MetadataStore } from '../db.js';
 import { HashingCounter } from '../hashing.js';
-import type { BlobEntry, BlobLink, BlobStore, StageOptions } from '../ports.js';
+import type { BlobEntry, BlobLink, BlobStore, MetadataOps, StageOptions } from '../ports.js';
 import { S3BlobBody } from './body.js';
 import { DEFAULT_PART_SIZE, MAX_COPY_BYTES, MIN_PART_SIZE, type S3BlobStoreOptions, isNotFound, makeClient, storeError } from './client.js';
 import { type SourceObject, S3Stage, type S3StageHost, type StagedContent } from './stage.js';
 
 export type { S3BlobStoreOptions } from './client.js';
 
-/** The metadata this driver needs (local: the SQLite MetadataStore; synchronous, see commitStaged). */
-export type BlobIndex = Pick<MetadataStore, 'blobSize' | 'recordBlob'>;
+/** The metadata this driver needs: the blob rows of either metadata driver (async port calls). */
+export type BlobIndex = Pick<MetadataOps, 'blobSize' | 'linkBlob' | 'recordBlob'>;
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 /** UploadPartCopy requests in flight per commit. */
@@ -143,7 +142,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
   // ---- the port ----------------------------------------------------------------------
 
   async stat(digest: Digest): Promise<{ size: number } | null> {
-    const size = this.index.blobSize(digest);
+    const size = await this.index.blobSize(digest);
     return size === undefined ? null : { size };
   }
 
@@ -219,11 +218,10 @@ export class S3BlobStore implements BlobStore, S3StageHost {
 
   async commitStaged(c: StagedContent, digest: Digest, link: BlobLink): Promise<void> {
     for (let pending = this.deleting.get(digest); pending; pending = this.deleting.get(digest)) await pending.catch(() => undefined);
-    // Synchronous check and link, one tick: an eviction cannot drop the row in between.
-    if (this.index.blobSize(digest) !== undefined) {
-      this.index.recordBlob(link.repo, digest, c.size, link.provenance);
-      return;
-    }
+    // Already stored: only link. linkBlob checks the row inside its own change, so a row
+    // evicted since any earlier lookup is never re-created without its object: false means
+    // gone, and the content is written again below.
+    if (await this.index.linkBlob(link.repo, digest, link.provenance)) return;
     const key = this.blobKey(digest);
     try {
       if (c.inline) {
@@ -237,7 +235,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     } catch (e) {
       throw storeError(e, 'commit');
     }
-    this.index.recordBlob(link.repo, digest, c.size, link.provenance);
+    await this.index.recordBlob(link.repo, digest, c.size, link.provenance);
   }
 
   /** Join the sources into `key` with one multipart upload of server-side copies; aborted on any failure. */

@@ -17,9 +17,11 @@
  *   commit checks the digest. DIGEST_INVALID drops the session, a store failure (503)
  *   keeps it finishable. No running hash is trusted across requests (Node cannot persist
  *   one), so nothing needs checking against it.
- * - One writer at a time is enforced in this process. Across replicas it needs a lease in
- *   the shared metadata store (the PostgreSQL driver, issue #13); until then two replicas
- *   appending to the same session at once could both write the chunk at one offset.
+ * - One writer at a time: in this process by a set; across replicas, when given a
+ *   `Coordination` (the shared driver: PostgreSQL leases), by a lease `upload:<id>` taken
+ *   for each append and finish (renewed while it runs, released after): another replica's
+ *   request meanwhile gets 416. A lease lost mid-append (the database unreachable for
+ *   longer than LEASE_TTL_MS) is not noticed before that chunk completes.
  */
 import {
   AbortMultipartUploadCommand,
@@ -36,16 +38,17 @@ import type { Readable } from 'node:stream';
 import { RegistryError } from '../../registry/errors.js';
 import { type Digest, type DigestAlgorithm, type RepoName, digestAlgorithm } from '../../registry/names.js';
 import { uploadRangeHeader as rangeHeader } from '../../registry/range.js';
-import type { MetadataStore } from '../db.js';
 import { UPLOAD_ID_RE } from '../paths.js';
 import { HashingCounter } from '../hashing.js';
-import type { AppendOptions, BlobLink, UploadState, UploadStore } from '../ports.js';
+import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } from '../ports.js';
 import { type ObjectRef, rangeStream } from './body.js';
 import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import type { Coordination } from '../coordination.js';
 import type { SourceObject } from './stage.js';
 import type { S3BlobStore } from './store.js';
 
-export type UploadIndex = Pick<MetadataStore, 'createUpload' | 'upload' | 'deleteUpload' | 'uploads'>;
+/** A writer's lease on a session (see the top); renewed every third of it while the request runs. */
+const LEASE_TTL_MS = 60_000;
 
 interface Chunk extends SourceObject {
   start: number;
@@ -54,28 +57,33 @@ interface Chunk extends SourceObject {
 export class S3UploadStore implements UploadStore {
   /** Sessions an append or finish of this process is running on. */
   private readonly busy = new Set<string>();
+  /** Renewal timers of the session leases this process holds. */
+  private readonly renewals = new Map<string, NodeJS.Timeout>();
+  private readonly owner = randomUUID();
 
   constructor(
     private readonly store: S3BlobStore,
-    private readonly meta: UploadIndex,
+    private readonly meta: UploadRows,
+    /** Leases across processes (shared driver); absent: one process, the busy set is enough. */
+    private readonly leases?: Coordination,
   ) {}
 
   async start(repo: RepoName, _algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
     const id = randomUUID();
-    this.meta.createUpload(id, repo);
-    return { id, repo, offset: 0, createdAt: this.meta.upload(id)?.createdAt ?? Date.now() };
+    const { createdAt } = await this.meta.createUpload(id, repo);
+    return { id, repo, offset: 0, createdAt };
   }
 
   async status(id: string): Promise<UploadState | null> {
     if (!UPLOAD_ID_RE.test(id)) return null;
-    const row = this.meta.upload(id);
+    const row = await this.meta.upload(id);
     if (!row) return null;
     return { id, repo: row.repo as RepoName, offset: end(await this.chunks(id)), createdAt: row.createdAt };
   }
 
   async append(id: string, body: Readable, opts: AppendOptions): Promise<number> {
     try {
-      this.claim(id);
+      await this.claim(id);
     } catch (e) {
       body.resume();
       throw await this.withRange(id, e);
@@ -90,15 +98,15 @@ export class S3UploadStore implements UploadStore {
       body.resume(); // drained, so the connection stays usable for the error response
       throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted');
     } finally {
-      this.busy.delete(id);
+      await this.release(id);
     }
   }
 
   async finish(id: string, digest: Digest): Promise<{ size: number }> {
-    this.claim(id); // without an await since the check: concurrent finishes get 416
+    await this.claim(id); // concurrent finishes (this process) get 416
     try {
       const chunks = await this.chunks(id);
-      const repo = this.meta.upload(id)?.repo as RepoName | undefined;
+      const repo = (await this.meta.upload(id))?.repo;
       if (repo === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN'); // cancelled meanwhile
       const link = { repo, provenance: 'pushed' as const };
       // Chunks that can be parts (S3's minimum for all but the last) are hashed and then
@@ -113,18 +121,18 @@ export class S3UploadStore implements UploadStore {
         if ((e as { code?: string }).code === 'DIGEST_INVALID') await this.remove(id);
         throw e;
       }
-      this.meta.deleteUpload(id);
+      await this.meta.deleteUpload(id);
       await this.deleteChunks(id);
       return { size };
     } catch (e) {
       throw await this.withRange(id, e);
     } finally {
-      this.busy.delete(id);
+      await this.release(id);
     }
   }
 
   async cancel(id: string): Promise<void> {
-    if (!UPLOAD_ID_RE.test(id) || !this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+    if (!UPLOAD_ID_RE.test(id) || !(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     await this.remove(id);
   }
 
@@ -132,23 +140,23 @@ export class S3UploadStore implements UploadStore {
   async sweep(maxAgeMs: number): Promise<number> {
     const now = Date.now();
     let removed = 0;
-    for (const r of this.meta.uploads()) {
+    for (const r of await this.meta.uploads()) {
       if (now - r.createdAt > maxAgeMs && !this.busy.has(r.id)) {
         await this.remove(r.id);
         removed++;
       }
     }
     const root = this.store.key('uploads/');
-    const orphan = (key: string) => {
+    const orphan = async (key: string) => {
       const id = key.slice(root.length).split('/')[0] ?? '';
-      return !this.busy.has(id) && !this.meta.upload(id); // checked right before removing: a session started meanwhile has a row
+      return !this.busy.has(id) && !(await this.meta.upload(id)); // checked right before removing: a session started meanwhile has a row
     };
     try {
       const stray: string[] = [];
       let token: string | undefined;
       do {
         const r = await this.store.client.send(new ListObjectsV2Command({ Bucket: this.store.bucket, Prefix: root, ContinuationToken: token }));
-        for (const o of r.Contents ?? []) if (o.Key && orphan(o.Key)) stray.push(o.Key);
+        for (const o of r.Contents ?? []) if (o.Key && (await orphan(o.Key))) stray.push(o.Key);
         token = r.IsTruncated ? r.NextContinuationToken : undefined;
       } while (token);
       await this.deleteKeys(stray);
@@ -157,7 +165,7 @@ export class S3UploadStore implements UploadStore {
       for (let more = true; more; ) {
         const mpu = await this.store.client.send(new ListMultipartUploadsCommand({ Bucket: this.store.bucket, Prefix: root, KeyMarker, UploadIdMarker }));
         for (const u of mpu.Uploads ?? []) {
-          if (u.Key && u.UploadId && orphan(u.Key)) {
+          if (u.Key && u.UploadId && (await orphan(u.Key))) {
             await this.store.client.send(new AbortMultipartUploadCommand({ Bucket: this.store.bucket, Key: u.Key, UploadId: u.UploadId }));
           }
         }
@@ -288,11 +296,39 @@ export class S3UploadStore implements UploadStore {
   }
 
   /** Marks the session busy; throws unless it exists and nobody here writes to it. */
-  private claim(id: string): void {
+  private async claim(id: string): Promise<void> {
     if (!UPLOAD_ID_RE.test(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
     if (this.busy.has(id)) throw new RegistryError('BLOB_UPLOAD_INVALID', 'another request is writing to this upload', { status: 416 });
-    if (!this.meta.upload(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
-    this.busy.add(id);
+    this.busy.add(id); // before the row lookup's await, so a second request meanwhile gets 416
+    try {
+      if (!(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
+      if (this.leases) {
+        const name = `upload:${id}`;
+        if (!(await this.leases.acquireLease(name, this.owner, LEASE_TTL_MS))) {
+          throw new RegistryError('BLOB_UPLOAD_INVALID', 'another replica is writing to this upload', { status: 416 });
+        }
+        const timer = setInterval(() => void this.leases!.renewLease(name, this.owner, LEASE_TTL_MS).catch(() => false), LEASE_TTL_MS / 3);
+        timer.unref();
+        this.renewals.set(id, timer);
+      }
+    } catch (e) {
+      this.busy.delete(id);
+      throw e;
+    }
+  }
+
+  /**
+   * Ends a claim: the lease (best effort: it expires anyway), then the busy mark, in that
+   * order so that a later claim here is never released by this one.
+   */
+  private async release(id: string): Promise<void> {
+    const timer = this.renewals.get(id);
+    if (timer !== undefined) {
+      clearInterval(timer);
+      this.renewals.delete(id);
+      await this.leases!.releaseLease(`upload:${id}`, this.owner).catch(() => undefined);
+    }
+    this.busy.delete(id);
   }
 
   /** A 416 refusal without its Range header gets the session's stored offset. */
@@ -303,7 +339,7 @@ export class S3UploadStore implements UploadStore {
   }
 
   private async remove(id: string): Promise<void> {
-    this.meta.deleteUpload(id);
+    await this.meta.deleteUpload(id);
     await this.deleteChunks(id);
   }
 

@@ -1,0 +1,211 @@
+/**
+ * `storage.driver: shared` over real sockets (issue #13, thin slice): two regmirror
+ * servers on one real PostgreSQL (test/helpers/postgres.ts) and one real Ceph RADOS
+ * Gateway bucket (test/helpers/radosgw.ts). What one replica stores, the other serves:
+ * a push, a pull-through fill, and a chunked upload started on one and finished on the
+ * other. Each test gets its own database and bucket. Never skipped under CI=true.
+ */
+import httpNode from 'node:http';
+import path from 'node:path';
+import test, { type ExecutionContext } from 'ava';
+import pg from 'pg';
+import { configFromObject } from '../../src/config/load.js';
+import { fsck } from '../../src/ops/fsck.js';
+import { collectGarbage } from '../../src/ops/gc.js';
+import { http, sha256 } from '../helpers/http.js';
+import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
+import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
+import type { TestServer } from '../helpers/server.js';
+import { tempDir } from '../helpers/server.js';
+import { CI } from '../helpers/tools.js';
+import { randomBytes } from '../fixtures/images.js';
+import { startFake, upstreamEntry, waitFor } from './_pullthrough.js';
+import { noServerErrors, OCI_MANIFEST, pushImage, sampleImage, serve } from './_support.js';
+
+const missing = radosgwMissing() ?? (HAVE_POSTGRES || CI ? null : 'PostgreSQL is not installed');
+const OCTET = { 'content-type': 'application/octet-stream' };
+
+const cleanups: Array<() => unknown> = [];
+let pgCluster: Promise<PostgresCluster> | undefined;
+let gw: Promise<Radosgw> | undefined;
+let n = 0;
+
+/** Generous ceiling for background commits on a loaded machine (polled, not slept). */
+const WAIT_MS = 30_000;
+
+/** A fresh database and bucket; `count` servers on them (same config otherwise); `db` is the database URL. */
+async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
+  const pgc = await (pgCluster ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
+  const g = await (gw ??= startRadosgw().then((r) => (cleanups.push(() => r.stop()), r)));
+  const url = await pgc.createDatabase();
+  const bucket = `shared-${process.pid}-${++n}`;
+  const out: TestServer[] = [];
+  let storage: Record<string, unknown> = {};
+  for (let i = 0; i < count; i++) {
+    const dir = await tempDir(t, 'regmirror-replica-');
+    storage = {
+      driver: 'shared',
+      path: path.join(dir, 'storage'),
+      postgres: { url, poolSize: 4 },
+      s3: { endpoint: g.endpoint, region: g.region, bucket, prefix: 'mirror', accessKeyId: g.accessKeyId, secretAccessKey: g.secretAccessKey, partSize: '5MiB' },
+    };
+    // One after the other: the first creates the schema and the bucket (both are also safe at once).
+    out.push(await serve(t, { ...extra, storage }));
+  }
+  return Object.assign(out, { db: url, storage });
+}
+
+/** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
+async function blobRows(db: string, digests: string[]): Promise<number> {
+  const c = new pg.Client({ connectionString: db });
+  await c.connect();
+  try {
+    return (await c.query<{ n: string }>('SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).rows.map((r) => Number(r.n))[0] ?? 0;
+  } finally {
+    await c.end();
+  }
+}
+
+async function getBytes(t: ExecutionContext, url: string, accept?: string): Promise<Buffer> {
+  const r = await http('GET', url, accept ? { headers: { accept } } : {});
+  t.is(r.status, 200, `GET ${url}: ${r.body.toString().slice(0, 200)}`);
+  return r.body;
+}
+
+if (missing && !CI) {
+  test.skip(`shared storage: ${missing}`, () => undefined);
+} else {
+  test.afterEach(noServerErrors);
+  test.after.always(async () => {
+    for (const fn of cleanups.reverse()) await fn();
+  });
+
+  test('a push to replica A is served by replica B by tag and by digest, same bytes; B sees A\'s tag list', async (t) => {
+    const [a, b] = (await replicas(t, 2)) as unknown as [TestServer, TestServer];
+    const img = sampleImage('shared-push');
+    const put = await pushImage(a.url, 'team/app', img, 'v1');
+    t.is(put.status, 201, put.body.toString());
+    for (const ref of ['v1', img.manifest.digest]) {
+      t.true((await getBytes(t, `${b.url}/v2/team/app/manifests/${ref}`, OCI_MANIFEST)).equals(img.manifest.bytes), `manifest by ${ref}`);
+    }
+    for (const blob of [img.config, ...img.layers]) {
+      t.true((await getBytes(t, `${b.url}/v2/team/app/blobs/${blob.digest}`)).equals(blob.bytes), `blob ${blob.digest}`);
+      const range = await http('GET', `${b.url}/v2/team/app/blobs/${blob.digest}`, { headers: { range: 'bytes=1-4' } });
+      t.is(range.status, 206);
+      t.true(range.body.equals(blob.bytes.subarray(1, 5)), 'a range from the object store');
+    }
+    const tags = await http('GET', `${b.url}/v2/team/app/tags/list`);
+    t.deepEqual(JSON.parse(tags.body.toString()), { name: 'team/app', tags: ['v1'] });
+    // A delete on B is seen by A (shared rows; A's manifest read cache holds entries 1 s at most).
+    t.is((await http('DELETE', `${b.url}/v2/team/app/manifests/${img.manifest.digest}`)).status, 202);
+    const deadline = Date.now() + 10_000;
+    let status = 0;
+    while (Date.now() < deadline && (status = (await http('GET', `${a.url}/v2/team/app/manifests/${img.manifest.digest}`, { headers: { accept: OCI_MANIFEST } })).status) !== 404) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    t.is(status, 404, 'A no longer serves the manifest B deleted');
+  });
+
+  test('a pull-through fill through replica A is served by replica B from the shared store, without asking the upstream', async (t) => {
+    const fake = await startFake(t);
+    const img = sampleImage('shared-pull');
+    fake.addImage('library/tool', img, 'latest');
+    const upstreams = { upstreams: { 'hub.test': upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: 'hub.test' };
+    const rs = await replicas(t, 2, upstreams);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    t.true((await getBytes(t, `${a.url}/v2/library/tool/manifests/latest`, OCI_MANIFEST)).equals(img.manifest.bytes));
+    const blobs = [img.config, ...img.layers];
+    for (const blob of blobs) t.true((await getBytes(t, `${a.url}/v2/library/tool/blobs/${blob.digest}`)).equals(blob.bytes));
+    await waitFor(async () => (await blobRows(rs.db, blobs.map((x) => x.digest))) === blobs.length, WAIT_MS, "A's fills committed");
+    const upstreamRequests = fake.count();
+    t.true(upstreamRequests > 0);
+    await fake.stop(); // B can only answer from the shared store now
+    t.true((await getBytes(t, `${b.url}/v2/library/tool/manifests/${img.manifest.digest}`, OCI_MANIFEST)).equals(img.manifest.bytes));
+    for (const blob of blobs) {
+      t.true((await getBytes(t, `${b.url}/v2/library/tool/blobs/${blob.digest}`)).equals(blob.bytes), `blob ${blob.digest} from B`);
+    }
+    t.is(fake.count(), upstreamRequests, 'B asked the upstream nothing');
+  });
+
+  test('a chunked upload started on replica A is continued and finished on replica B', async (t) => {
+    const [a, b] = (await replicas(t, 2)) as unknown as [TestServer, TestServer];
+    const blob = randomBytes(300_000, 'shared-chunked');
+    const d = sha256(blob);
+    const post = await http('POST', `${a.url}/v2/team/up/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    t.is(post.status, 202);
+    const loc = post.header('location')!;
+    const p1 = await http('PATCH', `${a.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-99999' }, body: blob.subarray(0, 100_000) });
+    t.is(p1.status, 202, p1.body.toString());
+    // B sees the session where A left it, refuses a chunk at the wrong offset, takes the next one.
+    const st = await http('GET', `${b.url}${loc}`);
+    t.is(st.status, 204);
+    t.is(st.header('range'), '0-99999');
+    const wrong = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-99999' }, body: blob.subarray(0, 100_000) });
+    t.is(wrong.status, 416);
+    t.is(wrong.header('range'), '0-99999');
+    const p2 = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000, 200_000) });
+    t.is(p2.status, 202, p2.body.toString());
+    t.is(p2.header('range'), '0-199999');
+    const put = await http('PUT', `${b.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(d)}`, {
+      headers: { ...OCTET, 'content-length': String(100_000) },
+      body: blob.subarray(200_000),
+    });
+    t.is(put.status, 201, put.body.toString());
+    for (const s of [a, b]) t.true((await getBytes(t, `${s.url}/v2/team/up/blobs/${d}`)).equals(blob), `served by ${s.url}`);
+    t.is((await http('GET', `${a.url}${loc}`)).status, 404, 'the finished session is gone on A too');
+  });
+
+  test('gc and fsck run on shared storage (replicas stopped): fsck checks the objects, gc removes unreferenced rows and objects', async (t) => {
+    const rs = await replicas(t, 2);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const img = sampleImage('shared-gc');
+    t.is((await pushImage(a.url, 'team/gc', img, 'v1')).status, 201);
+    t.is((await http('DELETE', `${b.url}/v2/team/gc/manifests/${img.manifest.digest}`)).status, 202);
+    await Promise.all([a.app.close(), b.app.close()]);
+    const cfg = configFromObject({ storage: rs.storage, limits: { uploadTtl: '0s' } });
+    const blobs = [img.config, ...img.layers];
+    const before = await fsck(cfg, { repair: false });
+    t.is(before.checked, blobs.length);
+    t.deepEqual(before.problems, []);
+    const gc = await collectGarbage(cfg, { dryRun: false });
+    t.is(gc.blobsRemoved, blobs.length);
+    t.is(gc.orphanFilesRemoved, 0);
+    t.is((await fsck(cfg, { repair: false })).checked, 0);
+    const c = await serve(t, { storage: rs.storage });
+    for (const blob of blobs) t.is((await http('GET', `${c.url}/v2/team/gc/blobs/${blob.digest}`)).status, 404, 'gone from a replica started afterwards');
+  });
+
+  test('one writer per upload session across replicas: a PATCH on B while A is receiving a chunk is 416 and changes nothing', async (t) => {
+    const rs = await replicas(t, 2);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const blob = randomBytes(200_000, 'shared-lease');
+    const post = await http('POST', `${a.url}/v2/team/lease/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    const loc = post.header('location')!;
+    const id = loc.split('/').pop()!.split('?')[0]!;
+    // A's PATCH: headers and half the chunk sent, the rest held back until B was answered.
+    let answerA!: (r: { status: number; range: string | undefined }) => void;
+    const resA = new Promise<{ status: number; range: string | undefined }>((r) => (answerA = r));
+    const req = httpNode.request(`${a.url}${loc}`, { method: 'PATCH', headers: { ...OCTET, 'content-range': '0-99999', 'content-length': '100000' } }, (res) => {
+      res.resume();
+      res.on('end', () => answerA({ status: res.statusCode ?? 0, range: res.headers.range }));
+    });
+    req.on('error', (e) => t.fail(String(e)));
+    req.write(blob.subarray(0, 50_000));
+    const c = new pg.Client({ connectionString: rs.db });
+    await c.connect();
+    t.teardown(() => c.end());
+    await waitFor(async () => (await c.query('SELECT 1 FROM leases WHERE name = $1 AND expires_at > clock_timestamp()', [`upload:${id}`])).rowCount === 1, WAIT_MS, "A's lease on the session");
+    const onB = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-99999' }, body: blob.subarray(0, 100_000) });
+    t.is(onB.status, 416, onB.body.toString());
+    t.is(onB.header('range'), '0-0', 'nothing stored yet');
+    req.end(blob.subarray(50_000, 100_000));
+    const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer to A's PATCH")), WAIT_MS).unref());
+    t.deepEqual(await Promise.race([resA, late]), { status: 202, range: '0-99999' });
+    // The lease is released with the request: B takes the next chunk and finishes.
+    const p2 = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000) });
+    t.is(p2.status, 202, p2.body.toString());
+    const put = await http('PUT', `${b.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(sha256(blob))}`, { headers: { 'content-length': '0' } });
+    t.is(put.status, 201, put.body.toString());
+    t.true((await getBytes(t, `${a.url}/v2/team/lease/blobs/${sha256(blob)}`)).equals(blob));
+  });
+}
