@@ -1,13 +1,14 @@
 /**
  * The seam between the registry and where bytes and metadata live (issue #12). Everything
- * above `storage/` should reach storage through these ports; a driver (today only
- * `local`: files + SQLite) implements them. Named for what the registry needs, not for
- * files: no path, file handle or SQL crosses this line.
+ * above `storage/` reaches storage through these ports, opened by storage/open.ts for the
+ * configured `storage.driver`. Named for what the registry needs, not for files: no path,
+ * file handle or SQL crosses this line. One file on purpose (over ~400 lines): the whole
+ * contract a driver signs, read in one place.
  *
- * `BlobStore` and `UploadStore` are implemented by the local driver (src/storage/blobs.ts,
- * src/storage/uploads.ts) and checked by test/storage/blobstore-conformance.ts and
- * test/storage/uploadstore-conformance.ts; `MetadataStore` by src/storage/local/metadata.ts
- * (over db.ts) and checked by test/storage/metadata-conformance.ts.
+ * Drivers: `local` (blobs.ts + local/ files, uploads.ts, local/metadata.ts over db.ts's
+ * SQLite) and `shared` (s3/ object store for blobs and upload sessions, pg/ PostgreSQL for
+ * metadata, upload rows and leases). Contracts: test/storage/blobstore-conformance.ts,
+ * uploadstore-conformance.ts and metadata-conformance.ts, run against every driver.
  */
 import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm, RepoName } from '../registry/names.js';
