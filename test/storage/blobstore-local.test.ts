@@ -3,7 +3,7 @@
  * what only the local driver can show: where its leftovers live, and a stage reader
  * arriving in the window between the rename into blobs/ and the row.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -155,21 +155,28 @@ function holdUnlinksUntilRename(dir: string): { arm(): void; restore(): void } {
   return { arm: () => void (armed = true), restore: () => void Object.assign(target, orig) };
 }
 
-test.serial('local: a commit of a digest whose file is being unlinked waits for the unlink (the new file is kept)', async (t) => {
+/**
+ * A local store whose unlinks in blobs/ are held (once armed) until a rename into blobs/
+ * happens or 3 s pass (longer than a commit's fsync on a busy machine, so a store that did
+ * not wait would rename within it): the worst order for a delete racing a commit.
+ */
+async function storeWithHeldUnlinks(t: ExecutionContext) {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
   const paths = storagePaths(root);
   const meta = new MetadataStore(paths.db);
   const store = new LocalBlobStore(paths, meta);
   await store.recover();
-  // The unlink is held until a rename into blobs/ happens (which the store must not do
-  // meanwhile) or 3 s pass (longer than the commit's fsync on a busy machine, so a store
-  // that did not wait would rename within it).
   const hold = holdUnlinksUntilRename(paths.blobsDir);
   t.teardown(async () => {
     hold.restore();
     meta.close();
     await fs.rm(root, { recursive: true, force: true });
   });
+  return { paths, meta, store, hold };
+}
+
+test.serial('local: a commit of a digest whose file is being unlinked waits for the unlink (the new file is kept)', async (t) => {
+  const { paths, meta, store, hold } = await storeWithHeldUnlinks(t);
   const data = randomBytes(100_000);
   const d = sha256(data);
   const link = { repo: 'a/b' as RepoName, provenance: 'cached' as const };
@@ -189,19 +196,7 @@ test.serial('local: a commit of a digest whose file is being unlinked waits for 
 });
 
 test.serial('local: a commit that checked after an eviction dropped the row but before it registered the file delete keeps its file', async (t) => {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-blobstore-'));
-  const paths = storagePaths(root);
-  const meta = new MetadataStore(paths.db);
-  const store = new LocalBlobStore(paths, meta);
-  await store.recover();
-  // An unlink in blobs/ is held until the commit's rename into blobs/ is done (ceiling
-  // 3 s): the worst order for a delete the store should not have started.
-  const hold = holdUnlinksUntilRename(paths.blobsDir);
-  t.teardown(async () => {
-    hold.restore();
-    meta.close();
-    await fs.rm(root, { recursive: true, force: true });
-  });
+  const { paths, meta, store, hold } = await storeWithHeldUnlinks(t);
   const data = randomBytes(100_000);
   const d = sha256(data);
   const first = store.stage({ algorithm: 'sha256' });
