@@ -91,6 +91,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
+  const s3 = config.store.s3;
+  if (s3?.redirect && blobs.redirectUrl) pull.redirect = (digest) => blobs.redirectUrl!(digest, s3.redirectExpiresSeconds);
   // With the disk full every flush fails until space is freed: say so once (warn), then
   // only at debug, and once more when it works again; the times stay pending meanwhile.
   let accessFailing = false;

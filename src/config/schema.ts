@@ -137,6 +137,13 @@ export interface S3Config {
   readonly secretAccessKey: string | null;
   /** Multipart part size in bytes (S3: 5 MiB to 5 GiB). */
   readonly partSize: number;
+  /**
+   * Blob GETs served from the store answer 307 to a presigned URL (distribution's
+   * `redirect`): clients must reach the store themselves. HEAD and fills stay here.
+   */
+  readonly redirect: boolean;
+  /** How long a presigned URL is valid (`redirectExpires`, a duration; S3 allows 1s to 7 days). */
+  readonly redirectExpiresSeconds: number;
 }
 
 /**

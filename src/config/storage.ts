@@ -102,6 +102,7 @@ function parseSsl(p: Section): PostgresConfig['ssl'] {
 const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const MIN_PART = 5 * 1024 * 1024;
 const MAX_PART = 5 * 1024 * 1024 * 1024;
+const MAX_PRESIGN_S = 7 * 24 * 3600;
 
 function parseS3(s: Section): S3Config {
   const endpoint = s.string('endpoint') || null;
@@ -115,6 +116,8 @@ function parseS3(s: Section): S3Config {
     accessKeyId: s.string('accessKeyId') || null,
     secretAccessKey: s.string('secretAccessKey') || null,
     partSize: s.bytes('partSize', '16MiB'),
+    redirect: s.bool('redirect', false),
+    redirectExpiresSeconds: Math.floor(s.durationMs('redirectExpires', '5m') / 1000),
   };
   s.done();
   if (endpoint) {
@@ -132,6 +135,9 @@ function parseS3(s: Section): S3Config {
   if (!BUCKET_RE.test(cfg.bucket)) throw new ConfigError(`${s.key('bucket')}: "${cfg.bucket}" is not a bucket name (3-63 of a-z, 0-9, '.', '-')`);
   if (!cfg.accessKeyId !== !cfg.secretAccessKey) {
     throw new ConfigError(`${s.path}: accessKeyId and secretAccessKey go together (both set, or both unset for the environment's credentials)`);
+  }
+  if (cfg.redirectExpiresSeconds < 1 || cfg.redirectExpiresSeconds > MAX_PRESIGN_S) {
+    throw new ConfigError(`${s.key('redirectExpires')}: must be between 1s and 7d (S3's presigned URL limits)`);
   }
   if (cfg.partSize < MIN_PART || cfg.partSize > MAX_PART) throw new ConfigError(`${s.key('partSize')}: must be between 5MiB and 5GiB (S3's part size limits)`);
   return cfg;

@@ -21,6 +21,7 @@ import { SMALL_BLOB_MAX_BYTES } from './smallblobs.js';
 async function lookupAndOpen({ pull, smallBlobs }: Deps, repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
   for (let attempt = 0; ; attempt++) {
     const blob = await pull.getBlob(repo, ns, digest, head);
+    if (blob.redirect) return { blob, body: null, bytes: undefined };
     if (head || !blob.body || blob.size === 0) return { blob, body: null, bytes: undefined };
     // Found in storage just now (the lookup above): small content may come from memory.
     const small = smallBlobs && blob.size <= SMALL_BLOB_MAX_BYTES;
@@ -50,6 +51,8 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   const head = req.method === 'HEAD';
   const ns = queryParam(queryOf(req), 'ns');
   const { blob, body, bytes } = await lookupAndOpen(deps, repo, ns, digest, head);
+  // storage.s3.redirect: the client fetches the bytes (and any Range) from the store itself.
+  if (blob.redirect) return reply.code(307).header('location', blob.redirect).header('docker-content-digest', digest).send();
   // 'close' follows every response (finished, failed or aborted); close the body then.
   if (body) reply.raw.once('close', () => void body.close().catch(() => undefined));
   // The store's fast path (local: positional reads on the open file), when it has one.

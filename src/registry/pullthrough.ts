@@ -54,6 +54,8 @@ export class PullThrough {
   onCache: ((kind: CacheKind, result: CacheResult, upstream: string) => void) | null = null;
   /** Notes what was served (last access drives eviction); set by the app. */
   access: AccessRecorder | null = null;
+  /** storage.s3.redirect: a presigned URL for a stored blob (null = serve every byte here); set by the app. */
+  redirect: ((digest: Digest) => Promise<string>) | null = null;
 
   constructor(
     private readonly local: RegistryService,
@@ -94,6 +96,9 @@ export class PullThrough {
       throw this.onPushPath(repo, ns, e, () => new RegistryError('BLOB_UNKNOWN', 'not held here, and the upstream could not be asked', { detail: { digest } }));
     });
     if (answer.open) this.access?.blob(digest);
+    // Only committed content the store holds: a fill in progress (not in the store yet) and
+    // HEAD (size and digest, no bytes) are answered here; so is an empty blob (no bytes to move).
+    if (this.redirect && !head && answer.body && !answer.fill && answer.size > 0) return { ...answer, redirect: await this.redirect(digest) };
     return answer;
   }
 

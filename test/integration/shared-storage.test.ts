@@ -34,7 +34,7 @@ let n = 0;
 const WAIT_MS = 30_000;
 
 /** A fresh database and bucket; `count` servers on them (same config otherwise); `db` is the database URL. */
-async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
+async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}, s3extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
   const pgc = await (pgCluster ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
   const g = await (gw ??= startRadosgw().then((r) => (cleanups.push(() => r.stop()), r)));
   const url = await pgc.createDatabase();
@@ -47,7 +47,7 @@ async function replicas(t: ExecutionContext, count: number, extra: Record<string
       driver: 'shared',
       path: path.join(dir, 'storage'),
       postgres: { url, poolSize: 4 },
-      s3: { endpoint: g.endpoint, region: g.region, bucket, prefix: 'mirror', accessKeyId: g.accessKeyId, secretAccessKey: g.secretAccessKey, partSize: '5MiB' },
+      s3: { endpoint: g.endpoint, region: g.region, bucket, prefix: 'mirror', accessKeyId: g.accessKeyId, secretAccessKey: g.secretAccessKey, partSize: '5MiB', ...s3extra },
     };
     // One after the other: the first creates the schema and the bucket (both are also safe at once).
     out.push(await serve(t, { ...extra, storage }));
@@ -153,6 +153,34 @@ if (missing && !CI) {
     t.is(put.status, 201, put.body.toString());
     for (const s of [a, b]) t.true((await getBytes(t, `${s.url}/v2/team/up/blobs/${d}`)).equals(blob), `served by ${s.url}`);
     t.is((await http('GET', `${a.url}${loc}`)).status, 404, 'the finished session is gone on A too');
+  });
+
+  test('storage.s3.redirect: a blob GET (whole or ranged) answers 307 to a presigned URL that serves the exact bytes; HEAD stays 200', async (t) => {
+    const [a] = (await replicas(t, 1, {}, { redirect: true, redirectExpires: '2m' })) as unknown as [TestServer];
+    const img = sampleImage('shared-redirect');
+    t.is((await pushImage(a.url, 'team/redir', img, 'v1')).status, 201);
+    for (const blob of [img.config, ...img.layers]) {
+      const url = `${a.url}/v2/team/redir/blobs/${blob.digest}`;
+      const r = await http('GET', url);
+      t.is(r.status, 307, r.body.toString().slice(0, 200));
+      t.is(r.header('docker-content-digest'), blob.digest);
+      const loc = r.header('location')!;
+      t.regex(loc, /X-Amz-Signature=/, 'a presigned URL of the store');
+      t.false(loc.startsWith(a.url), 'elsewhere than the mirror');
+      // A plain client following the Location gets the content from the store itself.
+      const direct = await http('GET', loc);
+      t.is(direct.status, 200);
+      t.is(sha256(direct.body), blob.digest);
+      const head = await http('HEAD', url);
+      t.is(head.status, 200, 'HEAD is answered here');
+      t.is(head.header('content-length'), String(blob.bytes.length));
+      t.is(head.header('docker-content-digest'), blob.digest);
+      const ranged = await http('GET', url, { headers: { range: 'bytes=1-4' } });
+      t.is(ranged.status, 307);
+      const part = await http('GET', ranged.header('location')!, { headers: { range: 'bytes=1-4' } });
+      t.is(part.status, 206, 'the store honours the Range the client sends again');
+      t.true(part.body.equals(blob.bytes.subarray(1, 5)));
+    }
   });
 
   test('gc and fsck run on shared storage (replicas stopped): fsck checks the objects, gc removes unreferenced rows and objects', async (t) => {

@@ -29,6 +29,8 @@ test('storage as a mapping: driver, path, postgres and s3 sections with defaults
     accessKeyId: AK
     secretAccessKey: "\${REGMIRROR_TEST_S3SECRET}"
     partSize: 32MiB
+    redirect: true
+    redirectExpires: 2m
 `,
     'test.yml',
   );
@@ -56,6 +58,8 @@ test('storage as a mapping: driver, path, postgres and s3 sections with defaults
       accessKeyId: 'AK',
       secretAccessKey: 'abc/def',
       partSize: 32 * 1024 * 1024,
+      redirect: true,
+      redirectExpiresSeconds: 120,
     },
   });
   t.true(Object.isFrozen(c.store.postgres));
@@ -66,6 +70,8 @@ test('storage.driver postgres from fields; local is the default driver of a mapp
   t.is(c.storage, './storage');
   t.like(c.store.postgres, { url: null, host: 'db', port: 5432, database: 'rm', user: 'rm', password: null, poolSize: 10, ssl: { ca: null, insecureSkipVerify: false } });
   t.is(c.store.s3, null);
+  // Redirects are opt-in: by default every blob byte goes through the mirror.
+  t.like(configFromObject({ storage: { driver: 'shared', postgres: { host: 'db' }, s3: { bucket: 'abc' } } }).store.s3, { redirect: false, redirectExpiresSeconds: 300 });
   t.deepEqual(configFromObject({ storage: { path: '/x' } }).store, { driver: 'local', postgres: null, s3: null });
 });
 
@@ -92,6 +98,9 @@ const bad: Array<[string, RegExp]> = [
   ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, accessKeyId: AK } }', /accessKeyId and secretAccessKey go together/],
   ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, partSize: 1MiB } }', /storage.s3.partSize: must be between 5MiB and 5GiB/],
   ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, pathStyle: true } }', /storage.s3.pathStyle: unknown key/],
+  ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, redirect: yes } }', /storage.s3.redirect: must be true or false/],
+  ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, redirectExpires: 8d } }', /storage.s3.redirectExpires: must be between 1s and 7d/],
+  ['storage: { driver: shared, postgres: { host: db }, s3: { bucket: abc, redirectExpires: 0s } }', /storage.s3.redirectExpires: must be between 1s and 7d/],
   ['storage: { dir: /x }', /storage.dir: unknown key/],
 ];
 for (const [yaml, re] of bad) {

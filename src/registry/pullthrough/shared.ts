@@ -27,6 +27,8 @@ export interface BlobAnswer {
   body?: () => Promise<BlobBody | null>;
   /** The fill in progress, when the blob is being fetched from the upstream. */
   fill?: BlobFill;
+  /** A presigned URL of the stored blob: the GET answers 307 there (storage.s3.redirect). */
+  redirect?: string;
 }
 
 export type CacheKind = 'manifest' | 'blob' | 'referrers';
