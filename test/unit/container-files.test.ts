@@ -8,13 +8,24 @@ import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import YAML from 'yaml';
+import { parseConfigYaml } from '../../src/config/load.js';
 import { REPO_ROOT } from '../helpers/cli.js';
 
 const read = (f: string) => fs.readFile(path.join(REPO_ROOT, f), 'utf8');
 
 interface Compose {
-  services: Record<string, { environment?: Record<string, string>; volumes?: string[]; ports?: string[]; secrets?: string[] }>;
+  services: Record<
+    string,
+    { environment?: Record<string, string>; volumes?: string[]; ports?: string[]; secrets?: string[]; command?: string[]; configs?: Array<{ source: string }> }
+  >;
   secrets?: Record<string, { file?: string }>;
+  configs?: Record<string, { content?: string }>;
+}
+
+/** The `${VAR}` names a config file's settings (not its comments) read. */
+function configVars(configText: string): Set<string> {
+  const settings = configText.split('\n').filter((l) => !l.trim().startsWith('#')).join('\n');
+  return new Set([...settings.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!));
 }
 
 test('docker-compose.yml passes what config/docker.yml reads, mounts its storage and serves its port', async (t) => {
@@ -22,8 +33,7 @@ test('docker-compose.yml passes what config/docker.yml reads, mounts its storage
   const compose = YAML.parse(composeText) as Compose;
   const svc = compose.services.regmirror!;
   const config = YAML.parse(configText) as { listen: string; storage: string; auth: { htpasswd: string } };
-  const settings = configText.split('\n').filter((l) => !l.trim().startsWith('#')).join('\n');
-  const vars = new Set([...settings.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!));
+  const vars = configVars(configText);
   t.true(vars.has('DOCKERHUB_TOKEN') && vars.has('REGMIRROR_HTPASSWD'));
   // REGMIRROR_LISTEN keeps its default inside the container (the port mapping is compose's job).
   for (const v of [...vars].filter((v) => v !== 'REGMIRROR_LISTEN')) t.true(v in (svc.environment ?? {}), `compose passes ${v}`);
@@ -38,4 +48,40 @@ test('docker-compose.yml passes what config/docker.yml reads, mounts its storage
   t.deepEqual(svc.ports, [`${port}:${port}`]);
   t.true(dockerfile.includes(`EXPOSE ${port}`));
   t.true(dockerfile.includes('CMD ["serve", "--config", "/app/config/docker.yml"]'));
+});
+
+test('docker-compose.ha.yml: two replicas on config/docker-ha.yml (shared driver), one token key, PostgreSQL, S3 and a balancer over both', async (t) => {
+  const [composeText, configText] = await Promise.all([read('docker-compose.ha.yml'), read('config/docker-ha.yml')]);
+  const compose = YAML.parse(composeText, { merge: true }) as Compose;
+  const replicas = Object.keys(compose.services).filter((n) => n.startsWith('regmirror-'));
+  t.deepEqual(replicas, ['regmirror-1', 'regmirror-2']);
+  const vars = configVars(configText);
+  const env: Record<string, string> = {};
+  for (const name of replicas) {
+    const svc = compose.services[name]!;
+    t.deepEqual(svc.command, ['serve', '--config', '/app/config/docker-ha.yml']);
+    t.true((svc.volumes ?? []).includes('./config/docker-ha.yml:/app/config/docker-ha.yml:ro'), `${name} mounts the config`);
+    for (const v of vars) t.true(v in (svc.environment ?? {}), `${name} gets ${v}`);
+    t.true(svc.secrets?.includes('token-key.pem'), `${name} has the shared token key`);
+    Object.assign(env, svc.environment);
+  }
+  t.truthy(compose.secrets?.['token-key.pem']?.file);
+  // The config as a replica reads it: shared driver on the compose services, the secret's key.
+  for (const v of vars) process.env[v] = env[v]?.startsWith('/') ? env[v] : 'x';
+  delete process.env.REGMIRROR_HTPASSWD;
+  const cfg = parseConfigYaml(configText, 'docker-ha.yml');
+  t.is(cfg.store.driver, 'shared');
+  t.regex(cfg.store.postgres?.url ?? '', /@postgres:5432\//);
+  t.regex(cfg.store.s3?.endpoint ?? '', /^http:\/\/minio:\d+$/);
+  t.false(cfg.store.s3?.redirect, 'clients outside compose cannot reach http://minio');
+  t.is(cfg.auth?.token?.key, '/run/secrets/token-key.pem');
+  t.truthy(compose.services.postgres && compose.services.minio);
+  t.is(compose.services.postgres!.environment?.POSTGRES_PASSWORD, env.REGMIRROR_PG_PASSWORD);
+  t.is(compose.services.minio!.environment?.MINIO_ROOT_USER, env.REGMIRROR_S3_ACCESS_KEY);
+  t.is(compose.services.minio!.environment?.MINIO_ROOT_PASSWORD, env.REGMIRROR_S3_SECRET_KEY);
+  const lb = compose.services.lb!;
+  t.deepEqual(lb.ports, ['5000:5000']);
+  const nginx = compose.configs?.[lb.configs?.[0]?.source ?? '']?.content ?? '';
+  for (const name of replicas) t.true(nginx.includes(`server ${name}:5000`), `the balancer sends to ${name}`);
+  t.true(nginx.includes('client_max_body_size 0') && nginx.includes('proxy_request_buffering off'), 'pushes stream through');
 });
