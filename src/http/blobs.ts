@@ -18,9 +18,9 @@ import { SMALL_BLOB_MAX_BYTES } from './smallblobs.js';
  * clean 404 for local-only content). Once open, a delete does not disturb the transfer
  * (BlobStore.delete).
  */
-async function lookupAndOpen({ pull, smallBlobs }: Deps, repo: RepoName, ns: string | undefined, digest: Digest, head: boolean) {
+async function lookupAndOpen({ pull, smallBlobs }: Deps, repo: RepoName, ns: string | undefined, digest: Digest, head: boolean, multiRange: boolean) {
   for (let attempt = 0; ; attempt++) {
-    const blob = await pull.getBlob(repo, ns, digest, head);
+    const blob = await pull.getBlob(repo, ns, digest, head, { multiRange });
     if (blob.redirect) return { blob, body: null, bytes: undefined };
     if (head || !blob.body || blob.size === 0) return { blob, body: null, bytes: undefined };
     // Found in storage just now (the lookup above): small content may come from memory.
@@ -50,7 +50,8 @@ export async function getBlob(deps: Deps, repo: RepoName, rawDigest: string, req
   const digest = parseDigest(rawDigest);
   const head = req.method === 'HEAD';
   const ns = queryParam(queryOf(req), 'ns');
-  const { blob, body, bytes } = await lookupAndOpen(deps, repo, ns, digest, head);
+  const multiRange = (req.headers.range ?? '').includes(',');
+  const { blob, body, bytes } = await lookupAndOpen(deps, repo, ns, digest, head, multiRange);
   // storage.s3.redirect: the client fetches the bytes (and any Range) from the store itself.
   if (blob.redirect) return reply.code(307).header('location', blob.redirect).header('docker-content-digest', digest).send();
   // 'close' follows every response (finished, failed or aborted); close the body then.

@@ -91,14 +91,15 @@ export class PullThrough {
   }
 
   /** Serve a blob (GET or HEAD), noting the access for eviction unless only the upstream answered. */
-  async getBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean): Promise<BlobAnswer> {
+  async getBlob(repo: RepoName, ns: string | undefined, digest: Digest, head: boolean, opts: { multiRange?: boolean } = {}): Promise<BlobAnswer> {
     const answer = await this.blobs.find(repo, this.resolve(repo, ns), digest, head).catch((e: unknown) => {
       throw this.onPushPath(repo, ns, e, () => new RegistryError('BLOB_UNKNOWN', 'not held here, and the upstream could not be asked', { detail: { digest } }));
     });
     if (answer.open) this.access?.blob(digest);
     // Only committed content the store holds: a fill in progress (not in the store yet) and
-    // HEAD (size and digest, no bytes) are answered here; so is an empty blob (no bytes to move).
-    if (this.redirect && !head && answer.body && !answer.fill && answer.size > 0) return { ...answer, redirect: await this.redirect(digest) };
+    // HEAD (size and digest, no bytes) are answered here; so is an empty blob (no bytes to move)
+    // and a multi-range GET (an object store answers one range per request, not multipart/byteranges).
+    if (this.redirect && !head && !opts.multiRange && answer.body && !answer.fill && answer.size > 0) return { ...answer, redirect: await this.redirect(digest) };
     return answer;
   }
 
