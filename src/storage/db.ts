@@ -12,6 +12,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
 import type { Digest, RepoName } from '../registry/names.js';
 import type { EvictionCandidate, Evicted, ManifestMeta, ManifestRecord, NewManifest, Provenance, TagRecord } from './ports.js';
+import { type ManifestRow, manifestFromRow } from './rows.js';
 
 // The record shapes belong to the storage port; re-exported for storage-internal callers.
 export type { Evicted, ManifestMeta, ManifestRecord, NewManifest, Provenance, TagRecord } from './ports.js';
@@ -204,7 +205,7 @@ export class MetadataDb {
          ON CONFLICT(repo_id, digest) DO UPDATE SET provenance = 'pushed' WHERE excluded.provenance = 'pushed'`,
       ),
       unlinkBlob: db.prepare<[number, string]>('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
-      manifest: db.prepare<[number, string], { digest: string; media_type: string; size: number; body: Buffer; artifact_type: string | null; subject: string | null; annotations: string | null }>(
+      manifest: db.prepare<[number, string], ManifestRow>(
         `SELECT mc.digest, mc.media_type, mc.size, mc.body, mc.artifact_type, mc.subject, mc.annotations
          FROM manifests m JOIN manifest_content mc ON mc.digest = m.digest WHERE m.repo_id = ? AND m.digest = ?`,
       ),
@@ -421,16 +422,7 @@ export class MetadataDb {
     const id = this.repoId(repo);
     if (id === undefined) return undefined;
     const row = this.s.manifest.get(id, digest);
-    if (!row) return undefined;
-    return {
-      digest: row.digest as Digest,
-      mediaType: row.media_type,
-      size: row.size,
-      body: row.body,
-      artifactType: row.artifact_type,
-      subject: row.subject as Digest | null,
-      annotations: row.annotations,
-    };
+    return row ? manifestFromRow(row) : undefined;
   }
 
   hasManifest(repo: RepoName, digest: Digest): boolean {

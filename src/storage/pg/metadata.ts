@@ -26,6 +26,7 @@ import type {
 import * as ev from './eviction.js';
 import { type Exec, type TxState, clientExec, poolExec } from './exec.js';
 import { migrate } from './migrations.js';
+import { type ManifestRow, manifestFromRow } from '../rows.js';
 import type { PgPoolHandle } from './pool.js';
 
 const REPO = 'JOIN repositories r ON r.id = x.repo_id WHERE r.name = $1';
@@ -149,22 +150,8 @@ class PgOps implements MetadataOps {
   }
 
   async manifest(repo: RepoName, digest: Digest): Promise<ManifestRecord | undefined> {
-    const row = (
-      await this.ex.rows<{ digest: string; media_type: string; size: number; body: Buffer; artifact_type: string | null; subject: string | null; annotations: string | null }>(
-        Q.manifest,
-        [repo, digest],
-      )
-    )[0];
-    if (!row) return undefined;
-    return {
-      digest: row.digest as Digest,
-      mediaType: row.media_type,
-      size: row.size,
-      body: row.body,
-      artifactType: row.artifact_type,
-      subject: row.subject as Digest | null,
-      annotations: row.annotations,
-    };
+    const row = (await this.ex.rows<ManifestRow>(Q.manifest, [repo, digest]))[0];
+    return row ? manifestFromRow(row) : undefined;
   }
 
   async hasManifest(repo: RepoName, digest: Digest): Promise<boolean> {
