@@ -6,65 +6,23 @@
  * other. Each test gets its own database and bucket. Never skipped under CI=true.
  */
 import httpNode from 'node:http';
-import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import pg from 'pg';
 import { configFromObject } from '../../src/config/load.js';
 import { fsck } from '../../src/ops/fsck.js';
 import { collectGarbage } from '../../src/ops/gc.js';
 import { http, sha256 } from '../helpers/http.js';
-import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from '../helpers/postgres.js';
-import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
+import { blobRows, replicas, sharedMissing as missing, stopSharedServers } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
-import { tempDir } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { randomBytes } from '../fixtures/images.js';
 import { startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 import { noServerErrors, OCI_MANIFEST, pushImage, sampleImage, serve } from './_support.js';
 
-const missing = radosgwMissing() ?? (HAVE_POSTGRES || CI ? null : 'PostgreSQL is not installed');
 const OCTET = { 'content-type': 'application/octet-stream' };
-
-const cleanups: Array<() => unknown> = [];
-let pgCluster: Promise<PostgresCluster> | undefined;
-let gw: Promise<Radosgw> | undefined;
-let n = 0;
 
 /** Generous ceiling for background commits on a loaded machine (polled, not slept). */
 const WAIT_MS = 30_000;
-
-/** A fresh database and bucket; `count` servers on them (same config otherwise); `db` is the database URL. */
-async function replicas(t: ExecutionContext, count: number, extra: Record<string, unknown> = {}, s3extra: Record<string, unknown> = {}): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
-  const pgc = await (pgCluster ??= startPostgres({ teardown: (fn) => cleanups.push(fn) }));
-  const g = await (gw ??= startRadosgw().then((r) => (cleanups.push(() => r.stop()), r)));
-  const url = await pgc.createDatabase();
-  const bucket = `shared-${process.pid}-${++n}`;
-  const out: TestServer[] = [];
-  let storage: Record<string, unknown> = {};
-  for (let i = 0; i < count; i++) {
-    const dir = await tempDir(t, 'regmirror-replica-');
-    storage = {
-      driver: 'shared',
-      path: path.join(dir, 'storage'),
-      postgres: { url, poolSize: 4 },
-      s3: { endpoint: g.endpoint, region: g.region, bucket, prefix: 'mirror', accessKeyId: g.accessKeyId, secretAccessKey: g.secretAccessKey, partSize: '5MiB', ...s3extra },
-    };
-    // One after the other: the first creates the schema and the bucket (both are also safe at once).
-    out.push(await serve(t, { ...extra, storage }));
-  }
-  return Object.assign(out, { db: url, storage });
-}
-
-/** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
-async function blobRows(db: string, digests: string[]): Promise<number> {
-  const c = new pg.Client({ connectionString: db });
-  await c.connect();
-  try {
-    return (await c.query<{ n: string }>('SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).rows.map((r) => Number(r.n))[0] ?? 0;
-  } finally {
-    await c.end();
-  }
-}
 
 async function getBytes(t: ExecutionContext, url: string, accept?: string): Promise<Buffer> {
   const r = await http('GET', url, accept ? { headers: { accept } } : {});
@@ -76,9 +34,7 @@ if (missing && !CI) {
   test.skip(`shared storage: ${missing}`, () => undefined);
 } else {
   test.afterEach(noServerErrors);
-  test.after.always(async () => {
-    for (const fn of cleanups.reverse()) await fn();
-  });
+  test.after.always(stopSharedServers);
 
   test('a push to replica A is served by replica B by tag and by digest, same bytes; B sees A\'s tag list', async (t) => {
     const [a, b] = (await replicas(t, 2)) as unknown as [TestServer, TestServer];
