@@ -141,6 +141,15 @@ const MIGRATIONS: string[] = [
   DROP INDEX repo_blobs_digest;
   CREATE INDEX manifests_pushed ON manifests(digest) WHERE provenance = 'pushed';
   `,
+  // v6: upstream tag lists and referrers lists shared by replicas (issue #13); the same
+  // table as PostgreSQL's v3 so the metadata port is one contract.
+  `
+  CREATE TABLE upstream_lists (
+    key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL
+  );
+  `,
 ];
 
 /**
@@ -292,6 +301,11 @@ export class MetadataDb {
          ORDER BY ut.checked_at DESC LIMIT 100`,
       ),
       listUpstreamTags: db.prepare<[number], { name: string }>('SELECT DISTINCT name FROM upstream_tags WHERE repo_id = ?'),
+      upstreamList: db.prepare<[string], { body: string; fetched_at: number }>('SELECT body, fetched_at FROM upstream_lists WHERE key = ?'),
+      putUpstreamList: db.prepare<[string, string, number]>(
+        `INSERT INTO upstream_lists(key, body, fetched_at) VALUES (?, ?, ?)
+         ON CONFLICT(key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at WHERE excluded.fetched_at >= upstream_lists.fetched_at`,
+      ),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
       ),
@@ -566,6 +580,15 @@ export class MetadataDb {
   upstreamTagNames(repo: RepoName): string[] {
     const id = this.repoId(repo);
     return id === undefined ? [] : this.s.listUpstreamTags.all(id).map((r) => r.name);
+  }
+
+  upstreamList(key: string): { body: string; fetchedAt: number } | undefined {
+    const row = this.s.upstreamList.get(key);
+    return row && { body: row.body, fetchedAt: row.fetched_at };
+  }
+
+  putUpstreamList(key: string, body: string, fetchedAt: number): void {
+    this.s.putUpstreamList.run(key, body, fetchedAt);
   }
 
   /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */

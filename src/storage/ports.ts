@@ -363,6 +363,14 @@ export interface MetadataOps {
   /** The upstream deleted the tag: forget every Accept variant of it. */
   deleteUpstreamTag(repo: RepoName, tag: string): Promise<void>;
   upstreamTagNames(repo: RepoName): Promise<string[]>;
+  /**
+   * An upstream list cached for every replica (tag lists, referrers lists; `key` names the
+   * list, `body` is its JSON as the caller wrote it), or undefined. The shared driver's
+   * replicas read each other's here; one process keeps its lists in memory instead.
+   */
+  upstreamList(key: string): Promise<{ body: string; fetchedAt: number } | undefined>;
+  /** Store the list `key`, unless the stored one was fetched later than `fetchedAt` (kept). */
+  putUpstreamList(key: string, body: string, fetchedAt: number): Promise<void>;
 
   // -- access times (batched by the caller: one logical change per batch; times only move forward)
   touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): Promise<void>;

@@ -31,6 +31,9 @@ const PASS_THROUGH = new Set([
   'referrers',
   'upstreamTagVariants',
   'upstreamTagNames',
+  // Upstream tag and referrers lists: no cached read returns them (their writer keeps its own copy).
+  'upstreamList',
+  'putUpstreamList',
   // Only last-access times: read by eviction, never by a cached read. Runs every few seconds.
   'touchAccess',
   'cachedBytes',

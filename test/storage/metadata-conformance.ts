@@ -181,6 +181,22 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.true(await meta.hasManifest(A, index.digest), 'the manifest itself stays');
   });
 
+  test(title('upstream lists: one per key for every reader; a later fetch replaces it, an earlier one finishing late never does'), async (t) => {
+    const meta = await factory(t);
+    const key = 'tags|hub|library/x';
+    t.is(await meta.upstreamList(key), undefined);
+    await meta.putUpstreamList(key, '["a","b"]', 1_000);
+    t.deepEqual(await meta.upstreamList(key), { body: '["a","b"]', fetchedAt: 1_000 });
+    await meta.putUpstreamList(key, '["a"]', 500);
+    t.deepEqual(await meta.upstreamList(key), { body: '["a","b"]', fetchedAt: 1_000 }, 'an older fetch stored late is ignored');
+    const big = JSON.stringify(Array.from({ length: 20_000 }, (_, i) => `tag-${i}-é`));
+    await meta.putUpstreamList(key, big, 2_000);
+    t.deepEqual(await meta.upstreamList(key), { body: big, fetchedAt: 2_000 }, 'a newer one replaces it, exact text');
+    t.is(await meta.upstreamList('tags|hub|library/y'), undefined, 'per key');
+    await meta.transaction(async (tx) => tx.putUpstreamList('referrers|hub|library/x|sha256:00', '[]', 3_000), { dryRun: true });
+    t.is(await meta.upstreamList('referrers|hub|library/x|sha256:00'), undefined, 'part of a transaction like every write');
+  });
+
   test(title('access times move forward only and order the eviction candidates'), async (t) => {
     const meta = await factory(t);
     const old = await cacheImage(meta, A, 'old', ['o1'], null);

@@ -139,7 +139,7 @@ pgTest('migrations: 3 replicas starting at once migrate once; a restart applies 
   await t.throwsAsync(migrate(pools[1]!, broken), { message: /nonsense_function/ });
   t.deepEqual(await versions(), [...all, 90], 'the failed migration left no version row');
   t.is((await pools[1]!.query("SELECT 1 FROM pg_tables WHERE tablename = 't91'")).rowCount, 0, 'nor any of its tables');
-  await t.throwsAsync(migrate(pools[2]!), { message: /schema version 90; this regmirror knows up to 2: upgrade regmirror/ });
+  await t.throwsAsync(migrate(pools[2]!), { message: /schema version 90; this regmirror knows up to 3: upgrade regmirror/ });
 });
 
 pgTest('leases across two pools: one holder at a time, renewal only by the holder, takeover after expiry with a bigger token, release', async (t) => {

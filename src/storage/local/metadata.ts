@@ -176,6 +176,16 @@ class LocalOps implements MetadataOps {
     return this.db.upstreamTagNames(repo);
   }
 
+  async upstreamList(key: string): Promise<{ body: string; fetchedAt: number } | undefined> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    return this.db.upstreamList(key);
+  }
+
+  async putUpstreamList(key: string, body: string, fetchedAt: number): Promise<void> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    this.db.putUpstreamList(key, body, fetchedAt);
+  }
+
   async touchAccess(
     blobs: ReadonlyMap<Digest, number>,
     manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>,

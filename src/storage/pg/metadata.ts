@@ -49,6 +49,7 @@ const Q = {
     name: 'rm_upstream_tag',
     text: `SELECT x.digest, x.checked_at FROM upstream_tags x ${REPO} AND x.name = $2 AND x.accept_key = $3`,
   },
+  upstreamList: { name: 'rm_upstream_list', text: 'SELECT body, fetched_at FROM upstream_lists WHERE key = $1' },
   referencedInRepo: {
     name: 'rm_referenced_in_repo',
     text: `SELECT 1 FROM manifest_refs mr JOIN manifests x ON x.digest = mr.digest ${REPO} AND mr.child = $2 LIMIT 1`,
@@ -267,6 +268,20 @@ class PgOps implements MetadataOps {
 
   async upstreamTagNames(repo: RepoName): Promise<string[]> {
     return (await this.ex.rows<{ name: string }>(`SELECT DISTINCT x.name FROM upstream_tags x ${REPO} ORDER BY x.name`, [repo])).map((r) => r.name);
+  }
+
+  async upstreamList(key: string): Promise<{ body: string; fetchedAt: number } | undefined> {
+    const row = (await this.ex.rows<{ body: string; fetched_at: number }>(Q.upstreamList, [key]))[0];
+    return row && { body: row.body, fetchedAt: row.fetched_at };
+  }
+
+  async putUpstreamList(key: string, body: string, fetchedAt: number): Promise<void> {
+    // One statement: a replica that fetched earlier never overwrites a later list.
+    await this.ex.count(
+      `INSERT INTO upstream_lists AS l (key, body, fetched_at) VALUES ($1, $2, $3)
+       ON CONFLICT (key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at WHERE excluded.fetched_at >= l.fetched_at`,
+      [key, body, fetchedAt],
+    );
   }
 
   async touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): Promise<void> {

@@ -111,6 +111,19 @@ export const MIGRATIONS: readonly Migration[] = [
     CREATE SEQUENCE lease_tokens;
     `,
   },
+  {
+    version: 3,
+    name: 'upstream tag lists and referrers lists shared by replicas',
+    // One row per list (SQLite v6 has the same table): a replica that fetched a list
+    // upstream leaves it here, and the others serve it until the tags TTL ends.
+    sql: `
+    CREATE TABLE upstream_lists (
+      key text COLLATE "C" PRIMARY KEY,
+      body text NOT NULL,
+      fetched_at bigint NOT NULL
+    );
+    `,
+  },
 ];
 
 /**
