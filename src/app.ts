@@ -29,6 +29,7 @@ import { FillManager } from './cache/fill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
+import { ClusterFlights } from './registry/pullthrough/cluster.js';
 import { UpstreamClient } from './upstream/client.js';
 import { Router } from './upstream/routing.js';
 
@@ -88,7 +89,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const clients = new Map<string, UpstreamClient>();
   for (const u of config.upstreams.values()) clients.set(u.name, new UpstreamClient(u, logger.child({ upstream: u.name })));
   const fills = new FillManager(blobs, logger.child({ component: 'fill' }), maxBlob);
-  const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
+  const pullLog = logger.child({ component: 'pullthrough' });
+  // Replicas on one store: one upstream lookup per manifest, tag check and list across them
+  // (polling the store itself, past the read cache). One process needs only its own flights.
+  const shared = config.store.driver === 'shared' ? { flights: new ClusterFlights(storage.coordination, pullLog), meta: storage.metadata } : null;
+  const pull = new PullThrough(service, new Router(config), clients, fills, pullLog, shared);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
   const s3 = config.store.s3;

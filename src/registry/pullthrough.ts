@@ -22,6 +22,7 @@ import { TagListCache, TagListStatusError } from './taglists.js';
 import { BlobLookups } from './pullthrough/blobs.js';
 import { ManifestLookups } from './pullthrough/manifests.js';
 import { PushCompletion } from './pullthrough/push.js';
+import type { SharedLookups } from './pullthrough/cluster.js';
 import {
   type BlobAnswer,
   type CacheKind,
@@ -63,6 +64,8 @@ export class PullThrough {
     clients: ReadonlyMap<string, UpstreamClient>,
     fills: FillManager,
     log: Logger,
+    /** Replicas on one shared store: upstream lookups made once across them (null: one process). */
+    shared: SharedLookups | null = null,
   ) {
     const upstreams = new Upstreams(clients, log);
     // onCache is set after construction (by the app), so the areas read it per call.
@@ -70,11 +73,11 @@ export class PullThrough {
       this.onCache?.(kind, result, upstreamLabel(r));
       return value;
     };
-    this.manifests = new ManifestLookups(local, upstreams, count, log);
+    this.manifests = new ManifestLookups(local, upstreams, count, log, shared);
     this.blobs = new BlobLookups(local, upstreams, fills, count);
     this.push = new PushCompletion(local, upstreams, this.manifests, this.blobs);
-    this.tagLists = new TagListCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: 'application/json', timeoutMs }));
-    this.referrerLists = new ReferrersCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log);
+    this.tagLists = new TagListCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: 'application/json', timeoutMs }), log, shared);
+    this.referrerLists = new ReferrersCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log, shared);
   }
 
   resolve(repo: RepoName, ns: string | undefined): Resolution {

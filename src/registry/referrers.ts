@@ -8,7 +8,8 @@
  * in memory only: a referrers list changes whenever someone attaches a signature, so it is
  * cached like a tag (`upstreams[].tags.ttl`), served stale when the upstream fails, and
  * lost on restart (the referenced manifests themselves are cached on disk as usual when
- * clients pull them by digest).
+ * clients pull them by digest). Replicas on one shared store fetch a list once per TTL
+ * between them and keep it in the store (pullthrough/cluster.ts).
  */
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
@@ -18,6 +19,7 @@ import { type UpstreamResponse, readBody } from '../upstream/client.js';
 import { nextLink, nextPagePath } from '../upstream/pagination.js';
 import type { ManifestMeta } from '../storage/ports.js';
 import { MT } from './mediatypes.js';
+import { type SharedLookups, sharedList, storedList } from './pullthrough/cluster.js';
 import { type Digest, isDigest } from './names.js';
 
 export interface ReferrerDescriptor {
@@ -35,6 +37,8 @@ const MAX_ENTRIES = 10_000;
 /** In-memory cache: at most this many lists, and roughly this many bytes of descriptors. */
 const CACHE_MAX_LISTS = 10_000;
 const CACHE_MAX_BYTES = 64 * 1024 * 1024;
+/** How long a replica waits for another one's cold list fetch before fetching itself. */
+const COLD_WAIT_MS = 30_000;
 
 type Route = { upstream: UpstreamConfig; remoteName: string };
 export type FetchPage = (up: Route, path: string, timeoutMs: number | undefined) => Promise<UpstreamResponse>;
@@ -126,16 +130,24 @@ export class ReferrersCache {
   constructor(
     private readonly fetchPage: FetchPage,
     private readonly log: Logger,
+    private readonly shared: SharedLookups | null = null,
   ) {}
 
   async lookup(up: Route, subject: Digest): Promise<UpstreamReferrers> {
     const key = `${up.upstream.name}|${up.remoteName}|${subject}`;
+    const ttlMs = up.upstream.tags.ttlMs;
     const cached = this.lists.get(key);
-    if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { manifests: cached.manifests, result: 'hit' };
+    if (cached && Date.now() - cached.fetchedAt < ttlMs) return { manifests: cached.manifests, result: 'hit' };
     // With a stale copy to fall back on, a hung upstream must not hold the client long.
     const timeoutMs = cached ? up.upstream.tags.revalidateTimeoutMs : undefined;
+    const fetch = () => this.fetchAll(up, subject, timeoutMs);
+    const shared = this.shared;
     const { promise: flight, joined } = this.flights.run(key, async () => {
-      const entry = { manifests: await this.fetchAll(up, subject, timeoutMs), fetchedAt: Date.now() };
+      let entry: Entry;
+      if (shared) {
+        const e = await sharedList(shared, this.log, `referrers|${key}`, ttlMs, timeoutMs ?? COLD_WAIT_MS, fetch);
+        entry = { manifests: e.value, fetchedAt: e.fetchedAt };
+      } else entry = { manifests: await fetch(), fetchedAt: Date.now() };
       this.lists.set(key, entry);
       return entry;
     });
@@ -143,9 +155,10 @@ export class ReferrersCache {
       return { manifests: (await flight).manifests, result: joined ? 'joined' : 'miss' };
     } catch (e) {
       const ctx = { upstream: up.upstream.name, repo: up.remoteName, subject, err: (e as Error).message };
-      if (cached) {
+      const older = cached?.manifests ?? (shared ? (await storedList<ReferrerDescriptor[]>(shared, `referrers|${key}`))?.value : undefined);
+      if (older) {
         this.log.warn(ctx, 'serving stale referrers: upstream unavailable');
-        return { manifests: cached.manifests, result: 'stale' };
+        return { manifests: older, result: 'stale' };
       }
       this.log.warn(ctx, 'upstream referrers unavailable: serving local referrers only');
       return { manifests: [], result: 'local' };

@@ -3,19 +3,24 @@
  * whole (following `Link: rel="next"` on the same upstream and path, bounded), cached in
  * memory for the upstream's tags TTL and single-flighted, so a client paging with `n` and
  * `last` costs one upstream fetch, and the last list is served (stale, with a Warning)
- * when the upstream is down (anchors.md: "tag lists not served offline").
+ * when the upstream is down (anchors.md: "tag lists not served offline"). Replicas on one
+ * shared store fetch a list once per TTL between them (pullthrough/cluster.ts).
  */
 import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
 import { SingleFlight } from '../singleflight.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type UpstreamResponse, readBody } from '../upstream/client.js';
 import { nextLink, nextPagePath } from '../upstream/pagination.js';
+import { type SharedLookups, sharedList, storedList } from './pullthrough/cluster.js';
 
 const MAX_PAGES = 50;
 const MAX_PAGE_BYTES = 16 * 1024 * 1024;
 const CACHE_MAX_LISTS = 10_000;
 /** Roughly this many bytes of tag names in the cache. */
 const CACHE_MAX_BYTES = 64 * 1024 * 1024;
+/** How long a replica waits for another one's cold list fetch before fetching itself. */
+const COLD_WAIT_MS = 30_000;
 
 type Route = { upstream: UpstreamConfig; remoteName: string };
 type FetchPage = (up: Route, path: string, timeoutMs: number | undefined) => Promise<UpstreamResponse>;
@@ -38,9 +43,13 @@ export class TagListCache {
     maxSize: CACHE_MAX_BYTES,
     sizeCalculation: (e) => 64 + e.tags.reduce((n, t) => n + t.length + 16, 0),
   });
-  private readonly flights = new SingleFlight<string, string[]>();
+  private readonly flights = new SingleFlight<string, Entry>();
 
-  constructor(private readonly fetchPage: FetchPage) {}
+  constructor(
+    private readonly fetchPage: FetchPage,
+    private readonly log: Logger,
+    private readonly shared: SharedLookups | null = null,
+  ) {}
 
   /**
    * The upstream's sorted, de-duplicated tags. `stale` is set when the upstream failed and
@@ -48,19 +57,30 @@ export class TagListCache {
    */
   async lookup(up: Route): Promise<{ tags: string[]; stale: boolean }> {
     const key = `${up.upstream.name}|${up.remoteName}`;
+    const ttlMs = up.upstream.tags.ttlMs;
     const cached = this.lists.get(key);
-    if (cached && Date.now() - cached.fetchedAt < up.upstream.tags.ttlMs) return { tags: cached.tags, stale: false };
+    if (cached && Date.now() - cached.fetchedAt < ttlMs) return { tags: cached.tags, stale: false };
     // With an older list to fall back on, a hung upstream must not hold the client long.
-    const flight = this.flights.run(key, () => this.fetchAll(up, cached ? up.upstream.tags.revalidateTimeoutMs : undefined)).promise;
+    const timeoutMs = cached ? up.upstream.tags.revalidateTimeoutMs : undefined;
+    const fetch = () => this.fetchAll(up, timeoutMs);
+    const shared = this.shared;
+    const flight = this.flights.run(key, async () => {
+      if (!shared) return { tags: await fetch(), fetchedAt: Date.now() };
+      const e = await sharedList(shared, this.log, `tags|${key}`, ttlMs, timeoutMs ?? COLD_WAIT_MS, fetch);
+      return { tags: e.value, fetchedAt: e.fetchedAt };
+    }).promise;
     try {
-      const tags = await flight;
-      this.lists.set(key, { tags, fetchedAt: Date.now() });
-      return { tags, stale: false };
+      const entry = await flight;
+      this.lists.set(key, entry);
+      return { tags: entry.tags, stale: false };
     } catch (e) {
       // A 404 (the repository is gone upstream) is believed; anything else (no answer, 5xx,
-      // 429, auth trouble) falls back to the older list, like stale manifests.
-      if (!cached || (e instanceof TagListStatusError && e.response.status === 404)) throw e;
-      return { tags: cached.tags, stale: true };
+      // 429, auth trouble) falls back to the older list, like stale manifests; with
+      // replicas, to the one another replica stored if this one has none.
+      if (e instanceof TagListStatusError && e.response.status === 404) throw e;
+      const older = cached?.tags ?? (shared ? (await storedList<string[]>(shared, `tags|${key}`))?.value : undefined);
+      if (!older) throw e;
+      return { tags: older, stale: true };
     }
   }
 

@@ -13,6 +13,7 @@ import { type Digest, type Reference, type RepoName, isDigest } from '../names.j
 import type { RegistryService } from '../service.js';
 import { chooseStaleVariant, clientReads, defaultPlatformChild } from '../stale.js';
 import { UpstreamManifestRefused, type VerifiedManifest, verifyUpstreamManifest } from '../upstreammanifest.js';
+import type { SharedLookups } from './cluster.js';
 import {
   type Count,
   type ManifestAnswer,
@@ -29,6 +30,11 @@ import {
   upstreamError,
 } from './shared.js';
 
+/** How long a replica waits for another one's cold manifest GET before asking itself. */
+const COLD_WAIT_MS = 30_000;
+
+type TagAnswer = { record: ManifestRecord; result: 'hit' | 'miss' | 'revalidated' };
+
 export class ManifestLookups {
   private readonly flights = new SingleFlight<string, ManifestRecord>();
   private readonly revalidations = new SingleFlight<string, Digest | null>();
@@ -38,6 +44,7 @@ export class ManifestLookups {
     private readonly upstreams: Upstreams,
     private readonly count: Count,
     private readonly log: Logger,
+    private readonly shared: SharedLookups | null = null,
   ) {}
 
   async find(repo: RepoName, r: Resolution, ref: Reference, accept: readonly string[]): Promise<ManifestAnswer> {
@@ -61,15 +68,10 @@ export class ManifestLookups {
     const cached = await meta.upstreamTag(repo, ref.tag, key);
     const cachedRecord = cached && (await meta.manifest(repo, cached.digest));
     try {
-      if (!cached || !cachedRecord) {
-        return this.count('manifest', 'miss', r, { record: await this.fetch(repo, up, ref.tag, accept, { name: ref.tag, acceptKey: key }), headers });
-      }
-      const fresh = Date.now() - cached.checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(ref.tag));
-      if (fresh) return this.count('manifest', 'hit', r, { record: cachedRecord, headers });
-      const digest = await this.revalidateTag(repo, up, ref.tag, key, accept, cached.digest);
-      if (digest === cached.digest) return this.count('manifest', 'revalidated', r, { record: cachedRecord, headers });
-      const record = await this.fetch(repo, up, digest ?? ref.tag, accept, { name: ref.tag, acceptKey: key });
-      return this.count('manifest', 'miss', r, { record, headers });
+      if (cached && cachedRecord && fresh(up, ref.tag, cached.checkedAt)) return this.count('manifest', 'hit', r, { record: cachedRecord, headers });
+      const held = cached && cachedRecord ? { digest: cached.digest, record: cachedRecord } : null;
+      const { record, result } = await this.resolveTag(repo, up, ref.tag, key, accept, held);
+      return this.count('manifest', result, r, { record, headers });
     } catch (e) {
       if (!isTransient(e)) throw e;
       // Whichever client cached the tag: any variant this client reads beats a 503.
@@ -78,6 +80,38 @@ export class ManifestLookups {
       this.log.warn({ repo, tag: ref.tag, upstream: up.upstream.name, digest: stale.digest, err: (e as Error).message }, 'serving stale tag: upstream unavailable');
       return this.count('manifest', 'stale', r, { record: stale, headers: { ...headers, Warning: STALE_WARNING } });
     }
+  }
+
+  /**
+   * Ask the upstream what `tag` is now: GET it when nothing is held, else HEAD it and GET
+   * only a moved tag. With replicas, one of them asks per tag per TTL: the others take the
+   * row it writes (fresh within the TTL, so never an answer older than the TTL allows).
+   */
+  private async resolveTag(
+    repo: RepoName,
+    up: UpstreamRoute,
+    tag: string,
+    key: string,
+    accept: readonly string[],
+    held: { digest: Digest; record: ManifestRecord } | null,
+  ): Promise<TagAnswer> {
+    const resolve = async (): Promise<TagAnswer> => {
+      if (!held) return { record: await this.fetch(repo, up, tag, accept, { name: tag, acceptKey: key }), result: 'miss' };
+      const digest = await this.revalidateTag(repo, up, tag, key, accept, held.digest);
+      if (digest === held.digest) return { record: held.record, result: 'revalidated' };
+      return { record: await this.fetch(repo, up, digest ?? tag, accept, { name: tag, acceptKey: key }), result: 'miss' };
+    };
+    if (!this.shared) return resolve();
+    const meta = this.shared.meta;
+    const settled = async (): Promise<TagAnswer | undefined> => {
+      const row = await meta.upstreamTag(repo, tag, key);
+      if (!row || !fresh(up, tag, row.checkedAt)) return undefined;
+      const record = await meta.manifest(repo, row.digest);
+      return record && { record, result: 'hit' };
+    };
+    // With a copy held, a waiter is bounded like a revalidation (a stale copy is ready).
+    const waitMs = held ? up.upstream.tags.revalidateTimeoutMs : COLD_WAIT_MS;
+    return (await this.shared.flights.once(`tag|${key}|${repo}|${tag}`, waitMs, settled, resolve)).value;
   }
 
   /**
@@ -147,7 +181,13 @@ export class ManifestLookups {
     tag: { name: string; acceptKey: string } | null,
   ): Promise<ManifestRecord> {
     const flightKey = `${up.upstream.name}|${up.remoteName}|${reference}|${acceptKey(accept)}|${repo}`;
-    return this.flights.run(flightKey, () => this.doFetch(repo, up, reference, accept, tag)).promise;
+    const run = () => this.doFetch(repo, up, reference, accept, tag);
+    const shared = this.shared;
+    // By digest alone, another replica's stored copy is the answer (a by-tag fetch also
+    // writes the tag row: that one runs under resolveTag's lease instead).
+    if (!shared || tag !== null || !isDigest(reference)) return this.flights.run(flightKey, run).promise;
+    const once = async () => (await shared.flights.once(`manifest|${originOf(up)}|${repo}|${reference}`, COLD_WAIT_MS, () => shared.meta.manifest(repo, reference), run)).value;
+    return this.flights.run(flightKey, once).promise;
   }
 
   private async doFetch(
@@ -194,4 +234,9 @@ export class ManifestLookups {
     }
     return record;
   }
+}
+
+/** Whether a tag checked upstream at `checkedAt` is still answered without asking again. */
+function fresh(up: UpstreamRoute, tag: string, checkedAt: number): boolean {
+  return Date.now() - checkedAt < up.upstream.tags.ttlMs || up.upstream.tags.immutable.some((p) => p.test(tag));
 }

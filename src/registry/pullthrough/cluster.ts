@@ -1,0 +1,119 @@
+/**
+ * One replica does an upstream lookup, the others take its result from the shared rows
+ * (storage.driver: shared, issue #13). The in-process SingleFlight already makes one
+ * request per process; this makes it one across replicas: the replica that takes the
+ * lease `name` (storage/coordination.ts, PostgreSQL) asks the upstream and writes the
+ * rows; the others poll `settled` (a read of those rows) until it answers, the lease is
+ * gone (the holder finished without a result, or died: they try to take it), or their wait
+ * ends (they then ask the upstream themselves: a slow replica must not hold every other
+ * one up forever). Nothing waits on anything it holds, so there is no deadlock; at worst a
+ * lookup is made twice.
+ */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import { SingleFlight } from '../../singleflight.js';
+import type { Coordination } from '../../storage/coordination.js';
+import type { MetadataStore } from '../../storage/ports.js';
+
+/** How long a lease lasts unless renewed; the holder renews it every third of that. */
+const LEASE_MS = 15_000;
+/** Polling backoff while another replica works: first and longest pause. */
+const POLL_FIRST_MS = 15;
+const POLL_MAX_MS = 200;
+
+export class ClusterFlights {
+  /** This process among the replicas (several in-process servers in tests: hence the random part). */
+  readonly owner = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  /** One lease holder or poller per name in this process (the lease is per process, not per request). */
+  private readonly local = new SingleFlight<string, { value: unknown; joined: boolean }>();
+
+  constructor(
+    private readonly coordination: Coordination,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * `settled()` when some replica's result is there (checked again right after taking the
+   * lease: the previous holder may have just written it), else `work()`, done by the one
+   * replica holding `name`. Others wait at most `waitMs` before doing `work()` themselves.
+   * `joined` says whether the answer came from another replica's work.
+   */
+  once<T>(name: string, waitMs: number, settled: () => Promise<T | undefined>, work: () => Promise<T>): Promise<{ value: T; joined: boolean }> {
+    return this.local.run(name, () => this.across(name, waitMs, settled, work)).promise as Promise<{ value: T; joined: boolean }>;
+  }
+
+  private async across<T>(name: string, waitMs: number, settled: () => Promise<T | undefined>, work: () => Promise<T>): Promise<{ value: T; joined: boolean }> {
+    const deadline = Date.now() + waitMs;
+    let pause = POLL_FIRST_MS;
+    for (;;) {
+      if (await this.coordination.acquireLease(name, this.owner, LEASE_MS)) {
+        const heartbeat = setInterval(() => {
+          this.coordination.renewLease(name, this.owner, LEASE_MS).catch((e: unknown) => this.log.debug({ lease: name, err: (e as Error).message }, 'lease renewal failed'));
+        }, LEASE_MS / 3);
+        heartbeat.unref();
+        try {
+          const done = await settled();
+          return done !== undefined ? { value: done, joined: true } : { value: await work(), joined: false };
+        } finally {
+          clearInterval(heartbeat);
+          // Not awaited: waiters also see the result itself, the release only speeds up a failure case.
+          this.coordination.releaseLease(name, this.owner).catch((e: unknown) => this.log.debug({ lease: name, err: (e as Error).message }, 'lease release failed (it expires)'));
+        }
+      }
+      // Another replica is at it: its rows, once written, are the answer.
+      for (;;) {
+        const done = await settled();
+        if (done !== undefined) return { value: done, joined: true };
+        if (Date.now() >= deadline) {
+          this.log.warn({ lease: name, waitMs }, 'another replica is slow with an upstream lookup: asking the upstream here too');
+          return { value: await work(), joined: false };
+        }
+        await new Promise((r) => setTimeout(r, pause));
+        pause = Math.min(pause * 2, POLL_MAX_MS);
+        if (!(await this.coordination.leaseHolder(name))) break;
+      }
+    }
+  }
+}
+
+/**
+ * Replicas sharing one store (storage.driver: shared): the lookups other replicas may be
+ * doing at the same time, and the store read without the process's read cache (whose
+ * entries may be up to a second old: exactly the change a waiting replica looks for).
+ */
+export interface SharedLookups {
+  flights: ClusterFlights;
+  meta: MetadataStore;
+}
+
+/** A list fetched upstream (tag list, referrers) and when, as kept in memory and in `upstream_lists`. */
+export interface ListEntry<V> {
+  value: V;
+  fetchedAt: number;
+}
+
+/**
+ * An upstream list fetched by one replica per TTL: the stored one when it is younger than
+ * `ttlMs` (its own fetch time travels with it, so no replica serves it longer than the
+ * TTL), else `fetch()` under the lease `list|<key>`, stored for the others. A failed store
+ * write is logged and the fetched list served anyway (as for best-effort cache writes).
+ */
+export async function sharedList<V>(shared: SharedLookups, log: Logger, key: string, ttlMs: number, waitMs: number, fetch: () => Promise<V>): Promise<ListEntry<V>> {
+  const settled = async () => {
+    const e = await storedList<V>(shared, key);
+    return e && Date.now() - e.fetchedAt < ttlMs ? e : undefined;
+  };
+  const work = async () => {
+    const e = { value: await fetch(), fetchedAt: Date.now() };
+    await shared.meta.putUpstreamList(key, JSON.stringify(e.value), e.fetchedAt).catch((err: unknown) => log.warn({ list: key, err: (err as Error).message }, 'storing an upstream list for the other replicas failed'));
+    return e;
+  };
+  return (await shared.flights.once(`list|${key}`, waitMs, settled, work)).value;
+}
+
+/** The list as last stored by any replica (any age: a stale answer when the upstream fails), or undefined. */
+export async function storedList<V>(shared: SharedLookups, key: string): Promise<ListEntry<V> | undefined> {
+  const row = await shared.meta.upstreamList(key);
+  return row && { value: JSON.parse(row.body) as V, fetchedAt: row.fetchedAt };
+}
