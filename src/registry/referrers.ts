@@ -145,7 +145,7 @@ export class ReferrersCache {
     const { promise: flight, joined } = this.flights.run(key, async () => {
       let entry: Entry;
       if (shared) {
-        const e = await sharedList(shared, this.log, `referrers|${key}`, ttlMs, timeoutMs ?? COLD_WAIT_MS, fetch);
+        const e = await sharedList(shared, this.log, `referrers|${key}`, { ttlMs, waitMs: timeoutMs ?? COLD_WAIT_MS, held: cached !== undefined }, fetch);
         entry = { manifests: e.value, fetchedAt: e.fetchedAt };
       } else entry = { manifests: await fetch(), fetchedAt: Date.now() };
       this.lists.set(key, entry);

@@ -66,7 +66,7 @@ export class TagListCache {
     const shared = this.shared;
     const flight = this.flights.run(key, async () => {
       if (!shared) return { tags: await fetch(), fetchedAt: Date.now() };
-      const e = await sharedList(shared, this.log, `tags|${key}`, ttlMs, timeoutMs ?? COLD_WAIT_MS, fetch);
+      const e = await sharedList(shared, this.log, `tags|${key}`, { ttlMs, waitMs: timeoutMs ?? COLD_WAIT_MS, held: cached !== undefined }, fetch);
       return { tags: e.value, fetchedAt: e.fetchedAt };
     }).promise;
     try {

@@ -142,6 +142,34 @@ if (missing && !CI) {
     }
   });
 
+  test('upstream hung: one replica waits out its tag check, the others answer stale with it, not after checks of their own', async (t) => {
+    const TTL_MS = 1_000;
+    const REVALIDATE_MS = 3_000;
+    const fake = await startFake(t);
+    const entry = upstreamEntry(fake, { libraryPrefix: true, tags: { ttl: '1s', revalidateTimeout: '3s' } });
+    const rs = await replicas(t, 3, { upstreams: { [UP]: entry }, defaultUpstream: UP });
+    const img = sampleImage('hung');
+    fake.addImage('library/app', img, 'latest');
+    isManifest(t, await getManifest(rs[0]!, 'library/app', 'latest'), img.manifest, 'A: latest');
+    // Every replica holds the tag (read once), then the upstream stops answering HEADs.
+    for (const s of rs.slice(1)) isManifest(t, await getManifest(s, 'library/app', 'latest', 'HEAD'), img.manifest, 'warm', true);
+    fake.faults.push({ method: 'HEAD', path: /\/manifests\//, headerDelayMs: 60_000 });
+    await ttlPassed(rs.db, 'upstream_tags', TTL_MS);
+    fake.resetCounters();
+    const timed = rs.map(async (s) => {
+      const started = Date.now();
+      const res = await getManifest(s, 'library/app', 'latest');
+      return { res, ms: Date.now() - started };
+    });
+    for (const [i, { res, ms }] of (await Promise.all(timed)).entries()) {
+      isManifest(t, res, img.manifest, `replica ${i}: stale while the upstream hangs`);
+      t.regex(res.header('warning') ?? '', STALE);
+      t.log(`replica ${i}: ${ms} ms`);
+      t.true(ms < REVALIDATE_MS * 1.8, `replica ${i} answered in ${ms} ms: one revalidation timeout, not two`);
+    }
+    t.is(fake.count({ method: 'HEAD' }), 1, 'one hung check across the three replicas');
+  });
+
   test('tag lists and referrers: fetched upstream once per TTL across the replicas; a replica that never fetched one serves the stored list stale when the upstream is down', async (t) => {
     const TTL_MS = 5_000;
     const { fake, rs, db } = await setup(t, { ttl: '5s' });

@@ -37,11 +37,11 @@ test('the replica holding the lease works once; the other takes its written resu
   const c = new LocalCoordination();
   const [a, b] = [new ClusterFlights(c, log), new ClusterFlights(c, log)];
   const s = store();
-  const first = a.once('tag|x', 5_000, s.settled, s.work('from-a'));
-  const alsoA = a.once('tag|x', 5_000, s.settled, s.work('from-a-again'));
+  const first = a.once('tag|x', { waitMs: 5_000, settled: s.settled, work: s.work('from-a') });
+  const alsoA = a.once('tag|x', { waitMs: 5_000, settled: s.settled, work: s.work('from-a-again') });
   // B starts while A holds the lease (acquired on A's first tick).
   await new Promise((r) => setImmediate(r));
-  const fromB = b.once('tag|x', 5_000, s.settled, s.work('from-b'));
+  const fromB = b.once('tag|x', { waitMs: 5_000, settled: s.settled, work: s.work('from-b') });
   s.open();
   t.deepEqual(await first, { value: 'from-a', joined: false });
   t.deepEqual(await alsoA, { value: 'from-a', joined: false });
@@ -53,7 +53,7 @@ test('a result already written is taken right after acquiring the lease, without
   const c = new LocalCoordination();
   const a = new ClusterFlights(c, log);
   let works = 0;
-  const r = await a.once('list|y', 1_000, async () => 'there', async () => `worked ${++works}`);
+  const r = await a.once('list|y', { waitMs: 1_000, settled: async () => 'there', work: async () => `worked ${++works}` });
   t.deepEqual(r, { value: 'there', joined: true });
   t.is(works, 0);
 });
@@ -62,11 +62,11 @@ test('the holder fails: the waiter takes the lease and works itself; the holder\
   const c = new LocalCoordination();
   const [a, b] = [new ClusterFlights(c, log), new ClusterFlights(c, log)];
   let fail: (e: Error) => void = () => {};
-  const failing = a.once('tag|z', 5_000, async () => undefined, () => new Promise<string>((_, reject) => (fail = reject)));
+  const failing = a.once('tag|z', { waitMs: 5_000, settled: async () => undefined, work: () => new Promise<string>((_, reject) => (fail = reject)) });
   await new Promise((r) => setImmediate(r));
   let bWorked = 0;
   const started = Date.now();
-  const fromB = b.once('tag|z', 60_000, async () => undefined, async () => `b ${++bWorked}`);
+  const fromB = b.once('tag|z', { waitMs: 60_000, settled: async () => undefined, work: async () => `b ${++bWorked}` });
   fail(new Error('upstream down'));
   await t.throwsAsync(failing, { message: 'upstream down' });
   t.deepEqual(await fromB, { value: 'b 1', joined: false });
@@ -85,7 +85,7 @@ test('the holder died (its lease expired): the waiter takes over', async (t) => 
   t.truthy(await c.acquireLease('manifest|d', 'dead-replica', 15_000));
   const b = new ClusterFlights(c, log);
   const started = Date.now();
-  const fromB = b.once('manifest|d', 60_000, async () => undefined, async () => 'b did it');
+  const fromB = b.once('manifest|d', { waitMs: 60_000, settled: async () => undefined, work: async () => 'b did it' });
   // B polls while the dead holder's lease runs; then its expiry passes.
   await waitFor(() => checks >= 2, 10_000, 'B polling the lease');
   now += 15_001;
@@ -99,8 +99,42 @@ test('a holder slower than the bounded wait: the waiter asks itself when its wai
   t.truthy(await c.acquireLease('tag|slow', 'slow-replica', 60_000));
   const b = new ClusterFlights(c, log);
   const started = Date.now();
-  const r = await b.once('tag|slow', 300, async () => undefined, async () => 'b did it');
+  const r = await b.once('tag|slow', { waitMs: 300, settled: async () => undefined, work: async () => 'b did it' });
   t.deepEqual(r, { value: 'b did it', joined: false });
   t.true(Date.now() - started >= 300, 'waited its bound first');
   t.is((await c.leaseHolder('tag|slow'))?.owner, 'slow-replica', 'the slow holder keeps its lease');
+});
+
+test('with a copy held (giveUp): a failed holder or one slower than the wait gives the copy\'s answer, never a second upstream lookup; a holder\'s result still wins', async (t) => {
+  const c = new LocalCoordination();
+  const [a, b] = [new ClusterFlights(c, log), new ClusterFlights(c, log)];
+  let bWorked = 0;
+  const bOpts = (settled: () => Promise<string | undefined>, waitMs = 60_000) => ({
+    waitMs,
+    settled,
+    work: async () => `b worked ${++bWorked}`,
+    giveUp: async () => 'stale copy',
+  });
+
+  let fail: (e: Error) => void = () => {};
+  const failing = a.once('tag|g', { waitMs: 5_000, settled: async () => undefined, work: () => new Promise<string>((_, reject) => (fail = reject)) });
+  await new Promise((r) => setImmediate(r));
+  const started = Date.now();
+  const fromB = b.once('tag|g', bOpts(async () => undefined));
+  fail(new Error('upstream down'));
+  await t.throwsAsync(failing);
+  t.deepEqual(await fromB, { value: 'stale copy', joined: false }, 'the holder failed: the copy, at once');
+  t.true(Date.now() - started < 30_000);
+
+  t.truthy(await c.acquireLease('tag|h', 'hung-replica', 60_000));
+  t.deepEqual(await b.once('tag|h', bOpts(async () => undefined, 300)), { value: 'stale copy', joined: false }, 'the holder hangs: the copy after the wait');
+
+  const s = store();
+  const done = a.once('tag|i', { waitMs: 5_000, settled: s.settled, work: s.work('fresh from a') });
+  await new Promise((r) => setImmediate(r));
+  const fromB2 = b.once('tag|i', bOpts(s.settled));
+  s.open();
+  await done;
+  t.deepEqual(await fromB2, { value: 'fresh from a', joined: true });
+  t.is(bWorked, 0, 'B never asked the upstream');
 });

@@ -109,9 +109,15 @@ export class ManifestLookups {
       const record = await meta.manifest(repo, row.digest);
       return record && { record, result: 'hit' };
     };
-    // With a copy held, a waiter is bounded like a revalidation (a stale copy is ready).
-    const waitMs = held ? up.upstream.tags.revalidateTimeoutMs : COLD_WAIT_MS;
-    return (await this.shared.flights.once(`tag|${key}|${repo}|${tag}`, waitMs, settled, resolve)).value;
+    // With a copy held, a waiter is bounded like a revalidation, and when the replica
+    // checking failed or is that slow, the upstream counts as unavailable: the copy is
+    // served stale (find's catch) instead of every replica waiting out its own check.
+    const name = `tag|${key}|${repo}|${tag}`;
+    if (!held) return (await this.shared.flights.once(name, { waitMs: COLD_WAIT_MS, settled, work: resolve })).value;
+    const giveUp = async (): Promise<TagAnswer> => {
+      throw new RegistryError('UNAVAILABLE', 'the upstream check of this tag failed or is slow on another replica', { status: 503 });
+    };
+    return (await this.shared.flights.once(name, { waitMs: up.upstream.tags.revalidateTimeoutMs, settled, work: resolve, giveUp })).value;
   }
 
   /**
@@ -186,7 +192,8 @@ export class ManifestLookups {
     // By digest alone, another replica's stored copy is the answer (a by-tag fetch also
     // writes the tag row: that one runs under resolveTag's lease instead).
     if (!shared || tag !== null || !isDigest(reference)) return this.flights.run(flightKey, run).promise;
-    const once = async () => (await shared.flights.once(`manifest|${originOf(up)}|${repo}|${reference}`, COLD_WAIT_MS, () => shared.meta.manifest(repo, reference), run)).value;
+    const settled = () => shared.meta.manifest(repo, reference);
+    const once = async () => (await shared.flights.once(`manifest|${originOf(up)}|${repo}|${reference}`, { waitMs: COLD_WAIT_MS, settled, work: run })).value;
     return this.flights.run(flightKey, once).promise;
   }
 
