@@ -4,7 +4,9 @@
  * upstream counting requests per path. One upstream GET per manifest, one upstream check per
  * tag per TTL and one list fetch per TTL across all three; stale answers on every replica
  * while the upstream is down. The fake answers slowly where overlap matters, so concurrent
- * requests really meet on several replicas. Never skipped under CI=true.
+ * requests really meet on several replicas. Serial: each test runs three replicas, and its
+ * TTL windows and timings hold better without four other tests' replicas beside it. Never
+ * skipped under CI=true.
  */
 import test, { type ExecutionContext } from 'ava';
 import { http, type Res } from '../helpers/http.js';
@@ -58,7 +60,7 @@ if (missing && !CI) {
   test.afterEach(noServerErrors);
   test.after.always(stopSharedServers);
 
-  test('24 concurrent cold manifest GETs by tag and by digest over three replicas: each manifest fetched upstream exactly once, exact bytes and digest everywhere', async (t) => {
+  test.serial('24 concurrent cold manifest GETs by tag and by digest over three replicas: each manifest fetched upstream exactly once, exact bytes and digest everywhere', async (t) => {
     const { fake, rs } = await setup(t);
     const byTag = threePlatforms('cold-tag');
     const pinned = threePlatforms('cold-digest');
@@ -84,7 +86,7 @@ if (missing && !CI) {
     t.is(fake.count(), wanted.length);
   });
 
-  test('tag TTL across replicas: within it B and C ask the upstream nothing; after it one check per tag across all three; a moved tag is then seen by every replica', async (t) => {
+  test.serial('tag TTL across replicas: within it B and C ask the upstream nothing; after it one check per tag across all three; a moved tag is then seen by every replica', async (t) => {
     const TTL_MS = 5_000;
     const { fake, rs, db } = await setup(t, { ttl: '5s' });
     const [a, b, c] = rs;
@@ -122,7 +124,7 @@ if (missing && !CI) {
     t.is(fake.count(), 3, 'and within the new TTL nothing more');
   });
 
-  test('upstream down: every replica serves the cached tag with the stale Warning', async (t) => {
+  test.serial('upstream down: every replica serves the cached tag with the stale Warning', async (t) => {
     const TTL_MS = 1_000;
     const { fake, rs, db } = await setup(t, { ttl: '1s' });
     const img = sampleImage('down');
@@ -142,7 +144,7 @@ if (missing && !CI) {
     }
   });
 
-  test('upstream hung: one replica waits out its tag check, the others answer stale with it, not after checks of their own', async (t) => {
+  test.serial('upstream hung: one replica waits out its tag check, the others answer stale with it, not after checks of their own', async (t) => {
     const TTL_MS = 1_000;
     const REVALIDATE_MS = 3_000;
     const fake = await startFake(t);
@@ -170,7 +172,7 @@ if (missing && !CI) {
     t.is(fake.count({ method: 'HEAD' }), 1, 'one hung check across the three replicas');
   });
 
-  test('tag lists and referrers: fetched upstream once per TTL across the replicas; a replica that never fetched one serves the stored list stale when the upstream is down', async (t) => {
+  test.serial('tag lists and referrers: fetched upstream once per TTL across the replicas; a replica that never fetched one serves the stored list stale when the upstream is down', async (t) => {
     const TTL_MS = 5_000;
     const { fake, rs, db } = await setup(t, { ttl: '5s' });
     const [a, b, c] = rs;
