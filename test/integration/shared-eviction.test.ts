@@ -184,6 +184,7 @@ if (missing && !CI) {
     const atPause = new Promise<void>((r) => (paused = r));
     let resume!: () => void;
     const gate = new Promise<void>((r) => (resume = r));
+    t.teardown(() => resume()); // a failed assertion must not leave the client (and the servers' close) waiting
     const reader = fetchStream(`${c.url}/v2/team/big/blobs/${layer.digest}`, {
       headers: { range: `bytes=${ranges.map(([s, e]) => `${s}-${e}`).join(',')}` },
       afterChunk: async (n) => {
