@@ -178,6 +178,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     fills: () => fills.list(),
     upstreams: [...clients.values()].map((c) => ({ name: c.name, offline: () => c.offline })),
   });
+  evictor.onPass = (r) => metrics.evictionPasses.inc({ result: r.skipped ? 'skipped' : 'ran' });
   evictor.onEvicted = (r) => {
     status.evicted(r);
     metrics.evictedBytes.inc(r.bytes);

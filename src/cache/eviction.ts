@@ -72,6 +72,8 @@ export interface EvictorOptions {
 export class Evictor {
   /** Called after each run that evicted something; metrics. */
   onEvicted: ((r: EvictionResult) => void) | null = null;
+  /** Called after every pass, also one skipped for want of the lease; metrics. */
+  onPass: ((r: EvictionResult) => void) | null = null;
   private running: Promise<EvictionResult> | null = null;
   private stopped = false;
   private readonly busy: (digest: Digest) => boolean;
@@ -93,7 +95,9 @@ export class Evictor {
 
   /** One eviction pass (ages measured at `at`, default now); a call while one runs joins it. */
   run(at?: number): Promise<EvictionResult> {
-    this.running ??= this.doRun(at).finally(() => (this.running = null));
+    this.running ??= this.doRun(at)
+      .then((r) => (this.onPass?.(r), r))
+      .finally(() => (this.running = null));
     return this.running;
   }
 

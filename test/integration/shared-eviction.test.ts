@@ -127,6 +127,16 @@ if (missing && !CI) {
     t.true(passes.length >= 1 && passes.length === ran.length + again.filter((r) => r.skipped === undefined).length, JSON.stringify(passes));
     for (const a of passes) for (const b of passes) if (a !== b) t.false(a.start < b.end && b.start < a.end, `passes overlap: ${JSON.stringify([a, b])}`);
     t.is(new Set(passes.map((p) => p.token)).size, passes.length, `a fencing token per pass: ${JSON.stringify(passes)}`);
+    // The same in each replica's metrics.
+    let ranTotal = 0;
+    let skippedTotal = 0;
+    for (const r of rs) {
+      const text = (await http('GET', `${r.url}/metrics`)).body.toString();
+      ranTotal += Number(/regmirror_cache_eviction_passes_total\{result="ran"\} (\d+)/.exec(text)?.[1] ?? 0);
+      skippedTotal += Number(/regmirror_cache_eviction_passes_total\{result="skipped"\} (\d+)/.exec(text)?.[1] ?? 0);
+    }
+    t.is(ranTotal, passes.length);
+    t.is(ranTotal + skippedTotal, 6, 'two rounds of three');
 
     const evicted = [...ran, ...again].reduce((n, r) => n + r.blobs, 0);
     t.true(evicted > 0);
