@@ -19,7 +19,7 @@
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import type { Coordination, DeferredDeletes } from '../storage/coordination.js';
+import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes } from '../storage/coordination.js';
 import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '../storage/ports.js';
 
 /**
@@ -236,13 +236,17 @@ export class Evictor {
 /**
  * Delete the contents whose deferred delete is due (claimed in the driver first); bounded
  * per call, the rest waits for the next one. A failed delete keeps its claim, which
- * expires and is taken again later. Returns how many contents went.
+ * expires and is taken again later; so does one not issued within DELETE_ISSUE_MS of its
+ * claim (the claim must outlive every DELETE made under it). Returns how many contents went.
  */
 export async function deleteDue(deferred: NonNullable<EvictorOptions['deferred']>, blobs: Pick<BlobStore, 'delete'>, stop: () => boolean, log?: Logger): Promise<number> {
   let n = 0;
   for (let batch = 0; batch < DELETE_BATCHES && !stop(); batch++) {
+    const claimedAt = Date.now();
     const due = await deferred.deletes.claimDue(deferred.graceMs, DELETE_BATCH);
     for (const { digest, token } of due) {
+      // Late for this claim (a slow store): leave the rest to expire and be claimed again.
+      if (Date.now() - claimedAt > DELETE_ISSUE_MS) return n;
       try {
         await blobs.delete(digest);
         await deferred.deletes.done(digest, token);

@@ -93,8 +93,13 @@ export interface DeferredDeletes {
   pending(): Promise<number>;
 }
 
-/** How long a delete claim lasts: far longer than one DELETE request; a claimer that died is replaced after it. */
-export const DELETE_CLAIM_TTL_MS = 60_000;
+/**
+ * How long a delete claim lasts; a claimer that died is replaced after it. A claimer issues
+ * no DELETE later than DELETE_ISSUE_MS after its claim, and a DELETE request gives up within
+ * a minute (s3/client.ts), so every DELETE of a claim has ended before the claim does.
+ */
+export const DELETE_CLAIM_TTL_MS = 5 * 60_000;
+export const DELETE_ISSUE_MS = 60_000;
 
 /** A commit met a claimed delete of the same digest: wait until it is done, then write the content again. */
 export class ContentBeingDeleted extends Error {
