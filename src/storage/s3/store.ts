@@ -227,7 +227,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
    */
   async commitStaged(c: StagedContent, digest: Digest, link: BlobLink): Promise<void> {
     const deadline = Date.now() + DELETE_CLAIM_TTL_MS + 10_000;
-    for (let wait = 50; ; wait = Math.min(wait * 2, 1000)) {
+    for (let wait = 50; ; wait = Math.min(wait * 2, 5000)) {
       try {
         return await this.commitOnce(c, digest, link);
       } catch (e) {
