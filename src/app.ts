@@ -2,6 +2,8 @@
  * buildApp(config): wiring only. Creates storage, the registry service and the fastify
  * instance with its HTTP plugins; never listens (cli.ts and tests do that).
  */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import fs from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -113,10 +115,18 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       accessFailing = true;
     }
   };
+  // Shared storage: one replica at a time evicts (gc-leader lease), content deleted after the grace.
+  const deferred = storage.deferredDeletes;
   const evictor = new Evictor(meta, blobs, config.cache, {
     busy: (digest) => fills.inFlight(digest) !== undefined,
     flush: flushAccess,
     log: logger.child({ component: 'evict' }),
+    ...(deferred
+      ? {
+          leader: { coordination: storage.coordination, owner: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` },
+          deferred: { deletes: deferred, graceMs: config.cache.deleteGraceMs },
+        }
+      : {}),
   });
 
   // With TLS, the same request handler also serves an optional plain-HTTP listener
@@ -173,6 +183,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     fills: () => fills.list(),
     upstreams: [...clients.values()].map((c) => ({ name: c.name, offline: () => c.offline })),
   });
+  evictor.onPass = (r) => metrics.evictionPasses.inc({ result: r.skipped ? 'skipped' : 'ran' });
   evictor.onEvicted = (r) => {
     status.evicted(r);
     metrics.evictedBytes.inc(r.bytes);

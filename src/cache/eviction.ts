@@ -9,10 +9,17 @@
  * image; cached blobs linked without any manifest are a unit of their own. Each unit is one
  * logical metadata change that re-checks the candidate (MetadataStore.evictImage); blob files
  * are unlinked after it commits (rows first, then files: a crash leaves only orphan files).
+ *
+ * With several replicas (storage.driver shared) a pass runs only on the replica holding
+ * the `gc-leader` lease (renewed during the pass, released after; a leader that dies stops
+ * renewing and another takes over once it expired), and blob content is not deleted by the
+ * unit but after a grace, from the markers the driver wrote with the rows
+ * (coordination.ts DeferredDeletes; the invariant is in storage/README.md).
  */
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
+import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes } from '../storage/coordination.js';
 import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '../storage/ports.js';
 
 /**
@@ -20,6 +27,13 @@ import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '..
  * namespace links the blobs it completes from upstream just before its manifest.
  */
 const LOOSE_GRACE_MS = 10 * 60_000;
+
+/** The lease eviction and GC run under when replicas share storage (also taken by `regmirror gc`). */
+export const GC_LEADER = 'gc-leader';
+const LEADER_TTL_MS = 30_000;
+/** Deferred deletes claimed per query, and queries per pass (the rest waits for the next pass). */
+const DELETE_BATCH = 100;
+const DELETE_BATCHES = 50;
 
 export interface EvictionResult {
   images: number;
@@ -29,6 +43,10 @@ export interface EvictionResult {
   /** Cached blob bytes after the run. */
   cachedBytes: number;
   dryRun: boolean;
+  /** Set when the pass did nothing because another replica holds the `gc-leader` lease. */
+  skipped?: 'not-leader';
+  /** Deferred deletes: blob contents removed this pass (rows evicted at least the grace ago). */
+  contentDeleted?: number;
 }
 
 interface Candidate {
@@ -45,11 +63,17 @@ export interface EvictorOptions {
   flush?: () => Promise<void>;
   log?: Logger;
   now?: () => number;
+  /** Several replicas: a pass runs only while `owner` holds GC_LEADER (see the top). */
+  leader?: { coordination: Coordination; owner: string; ttlMs?: number };
+  /** Shared driver: content goes `graceMs` after its row, through these markers, not per unit. */
+  deferred?: { deletes: DeferredDeletes; graceMs: number };
 }
 
 export class Evictor {
   /** Called after each run that evicted something; metrics. */
   onEvicted: ((r: EvictionResult) => void) | null = null;
+  /** Called after every pass, also one skipped for want of the lease; metrics. */
+  onPass: ((r: EvictionResult) => void) | null = null;
   private running: Promise<EvictionResult> | null = null;
   private stopped = false;
   private readonly busy: (digest: Digest) => boolean;
@@ -71,7 +95,9 @@ export class Evictor {
 
   /** One eviction pass (ages measured at `at`, default now); a call while one runs joins it. */
   run(at?: number): Promise<EvictionResult> {
-    this.running ??= this.doRun(at).finally(() => (this.running = null));
+    this.running ??= this.doRun(at)
+      .then((r) => (this.onPass?.(r), r))
+      .finally(() => (this.running = null));
     return this.running;
   }
 
@@ -96,27 +122,67 @@ export class Evictor {
   }
 
   private async doRun(at: number | undefined): Promise<EvictionResult> {
+    const lead = this.opts.leader;
+    if (!lead) return this.pass(at, () => false);
+    const ttl = lead.ttlMs ?? LEADER_TTL_MS;
+    const grant = await lead.coordination.acquireLease(GC_LEADER, lead.owner, ttl);
+    if (!grant) {
+      this.opts.log?.debug('cache eviction: another replica holds the gc-leader lease');
+      return { ...this.emptyResult(false), skipped: 'not-leader' };
+    }
+    let lost = false;
+    const renew = setInterval(() => {
+      lead.coordination.renewLease(GC_LEADER, lead.owner, ttl).then(
+        (ok) => (lost ||= !ok),
+        () => (lost = true),
+      );
+    }, ttl / 3);
+    renew.unref();
+    try {
+      const result = await this.pass(at, () => lost, grant.token);
+      if (lost) this.opts.log?.warn('cache eviction: the gc-leader lease was lost mid-pass; stopped after the current unit');
+      return result;
+    } finally {
+      clearInterval(renew);
+      await lead.coordination.releaseLease(GC_LEADER, lead.owner).catch(() => undefined);
+    }
+  }
+
+  private async pass(at: number | undefined, lost: () => boolean, token?: number): Promise<EvictionResult> {
     const started = this.now();
     await this.opts.flush?.();
     const result = this.emptyResult(false);
     let cachedAfter: number | null = null;
+    const deferred = this.opts.deferred;
     if (this.enabled) {
       const passes = this.evictions(this.meta, at ?? started, (bytes) => (cachedAfter = bytes));
       for await (const ev of passes) {
         this.add(result, ev);
         // Between units the server keeps serving; every unit re-checks its candidate.
         // Every delete is registered before the first await (a commit of the digest waits for it).
-        await Promise.all(ev.blobs.map((b) => this.blobs.delete(b.digest))).catch((err: unknown) => {
-          this.opts.log?.warn({ err }, 'eviction: removing blob files failed (gc removes orphans)');
-        });
-        if (this.stopped) break;
+        if (!deferred) {
+          await Promise.all(ev.blobs.map((b) => this.blobs.delete(b.digest))).catch((err: unknown) => {
+            this.opts.log?.warn({ err }, 'eviction: removing blob files failed (gc removes orphans)');
+          });
+        }
+        if (this.stopped || lost()) break;
       }
     }
+    if (deferred) result.contentDeleted = await deleteDue(deferred, this.blobs, () => this.stopped || lost(), this.opts.log);
     // The pass's own count (its scan at the start minus what it evicted) when it has one:
     // scanning every blob row again costs as much as the pass (bench/scale.mjs).
     result.cachedBytes = cachedAfter ?? (await this.meta.cachedBytes());
     this.opts.log?.info(
-      { images: result.images, manifests: result.manifests, blobs: result.blobs, bytes: result.bytes, cachedBytes: result.cachedBytes, ms: this.now() - started },
+      {
+        images: result.images,
+        manifests: result.manifests,
+        blobs: result.blobs,
+        bytes: result.bytes,
+        cachedBytes: result.cachedBytes,
+        ...(deferred ? { contentDeleted: result.contentDeleted } : {}),
+        ...(token !== undefined ? { leader: this.opts.leader?.owner, fencingToken: token, startedAt: started } : {}),
+        ms: this.now() - started,
+      },
       'cache eviction',
     );
     if (result.manifests > 0 || result.blobs > 0) this.onEvicted?.(result);
@@ -165,4 +231,31 @@ export class Evictor {
     const loose: Candidate[] = (await meta.looseBlobs(now - LOOSE_GRACE_MS)).map((b) => ({ kind: 'blob', ...b }));
     return [...images, ...loose].sort((a, b) => a.lastAccess - b.lastAccess);
   }
+}
+
+/**
+ * Delete the contents whose deferred delete is due (claimed in the driver first); bounded
+ * per call, the rest waits for the next one. A failed delete keeps its claim, which
+ * expires and is taken again later; so does one not issued within DELETE_ISSUE_MS of its
+ * claim (the claim must outlive every DELETE made under it). Returns how many contents went.
+ */
+export async function deleteDue(deferred: NonNullable<EvictorOptions['deferred']>, blobs: Pick<BlobStore, 'delete'>, stop: () => boolean, log?: Logger): Promise<number> {
+  let n = 0;
+  for (let batch = 0; batch < DELETE_BATCHES && !stop(); batch++) {
+    const claimedAt = Date.now();
+    const due = await deferred.deletes.claimDue(deferred.graceMs, DELETE_BATCH);
+    for (const { digest, token } of due) {
+      // Late for this claim (a slow store): leave the rest to expire and be claimed again.
+      if (Date.now() - claimedAt > DELETE_ISSUE_MS) return n;
+      try {
+        await blobs.delete(digest);
+        await deferred.deletes.done(digest, token);
+        n++;
+      } catch (err) {
+        log?.warn({ err, digest }, 'eviction: deleting blob content failed (retried after the claim expires)');
+      }
+    }
+    if (due.length < DELETE_BATCH) break;
+  }
+  return n;
 }

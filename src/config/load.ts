@@ -104,11 +104,6 @@ export function loadConfig(file?: string): Config {
   if (config.store.driver === 'postgres') {
     throw new ConfigError('storage.driver: postgres (PostgreSQL metadata with local blobs) is not available; use shared (PostgreSQL + S3) or local; see issue #13');
   }
-  // Eviction runs in every replica and nothing orders one replica's object delete against
-  // another's commit of the same digest yet (no leader, issue #13): refused, not risked.
-  if (config.store.driver === 'shared' && (config.cache.maxBytes !== null || config.cache.maxAgeMs !== null)) {
-    throw new ConfigError('cache.maxBytes/cache.maxAge: eviction is not available with storage.driver shared yet (no eviction leader across replicas); see issue #13');
-  }
   return config;
 }
 
@@ -118,6 +113,7 @@ function parseCache(c: Section): CacheConfig {
     maxBytes: c.optionalBytes('maxBytes', null),
     maxAgeMs: c.optionalDurationMs('maxAge', null),
     evictIntervalMs: c.durationMs('evictInterval', '10m'),
+    deleteGraceMs: c.durationMs('deleteGrace', '5m'),
   };
   c.done();
   if (cache.evictIntervalMs < 1000) throw new ConfigError('cache.evictInterval: must be at least 1s');

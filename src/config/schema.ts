@@ -100,6 +100,11 @@ export interface CacheConfig {
   readonly maxAgeMs: number | null;
   /** How often the running server checks both limits. */
   readonly evictIntervalMs: number;
+  /**
+   * storage.driver shared: blob content is deleted from the bucket this long after its row
+   * went (eviction, GC), so a replica that resolved the digest just before reads it whole.
+   */
+  readonly deleteGraceMs: number;
 }
 
 /** PostgreSQL for metadata (storage.postgres): several replicas share one database. */

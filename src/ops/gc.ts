@@ -1,14 +1,23 @@
 /**
  * Garbage collection: delete blobs no repository links and manifest content no
  * repository holds; with `evict`, first apply the cache policy (cache.maxAge,
- * cache.maxBytes) as the running server does (cache/eviction.ts). Offline (the server should not be running on the same storage) to
- * avoid racing an upload that is about to link a blob. Rows go first, then files, so a
- * crash mid-GC leaves only orphan files, which the next GC removes.
+ * cache.maxBytes) as the running server does (cache/eviction.ts). Rows go first, then
+ * content, so a crash mid-GC leaves only orphan content, which the next GC removes.
+ *
+ * Local driver: offline (the server should not be running on the same storage), to avoid
+ * racing an upload that is about to link a blob. Shared driver: online, beside running
+ * replicas: GC takes the same `gc-leader` lease as their eviction (waiting for a pass in
+ * progress), content goes through the deferred deletes (a row's content after
+ * cache.deleteGrace, an orphan's under a claim a commit waits for; storage/README.md).
  */
-import { type EvictionResult, Evictor } from '../cache/eviction.js';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { type EvictionResult, Evictor, GC_LEADER, deleteDue } from '../cache/eviction.js';
 import type { Config, StoreConfig } from '../config/schema.js';
+import type { Coordination, DeferredDeletes } from '../storage/coordination.js';
 import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
+import type { BlobEntry } from '../storage/ports.js';
 
 export interface GcResult {
   linksRemoved: number;
@@ -18,49 +27,117 @@ export interface GcResult {
   dryRun: boolean;
   /** Present when run with `evict`. */
   eviction?: EvictionResult;
+  /** Shared driver: blob contents deleted now (rows removed at least cache.deleteGrace ago). */
+  contentDeleted?: number;
+  /** Shared driver: blob contents whose delete waits for the grace (the next GC or eviction pass). */
+  contentPending?: number;
 }
+
+const LEASE_TTL_MS = 30_000;
+/** How long GC waits for an eviction pass of a replica to end. */
+const LEADER_WAIT_MS = 5 * 60_000;
 
 export async function collectGarbage(
   config: Pick<Config, 'storage' | 'limits' | 'cache'> & { store?: StoreConfig },
-  opts: { dryRun: boolean; evict?: boolean },
+  opts: { dryRun: boolean; evict?: boolean; leaderWaitMs?: number },
 ): Promise<GcResult> {
   const paths = storagePaths(config.storage);
   const storage = await openStorage(config.store ?? LOCAL, paths, stderrLog);
-  const { metadata: meta, blobs: store } = storage;
+  const { metadata: meta, blobs: store, deferredDeletes: deferred } = storage;
+  const lease = deferred && !opts.dryRun ? await takeLeader(storage.coordination, opts.leaderWaitMs ?? LEADER_WAIT_MS) : null;
   try {
+    const deferOpts = deferred ? { deferred: { deletes: deferred, graceMs: config.cache.deleteGraceMs } } : {};
     let eviction: EvictionResult | undefined;
     if (opts.evict) {
-      const evictor = new Evictor(meta, store, config.cache);
+      const evictor = new Evictor(meta, store, config.cache, deferOpts);
       eviction = opts.dryRun ? await evictor.dryRun() : await evictor.run();
     }
     // Manifest content no repository holds goes first, so its references stop counting.
     const manifestsRemoved = opts.dryRun ? 0 : await meta.deleteUnreferencedManifestContent();
     const linksRemoved = opts.dryRun ? 0 : await meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
     const unreferenced = await meta.unreferencedBlobs();
+    let blobsRemoved = unreferenced.length;
     if (!opts.dryRun) {
       for (const d of unreferenced) {
-        await meta.deleteBlobRow(d);
-        await store.delete(d);
+        if (!deferred) {
+          await meta.deleteBlobRow(d);
+          await store.delete(d);
+          continue;
+        }
+        // Replicas run: a push may have linked it since the listing (one change with the check).
+        const gone = await meta.transaction(async (tx) => {
+          if (await tx.blobPushed(d)) return false;
+          await tx.deleteBlobRow(d);
+          return true;
+        });
+        if (!gone) blobsRemoved--;
       }
     }
-    // Content without a row: a crash between a commit's move and its row, or an eviction's
+    const stop = () => lease?.lost() ?? false;
+    const contentDeleted = deferred && !opts.dryRun ? await deleteDue(deferOpts.deferred!, store, stop) : undefined;
+    // Content without a row: a crash between a commit's write and its row, or an eviction's
     // row deletion and its unlink.
     let orphans = 0;
     for await (const entry of store.list()) {
       if (entry.digest === null || (await meta.blobSize(entry.digest)) === undefined) {
-        orphans++;
-        if (!opts.dryRun) await entry.remove();
+        if (opts.dryRun) orphans++;
+        else if (await removeOrphan(entry, deferred)) orphans++;
       }
+      if (stop()) break;
     }
     return {
       linksRemoved,
-      blobsRemoved: unreferenced.length,
+      blobsRemoved,
       orphanFilesRemoved: orphans,
       manifestsRemoved,
       dryRun: opts.dryRun,
       ...(eviction ? { eviction } : {}),
+      ...(contentDeleted !== undefined ? { contentDeleted, contentPending: await deferred!.pending() } : {}),
     };
   } finally {
+    await lease?.release();
     await storage.close();
   }
+}
+
+/**
+ * Shared driver: an object without a row may be a commit between its write and its row,
+ * or content whose row went less than the grace ago: delete it only under a claim (which
+ * such a commit waits for, then writes again), and never one with a pending delete.
+ */
+async function removeOrphan(entry: BlobEntry, deferred: DeferredDeletes | null): Promise<boolean> {
+  if (!deferred || entry.digest === null) {
+    await entry.remove();
+    return true;
+  }
+  const token = await deferred.claimOrphan(entry.digest);
+  if (token === null) return false;
+  await entry.remove();
+  await deferred.done(entry.digest, token);
+  return true;
+}
+
+/** Take the gc-leader lease (waiting while a replica's eviction pass holds it) and keep it renewed. */
+async function takeLeader(coordination: Coordination, waitMs: number): Promise<{ lost(): boolean; release(): Promise<void> }> {
+  const owner = `gc:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const deadline = Date.now() + waitMs;
+  while (!(await coordination.acquireLease(GC_LEADER, owner, LEASE_TTL_MS))) {
+    if (Date.now() > deadline) throw new Error(`gc: another process holds the ${GC_LEADER} lease (an eviction pass or another gc) for over ${waitMs} ms; try again later`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  let lost = false;
+  const renew = setInterval(() => {
+    coordination.renewLease(GC_LEADER, owner, LEASE_TTL_MS).then(
+      (ok) => (lost ||= !ok),
+      () => (lost = true),
+    );
+  }, LEASE_TTL_MS / 3);
+  renew.unref();
+  return {
+    lost: () => lost,
+    release: async () => {
+      clearInterval(renew);
+      await coordination.releaseLease(GC_LEADER, owner).catch(() => undefined);
+    },
+  };
 }

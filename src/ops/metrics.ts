@@ -60,6 +60,12 @@ export class Metrics {
     help: 'Blobs deleted by cache eviction',
     registers: [this.registry],
   });
+  readonly evictionPasses = new Counter({
+    name: 'regmirror_cache_eviction_passes_total',
+    help: 'Eviction passes: ran here, or skipped because another replica holds the gc-leader lease (storage.driver shared)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
   readonly evictedImages = new Counter({
     name: 'regmirror_cache_evicted_images_total',
     help: 'Cached images (manifest with its child manifests and blob links) evicted',

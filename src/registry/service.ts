@@ -114,7 +114,11 @@ export class RegistryService {
         const body = await blobs.open(digest);
         if (!body) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
         try {
-          const last = end ?? ((await blobs.stat(digest))?.size ?? 0) - 1;
+          // A row gone meanwhile (evicted; its content outlives it for the grace) is an
+          // error, never an empty body passing for the whole blob.
+          const size = end === undefined ? (await blobs.stat(digest))?.size : end + 1;
+          if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', undefined, { detail: { digest } });
+          const last = size - 1;
           if (last >= start) yield* body.stream(start, last);
         } finally {
           await body.close();

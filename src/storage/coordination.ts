@@ -5,6 +5,7 @@
  * port of its own beside ports.ts: only shared-storage drivers need more than the
  * in-process implementation below (one replica: the process is the whole cluster).
  */
+import type { Digest } from '../registry/names.js';
 
 export interface LeaseGrant {
   /** Grows with every new holder: work done under an older token is stale (fencing). */
@@ -66,5 +67,44 @@ export class LocalCoordination implements Coordination {
   async leaseHolder(name: string): Promise<{ owner: string; token: number; expiresAt: number } | null> {
     const l = this.live(name);
     return l ? { ...l } : null;
+  }
+}
+
+/**
+ * Deferred deletion of blob content (shared driver; storage/README.md "Eviction with
+ * several replicas"). When a blob row goes (eviction, GC) the driver records a marker in
+ * the same transaction; the content itself is deleted only once the marker is `graceMs`
+ * old, so a replica that resolved the digest just before keeps reading whole bytes. A
+ * commit of the digest meanwhile cancels the pending delete; a commit while a delete is
+ * claimed waits for it (ContentBeingDeleted) and then writes the content again. Absent for
+ * the local driver: an unlinked file stays readable through open descriptors.
+ */
+export interface DeferredDeletes {
+  /**
+   * Claim up to `limit` markers older than `graceMs` whose row was not re-created (and
+   * claims whose holder died): delete each content, then call `done`.
+   */
+  claimDue(graceMs: number, limit: number): Promise<Array<{ digest: Digest; token: number }>>;
+  /** The claimed content is deleted: drop the marker (a no-op if the claim was lost). */
+  done(digest: Digest, token: number): Promise<void>;
+  /** Claim content without a row (GC of orphans) for deletion now; null when it has a row or a marker. */
+  claimOrphan(digest: Digest): Promise<number | null>;
+  /** Markers not yet done (pending or claimed). */
+  pending(): Promise<number>;
+}
+
+/**
+ * How long a delete claim lasts; a claimer that died is replaced after it. A claimer issues
+ * no DELETE later than DELETE_ISSUE_MS after its claim, and a DELETE request gives up within
+ * a minute (s3/client.ts), so every DELETE of a claim has ended before the claim does.
+ */
+export const DELETE_CLAIM_TTL_MS = 5 * 60_000;
+export const DELETE_ISSUE_MS = 60_000;
+
+/** A commit met a claimed delete of the same digest: wait until it is done, then write the content again. */
+export class ContentBeingDeleted extends Error {
+  constructor(readonly digest: Digest) {
+    super(`blob ${digest} is being deleted from the store; commit again once that is done`);
+    this.name = 'ContentBeingDeleted';
   }
 }

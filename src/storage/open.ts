@@ -11,7 +11,7 @@
  *   files are not shared between replicas anyway, so the combination gains nothing sound.
  */
 import type { PostgresConfig, S3Config, StoreConfig } from '../config/schema.js';
-import { type Coordination, LocalCoordination } from './coordination.js';
+import { type Coordination, type DeferredDeletes, LocalCoordination } from './coordination.js';
 import { openLocalStorage } from './local/index.js';
 import type { StoragePaths } from './paths.js';
 import { openPostgresStorage, type PgLog } from './pg/index.js';
@@ -24,6 +24,11 @@ export interface Storage {
   blobs: BlobStore;
   uploads(): UploadStore;
   coordination: Coordination;
+  /**
+   * Shared driver: a blob row's content is deleted after a grace, by whoever holds the
+   * `gc-leader` lease (coordination.ts). Null (local): delete the content at once.
+   */
+  deferredDeletes: DeferredDeletes | null;
   /** Close everything opened here (the metadata store and the object store client). */
   close(): Promise<void>;
 }
@@ -39,7 +44,7 @@ export const stderrLog: PgLog = {
 export async function openStorage(store: StoreConfig, paths: StoragePaths, log: PgLog): Promise<Storage> {
   if (store.driver === 'local') {
     const s = openLocalStorage(paths);
-    return { ...s, coordination: new LocalCoordination(), close: once(() => s.metadata.close()) };
+    return { ...s, coordination: new LocalCoordination(), deferredDeletes: null, close: once(() => s.metadata.close()) };
   }
   if (store.driver === 'shared' && store.postgres && store.s3) return openSharedStorage(store.postgres, store.s3, log);
   throw new Error(`storage.driver: ${store.driver} is not available (local or shared)`);
@@ -60,6 +65,7 @@ export async function openSharedStorage(pgc: PostgresConfig, s3c: S3Config, log:
     blobs,
     uploads: () => new S3UploadStore(blobs, pg.uploadRows, pg.coordination),
     coordination: pg.coordination,
+    deferredDeletes: pg.deferredDeletes,
     close: once(async () => {
       blobs.close();
       await pg.metadata.close();

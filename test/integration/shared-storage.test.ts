@@ -143,14 +143,14 @@ if (missing && !CI) {
     }
   });
 
-  test('gc and fsck run on shared storage (replicas stopped): fsck checks the objects, gc removes unreferenced rows and objects', async (t) => {
+  test('gc and fsck run on shared storage (replicas stopped): fsck checks the objects, gc removes unreferenced rows and (grace 0s) objects', async (t) => {
     const rs = await replicas(t, 2);
     const [a, b] = rs as unknown as [TestServer, TestServer];
     const img = sampleImage('shared-gc');
     t.is((await pushImage(a.url, 'team/gc', img, 'v1')).status, 201);
     t.is((await http('DELETE', `${b.url}/v2/team/gc/manifests/${img.manifest.digest}`)).status, 202);
     await Promise.all([a.app.close(), b.app.close()]);
-    const cfg = configFromObject({ storage: rs.storage, limits: { uploadTtl: '0s' } });
+    const cfg = configFromObject({ storage: rs.storage, limits: { uploadTtl: '0s' }, cache: { deleteGrace: '0s' } });
     const blobs = [img.config, ...img.layers];
     const before = await fsck(cfg, { repair: false });
     t.is(before.checked, blobs.length);
@@ -158,6 +158,8 @@ if (missing && !CI) {
     const gc = await collectGarbage(cfg, { dryRun: false });
     t.is(gc.blobsRemoved, blobs.length);
     t.is(gc.orphanFilesRemoved, 0);
+    t.is(gc.contentDeleted, blobs.length, 'contents deleted (deferred deletes, due at once with a 0s grace)');
+    t.is(gc.contentPending, 0);
     t.is((await fsck(cfg, { repair: false })).checked, 0);
     const c = await serve(t, { storage: rs.storage });
     for (const blob of blobs) t.is((await http('GET', `${c.url}/v2/team/gc/blobs/${blob.digest}`)).status, 404, 'gone from a replica started afterwards');

@@ -70,14 +70,15 @@ test('${VAR:-default}: unset or empty takes the default; empty username and pass
 });
 
 test('cache: absent = unlimited and never; sizes, durations and null parse; the default config keeps 90 days', (t) => {
-  t.deepEqual(configFromObject({}).cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000 });
+  t.deepEqual(configFromObject({}).cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000, deleteGraceMs: 300_000 });
   t.deepEqual(configFromObject({ cache: { maxBytes: '50GiB', maxAge: '30d', evictInterval: '30s' } }).cache, {
     maxBytes: 50 * 1024 ** 3,
     maxAgeMs: 30 * 86_400_000,
     evictIntervalMs: 30_000,
+    deleteGraceMs: 300_000,
   });
-  t.deepEqual(parseConfigYaml('cache: { maxBytes: null, maxAge: null }', 't.yml').cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000 });
-  t.deepEqual(loadConfig().cache, { maxBytes: null, maxAgeMs: 90 * 86_400_000, evictIntervalMs: 600_000 });
+  t.deepEqual(parseConfigYaml('cache: { maxBytes: null, maxAge: null }', 't.yml').cache, { maxBytes: null, maxAgeMs: null, evictIntervalMs: 600_000, deleteGraceMs: 300_000 });
+  t.deepEqual(loadConfig().cache, { maxBytes: null, maxAgeMs: 90 * 86_400_000, evictIntervalMs: 600_000, deleteGraceMs: 300_000 });
 });
 
 test('credentials from environment variables; durations and sizes', (t) => {

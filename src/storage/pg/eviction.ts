@@ -7,6 +7,7 @@
 import type { Digest } from '../../registry/names.js';
 import type { Evicted, EvictionCandidate, RepoKey } from '../ports.js';
 import type { Exec } from './exec.js';
+import { fillLeased, markDeleted } from './tombstones.js';
 
 /** Content reachable from anything pushed (a pushed manifest link, a tag, through references). */
 const KEEP_CTE = `keep(d) AS (
@@ -84,11 +85,18 @@ async function linkProvenance(x: Exec, table: 'manifests' | 'repo_blobs', repoId
   return (await x.rows<{ provenance: string }>(`SELECT provenance FROM ${table} WHERE repo_id = $1 AND digest = $2`, [repoId, digest]))[0]?.provenance;
 }
 
-/** Drop a blob row if nothing links it, nothing pushed reaches it and no fill claims it. */
+/**
+ * Drop a blob row if nothing links it, nothing pushed reaches it and no fill claims it (this
+ * replica's, `busy`, or any replica's `fill:` lease). Its content is deleted after the grace
+ * (tombstones.ts), so a replica that resolved the digest just before still reads it whole.
+ */
 async function dropBlobIfUnused(x: Exec, digest: string, busy: (d: Digest) => boolean, out: Evicted['blobs']): Promise<void> {
   if ((await one(x, 'SELECT 1 FROM repo_blobs WHERE digest = $1 LIMIT 1', [digest])) || (await isProtected(x, digest)) || busy(digest as Digest)) return;
+  if (await fillLeased(x, digest)) return;
   const row = (await x.rows<{ size: number }>('DELETE FROM blobs WHERE digest = $1 RETURNING size', [digest]))[0];
-  if (row) out.push({ digest: digest as Digest, size: row.size });
+  if (!row) return;
+  await markDeleted(x, digest);
+  out.push({ digest: digest as Digest, size: row.size });
 }
 
 export async function evictImage(x: Exec, repoId: number, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null> {

@@ -7,11 +7,14 @@ import type { PostgresConfig } from '../../config/schema.js';
 import { PgCoordination } from './leases.js';
 import { PgMetadataStore } from './metadata.js';
 import { createPool } from './pool.js';
+import { PgDeferredDeletes } from './tombstones.js';
 import { PgUploadRows } from './uploads.js';
 
 export interface PostgresStorage {
   metadata: PgMetadataStore;
   coordination: PgCoordination;
+  /** Blob content deleted after a grace (tombstones.ts). */
+  deferredDeletes: PgDeferredDeletes;
   /** Upload-session rows for the S3 upload store (same pool). */
   uploadRows: PgUploadRows;
   /** Ends the pool (the metadata store's close does the same). */
@@ -27,7 +30,7 @@ export async function openPostgresStorage(cfg: PostgresConfig, log: PgLog): Prom
   const db = createPool(cfg, (e) => log.warn({ code: (e as { code?: string }).code, err: e.message }, 'metadata database: an idle connection was lost (reconnects on next use)'));
   try {
     const metadata = await PgMetadataStore.open(db);
-    return { metadata, coordination: new PgCoordination(db), uploadRows: new PgUploadRows(db), close: () => db.close() };
+    return { metadata, coordination: new PgCoordination(db), deferredDeletes: new PgDeferredDeletes(db), uploadRows: new PgUploadRows(db), close: () => db.close() };
   } catch (e) {
     await db.close().catch(() => {});
     throw e;

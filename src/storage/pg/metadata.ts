@@ -26,6 +26,7 @@ import type {
 import * as ev from './eviction.js';
 import { type Exec, type TxState, clientExec, poolExec } from './exec.js';
 import { migrate } from './migrations.js';
+import { beforeRecord, markDeleted } from './tombstones.js';
 import { type ManifestRow, manifestFromRow } from '../rows.js';
 import type { PgPoolHandle } from './pool.js';
 
@@ -128,6 +129,8 @@ class PgOps implements MetadataOps {
     await this.ex.change(async (x) => {
       const now = Date.now();
       const id = await ensureRepo(x, repo);
+      // The content was just written: cancel its deferred delete, or wait for one in progress.
+      await beforeRecord(x, digest);
       await x.rows('INSERT INTO blobs(digest, size, created_at, last_access) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING', [digest, size, now]);
       await x.rows(LINK_BLOB, [id, digest, provenance, now]);
     });
@@ -335,7 +338,9 @@ class PgOps implements MetadataOps {
     return (await this.ex.rows("SELECT 1 FROM repo_blobs WHERE digest = $1 AND provenance = 'pushed' LIMIT 1", [digest])).length > 0;
   }
   async deleteBlobRow(digest: Digest): Promise<void> {
-    await this.ex.change((x) => x.count('DELETE FROM blobs WHERE digest = $1', [digest]));
+    await this.ex.change(async (x) => {
+      if ((await x.count('DELETE FROM blobs WHERE digest = $1', [digest])) > 0) await markDeleted(x, digest);
+    });
   }
   deleteUnreferencedManifestContent(): Promise<number> {
     return this.ex.change((x) =>

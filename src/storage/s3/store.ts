@@ -23,7 +23,8 @@
  *   A blob that never filled a part goes to its key in one PUT.
  * - Dedupe and races. A digest with a row is only linked (one metadata change that checks the row). Within one process a commit
  *   waits for a delete of the same digest in progress (as in the local driver). Across
- *   replicas that ordering is the metadata store's job (eviction holds a lease; issue #13).
+ *   replicas, deletes are deferred and claimed in PostgreSQL (pg/tombstones.ts): a commit meeting a
+ *   claimed delete waits for it and writes the content again.
  * - Reads. `open` HEADs the object (null when gone) and serves ranged GETs; each range is
  *   checked for length. A body opened before a delete: RGW and S3 keep serving a GET that
  *   already started; a GET started after the object is gone fails with an error (ENOENT),
@@ -55,7 +56,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { Readable } from 'node:stream';
+import { RegistryError } from '../../registry/errors.js';
 import { type Digest, digestAlgorithm, isDigest } from '../../registry/names.js';
+import { ContentBeingDeleted, DELETE_CLAIM_TTL_MS } from '../coordination.js';
 import { HashingCounter } from '../hashing.js';
 import type { BlobEntry, BlobLink, BlobStore, MetadataOps, StageOptions } from '../ports.js';
 import { S3BlobBody } from './body.js';
@@ -216,7 +219,26 @@ export class S3BlobStore implements BlobStore, S3StageHost {
 
   // ---- commit (S3StageHost) ------------------------------------------------------------
 
+  /**
+   * Another replica deleting this digest's content right now (its row already gone,
+   * coordination.ts DeferredDeletes) makes the row refuse (ContentBeingDeleted): wait for
+   * that delete, then write the content again, so the delete never removes what this
+   * commit recorded. Bounded by the claim's lifetime.
+   */
   async commitStaged(c: StagedContent, digest: Digest, link: BlobLink): Promise<void> {
+    const deadline = Date.now() + DELETE_CLAIM_TTL_MS + 10_000;
+    for (let wait = 50; ; wait = Math.min(wait * 2, 5000)) {
+      try {
+        return await this.commitOnce(c, digest, link);
+      } catch (e) {
+        if (!(e instanceof ContentBeingDeleted)) throw e;
+        if (Date.now() > deadline) throw new RegistryError('UNAVAILABLE', 'blob content is being deleted by another replica; retry shortly', { status: 503, headers: { 'retry-after': '5' } });
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  private async commitOnce(c: StagedContent, digest: Digest, link: BlobLink): Promise<void> {
     for (let pending = this.deleting.get(digest); pending; pending = this.deleting.get(digest)) await pending.catch(() => undefined);
     // Already stored: only link. linkBlob checks the row inside its own change, so a row
     // evicted since any earlier lookup is never re-created without its object: false means
