@@ -26,6 +26,8 @@ import { openStorage } from './storage/open.js';
 import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
+import { ClusterFills } from './cache/clusterfill.js';
+import { registerInternalFills } from './http/internal.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
@@ -89,6 +91,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   for (const u of config.upstreams.values()) clients.set(u.name, new UpstreamClient(u, logger.child({ upstream: u.name })));
   const fills = new FillManager(blobs, logger.child({ component: 'fill' }), maxBlob);
   const pull = new PullThrough(service, new Router(config), clients, fills, logger.child({ component: 'pullthrough' }));
+  // Shared storage: one upstream fetch per digest across replicas (fill leases). The local
+  // driver skips this entirely: no lease round trip, today's single flight only.
+  const cluster =
+    config.store.driver === 'shared' ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' })) : null;
+  if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
   const s3 = config.store.s3;
@@ -208,6 +215,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerImport(fastify, deps);
   registerExport(fastify, deps);
   registerOps(fastify, { metrics, ping: () => meta.ping() });
+  if (cluster && config.cluster.secret) registerInternalFills(fastify, cluster);
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 
@@ -254,7 +262,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const addr = fastify.server.address();
       if (!addr || typeof addr === 'string') throw new Error('server has no TCP address');
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-      return { host: addr.address, port: addr.port, url: `${tls ? 'https' : 'http'}://${h}:${addr.port}` };
+      const url = `${tls ? 'https' : 'http'}://${h}:${addr.port}`;
+      // A wildcard address names no host other replicas could dial: cluster.advertiseUrl then.
+      if (!['0.0.0.0', '::'].includes(addr.address)) cluster?.listening(url);
+      else if (cluster && !config.cluster.advertiseUrl) logger.warn('cluster.advertiseUrl is not set and the listen address is a wildcard: other replicas wait for this one\'s commits instead of streaming its fills');
+      return { host: addr.address, port: addr.port, url };
     },
     close() {
       // Idempotent: a test (or a signal) may close an app that its teardown closes again.
@@ -270,6 +282,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         }
         await fastify.close();
         await Promise.all([...clients.values()].map((c) => c.close()));
+        await cluster?.close();
         await evicting;
         await flushAccess();
         await storage.close(); // metadata store and, for the shared driver, the object store client

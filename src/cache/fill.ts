@@ -34,6 +34,8 @@ export interface ChunkPump {
 export interface FillSource {
   /** `abort` releases a body the fill refuses before reading it (size checks), so its connection is freed. */
   open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump); abort?: () => void }>;
+  /** Called once when the fill committed or failed (a replica's fill lease is released then). */
+  settled?(): void;
 }
 
 function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & ChunkPump {
@@ -306,6 +308,7 @@ export class FillManager {
     void this.run(f, repo, source, expectedSize).finally(() => {
       this.fills.delete(digest);
       this.started.delete(digest);
+      source.settled?.();
     });
     return f;
   }
