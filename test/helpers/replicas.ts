@@ -81,13 +81,18 @@ export async function replicas(
   return Object.assign(out, { db: shared.db, storage });
 }
 
-/** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
-export async function blobRows(db: string, digests: string[]): Promise<number> {
+/** One statement on the shared database (its own connection): the rows. */
+export async function sharedQuery<R extends pg.QueryResultRow>(db: string, sql: string, params: unknown[] = []): Promise<R[]> {
   const c = new pg.Client({ connectionString: db });
   await c.connect();
   try {
-    return (await c.query<{ n: string }>('SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).rows.map((r) => Number(r.n))[0] ?? 0;
+    return (await c.query<R>(sql, params)).rows;
   } finally {
     await c.end();
   }
+}
+
+/** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
+export async function blobRows(db: string, digests: string[]): Promise<number> {
+  return (await sharedQuery<{ n: string }>(db, 'SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).map((r) => Number(r.n))[0] ?? 0;
 }

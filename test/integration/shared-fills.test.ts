@@ -8,11 +8,11 @@
  */
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import pg from 'pg';
+import httpNode from 'node:http';
 import { http, sha256 } from '../helpers/http.js';
-import { startCli, writeConfig } from '../helpers/cli.js';
+import { startCli, withTimeout, writeConfig } from '../helpers/cli.js';
 import { startContainerd, writeHostsToml } from '../helpers/containerd.js';
-import { blobRows, replicas, sharedMissing as missing, sharedStorage, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, replicas, sharedMissing as missing, sharedQuery, sharedStorage, stopSharedServers } from '../helpers/replicas.js';
 import { type TestServer, tempDir } from '../helpers/server.js';
 import { CI, freePort, missingTools } from '../helpers/tools.js';
 import type { FakeUpstream } from '../fixtures/fake-upstream.js';
@@ -210,15 +210,15 @@ if (missing && !CI) {
     await a.kill();
     t.true(sentBeforeKill < layer.size, 'the kill landed mid-blob');
 
-    const r1 = await fromA;
+    const r1 = await withTimeout(fromA, WAIT_MS, 'the client of the killed replica');
     t.truthy(r1.error, 'the client of the killed replica got an aborted transfer');
     assertPrefix(t, r1.body, layer.bytes, 'client of A');
     t.true(r1.body.length < layer.size);
 
-    let r2 = await fromB;
+    let r2 = await withTimeout(fromB, WAIT_MS, 'the client of B to finish or fail');
     assertPrefix(t, r2.body, layer.bytes, 'client of B');
     t.log(`B's client: ${r2.body.length} of ${layer.size} bytes${r2.error ? ` then ${r2.error.message}` : ''}`);
-    for (let i = 0; i < 3 && (r2.error || r2.body.length !== layer.size); i++) r2 = await fetchStream(`${b.url}${url}`); // a client retries
+    for (let i = 0; i < 3 && (r2.error || r2.body.length !== layer.size); i++) r2 = await withTimeout(fetchStream(`${b.url}${url}`), WAIT_MS, 'a retry through B'); // a client retries
     t.is(r2.status, 200);
     t.is(sha256(r2.body), layer.digest);
 
@@ -229,15 +229,58 @@ if (missing && !CI) {
     // Stored exactly once and intact: the row's size, and the object's bytes as another
     // replica serves them with the upstream gone.
     await waitFor(async () => (await blobRows(shared.db, [layer.digest])) === 1, WAIT_MS, 'the blob committed');
-    const c = new pg.Client({ connectionString: shared.db });
-    await c.connect();
-    const size = await c.query<{ size: string }>('SELECT size FROM blobs WHERE digest = $1', [layer.digest]).finally(() => c.end());
-    t.is(Number(size.rows[0]?.size), layer.size);
+    const rows = await sharedQuery<{ size: string }>(shared.db, 'SELECT size FROM blobs WHERE digest = $1', [layer.digest]);
+    t.is(Number(rows[0]?.size), layer.size);
     await fake.stop(); // the checker can only answer from the shared store
     const checker = await serve(t, { ...upstreamConfig(fake), storage: shared.config(await tempDir(t)), cluster: { secret: SECRET } });
     const stored = await http('GET', `${checker.url}${url}`);
     t.is(stored.status, 200);
     t.is(sha256(stored.body), layer.digest);
+  });
+
+  test('a peer that sends wrong bytes: the non-owner verifies, aborts its client and stores nothing; after the lease expires it fetches itself', async (t) => {
+    const fake = await startFake(t);
+    const img = layeredImage('fills-liar', [1 * MiB]);
+    const layer = img.layers[0]!;
+    fake.addImage(REPO, img, 'v1');
+    const rs = await replicas(t, 1, { ...upstreamConfig(fake), cluster: { secret: SECRET, fillLeaseTtl: LEASE_TTL } });
+    const b = rs[0]!;
+    // A "replica" that holds the fill lease and streams a flipped byte under the right length.
+    const wrong = Buffer.from(layer.bytes);
+    wrong[wrong.length >> 1]! ^= 0xff;
+    const seen: Array<string | undefined> = [];
+    const liar = httpNode.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': wrong.length }).end(wrong);
+    });
+    await new Promise<void>((r) => liar.listen(0, '127.0.0.1', r));
+    t.teardown(() => new Promise<void>((r) => liar.close(() => r())));
+    const port = (liar.address() as { port: number }).port;
+    await sharedQuery(
+      rs.db,
+      `INSERT INTO leases (name, owner, token, acquired_at, expires_at)
+       VALUES ($1, $2, nextval('lease_tokens'), clock_timestamp(), clock_timestamp() + interval '3 seconds')`,
+      [`fill:${layer.digest}`, `liar http://127.0.0.1:${port}`],
+    );
+
+    const r = await withTimeout(fetchStream(`${b.url}${blobPath(layer.digest)}`), WAIT_MS, 'the client of the non-owner');
+    t.truthy(r.error, 'an aborted transfer');
+    t.true(r.body.length < layer.size, 'the last byte was withheld');
+    t.deepEqual(seen, [`Bearer ${SECRET}`], 'the non-owner asked the lease holder, with the secret');
+    t.is(blobGets(fake, layer.digest), 0, 'no upstream fetch while another replica holds the lease');
+    t.is(await blobRows(rs.db, [layer.digest]), 0, 'nothing stored');
+    // What the server logged about it (error level, which noServerErrors would report).
+    const integrity = b.logs.filter((l) => l.includes('integrity error'));
+    t.true(integrity.length > 0);
+    b.logs.splice(0, b.logs.length, ...b.logs.filter((l) => !integrity.includes(l)));
+
+    // The liar never renews: once its lease expired the replica takes it and fetches itself.
+    let ok = r;
+    const deadline = Date.now() + WAIT_MS;
+    while (sha256(ok.body) !== layer.digest && Date.now() < deadline) ok = await withTimeout(fetchStream(`${b.url}${blobPath(layer.digest)}`), WAIT_MS, 'a retry');
+    t.is(sha256(ok.body), layer.digest);
+    t.is(blobGets(fake, layer.digest), 1);
+    b.logs.splice(0, b.logs.length, ...b.logs.filter((l) => !l.includes('integrity error')));
   });
 
   const ctrMissing = missingTools(['containerd', 'ctr']);
