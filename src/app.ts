@@ -5,6 +5,7 @@
 import fs from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import https from 'node:https';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
@@ -263,9 +264,9 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       if (!addr || typeof addr === 'string') throw new Error('server has no TCP address');
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
       const url = `${tls ? 'https' : 'http'}://${h}:${addr.port}`;
-      // A wildcard address names no host other replicas could dial: cluster.advertiseUrl then.
-      if (!['0.0.0.0', '::'].includes(addr.address)) cluster?.listening(url);
-      else if (cluster && !config.cluster.advertiseUrl) logger.warn('cluster.advertiseUrl is not set and the listen address is a wildcard: other replicas wait for this one\'s commits instead of streaming its fills');
+      // A wildcard address names no host other replicas could dial: the host name then
+      // (compose, most orchestrators); cluster.advertiseUrl where that does not resolve.
+      cluster?.listening(['0.0.0.0', '::'].includes(addr.address) ? `${tls ? 'https' : 'http'}://${os.hostname()}:${addr.port}` : url);
       return { host: addr.address, port: addr.port, url };
     },
     close() {
