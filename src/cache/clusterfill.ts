@@ -102,13 +102,16 @@ export class ClusterFills {
     let held: { stop(): void } | null = null;
     return {
       open: async (offset) => {
-        if (held) return upstream.open(offset); // our lease: resume from the upstream as before
+        // Our lease: resume from the upstream as before (unless the blob got committed meanwhile).
+        if (held) return (await this.openStored(digest, offset)) ?? upstream.open(offset);
         const deadline = Date.now() + WAIT_FOR_OWNER_MS;
         for (;;) {
           const owner = this.owner;
           if (await this.coordination.acquireLease(name, owner, this.ttlMs)) {
             held = this.heartbeat(name, owner, digest);
-            return upstream.open(offset);
+            // The previous holder may have committed and released it since our lookup missed
+            // (one row lookup): serve that instead of fetching the blob a second time.
+            return (await this.openStored(digest, offset)) ?? upstream.open(offset);
           }
           const holder = await this.coordination.leaseHolder(name);
           const url = holder ? parseFillOwner(holder.owner).url : null;

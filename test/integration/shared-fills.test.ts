@@ -23,8 +23,13 @@ import { noServerErrors, OCI_MANIFEST, serve } from './_support.js';
 const UP = 'hub.test';
 const REPO = 'library/app';
 const SECRET = 'fills-secret-0123456789abcdef';
-/** Short, so a killed owner's lease frees up quickly; the heartbeat renews every third of it. */
+/**
+ * Short, so a killed owner's lease frees up quickly (the heartbeat renews every third of
+ * it); only where a test needs a lease to expire. The others keep the default (10s): a
+ * renewal delayed past a short TTL on a loaded machine would let a second replica fetch.
+ */
 const LEASE_TTL = '1500ms';
+const CLUSTER = { secret: SECRET };
 /** Generous ceiling for fills and commits on a loaded 2-core machine (polled, never slept). */
 const WAIT_MS = 60_000;
 const MiB = 1024 * 1024;
@@ -89,7 +94,7 @@ if (missing && !CI) {
     const img = layeredImage('fills-24', [3 * MiB, 1 * MiB, 256 * 1024, 16 * 1024]);
     fake.addImage(REPO, img, 'v1');
     throttleBlobs(fake, 256 * 1024, 25);
-    const rs = await replicas(t, 3, { ...upstreamConfig(fake), cluster: { secret: SECRET, fillLeaseTtl: LEASE_TTL } });
+    const rs = await replicas(t, 3, { ...upstreamConfig(fake), cluster: CLUSTER });
     const expected = [img.manifest.digest, ...blobsOf(img).map((b) => b.digest)];
     const started = Date.now();
     const results = await Promise.all(Array.from({ length: 24 }, (_, i) => pull(rs[i % 3]!.url, img)));
@@ -99,8 +104,9 @@ if (missing && !CI) {
     // Manifests are made exactly-once elsewhere (another change): counted, not asserted here.
     t.log(`upstream manifest GETs: ${fake.count({ method: 'GET', path: /\/manifests\// })}, blob HEADs: ${fake.count({ method: 'HEAD', path: /\/blobs\// })}`);
     const streamed = rs.reduce((n, s) => n + peerStreams(s), 0);
-    t.log(`fills streamed from their owner over /internal/fills: ${streamed}`);
+    t.log(`fills streamed from their owner over /internal/fills: ${streamed}; lost leases: ${rs.reduce((n, s) => n + s.logs.filter((l) => l.includes('fill lease lost')).length, 0)}`);
     t.true(streamed > 0, 'non-owners streamed fills from the owning replica');
+    t.false(rs.some((s) => s.logs.some((l) => l.includes(SECRET))), 'the cluster secret is never logged');
     await waitFor(async () => (await blobRows(rs.db, blobsOf(img).map((b) => b.digest))) === blobsOf(img).length, WAIT_MS, 'every blob committed');
   });
 
@@ -111,7 +117,7 @@ if (missing && !CI) {
     const img = layeredImage('fills-ttfb', [1, 2, 3, 4, 5].map(() => 1 * MiB));
     fake.addImage(REPO, img, 'v1');
     throttleBlobs(fake, 64 * 1024, 100);
-    const [a, b] = (await replicas(t, 2, { ...upstreamConfig(fake), cluster: { secret: SECRET, fillLeaseTtl: LEASE_TTL } })) as unknown as [TestServer, TestServer];
+    const [a, b] = (await replicas(t, 2, { ...upstreamConfig(fake), cluster: CLUSTER })) as unknown as [TestServer, TestServer];
     const owner: number[] = [];
     const other: number[] = [];
     for (const layer of img.layers) {
@@ -139,7 +145,7 @@ if (missing && !CI) {
     const layer = img.layers[0]!;
     fake.addImage(REPO, img, 'v1');
     throttleBlobs(fake, 64 * 1024, 50);
-    const [a] = (await replicas(t, 1, { ...upstreamConfig(fake), cluster: { secret: SECRET, fillLeaseTtl: LEASE_TTL } })) as unknown as [TestServer];
+    const [a] = (await replicas(t, 1, { ...upstreamConfig(fake), cluster: CLUSTER })) as unknown as [TestServer];
     const internal = `${a.url}/internal/fills/${layer.digest}`;
     const codeOf = (body: Buffer) => (JSON.parse(body.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code;
 
@@ -174,6 +180,7 @@ if (missing && !CI) {
     if (ranged.status === 206) t.true(ranged.body.equals(layer.bytes.subarray(1000)));
     else t.is(ranged.status, 404);
     t.is(sha256((await client).body), layer.digest);
+    t.false(a.logs.some((l) => l.includes(SECRET.slice(0, -1))), 'no secret, right or wrong, in the logs');
 
     // Without a secret the endpoint does not exist (non-owners wait for commits instead).
     const [plain] = (await replicas(t, 1, upstreamConfig(fake))) as unknown as [TestServer];
@@ -232,7 +239,7 @@ if (missing && !CI) {
     const rows = await sharedQuery<{ size: string }>(shared.db, 'SELECT size FROM blobs WHERE digest = $1', [layer.digest]);
     t.is(Number(rows[0]?.size), layer.size);
     await fake.stop(); // the checker can only answer from the shared store
-    const checker = await serve(t, { ...upstreamConfig(fake), storage: shared.config(await tempDir(t)), cluster: { secret: SECRET } });
+    const checker = await serve(t, { ...upstreamConfig(fake), storage: shared.config(await tempDir(t)), cluster: CLUSTER });
     const stored = await http('GET', `${checker.url}${url}`);
     t.is(stored.status, 200);
     t.is(sha256(stored.body), layer.digest);
@@ -289,7 +296,7 @@ if (missing && !CI) {
     const img = layeredImage('fills-ctr', [2 * MiB, 512 * 1024, 64 * 1024]);
     fake.addImage(REPO, img, 'v1');
     throttleBlobs(fake, 128 * 1024, 25);
-    const [rs, ctd] = await Promise.all([replicas(t, 3, { ...upstreamConfig(fake), cluster: { secret: SECRET, fillLeaseTtl: LEASE_TTL } }), startContainerd(t)]);
+    const [rs, ctd] = await Promise.all([replicas(t, 3, { ...upstreamConfig(fake), cluster: CLUSTER }), startContainerd(t)]);
     const hostsDir = path.join(await tempDir(t, 'regmirror-hosts-'), 'certs.d');
     await writeHostsToml(hostsDir, UP, { server: `http://127.0.0.1:${await freePort()}`, hosts: [{ url: rs[0]!.url }] });
     const expected = [img.manifest.digest, ...blobsOf(img).map((b) => b.digest)];
