@@ -172,8 +172,8 @@ export class ClusterFills {
       res.body.destroy();
     };
     const len = Number(res.headers['content-length']);
-    if (offset === 0 && res.statusCode === 200 && Number.isSafeInteger(len)) return { size: len, body: res.body, abort };
-    if (offset > 0 && res.statusCode === 206) return { size: null, body: res.body, abort };
+    if (offset === 0 && res.statusCode === 200 && Number.isSafeInteger(len)) return { size: len, body: res.body, abort, notUpstream: true };
+    if (offset > 0 && res.statusCode === 206) return { size: null, body: res.body, abort, notUpstream: true };
     await res.body.dump().catch(() => undefined);
     if ((res.statusCode === 401 || res.statusCode === 403) && !this.refusedWarned) {
       this.refusedWarned = true;
@@ -185,10 +185,11 @@ export class ClusterFills {
   /** The committed blob from `offset` out of the object store; null while it is not there. */
   private async openStored(digest: Digest, offset: number): Promise<Opened | null> {
     const st = await this.blobs.stat(digest);
-    if (!st || offset >= st.size) return st && st.size === 0 ? { size: 0, body: (async function* () {})() } : null;
+    if (!st || offset >= st.size) return st && st.size === 0 ? { size: 0, body: (async function* () {})(), notUpstream: true } : null;
     const body = await this.blobs.open(digest);
     if (!body) return null;
-    return { size: offset === 0 ? st.size : null, body: closing(body, offset, st.size - 1), abort: () => void body.close().catch(() => undefined) };
+    const abort = () => void body.close().catch(() => undefined);
+    return { size: offset === 0 ? st.size : null, body: closing(body, offset, st.size - 1), abort, notUpstream: true };
   }
 }
 

@@ -33,7 +33,13 @@ export interface ChunkPump {
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
   /** `abort` releases a body the fill refuses before reading it (size checks), so its connection is freed. */
-  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump); abort?: () => void }>;
+  open(offset: number): Promise<{
+    size: number | null;
+    body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump);
+    abort?: () => void;
+    /** The bytes come from another replica or the object store: not upstream traffic (onBytes). */
+    notUpstream?: boolean;
+  }>;
   /** Called once when the fill committed or failed (a replica's fill lease is released then). */
   settled?(): void;
 }
@@ -343,6 +349,7 @@ export class FillManager {
     w.onWritten = (bytes) => f.wrote(bytes);
     let stageReady = false;
     let unreported = 0;
+    let fromUpstream = true;
     const report = () => {
       if (unreported > 0) this.onBytes?.(f.origin, unreported);
       unreported = 0;
@@ -354,7 +361,7 @@ export class FillManager {
     const take = (chunk: Buffer): Promise<void> | undefined => {
       if (appendError) throw appendError;
       if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
-      if ((unreported += chunk.length) >= REPORT_BYTES) report();
+      if (fromUpstream && (unreported += chunk.length) >= REPORT_BYTES) report();
       if (!w.failed) f.accept(chunk);
       const appended = w.append(chunk);
       if (w.received - w.written > STAGE_BACKLOG) return appended;
@@ -368,6 +375,7 @@ export class FillManager {
         let opened: Awaited<ReturnType<FillSource['open']>> | null = null;
         try {
           opened = await source.open(w.received);
+          fromUpstream = opened.notUpstream !== true;
           if (!stageReady) {
             await w.flush(); // surfaces a temp file that could not be created
             stageReady = true;

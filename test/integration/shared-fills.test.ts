@@ -64,6 +64,12 @@ function peerStreams(s: TestServer): number {
   return s.logs.filter((l) => l.includes('"url":"/internal/fills/')).length;
 }
 
+/** regmirror_upstream_blob_bytes_total of a replica (all upstreams). */
+async function upstreamBlobBytes(s: TestServer): Promise<number> {
+  const text = (await http('GET', `${s.url}/metrics`)).body.toString();
+  return [...text.matchAll(/^regmirror_upstream_blob_bytes_total\{[^}]*\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
+}
+
 /** A client pull: the manifest by tag, then every blob at once; the digests it got. */
 async function pull(base: string, img: Image): Promise<string[]> {
   const m = await http('GET', `${base}/v2/${REPO}/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
@@ -108,6 +114,29 @@ if (missing && !CI) {
     t.true(streamed > 0, 'non-owners streamed fills from the owning replica');
     t.false(rs.some((s) => s.logs.some((l) => l.includes(SECRET))), 'the cluster secret is never logged');
     await waitFor(async () => (await blobRows(rs.db, blobsOf(img).map((b) => b.digest))) === blobsOf(img).length, WAIT_MS, 'every blob committed');
+    // Bytes streamed from a peer are not counted as upstream traffic: the replicas' metrics add up to the image once.
+    const counted = (await Promise.all(rs.map(upstreamBlobBytes))).reduce((n, x) => n + x, 0);
+    t.is(counted, blobsOf(img).reduce((n, b) => n + b.size, 0));
+  });
+
+  test('without cluster.secret a non-owner waits for the owner\'s commit and serves the blob from the object store: still one upstream fetch', async (t) => {
+    const fake = await startFake(t);
+    const img = layeredImage('fills-nosecret', [2 * MiB, 512 * 1024]);
+    fake.addImage(REPO, img, 'v1');
+    throttleBlobs(fake, 128 * 1024, 50);
+    const [a, b] = (await replicas(t, 2, upstreamConfig(fake))) as unknown as [TestServer, TestServer];
+    for (const layer of img.layers) {
+      const url = blobPath(layer.digest);
+      const first = fetchStream(`${a.url}${url}`);
+      await waitFor(() => fake.find({ method: 'GET', path: url }).some((r) => r.bytes > 0), WAIT_MS, 'A\'s fill to start');
+      const second = fetchStream(`${b.url}${url}`);
+      const r1 = await withTimeout(first, WAIT_MS, 'the owner\'s client');
+      const r2 = await withTimeout(second, WAIT_MS, 'the waiting replica\'s client');
+      t.is(sha256(r1.body), layer.digest);
+      t.is(sha256(r2.body), layer.digest);
+      t.is(blobGets(fake, layer.digest), 1);
+      t.is(await upstreamBlobBytes(b), 0, 'B read the store, not the upstream');
+    }
   });
 
   test('a non-owner streams the owner\'s fill: its first byte comes before the fill ends (time to first byte logged)', async (t) => {
