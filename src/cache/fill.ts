@@ -423,7 +423,10 @@ export class FillManager {
     } catch (e) {
       report();
       const err = e instanceof Error ? e : new Error(String(e));
-      if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') this.log.error({ digest: f.digest, bytes: f.written }, 'upstream integrity error: digest mismatch, nothing stored');
+      if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') {
+        const from = fromUpstream ? 'upstream' : 'peer replica or object store';
+        this.log.error({ digest: f.digest, bytes: f.written, from }, `${fromUpstream ? 'upstream' : 'cluster'} integrity error: digest mismatch, nothing stored`);
+      }
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');
       await w.abort().catch(() => undefined);
       f.fail(err);
