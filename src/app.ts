@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import fs from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import https from 'node:https';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
@@ -28,6 +29,8 @@ import { openStorage } from './storage/open.js';
 import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
+import { ClusterFills } from './cache/clusterfill.js';
+import { registerInternalFills } from './http/internal.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
@@ -96,6 +99,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   // (polling the store itself, past the read cache). One process needs only its own flights.
   const shared = config.store.driver === 'shared' ? { flights: new ClusterFlights(storage.coordination, pullLog), meta: storage.metadata } : null;
   const pull = new PullThrough(service, new Router(config), clients, fills, pullLog, shared);
+  // Shared storage: one upstream fetch per digest across replicas (fill leases). The local
+  // driver skips this entirely: no lease round trip, today's single flight only.
+  const cluster =
+    config.store.driver === 'shared' ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' })) : null;
+  if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
   const s3 = config.store.s3;
@@ -224,6 +232,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerImport(fastify, deps);
   registerExport(fastify, deps);
   registerOps(fastify, { metrics, ping: () => meta.ping() });
+  if (cluster && config.cluster.secret) registerInternalFills(fastify, cluster);
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 
@@ -270,7 +279,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       const addr = fastify.server.address();
       if (!addr || typeof addr === 'string') throw new Error('server has no TCP address');
       const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-      return { host: addr.address, port: addr.port, url: `${tls ? 'https' : 'http'}://${h}:${addr.port}` };
+      const url = `${tls ? 'https' : 'http'}://${h}:${addr.port}`;
+      // A wildcard address names no host other replicas could dial: the host name then
+      // (compose, most orchestrators); cluster.advertiseUrl where that does not resolve.
+      cluster?.listening(['0.0.0.0', '::'].includes(addr.address) ? `${tls ? 'https' : 'http'}://${os.hostname()}:${addr.port}` : url);
+      return { host: addr.address, port: addr.port, url };
     },
     close() {
       // Idempotent: a test (or a signal) may close an app that its teardown closes again.
@@ -286,6 +299,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
         }
         await fastify.close();
         await Promise.all([...clients.values()].map((c) => c.close()));
+        await cluster?.close();
         await evicting;
         await flushAccess();
         await storage.close(); // metadata store and, for the shared driver, the object store client

@@ -33,7 +33,15 @@ export interface ChunkPump {
 /** What a fill needs from the upstream: a body from `offset`, and the total size when known. */
 export interface FillSource {
   /** `abort` releases a body the fill refuses before reading it (size checks), so its connection is freed. */
-  open(offset: number): Promise<{ size: number | null; body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump); abort?: () => void }>;
+  open(offset: number): Promise<{
+    size: number | null;
+    body: AsyncIterable<Buffer> | (AsyncIterable<Buffer> & ChunkPump);
+    abort?: () => void;
+    /** The bytes come from another replica or the object store: not upstream traffic (onBytes). */
+    notUpstream?: boolean;
+  }>;
+  /** Called once when the fill committed or failed (a replica's fill lease is released then). */
+  settled?(): void;
 }
 
 function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & ChunkPump {
@@ -306,6 +314,7 @@ export class FillManager {
     void this.run(f, repo, source, expectedSize).finally(() => {
       this.fills.delete(digest);
       this.started.delete(digest);
+      source.settled?.();
     });
     return f;
   }
@@ -340,6 +349,7 @@ export class FillManager {
     w.onWritten = (bytes) => f.wrote(bytes);
     let stageReady = false;
     let unreported = 0;
+    let fromUpstream = true;
     const report = () => {
       if (unreported > 0) this.onBytes?.(f.origin, unreported);
       unreported = 0;
@@ -351,7 +361,7 @@ export class FillManager {
     const take = (chunk: Buffer): Promise<void> | undefined => {
       if (appendError) throw appendError;
       if (f.size !== null && w.received + chunk.length > f.size) throw new RegistryError('BLOB_UNKNOWN', 'upstream sent more bytes than announced', { status: 502 });
-      if ((unreported += chunk.length) >= REPORT_BYTES) report();
+      if (fromUpstream && (unreported += chunk.length) >= REPORT_BYTES) report();
       if (!w.failed) f.accept(chunk);
       const appended = w.append(chunk);
       if (w.received - w.written > STAGE_BACKLOG) return appended;
@@ -365,6 +375,7 @@ export class FillManager {
         let opened: Awaited<ReturnType<FillSource['open']>> | null = null;
         try {
           opened = await source.open(w.received);
+          fromUpstream = opened.notUpstream !== true;
           if (!stageReady) {
             await w.flush(); // surfaces a temp file that could not be created
             stageReady = true;
@@ -412,7 +423,10 @@ export class FillManager {
     } catch (e) {
       report();
       const err = e instanceof Error ? e : new Error(String(e));
-      if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') this.log.error({ digest: f.digest, bytes: f.written }, 'upstream integrity error: digest mismatch, nothing stored');
+      if (err instanceof RegistryError && err.code === 'DIGEST_INVALID') {
+        const from = fromUpstream ? 'upstream' : 'peer replica or object store';
+        this.log.error({ digest: f.digest, bytes: f.written, from }, `${fromUpstream ? 'upstream' : 'cluster'} integrity error: digest mismatch, nothing stored`);
+      }
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');
       await w.abort().catch(() => undefined);
       f.fail(err);

@@ -21,6 +21,7 @@ import {
 } from './schema.js';
 import { ConfigError, Section, positiveInt } from './section.js';
 import { parseStore } from './storage.js';
+import { parseCluster } from './cluster.js';
 
 export { ConfigError, Section, parseBytes, parseDurationMs } from './section.js';
 
@@ -38,6 +39,7 @@ export function configFromObject(doc: unknown): Config {
   const root = Section.of('', doc);
   const listen = parseListen(root.string('listen', '0.0.0.0:5000'), 'listen');
   const { storage, store } = parseStore(root);
+  const cluster = parseCluster(root.section('cluster'), store);
   const logS = root.section('log');
   const level = logS.string('level', 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) throw new ConfigError(`log.level: must be one of ${LOG_LEVELS.join(', ')}`);
@@ -76,7 +78,7 @@ export function configFromObject(doc: unknown): Config {
   const namespaces = root.list('namespaces').map((v, i) => parseNamespace(Section.of(`namespaces[${i}]`, v), upstreams));
   const rewrites = root.list('rewrites').map((v, i) => parseRewrite(Section.of(`rewrites[${i}]`, v), upstreams));
   root.done();
-  return deepFreeze({ listen, storage, store, log, limits, http, cache, status, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
+  return deepFreeze({ listen, storage, store, cluster, log, limits, http, cache, status, tls, auth, upstreams, defaultUpstream, namespaces, rewrites });
 }
 
 export function parseConfigYaml(text: string, source: string): Config {

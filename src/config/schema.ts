@@ -162,12 +162,23 @@ export interface StoreConfig {
   readonly s3: S3Config | null;
 }
 
+/** How replicas on one shared store cooperate on fills (`cluster:`; config/cluster.ts). */
+export interface ClusterConfig {
+  /** How other replicas reach this one; null = derived from the listen address. */
+  readonly advertiseUrl: string | null;
+  /** Bearer token of the internal fill endpoint; null = endpoint off (non-owners wait for the commit). */
+  readonly secret: string | null;
+  /** A fill lease not renewed for this long is free for another replica. */
+  readonly fillLeaseTtlMs: number;
+}
+
 export interface Config {
   readonly listen: { readonly host: string; readonly port: number };
   /** Data directory: blobs, uploads, regmirror.db (local driver), tmp/ and the token key (every driver). */
   readonly storage: string;
   /** The storage drivers (`storage.driver`, default local). */
   readonly store: StoreConfig;
+  readonly cluster: ClusterConfig;
   readonly log: { readonly level: LogLevel; readonly pretty: boolean };
   readonly limits: {
     /** Manifest PUT bodies above this answer 413 (spec asks to accept at least 4 MB). */

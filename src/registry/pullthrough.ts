@@ -8,7 +8,7 @@
  * in pullthrough/ (manifests, blobs, push completion) and in taglists.ts/referrers.ts.
  */
 import type { Logger } from 'pino';
-import type { FillManager } from '../cache/fill.js';
+import type { FillManager, FillSource } from '../cache/fill.js';
 import type { Resolution, Router } from '../upstream/routing.js';
 import type { UpstreamClient } from '../upstream/client.js';
 import type { AccessRecorder } from '../storage/access.js';
@@ -78,6 +78,11 @@ export class PullThrough {
     this.push = new PushCompletion(local, upstreams, this.manifests, this.blobs);
     this.tagLists = new TagListCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: 'application/json', timeoutMs }), log, shared);
     this.referrerLists = new ReferrersCache((up, path, timeoutMs) => upstreams.request(up, 'GET', path, { accept: MT.ociIndex, timeoutMs }), log, shared);
+  }
+
+  /** Shared storage: wraps each blob fill's upstream source (cache/clusterfill.ts); set by the app. */
+  set coordinateFills(wrap: ((digest: Digest, source: FillSource) => FillSource) | null) {
+    this.blobs.coordinate = wrap;
   }
 
   resolve(repo: RepoName, ns: string | undefined): Resolution {

@@ -76,15 +76,18 @@ export async function killHard(child: ChildProcess): Promise<void> {
   await withTimeout(gone, 10_000, `server pid ${child.pid} to exit after SIGKILL`);
 }
 
-/** A config file for the child in `dir` with storage at `dir/storage`; `extra` are more YAML lines. */
-export async function writeConfig(dir: string, extra: readonly string[] = []): Promise<{ config: string; storage: string }> {
-  const storage = path.join(dir, 'storage');
+/**
+ * A config file for the child in `dir` with storage at `dir/storage`; `extra` are more YAML
+ * lines. `store`: a `storage:` mapping instead (e.g. replicas.ts `sharedStorage().config(dir)`).
+ */
+export async function writeConfig(dir: string, extra: readonly string[] = [], store?: Record<string, unknown>): Promise<{ config: string; storage: string }> {
+  const storage = typeof store?.path === 'string' ? store.path : path.join(dir, 'storage');
   const config = path.join(dir, 'config.yml');
   await fs.writeFile(
     config,
     [
       'listen: 127.0.0.1:0',
-      `storage: ${JSON.stringify(storage)}`,
+      `storage: ${JSON.stringify(store ?? storage)}`,
       'log:',
       '  level: info',
       'limits:',

@@ -67,7 +67,8 @@ test('docker-compose.ha.yml: two replicas on config/docker-ha.yml (shared driver
   }
   t.truthy(compose.secrets?.['token-key.pem']?.file);
   // The config as a replica reads it: shared driver on the compose services, the secret's key.
-  for (const v of vars) process.env[v] = env[v]?.startsWith('/') ? env[v] : 'x';
+  // Long enough for any secret's minimum length (cluster.secret: 16).
+  for (const v of vars) process.env[v] = env[v]?.startsWith('/') ? env[v] : 'x'.repeat(32);
   delete process.env.REGMIRROR_HTPASSWD;
   const cfg = parseConfigYaml(configText, 'docker-ha.yml');
   t.is(cfg.store.driver, 'shared');
@@ -75,6 +76,7 @@ test('docker-compose.ha.yml: two replicas on config/docker-ha.yml (shared driver
   t.regex(cfg.store.s3?.endpoint ?? '', /^http:\/\/minio:\d+$/);
   t.false(cfg.store.s3?.redirect, 'clients outside compose cannot reach http://minio');
   t.is(cfg.auth?.token?.key, '/run/secrets/token-key.pem');
+  t.truthy(cfg.cluster.secret, 'replicas share fills over the internal endpoint');
   t.truthy(compose.services.postgres && compose.services.minio);
   t.is(compose.services.postgres!.environment?.POSTGRES_PASSWORD, env.REGMIRROR_PG_PASSWORD);
   t.is(compose.services.minio!.environment?.MINIO_ROOT_USER, env.REGMIRROR_S3_ACCESS_KEY);

@@ -11,6 +11,9 @@ import type { RegistryService } from '../service.js';
 import { type BlobAnswer, type Count, type UpstreamRoute, type Upstreams, nsHeaders, originOf, routeOrThrow, upstreamError } from './shared.js';
 
 export class BlobLookups {
+  /** Shared storage: the upstream fetched only by the replica holding the fill lease (cache/clusterfill.ts). */
+  coordinate: ((digest: Digest, source: FillSource) => FillSource) | null = null;
+
   constructor(
     private readonly local: RegistryService,
     private readonly upstreams: Upstreams,
@@ -100,6 +103,6 @@ export class BlobLookups {
         throw upstreamError(res, 'BLOB_UNKNOWN');
       },
     };
-    return this.fills.fill(digest, repo, originOf(up), source, expectedSize);
+    return this.fills.fill(digest, repo, originOf(up), this.coordinate ? this.coordinate(digest, source) : source, expectedSize);
   }
 }
