@@ -12,6 +12,7 @@ import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { SmallBlobCache } from './http/smallblobs.js';
+import { type RawHandler, hotBlobHandler } from './http/hotblobs.js';
 import { registerExplain } from './http/explain.js';
 import { registerImport } from './http/import.js';
 import { registerExport } from './http/export.js';
@@ -115,17 +116,28 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   });
 
   // With TLS, the same request handler also serves an optional plain-HTTP listener
-  // (loopback/dev), so both share one app, one database and one set of fills.
+  // (loopback/dev), so both share one app, one database and one set of fills. Every
+  // server first offers a request to the warm small-blob path (set once deps exist).
   let plain: http.Server | null = null;
+  let hot: RawHandler | null = null;
+  let closing: Promise<void> | null = null;
   const tls = config.tls;
-  const serverFactory = tls
-    ? (handler: http.RequestListener) => {
-        if (tls.httpListen) plain = http.createServer(handler);
-        return https.createServer(tlsOptions(tls), handler);
-      }
-    : undefined;
+  const tune = (srv: http.Server) => {
+    srv.headersTimeout = config.http.headersTimeoutMs;
+    srv.keepAliveTimeout = config.http.keepAliveTimeoutMs;
+    srv.requestTimeout = 0;
+    srv.setTimeout(config.http.idleTimeoutMs);
+    return srv;
+  };
+  let fastifyHandler: RawHandler | null = null;
+  const serverFactory = (onRequest: http.RequestListener) => {
+    fastifyHandler = onRequest;
+    const handler: RawHandler = (req, res) => (hot ?? onRequest)(req, res);
+    if (tls?.httpListen) plain = tune(http.createServer(handler));
+    return tune(tls ? https.createServer(tlsOptions(tls), handler) : http.createServer(handler));
+  };
   const fastify = Fastify({
-    ...(serverFactory ? { serverFactory } : {}),
+    serverFactory,
     loggerInstance: logger as FastifyBaseLogger,
     // One access line per request (onResponse below) instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -137,13 +149,6 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
     return503OnClosing: true,
   });
-  for (const srv of [fastify.server, plain as http.Server | null]) {
-    if (!srv) continue;
-    srv.headersTimeout = config.http.headersTimeoutMs;
-    srv.keepAliveTimeout = config.http.keepAliveTimeoutMs;
-    srv.requestTimeout = 0;
-    srv.setTimeout(config.http.idleTimeoutMs);
-  }
 
   // Every body reaches handlers unread: blobs are streamed to disk, manifests are read
   // with a cap. fastify's JSON/text parsers would buffer and re-parse them.
@@ -204,6 +209,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   };
   const deps = { svc: service, pull, access, onBlobServed, smallBlobs: new SmallBlobCache() };
   registerV2(fastify, deps);
+  if (!fastifyHandler) throw new Error('fastify did not create its server');
+  hot = hotBlobHandler({ deps, metrics, log: logger as FastifyBaseLogger, closing: () => closing !== null }, fastifyHandler);
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
   registerExport(fastify, deps);
@@ -223,7 +230,6 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       }, config.cache.evictIntervalMs)
     : null;
   eviction?.unref();
-  let closing: Promise<void> | null = null;
 
   return {
     fastify,

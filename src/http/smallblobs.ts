@@ -29,6 +29,11 @@ export class SmallBlobCache {
     return b && b.length === size ? b : undefined;
   }
 
+  /** The cached bytes of `digest`, whatever the size (the caller compares it with the store's). */
+  peek(digest: Digest): Buffer | undefined {
+    return this.lru.get(digest);
+  }
+
   /**
    * Read a small opened body whole and keep it; undefined (nothing kept) when the driver
    * has no positional reads, or the content is not `size` bytes that hash to `digest`.
