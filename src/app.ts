@@ -19,6 +19,7 @@ import { registerExport } from './http/export.js';
 import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
+import { StaleValue } from './ops/stalevalue.js';
 import { registerStatus } from './http/status.js';
 import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
@@ -62,7 +63,7 @@ export interface BuildOptions {
 const SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Batched last-access times are written this often (one transaction). */
 const ACCESS_FLUSH_MS = 5_000;
-/** The cached-bytes gauge runs a query over all blobs: at most this often. */
+/** The cached-bytes gauge runs a query over all blobs: at most this often, in the background. */
 const CACHED_BYTES_TTL_MS = 30_000;
 
 function tlsOptions(tls: TlsConfig): https.ServerOptions {
@@ -160,11 +161,9 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
     done();
   });
-  let cachedBytes = { value: 0, at: -Infinity };
-  const cachedBytesNow = async () => {
-    if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: await meta.cachedBytes(), at: Date.now() };
-    return cachedBytes.value;
-  };
+  // /metrics and /status answer the last count at once; the scan runs in the background (stalevalue.ts).
+  const cachedBytes = new StaleValue(() => meta.cachedBytes(), CACHED_BYTES_TTL_MS, (err) => logger.warn({ err }, 'counting cached bytes failed'));
+  const cachedBytesNow = () => cachedBytes.get();
   const metrics = new Metrics({ inflightFills: () => fills.size, cachedBytes: cachedBytesNow });
   const status = new StatusCollector({
     version: packageVersion(),
@@ -178,7 +177,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     metrics.evictedBytes.inc(r.bytes);
     metrics.evictedBlobs.inc(r.blobs);
     metrics.evictedImages.inc(r.images);
-    cachedBytes = { value: r.cachedBytes, at: Date.now() };
+    cachedBytes.set(r.cachedBytes);
   };
   for (const c of clients.values()) {
     c.health.onChange = (offline) => status.offlineChanged(c.name, offline);
