@@ -312,12 +312,21 @@ export class MetadataDb {
          WHERE m.provenance = 'cached' AND m.digest NOT IN (SELECT d FROM keep)
            AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p ON p.repo_id = m.repo_id AND p.digest = r.digest WHERE r.child = m.digest)`,
       ),
+      // KEEP_CTE membership is asked per surviving row (inKeep): loose links are few, and
+      // materializing KEEP walks every blob pushed manifests reference (bench/scale.mjs).
       looseBlobs: db.prepare<[number], { repo_id: number; digest: string; last_access: number }>(
-        `WITH RECURSIVE ${KEEP_CTE}
-         SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
-         WHERE rb.provenance = 'cached' AND b.last_access < ? AND rb.digest NOT IN (SELECT d FROM keep)
-           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')
-           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)`,
+        `SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.provenance = 'cached' AND b.last_access < ?
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')`,
+      ),
+      // Whether a digest is in KEEP_CTE: it, or anything that references it, is a pushed manifest or tagged.
+      inKeep: db.prepare<[string], { one: number }>(
+        `WITH RECURSIVE up(d) AS (SELECT ? UNION SELECT r.digest FROM manifest_refs r JOIN up ON r.child = up.d)
+         SELECT 1 AS one FROM up
+         WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.digest = up.d AND m.provenance = 'pushed')
+            OR EXISTS (SELECT 1 FROM tags t WHERE t.digest = up.d)
+         LIMIT 1`,
       ),
       imageAccess: db.prepare<[number, string], { provenance: string; last_access: number }>(
         `SELECT m.provenance, ${IMAGE_ACCESS} AS last_access FROM manifests m WHERE m.repo_id = ? AND m.digest = ?`,
@@ -597,7 +606,10 @@ export class MetadataDb {
 
   /** Eviction candidates: cached blob links no manifest of their repository references, idle since before `before`. */
   looseBlobs(before: number): LooseBlob[] {
-    return this.s.looseBlobs.all(before).map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+    return this.s.looseBlobs
+      .all(before)
+      .filter((r) => this.s.inKeep.get(r.digest) === undefined)
+      .map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
   }
 
   private isProtected(digest: string): boolean {
