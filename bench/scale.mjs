@@ -180,6 +180,7 @@ async function headLoad(base, paths, conns, until, maxMs) {
   const t0 = performance.now();
   const deadline = t0 + maxMs;
   let next = 0;
+  const worst = { ms: 0, atS: null };
   await Promise.all(Array.from({ length: conns }, async () => {
     while (!until() && performance.now() < deadline && lat.length < 10_000_000) {
       const p = paths[next++ % paths.length];
@@ -187,7 +188,10 @@ async function headLoad(base, paths, conns, until, maxMs) {
       try {
         const r = await request('HEAD', `${base}${p}`, { headers: { accept: MANIFEST_ACCEPT }, agent, timeoutMs: 60_000 });
         if (r.status !== 200) errors++;
-        lat.push(performance.now() - s);
+        const ms = performance.now() - s;
+        lat.push(ms);
+        // When the slowest request started (seconds into the load): which phase stalled serving.
+        if (ms > worst.ms) Object.assign(worst, { ms, atS: Math.round((s - t0) / 100) / 10 });
       } catch {
         errors++;
       }
@@ -197,7 +201,7 @@ async function headLoad(base, paths, conns, until, maxMs) {
   agent.destroy();
   const sorted = lat.sort((a, b) => a - b);
   const pct = (q) => (sorted.length ? Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] * 100) / 100 : null);
-  return { requests: lat.length, errors, reqPerS: Math.round(lat.length / secs), p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1), seconds: Math.round(secs * 10) / 10 };
+  return { requests: lat.length, errors, reqPerS: Math.round(lat.length / secs), p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1), maxAtS: worst.atS, seconds: Math.round(secs * 10) / 10 };
 }
 
 function shuffled(xs, seed) {

@@ -68,3 +68,19 @@ test('the first read fails when its load fails; the next read loads again', asyn
   l.pending[1]!.resolve(5);
   t.is(await again, 5);
 });
+
+test('after a slow computation the value stays fresh for ten times its duration (bounded background load)', async (t) => {
+  const l = loads();
+  let clock = 0;
+  const v = new StaleValue(l.load, 1000, () => undefined, () => clock);
+  const first = v.get();
+  clock = 5000; // the computation took 5 s
+  l.pending[0]!.resolve(1);
+  t.is(await first, 1);
+  clock = 5000 + 49_000;
+  t.is(await v.get(), 1);
+  t.is(l.pending.length, 1, 'fresh for 50 s, not ttlMs');
+  clock = 5000 + 51_000;
+  t.is(await v.get(), 1);
+  t.is(l.pending.length, 2, 'then recomputed');
+});
