@@ -23,7 +23,8 @@
  * load from other work on the machine lands on both alike; then the eviction pass on the
  * full store with HEAD load on it (worst latency = the serving stall). SCALE_STORE=<dir>
  * reuses a full store filled before (its `storage/`; `SCALE_KEEP=1` keeps one): filling a
- * million blobs takes minutes to tens of minutes on a busy machine.
+ * million blobs takes minutes to tens of minutes on a busy machine. SCALE_PATHS (20000):
+ * distinct HEAD paths per store (2 = the empty store's working set on both).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -329,6 +330,7 @@ function filledStore(dir) {
 /** SCALE_MODE=head-ab (see the top): HEAD on both stores in alternating slices, then eviction on the full one. */
 async function headAb() {
   const slices = envNum('SCALE_SLICES', 6, 2, 40);
+  const PATHS = envNum('SCALE_PATHS', 20_000, 1, 1e6);
   const stores = {};
   for (const [label, n] of [['empty', EMPTY], ['full', FULL]]) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), `regmirror-scale-${label}-`));
@@ -341,8 +343,10 @@ async function headAb() {
     await waitReady(base, srv, 600_000);
     const startupMs = Math.round(performance.now() - t0);
     log(`${label}: ${JSON.stringify(f.counts)}, ready in ${startupMs} ms`);
-    const byTag = shuffled(f.pushedTags, 7).slice(0, 20_000).map(([r, t]) => `/v2/${r}/manifests/${t}`);
-    const byDigest = shuffled(f.pushedDigests, 11).slice(0, 20_000).map(([r, d]) => `/v2/${r}/manifests/${d}`);
+    // SCALE_PATHS: as many distinct paths on both stores (the empty one has 2 images), so the
+    // hot read cache serves both alike and only the store's size differs.
+    const byTag = shuffled(f.pushedTags, 7).slice(0, PATHS).map(([r, t]) => `/v2/${r}/manifests/${t}`);
+    const byDigest = shuffled(f.pushedDigests, 11).slice(0, PATHS).map(([r, d]) => `/v2/${r}/manifests/${d}`);
     stores[label] = { dir, f, port, base, srv, startupMs, byTag, byDigest, slices: { byTag: [], byDigest: [] } };
   }
   for (let i = 0; i < slices; i++) {
@@ -353,7 +357,7 @@ async function headAb() {
     log(`slice ${i + 1}/${slices}: ${['empty', 'full'].map((l) => `${l} tag ${stores[l].slices.byTag.at(-1).reqPerS} req/s p99 ${stores[l].slices.byTag.at(-1).p99Ms} ms`).join(', ')}`);
   }
   const med = (xs) => median(xs.filter((x) => x !== null));
-  const res = { label: LABEL, date: new Date().toISOString(), settings: { slices, SECONDS, CONNS, FULL, EMPTY, reusedStore: process.env.SCALE_STORE ?? null }, stores: {} };
+  const res = { label: LABEL, date: new Date().toISOString(), settings: { slices, paths: PATHS, SECONDS, CONNS, FULL, EMPTY, reusedStore: process.env.SCALE_STORE ?? null }, stores: {} };
   for (const label of ['empty', 'full']) {
     const st = stores[label];
     res.stores[label] = { counts: st.f.counts, startupMs: st.startupMs, slices: st.slices };
@@ -387,7 +391,7 @@ async function headAb() {
   const md = [
     `# Scale bench, HEAD side by side (${res.label}, ${res.date})`,
     '',
-    `Empty ${JSON.stringify(res.stores.empty.counts)} vs full ${JSON.stringify(res.stores.full.counts)}; both servers up at once, HEAD (${CONNS} connections, ${SECONDS} s per slice) in ${slices} alternating slices each (E F, F E, ...). Medians over slices; ratios are per slice pair, then the median.`,
+    `Empty ${JSON.stringify(res.stores.empty.counts)} vs full ${JSON.stringify(res.stores.full.counts)}; both servers up at once, HEAD (${CONNS} connections, ${SECONDS} s per slice, at most ${PATHS} distinct paths per store) in ${slices} alternating slices each (E F, F E, ...). Medians over slices; ratios are per slice pair, then the median.`,
     '',
     '| measure | empty store | full store | full/empty (per-pair median) |',
     '| --- | ---: | ---: | ---: |',
