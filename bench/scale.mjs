@@ -17,6 +17,14 @@
  * pages) SCALE_SECONDS (5 per HEAD run) SCALE_CONNS (16) SCALE_QUICK=1 (all counts / 20)
  * SCALE_LABEL (result file name suffix) SCALE_KEEP=1 (keep the temp dirs).
  * Results: bench/results/scale/<date>-<label>.json and latest-<label>.md.
+ *
+ * SCALE_MODE=head-ab: only manifest HEAD, empty and full store served side by side (two
+ * server processes) and measured in alternating slices (E F F E ..., SCALE_SLICES, 6), so
+ * load from other work on the machine lands on both alike; then the eviction pass on the
+ * full store with HEAD load on it (worst latency = the serving stall). SCALE_STORE=<dir>
+ * reuses a full store filled before (its `storage/`; `SCALE_KEEP=1` keeps one): filling a
+ * million blobs takes minutes to tens of minutes on a busy machine. SCALE_PATHS (20000):
+ * distinct HEAD paths per store (2 = the empty store's working set on both).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -173,6 +181,7 @@ async function headLoad(base, paths, conns, until, maxMs) {
   const t0 = performance.now();
   const deadline = t0 + maxMs;
   let next = 0;
+  const worst = { ms: 0, atS: null };
   await Promise.all(Array.from({ length: conns }, async () => {
     while (!until() && performance.now() < deadline && lat.length < 10_000_000) {
       const p = paths[next++ % paths.length];
@@ -180,7 +189,10 @@ async function headLoad(base, paths, conns, until, maxMs) {
       try {
         const r = await request('HEAD', `${base}${p}`, { headers: { accept: MANIFEST_ACCEPT }, agent, timeoutMs: 60_000 });
         if (r.status !== 200) errors++;
-        lat.push(performance.now() - s);
+        const ms = performance.now() - s;
+        lat.push(ms);
+        // When the slowest request started (seconds into the load): which phase stalled serving.
+        if (ms > worst.ms) Object.assign(worst, { ms, atS: Math.round((s - t0) / 100) / 10 });
       } catch {
         errors++;
       }
@@ -190,7 +202,7 @@ async function headLoad(base, paths, conns, until, maxMs) {
   agent.destroy();
   const sorted = lat.sort((a, b) => a - b);
   const pct = (q) => (sorted.length ? Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] * 100) / 100 : null);
-  return { requests: lat.length, errors, reqPerS: Math.round(lat.length / secs), p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1), seconds: Math.round(secs * 10) / 10 };
+  return { requests: lat.length, errors, reqPerS: Math.round(lat.length / secs), p50Ms: pct(0.5), p99Ms: pct(0.99), maxMs: pct(1), maxAtS: worst.atS, seconds: Math.round(secs * 10) / 10 };
 }
 
 function shuffled(xs, seed) {
@@ -301,6 +313,104 @@ async function measureStore(label, n) {
   return res;
 }
 
+/** What fill() returns, read back from a store it filled earlier (SCALE_STORE). */
+function filledStore(dir) {
+  const storage = path.join(dir, 'storage');
+  const db = new Database(path.join(storage, 'regmirror.db'), { readonly: true });
+  const rows = (sql) => db.prepare(sql).raw().all();
+  const pushedTags = rows("SELECT r.name, t.name FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE t.name LIKE 'v%'");
+  const pushedDigests = rows("SELECT r.name, m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE m.provenance = 'pushed'");
+  const cachedBytes = db.prepare("SELECT SUM(b.size) AS n FROM blobs b JOIN repo_blobs rb ON rb.digest = b.digest WHERE rb.provenance = 'cached'").get().n;
+  const count = (t) => db.prepare(`SELECT COUNT(*) AS n FROM ${t}`).get().n;
+  const counts = { repos: count('repositories'), manifests: count('manifests'), blobs: count('blobs'), tags: count('tags') };
+  db.close();
+  return { storage, counts, cachedBytes, fillMs: 0, dbMiB: fs.statSync(path.join(storage, 'regmirror.db')).size / 1024 / 1024, pushedTags, pushedDigests };
+}
+
+/** SCALE_MODE=head-ab (see the top): HEAD on both stores in alternating slices, then eviction on the full one. */
+async function headAb() {
+  const slices = envNum('SCALE_SLICES', 6, 2, 40);
+  const PATHS = envNum('SCALE_PATHS', 20_000, 1, 1e6);
+  const stores = {};
+  for (const [label, n] of [['empty', EMPTY], ['full', FULL]]) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `regmirror-scale-${label}-`));
+    tempDirs.push(dir);
+    const f = label === 'full' && process.env.SCALE_STORE ? filledStore(process.env.SCALE_STORE) : await fill(dir, n);
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const t0 = performance.now();
+    const srv = startProcess(`regmirror-${label}`, NODE, [CLI, 'serve', '--config', writeConfig(dir, f.storage, port)], path.join(dir, 'server.log'));
+    await waitReady(base, srv, 600_000);
+    const startupMs = Math.round(performance.now() - t0);
+    log(`${label}: ${JSON.stringify(f.counts)}, ready in ${startupMs} ms`);
+    // SCALE_PATHS: as many distinct paths on both stores (the empty one has 2 images), so the
+    // hot read cache serves both alike and only the store's size differs.
+    const byTag = shuffled(f.pushedTags, 7).slice(0, PATHS).map(([r, t]) => `/v2/${r}/manifests/${t}`);
+    const byDigest = shuffled(f.pushedDigests, 11).slice(0, PATHS).map(([r, d]) => `/v2/${r}/manifests/${d}`);
+    stores[label] = { dir, f, port, base, srv, startupMs, byTag, byDigest, slices: { byTag: [], byDigest: [] } };
+  }
+  for (let i = 0; i < slices; i++) {
+    for (const label of i % 2 === 0 ? ['empty', 'full'] : ['full', 'empty']) {
+      const st = stores[label];
+      for (const kind of ['byTag', 'byDigest']) st.slices[kind].push(await headLoad(st.base, st[kind], CONNS, () => false, SECONDS * 1000));
+    }
+    log(`slice ${i + 1}/${slices}: ${['empty', 'full'].map((l) => `${l} tag ${stores[l].slices.byTag.at(-1).reqPerS} req/s p99 ${stores[l].slices.byTag.at(-1).p99Ms} ms`).join(', ')}`);
+  }
+  const med = (xs) => median(xs.filter((x) => x !== null));
+  const res = { label: LABEL, date: new Date().toISOString(), settings: { slices, paths: PATHS, SECONDS, CONNS, FULL, EMPTY, reusedStore: process.env.SCALE_STORE ?? null }, stores: {} };
+  for (const label of ['empty', 'full']) {
+    const st = stores[label];
+    res.stores[label] = { counts: st.f.counts, startupMs: st.startupMs, slices: st.slices };
+    for (const kind of ['byTag', 'byDigest']) {
+      res.stores[label][kind] = { reqPerS: med(st.slices[kind].map((x) => x.reqPerS)), p99Ms: med(st.slices[kind].map((x) => x.p99Ms)) };
+    }
+  }
+  // Per-slice-pair ratios (same moment, same load), then their median.
+  res.ratio = {};
+  for (const kind of ['byTag', 'byDigest']) {
+    const e = stores.empty.slices[kind];
+    const f = stores.full.slices[kind];
+    res.ratio[kind] = {
+      reqPerS: Math.round(med(e.map((x, i) => f[i].reqPerS / x.reqPerS)) * 100) / 100,
+      p99: Math.round(med(e.map((x, i) => f[i].p99Ms / x.p99Ms)) * 100) / 100,
+    };
+  }
+  await stopProcess(stores.empty.srv);
+  // Eviction on the full store with HEAD load (4 connections) until its log line.
+  const full = stores.full;
+  await stopProcess(full.srv);
+  const evictLog = path.join(full.dir, 'server-evict.log');
+  const srv2 = startProcess('regmirror-full-evict', NODE, [CLI, 'serve', '--config', writeConfig(full.dir, full.f.storage, full.port, Math.floor(full.f.cachedBytes * (1 - EVICT_FRACTION)))], evictLog);
+  await waitReady(full.base, srv2, 600_000);
+  let line = null;
+  const during = headLoad(full.base, full.byTag.slice(0, 5000), 4, () => line !== null, HARD_LIMIT_MS);
+  line = await evictionLine(evictLog, HARD_LIMIT_MS);
+  res.eviction = { log: line, evictMs: line?.ms ?? null, headDuring: await during, serverPeakRssMiB: Math.round((vmHwmKiB(srv2.pid) ?? 0) / 1024) };
+  log(`full: eviction ${JSON.stringify(res.eviction)}`);
+  await stopProcess(srv2);
+  const md = [
+    `# Scale bench, HEAD side by side (${res.label}, ${res.date})`,
+    '',
+    `Empty ${JSON.stringify(res.stores.empty.counts)} vs full ${JSON.stringify(res.stores.full.counts)}; both servers up at once, HEAD (${CONNS} connections, ${SECONDS} s per slice, at most ${PATHS} distinct paths per store) in ${slices} alternating slices each (E F, F E, ...). Medians over slices; ratios are per slice pair, then the median.`,
+    '',
+    '| measure | empty store | full store | full/empty (per-pair median) |',
+    '| --- | ---: | ---: | ---: |',
+    `| start-up (ms) | ${res.stores.empty.startupMs} | ${res.stores.full.startupMs} | |`,
+    ...['byTag', 'byDigest'].flatMap((k) => [
+      `| HEAD ${k === 'byTag' ? 'by tag' : 'by digest'} req/s | ${res.stores.empty[k].reqPerS} | ${res.stores.full[k].reqPerS} | ${res.ratio[k].reqPerS} |`,
+      `| HEAD ${k === 'byTag' ? 'by tag' : 'by digest'} p99 (ms) | ${res.stores.empty[k].p99Ms} | ${res.stores.full[k].p99Ms} | ${res.ratio[k].p99} |`,
+    ]),
+    `| eviction pass (ms, server log) | | ${res.eviction.evictMs} | |`,
+    `| HEAD during eviction p99 / max (ms) | | ${res.eviction.headDuring.p99Ms} / ${res.eviction.headDuring.maxMs} | |`,
+    `| server peak RSS incl. eviction (MiB) | | ${res.eviction.serverPeakRssMiB} | |`,
+    '',
+  ].join('\n');
+  fs.mkdirSync(RESULTS, { recursive: true });
+  fs.writeFileSync(path.join(RESULTS, `${res.date.slice(0, 10)}-${LABEL}.json`), `${JSON.stringify(res, null, 2)}\n`);
+  fs.writeFileSync(path.join(RESULTS, `latest-${LABEL}.md`), md);
+  console.log(md);
+}
+
 function markdown(doc) {
   const [e, s] = doc.stores;
   const rel = (a, b) => (a && b ? `${Math.round((b / a) * 100)}%` : '-');
@@ -342,6 +452,7 @@ async function main() {
     cleanup().finally(() => process.exit(2));
   }, HARD_LIMIT_MS).unref();
   if (!fs.existsSync(CLI)) throw new Error('dist/cli.js missing: npm run build first');
+  if (process.env.SCALE_MODE === 'head-ab') return headAb();
   const stores = [];
   stores.push(await measureStore('empty', EMPTY));
   stores.push(await measureStore('full', FULL));

@@ -7,6 +7,7 @@
  * JSON under `<out>/runs/` and the medians to `<out>/summary.json` and `<out>/summary.md`.
  *
  *   node bench/small-ab.mjs --a /path/before/dist/cli.js --b dist/cli.js --runs 5 --out DIR
+ *   (add --summarize to only summarize the runs already under DIR/runs, e.g. after an interruption)
  *
  * Settings passed through: BENCH_SECONDS (default 4 here), BENCH_WARMUP (1), BENCH_SLICES.
  */
@@ -27,12 +28,15 @@ const A = path.resolve(args.a ?? '');
 const B = path.resolve(args.b ?? 'dist/cli.js');
 const RUNS = Number(args.runs ?? 5);
 const OUT = path.resolve(args.out ?? path.join(HERE, 'results', 'small-requests'));
-if (!fs.existsSync(A) || !fs.existsSync(B)) throw new Error('--a and --b must name built cli.js files');
+// --summarize: no runs, only the summary of what `<out>/runs/` holds (an A/B cut short).
+const SUMMARIZE = 'summarize' in args;
+if (!SUMMARIZE && (!fs.existsSync(A) || !fs.existsSync(B))) throw new Error('--a and --b must name built cli.js files');
 if (!(RUNS >= 1 && RUNS <= 20)) throw new Error('--runs: 1..20');
 fs.mkdirSync(path.join(OUT, 'runs'), { recursive: true });
 
 const METRICS = ['manifestHead', 'manifestGet', 'manifestHeadDigest', 'manifestGetDigest', 'blobGetTiny'];
 const runs = { a: [], b: [] };
+const failed = [];
 for (let i = 0; i < RUNS; i++) {
   for (const side of i % 2 === 0 ? ['a', 'b'] : ['b', 'a']) {
     const dir = path.join(OUT, 'runs', `${side}-${i + 1}`);
@@ -46,10 +50,20 @@ for (let i = 0; i < RUNS; i++) {
       BENCH_REGMIRROR_CLI: side === 'a' ? A : B,
       BENCH_RESULTS_DIR: dir,
     };
-    console.error(`[small-ab] run ${i + 1}/${RUNS} ${side.toUpperCase()} (${env.BENCH_REGMIRROR_CLI})`);
-    execFileSync(process.execPath, [path.join(HERE, 'run.mjs')], { env, stdio: ['ignore', 'ignore', 'inherit'], timeout: 600_000 });
-    const json = fs.readdirSync(dir).find((f) => f.endsWith('-core.json'));
-    runs[side].push(JSON.parse(fs.readFileSync(path.join(dir, json), 'utf8')));
+    if (!SUMMARIZE) {
+      console.error(`[small-ab] run ${i + 1}/${RUNS} ${side.toUpperCase()} (${env.BENCH_REGMIRROR_CLI})`);
+      try {
+        execFileSync(process.execPath, [path.join(HERE, 'run.mjs')], { env, stdio: ['ignore', 'ignore', 'inherit'], timeout: 600_000 });
+      } catch (err) {
+        // One failed run (a server too slow to start on a loaded machine) costs that run, not the A/B.
+        console.error(`[small-ab] run ${i + 1} ${side.toUpperCase()} failed, left out: ${err.message.split('\n', 1)[0]}`);
+        failed.push(`${side}-${i + 1}`);
+        continue;
+      }
+    }
+    const json = fs.existsSync(dir) ? fs.readdirSync(dir).find((f) => f.endsWith('-core.json')) : undefined;
+    if (json) runs[side].push(JSON.parse(fs.readFileSync(path.join(dir, json), 'utf8')));
+    else if (SUMMARIZE) failed.push(`${side}-${i + 1}`);
   }
 }
 
@@ -75,14 +89,14 @@ for (const k of METRICS) {
   }
   summary[k] = row;
 }
-const doc = { date: new Date().toISOString(), a: A, b: B, runsEach: RUNS, settings: runs.b[0]?.meta?.settings, summary };
+const doc = { date: new Date().toISOString(), a: A, b: B, runsEach: RUNS, failedRuns: failed, settings: runs.b[0]?.meta?.settings, summary };
 fs.writeFileSync(path.join(OUT, 'summary.json'), `${JSON.stringify(doc, null, 2)}\n`);
 
 const f = (v, d = 0) => (v === null ? 'n/a' : Number(v).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }));
 const lines = [
   `# Small requests A/B (${doc.date.slice(0, 10)})`,
   '',
-  `A = \`${args.a}\`, B = \`${args.b}\`; ${RUNS} runs each, interleaved (A B, B A, ...); every run: bench/run.mjs with BENCH_ONLY=small, ` +
+  `A = \`${args.a}\`, B = \`${args.b}\`; ${RUNS} runs each${failed.length ? ` (left out, failed: ${failed.join(', ')})` : ''}, interleaved (A B, B A, ...); every run: bench/run.mjs with BENCH_ONLY=small, ` +
     `${doc.settings?.seconds} s per request kind and server (${doc.settings?.slices} slices) after ${doc.settings?.warmup} s warm-up, regmirror and the bare node:http reference side by side. Medians over the runs.`,
   '',
   '| request | A req/s | B req/s | A CPU µs/req | B CPU µs/req | node:http req/s (A runs / B runs) | node:http CPU µs/req | req/s ratio to node:http, A / B | CPU ratio node:http/regmirror, A / B |',

@@ -15,12 +15,14 @@ import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
 import { registerV2 } from './http/v2.js';
 import { SmallBlobCache } from './http/smallblobs.js';
+import { type RawHandler, hotBlobHandler } from './http/hotblobs.js';
 import { registerExplain } from './http/explain.js';
 import { registerImport } from './http/import.js';
 import { registerExport } from './http/export.js';
 import { AccessControl } from './http/auth.js';
 import { Metrics } from './ops/metrics.js';
 import { StatusCollector, packageVersion } from './ops/status.js';
+import { StaleValue } from './ops/stalevalue.js';
 import { registerStatus } from './http/status.js';
 import { instrumentRequests, registerOps } from './http/ops.js';
 import { createLogger } from './ops/logger.js';
@@ -67,7 +69,7 @@ export interface BuildOptions {
 const SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Batched last-access times are written this often (one transaction). */
 const ACCESS_FLUSH_MS = 5_000;
-/** The cached-bytes gauge runs a query over all blobs: at most this often. */
+/** The cached-bytes gauge runs a query over all blobs: at most this often, in the background. */
 const CACHED_BYTES_TTL_MS = 30_000;
 
 function tlsOptions(tls: TlsConfig): https.ServerOptions {
@@ -138,17 +140,28 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   });
 
   // With TLS, the same request handler also serves an optional plain-HTTP listener
-  // (loopback/dev), so both share one app, one database and one set of fills.
+  // (loopback/dev), so both share one app, one database and one set of fills. Every
+  // server first offers a request to the warm small-blob path (set once deps exist).
   let plain: http.Server | null = null;
+  let hot: RawHandler | null = null;
+  let closing: Promise<void> | null = null;
   const tls = config.tls;
-  const serverFactory = tls
-    ? (handler: http.RequestListener) => {
-        if (tls.httpListen) plain = http.createServer(handler);
-        return https.createServer(tlsOptions(tls), handler);
-      }
-    : undefined;
+  const tune = (srv: http.Server) => {
+    srv.headersTimeout = config.http.headersTimeoutMs;
+    srv.keepAliveTimeout = config.http.keepAliveTimeoutMs;
+    srv.requestTimeout = 0;
+    srv.setTimeout(config.http.idleTimeoutMs);
+    return srv;
+  };
+  let fastifyHandler: RawHandler | null = null;
+  const serverFactory = (onRequest: http.RequestListener) => {
+    fastifyHandler = onRequest;
+    const handler: RawHandler = (req, res) => (hot ?? onRequest)(req, res);
+    if (tls?.httpListen) plain = tune(http.createServer(handler));
+    return tune(tls ? https.createServer(tlsOptions(tls), handler) : http.createServer(handler));
+  };
   const fastify = Fastify({
-    ...(serverFactory ? { serverFactory } : {}),
+    serverFactory,
     loggerInstance: logger as FastifyBaseLogger,
     // One access line per request (onResponse below) instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -160,13 +173,6 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
     return503OnClosing: true,
   });
-  for (const srv of [fastify.server, plain as http.Server | null]) {
-    if (!srv) continue;
-    srv.headersTimeout = config.http.headersTimeoutMs;
-    srv.keepAliveTimeout = config.http.keepAliveTimeoutMs;
-    srv.requestTimeout = 0;
-    srv.setTimeout(config.http.idleTimeoutMs);
-  }
 
   // Every body reaches handlers unread: blobs are streamed to disk, manifests are read
   // with a cap. fastify's JSON/text parsers would buffer and re-parse them.
@@ -178,11 +184,9 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
     done();
   });
-  let cachedBytes = { value: 0, at: -Infinity };
-  const cachedBytesNow = async () => {
-    if (Date.now() - cachedBytes.at > CACHED_BYTES_TTL_MS) cachedBytes = { value: await meta.cachedBytes(), at: Date.now() };
-    return cachedBytes.value;
-  };
+  // /metrics and /status answer the last count at once; the scan runs in the background (stalevalue.ts).
+  const cachedBytes = new StaleValue(() => meta.cachedBytes(), CACHED_BYTES_TTL_MS, (err) => logger.warn({ err }, 'counting cached bytes failed'));
+  const cachedBytesNow = () => cachedBytes.get();
   const metrics = new Metrics({ inflightFills: () => fills.size, cachedBytes: cachedBytesNow });
   const status = new StatusCollector({
     version: packageVersion(),
@@ -197,7 +201,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     metrics.evictedBytes.inc(r.bytes);
     metrics.evictedBlobs.inc(r.blobs);
     metrics.evictedImages.inc(r.images);
-    cachedBytes = { value: r.cachedBytes, at: Date.now() };
+    cachedBytes.set(r.cachedBytes);
   };
   for (const c of clients.values()) {
     c.health.onChange = (offline) => status.offlineChanged(c.name, offline);
@@ -228,6 +232,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   };
   const deps = { svc: service, pull, access, onBlobServed, smallBlobs: new SmallBlobCache() };
   registerV2(fastify, deps);
+  if (!fastifyHandler) throw new Error('fastify did not create its server');
+  hot = hotBlobHandler({ deps, metrics, log: logger as FastifyBaseLogger, closing: () => closing !== null }, fastifyHandler);
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
   registerExport(fastify, deps);
@@ -248,7 +254,6 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       }, config.cache.evictIntervalMs)
     : null;
   eviction?.unref();
-  let closing: Promise<void> | null = null;
 
   return {
     fastify,

@@ -4,8 +4,9 @@
  * request's CPU). Content is immutable per digest and the bytes are hashed once when
  * loaded (a damaged file is never kept: it is served as before, from the file, and
  * `regmirror fsck` finds it), so bytes kept here are right for as long as the digest is
- * served. Whether it may be served is still decided per request by the metadata lookup
- * (never cached here), so a deleted, unlinked or evicted blob is never answered from memory.
+ * served. Whether it may be served is still decided per request by the repository link
+ * lookup (never kept here; the metadata read cache keeps it only under its rule, see
+ * storage/readcache.ts), so a deleted, unlinked or evicted blob is never answered from memory.
  */
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -26,6 +27,11 @@ export class SmallBlobCache {
   get(digest: Digest, size: number): Buffer | undefined {
     const b = this.lru.get(digest);
     return b && b.length === size ? b : undefined;
+  }
+
+  /** The cached bytes of `digest`, whatever the size (the caller compares it with the store's). */
+  peek(digest: Digest): Buffer | undefined {
+    return this.lru.get(digest);
   }
 
   /**

@@ -112,6 +112,22 @@ export class PullThrough {
   }
 
   /**
+   * A blob this repository holds, answered as getBlob's first (local) answer would be:
+   * counted as a hit and noted for eviction. Undefined, with nothing counted, for anything
+   * else (not held here, `ns` routing, redirects): the caller then asks getBlob. The warm
+   * small-blob path (http/hotblobs.ts) decides with it whether to answer by itself.
+   */
+  async heldBlob(repo: RepoName, digest: Digest): Promise<{ size: number; headers: Record<string, string> } | undefined> {
+    if (this.redirect) return undefined;
+    const size = await this.local.meta.repoBlobSize(repo, digest);
+    if (size === undefined) return undefined;
+    const r = this.resolve(repo, undefined);
+    this.onCache?.('blob', 'hit', upstreamLabel(r));
+    this.access?.blob(digest);
+    return { size, headers: nsHeaders(r) };
+  }
+
+  /**
    * Pushes never depend on the upstream: under a namespace with `push: true` (the bulk-load
    * target, often air-gapped) a lookup the upstream could not answer is a plain miss, 404,
    * so push tools upload the content instead of aborting on a 503.

@@ -23,17 +23,20 @@ export interface CachedImage extends EvictionCandidate {
 }
 export type LooseBlob = CachedImage;
 
-/**
- * Content reachable from anything pushed (a pushed manifest link, a tag, through manifest
- * references, in any repository: conservative, since blob files are shared). Never evicted.
+/*
+ * KEEP: content reachable from anything pushed (a pushed manifest link, a tag, through
+ * manifest references of any kind, in any repository: conservative, since blob files are
+ * shared). Never evicted. As a CTE:
+ *   keep(d) AS (SELECT digest FROM manifests WHERE provenance = 'pushed'
+ *     UNION SELECT digest FROM tags
+ *     UNION SELECT r.child FROM manifest_refs r JOIN keep ON r.digest = keep.d)
+ * It is never materialized whole any more: that walks every blob pushed manifests
+ * reference (550,000 rows at 1,000,000 blobs in bench/scale.mjs, most of a minute there).
+ * The queries below ask membership through KEEP_MANIFESTS_CTE, KEEP_PARENTS_CTE or inKeep.
  */
-const KEEP_CTE = `keep(d) AS (
-  SELECT digest FROM manifests WHERE provenance = 'pushed'
-  UNION SELECT digest FROM tags
-  UNION SELECT r.child FROM manifest_refs r JOIN keep ON r.digest = keep.d)`;
 
 /**
- * The manifests of KEEP_CTE only (references of kind 'manifest'): what the image
+ * The manifests of KEEP only (references of kind 'manifest'): what the image
  * candidates need. Expanding into every blob a pushed manifest references made the walk as
  * large as the blob index (550,000 rows, about 20 s, in bench/scale.mjs at 1,000,000 blobs).
  * A manifest that pushed content references as a blob is still refused by evictImage's
@@ -43,6 +46,18 @@ const KEEP_MANIFESTS_CTE = `keep(d) AS (
   SELECT digest FROM manifests WHERE provenance = 'pushed'
   UNION SELECT digest FROM tags
   UNION SELECT r.child FROM manifest_refs r JOIN keep ON r.digest = keep.d WHERE r.kind = 'manifest')`;
+
+/**
+ * The manifests of KEEP that reference anything (the roots, and every child that has
+ * references of its own), without expanding into the leaves (the blobs: most of KEEP).
+ * A digest is in KEEP exactly when it is in keep_parents or a child of one of them: a path
+ * from a root passes only through manifests that have references.
+ */
+const KEEP_PARENTS_CTE = `keep_parents(d) AS MATERIALIZED (
+  SELECT digest FROM manifests WHERE provenance = 'pushed'
+  UNION SELECT digest FROM tags
+  UNION SELECT r.child FROM manifest_refs r JOIN keep_parents ON r.digest = keep_parents.d
+        WHERE EXISTS (SELECT 1 FROM manifest_refs x WHERE x.digest = r.child))`;
 
 /** Last access of a cached image: its manifest or any child manifest in the same repository. */
 const IMAGE_ACCESS = `MAX(m.last_access, COALESCE((SELECT MAX(c.last_access) FROM manifest_refs r
@@ -134,7 +149,7 @@ const MIGRATIONS: string[] = [
   CREATE INDEX upstream_tags_name ON upstream_tags(name);
   `,
   // v5: store growth (bench/scale.mjs). Eviction's and fsck's per-blob "linked as pushed /
-  // as cached?" checks answer from the index alone, and the pushed-content walk (KEEP_CTE,
+  // as cached?" checks answer from the index alone, and the pushed-content walk (KEEP,
   // isProtected) reads only pushed manifests instead of scanning every manifest row.
   `
   CREATE INDEX repo_blobs_digest_prov ON repo_blobs(digest, provenance);
@@ -313,12 +328,15 @@ export class MetadataDb {
       touchManifest: db.prepare<[number, number, string, number]>(
         'UPDATE manifests SET last_access = ? WHERE repo_id = ? AND digest = ? AND last_access < ?',
       ),
+      // KEEP membership as keep_parents or a child of one: materializing KEEP itself walked
+      // every blob pushed manifests reference (bench/scale.mjs).
       cachedBytes: db.prepare<[], { bytes: number }>(
-        `WITH RECURSIVE ${KEEP_CTE}
+        `WITH RECURSIVE ${KEEP_PARENTS_CTE}
          SELECT COALESCE(SUM(b.size), 0) AS bytes FROM blobs b
          WHERE EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'cached')
            AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'pushed')
-           AND b.digest NOT IN (SELECT d FROM keep)`,
+           AND b.digest NOT IN (SELECT d FROM keep_parents)
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN keep_parents k ON k.d = r.digest WHERE r.child = b.digest)`,
       ),
       cachedImages: db.prepare<[], { repo_id: number; digest: string; last_access: number }>(
         `WITH RECURSIVE ${KEEP_MANIFESTS_CTE}
@@ -326,12 +344,21 @@ export class MetadataDb {
          WHERE m.provenance = 'cached' AND m.digest NOT IN (SELECT d FROM keep)
            AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p ON p.repo_id = m.repo_id AND p.digest = r.digest WHERE r.child = m.digest)`,
       ),
+      // KEEP membership is asked per surviving row (inKeep): loose links are few, and
+      // materializing KEEP walks every blob pushed manifests reference (bench/scale.mjs).
       looseBlobs: db.prepare<[number], { repo_id: number; digest: string; last_access: number }>(
-        `WITH RECURSIVE ${KEEP_CTE}
-         SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
-         WHERE rb.provenance = 'cached' AND b.last_access < ? AND rb.digest NOT IN (SELECT d FROM keep)
-           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')
-           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)`,
+        `SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.provenance = 'cached' AND b.last_access < ?
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')`,
+      ),
+      // Whether a digest is in KEEP: it, or anything that references it, is a pushed manifest or tagged.
+      inKeep: db.prepare<[string], { one: number }>(
+        `WITH RECURSIVE up(d) AS (SELECT ? UNION SELECT r.digest FROM manifest_refs r JOIN up ON r.child = up.d)
+         SELECT 1 AS one FROM up
+         WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.digest = up.d AND m.provenance = 'pushed')
+            OR EXISTS (SELECT 1 FROM tags t WHERE t.digest = up.d)
+         LIMIT 1`,
       ),
       imageAccess: db.prepare<[number, string], { provenance: string; last_access: number }>(
         `SELECT m.provenance, ${IMAGE_ACCESS} AS last_access FROM manifests m WHERE m.repo_id = ? AND m.digest = ?`,
@@ -620,7 +647,10 @@ export class MetadataDb {
 
   /** Eviction candidates: cached blob links no manifest of their repository references, idle since before `before`. */
   looseBlobs(before: number): LooseBlob[] {
-    return this.s.looseBlobs.all(before).map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
+    return this.s.looseBlobs
+      .all(before)
+      .filter((r) => this.s.inKeep.get(r.digest) === undefined)
+      .map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
   }
 
   private isProtected(digest: string): boolean {

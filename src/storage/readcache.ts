@@ -1,16 +1,21 @@
 /**
- * A read cache in front of a MetadataStore for the reads every manifest GET/HEAD makes
- * (issue #14 item 2): `tag`, `manifest` and `upstreamTag`. With it, a manifest request by
- * tag or by digest costs no database round trip while nothing changes.
+ * A read cache in front of a MetadataStore for the reads every manifest GET/HEAD and blob
+ * GET/HEAD makes (issue #14 item 2): `tag`, `manifest`, `upstreamTag` and `repoBlobSize`.
+ * With it, such a request by tag or by digest costs no database round trip while nothing
+ * changes.
  *
  * The rule (also in README.md, "Metadata read cache"):
- * - Only those three reads are cached, keyed by their arguments, "not found" included.
+ * - Only those reads are cached, keyed by their arguments; for the first three "not found"
+ *   too. `repoBlobSize` only when found: the blob store records committed blobs itself
+ *   (not through this port), so "not linked" may end without this cache seeing it, while
+ *   "linked" ends only by an unlink, delete, eviction or GC, all through this port.
  * - In this process, never stale: every call on the store other than the plain reads in
  *   PASS_THROUGH is taken as a write (push, tag move, delete, cache fill, eviction, GC,
  *   transaction; also any method added to the port later). It empties the cache when it
  *   starts and again when it settles, and a read that started before a write settled is
  *   not kept (generation counter). Tags and manifests change only through this port
- *   (the blob store writes blob rows directly, which no cached read returns).
+ *   (the blob store writes blob rows directly, but only adds rows or drops unlinked ones,
+ *   which no cached answer contradicts; see repoBlobSize above).
  * - Other processes (`regmirror gc`/`fsck` on the same database; replicas sharing one
  *   database, issue #13) do not reach this cache: every entry expires `ttlMs` (1 s) after
  *   it was read, so their tag moves and deletes are served here at most that late.
@@ -24,7 +29,6 @@ const PASS_THROUGH = new Set([
   'repoExists',
   'listRepositories',
   'blobSize',
-  'repoBlobSize',
   'referencedInRepo',
   'hasManifest',
   'listTags',
@@ -45,6 +49,8 @@ const PASS_THROUGH = new Set([
   'ping',
 ]);
 const CACHED = new Set(['tag', 'manifest', 'upstreamTag']);
+/** Cached only when the answer is not undefined (see the rule above). */
+const CACHED_WHEN_FOUND = new Set(['repoBlobSize']);
 
 export const READ_CACHE_TTL_MS = 1000;
 
@@ -80,7 +86,7 @@ export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {})
   const target = inner as unknown as Record<string, (...args: unknown[]) => unknown>;
   const out: Record<string, unknown> = { invalidate };
 
-  const cachedRead = (name: string) => {
+  const cachedRead = (name: string, keepMissing: boolean) => {
     const fn = target[name]!;
     return (...args: unknown[]) => {
       const key = `${name}\0${args.join('\0')}`;
@@ -89,7 +95,7 @@ export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {})
       const gen = generation;
       return (fn.apply(inner, args) as Promise<unknown>).then((v) => {
         // A write started or settled meanwhile: this answer may predate it, so it is not kept.
-        if (gen === generation) lru.set(key, { value: v === undefined ? v : Object.freeze(v) });
+        if (gen === generation && (keepMissing || v !== undefined)) lru.set(key, { value: v === undefined ? v : Object.freeze(v) });
         return v;
       });
     };
@@ -114,7 +120,7 @@ export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {})
   }
   for (const n of Object.keys(inner)) if (typeof target[n] === 'function') names.add(n);
   for (const n of names) {
-    out[n] = CACHED.has(n) ? cachedRead(n) : PASS_THROUGH.has(n) ? target[n]!.bind(inner) : write(n);
+    out[n] = CACHED.has(n) || CACHED_WHEN_FOUND.has(n) ? cachedRead(n, CACHED.has(n)) : PASS_THROUGH.has(n) ? target[n]!.bind(inner) : write(n);
   }
   for (const n of CACHED) if (!names.has(n)) throw new Error(`read cache: the store has no ${n}()`);
   return out as unknown as CachedMetadataStore;

@@ -8,7 +8,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { http, pushBlob } from '../helpers/http.js';
-import type { TestServer } from '../helpers/server.js';
+import { basic, writeHtpasswd } from '../helpers/authn.js';
+import { type TestServer, tempDir } from '../helpers/server.js';
 import { type Blob, type Image, makeBlob, randomBytes } from '../fixtures/images.js';
 import type { Digest } from '../../src/registry/names.js';
 import { ALL_MANIFEST_TYPES, assertError, noServerErrors, pushImage, sampleImage, serve } from './_support.js';
@@ -102,6 +103,58 @@ test('small blobs: exact bytes and ranges from memory; a deleted blob answers 40
 
   t.is((await http('DELETE', url)).status, 202);
   assertError(t, await http('GET', url), 404, 'BLOB_UNKNOWN');
+});
+
+test('small blobs: the hot path (http/hotblobs.ts) answers what fastify answers; ranges, other repositories and auth stay with fastify', async (t) => {
+  const s = await serve(t);
+  const small = makeBlob(randomBytes(4000, 'hot-same'), 'application/octet-stream');
+  t.is(await pushBlob(s.url, 'hot/same', small.bytes), small.digest);
+  const url = `${s.url}/v2/hot/same/blobs/${small.digest}`;
+  t.true((await http('GET', url)).body.equals(small.bytes), 'loaded into memory');
+  const hotLines = () => s.logs.filter((l) => l.includes('"hot":true')).length;
+  // A query string keeps a request with fastify: the reference answer.
+  const headersOf = (r: Awaited<ReturnType<typeof http>>) => {
+    const h = { ...r.headers } as Record<string, unknown>;
+    delete h.date;
+    return h;
+  };
+  for (const method of ['GET', 'HEAD'] as const) {
+    const before = hotLines();
+    const hot = await http(method, url);
+    t.is(hotLines(), before + 1, `${method}: answered by the hot path`);
+    const ref = await http(method, `${url}?via=fastify`);
+    t.is(hotLines(), before + 1, `${method} with a query: answered by fastify`);
+    t.is(hot.status, 200);
+    t.is(ref.status, 200);
+    t.deepEqual(headersOf(hot), headersOf(ref), `${method}: same headers`);
+    t.true(hot.body.equals(method === 'GET' ? small.bytes : Buffer.alloc(0)), `${method}: body`);
+    t.true(hot.body.equals(ref.body));
+  }
+  const before = hotLines();
+  const part = await http('GET', url, { headers: { range: 'bytes=10-19' } });
+  t.is(part.status, 206);
+  t.true(part.body.equals(small.bytes.subarray(10, 20)));
+  // The same digest asked for under a repository that does not hold it: fastify's 404.
+  assertError(t, await http('GET', `${s.url}/v2/hot/other/blobs/${small.digest}`), 404, 'BLOB_UNKNOWN');
+  assertError(t, await http('GET', `${s.url}/v2/Bad_Name/blobs/${small.digest}`), 400, 'NAME_INVALID');
+  t.is(hotLines(), before, 'none of these by the hot path');
+});
+
+test('small blobs: with auth configured every request goes through access control (no hot path)', async (t) => {
+  const dir = await tempDir(t);
+  const htpasswd = path.join(dir, 'htpasswd');
+  await writeHtpasswd(htpasswd, { alice: 'alice-pass' });
+  const s = await serve(t, { auth: { htpasswd, rules: [{ repositories: '**', pull: ['alice'], push: ['alice'], delete: ['alice'] }] } });
+  const alice = { authorization: basic('alice', 'alice-pass') };
+  const small = makeBlob(randomBytes(2500, 'hot-auth'), 'application/octet-stream');
+  const up = await http('POST', `${s.url}/v2/hot/auth/blobs/uploads/?digest=${small.digest}`, { headers: { ...alice, 'content-type': 'application/octet-stream' }, body: small.bytes });
+  t.is(up.status, 201);
+  const url = `${s.url}/v2/hot/auth/blobs/${small.digest}`;
+  for (let i = 0; i < 3; i++) t.true((await http('GET', url, { headers: alice })).body.equals(small.bytes), 'warm');
+  const anon = await http('GET', url);
+  t.is(anon.status, 401, 'no credentials: refused although the bytes are in memory');
+  t.false(anon.body.equals(small.bytes));
+  t.is((await http('GET', url, { headers: { authorization: basic('alice', 'wrong') } })).status, 401);
 });
 
 test('small blobs: a damaged file is never kept in memory (served as before, right bytes once repaired)', async (t) => {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { http } from '../helpers/http.js';
+import { http, pushBlob } from '../helpers/http.js';
 import { startServer } from '../helpers/server.js';
 import { pushImage, sampleImage } from './_support.js';
 import { ACCEPT_ALL, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
@@ -112,4 +112,44 @@ test('cache and served-bytes metrics carry the upstream label: each configured u
   // Bounded: the label takes configured upstream names and `local`, never repository names.
   const values = new Set([...text.matchAll(/upstream="([^"]*)"/g)].map((m) => m[1]));
   t.deepEqual([...values].sort(), ['local', 'other.test', UP].sort());
+});
+
+test('a warm small blob answered by the hot path (http/hotblobs.ts) counts exactly as one answered by fastify', async (t) => {
+  const s = await startServer(t);
+  const bytes = Buffer.from('{"architecture":"amd64","os":"linux","hot":"path"}');
+  const digest = await pushBlob(s.url, 'metrics/hot', bytes);
+  const url = `${s.url}/v2/metrics/hot/blobs/${digest}`;
+  t.true((await http('GET', url)).body.equals(bytes), 'first GET (loads the bytes into memory)');
+  const counts = async () => {
+    const text = (await http('GET', `${s.url}/metrics`)).body.toString();
+    return {
+      requests: metric(text, 'regmirror_http_requests_total', { area: 'blob', method: 'GET', status: '2xx' }),
+      heads: metric(text, 'regmirror_http_requests_total', { area: 'blob', method: 'HEAD', status: '2xx' }),
+      bytes: metric(text, 'regmirror_blob_bytes_served_total', { source: 'disk', upstream: 'local' }),
+      hits: metric(text, 'regmirror_cache_requests_total', { kind: 'blob', result: 'hit', upstream: 'local' }),
+      durations: metric(text, 'regmirror_http_request_duration_seconds_count', { area: 'blob' }),
+    };
+  };
+  const hotLines = () => s.logs.filter((l) => l.includes('"hot":true') && l.includes(digest)).length;
+  // The same requests twice: by the hot path, then by fastify (a query string keeps it there).
+  const deltas = [];
+  for (const suffix of ['', '?via=fastify']) {
+    const before = await counts();
+    const lines = hotLines();
+    for (let i = 0; i < 3; i++) t.true((await http('GET', url + suffix)).body.equals(bytes));
+    t.is((await http('HEAD', url + suffix)).status, 200);
+    // Counted once each response finished: wait for the last one (bounded).
+    await waitFor(async () => (await counts()).heads - before.heads === 1, 10_000, 'HEAD counted');
+    const after = await counts();
+    deltas.push({
+      requests: after.requests - before.requests,
+      heads: after.heads - before.heads,
+      bytes: after.bytes - before.bytes,
+      hits: after.hits - before.hits,
+      durations: after.durations - before.durations,
+      hotLogLines: hotLines() - lines,
+    });
+  }
+  t.deepEqual(deltas[0], { requests: 3, heads: 1, bytes: 3 * bytes.length, hits: 4, durations: 4, hotLogLines: 4 }, 'hot path');
+  t.deepEqual(deltas[1], { ...deltas[0], hotLogLines: 0 }, 'fastify path');
 });

@@ -225,6 +225,19 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.deepEqual(loose.map((l) => [l.digest, l.lastAccess]), [[dg('loose'), later]]);
   });
 
+  test(title('eviction: a loose cached link to content pushed content reaches (directly, through an index) is no candidate'), async (t) => {
+    const meta = await factory(t);
+    // Linked as cached only, in B, where no manifest references them (loose links).
+    for (const b of ['reach', 'deep', 'free']) await meta.recordBlob(B, dg(b), 5, 'cached');
+    await meta.putManifest(A, manifest('pushed-ref', blobRefs('reach')), ['v1'], 'pushed');
+    const platform = manifest('platform', blobRefs('deep'));
+    await meta.putManifest(A, platform, [], 'cached');
+    await meta.putManifest(A, manifest('pushed-index', [{ digest: platform.digest, kind: 'manifest' }]), ['v2'], 'pushed');
+    const loose = await meta.looseBlobs(Date.now() + 60_000);
+    t.deepEqual(loose.map((l) => l.digest), [dg('free')], 'only the link nothing pushed reaches');
+    t.is(await meta.cachedBytes(), 5, 'and only it counts as cached bytes');
+  });
+
   test(title('eviction: cached bytes exclude what pushed content reaches; an image goes whole, re-checked (notAfter, busy)'), async (t) => {
     const meta = await factory(t);
     const img = await cacheImage(meta, A, 'img', ['shared', 'own', 'busy'], 'v1');

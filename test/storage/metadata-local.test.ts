@@ -149,6 +149,51 @@ test('readcache: a read that started before a write settled is not kept', async 
   t.is(reads, 2, 'an answer read after the write is kept');
 });
 
+test('readcache: a blob link is kept only when found; the blob store\'s own commit, an unlink, a delete and an eviction are seen by the very next read', async (t) => {
+  const { metadata, blobs } = await open(t);
+  // Count what reaches the store: a hit must not, a miss always must.
+  let reads = 0;
+  const counting = Object.create(metadata) as MetadataStore;
+  counting.repoBlobSize = (repo, digest) => {
+    reads++;
+    return metadata.repoBlobSize(repo, digest);
+  };
+  const cached = withReadCache(counting, { ttlMs: 3_600_000 });
+  const commit = async (text: string, provenance: 'pushed' | 'cached') => {
+    const w = blobs.stage({ algorithm: 'sha256' });
+    await w.append(Buffer.from(text));
+    const d = w.digest();
+    await w.commit(d, { repo: A, provenance });
+    return d;
+  };
+  const data = 'linked blob';
+  const w = blobs.stage({ algorithm: 'sha256' });
+  await w.append(Buffer.from(data));
+  const d = w.digest();
+  t.is(await cached.repoBlobSize(A, d), undefined);
+  t.is(await cached.repoBlobSize(A, d), undefined);
+  t.is(reads, 2, '"not linked" is never kept');
+  // The blob store records the commit itself, not through the cache: seen at once.
+  await w.commit(d, { repo: A, provenance: 'pushed' });
+  t.is(await cached.repoBlobSize(A, d), data.length);
+  t.is(await cached.repoBlobSize(A, d), data.length);
+  t.is(reads, 3, 'a found link is kept');
+  t.true(await cached.unlinkBlob(A, d));
+  t.is(await cached.repoBlobSize(A, d), undefined, 'unlinked');
+  t.true(await cached.linkBlob(A, d, 'cached'));
+  t.is(await cached.repoBlobSize(A, d), data.length);
+  await cached.deleteBlobRow(d);
+  t.is(await cached.repoBlobSize(A, d), undefined, 'row deleted (GC)');
+
+  // A cached (pulled-through) link no manifest references: eviction removes it.
+  const loose = await commit('loose cached blob', 'cached');
+  t.is(await cached.repoBlobSize(A, loose), 'loose cached blob'.length);
+  const candidate = (await cached.looseBlobs(Date.now() + 1)).find((c) => c.digest === loose);
+  t.truthy(candidate);
+  t.truthy(await cached.evictLooseBlob(candidate!.repo, loose, Date.now() + 1, () => false), 'evicted');
+  t.is(await cached.repoBlobSize(A, loose), undefined, 'evicted');
+});
+
 test('local: whole-store scans (cached bytes, eviction candidates) run off the event loop, with the same answers; a transaction handle scans inline', async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-metadata-scan-'));
   t.teardown(() => fs.rm(root, { recursive: true, force: true }));
