@@ -76,5 +76,6 @@ export function storeError(e: unknown, op: string): Error {
   const status = x?.$metadata?.httpStatusCode;
   // Network errors carry an errno code (ECONNREFUSED, ETIMEDOUT); S3 errors a name (SlowDown, AccessDenied).
   const what = [x?.code ?? x?.Code ?? x?.name ?? 'error', status ? `HTTP ${status}` : ''].filter(Boolean).join(', ');
-  return new RegistryError('UNAVAILABLE', `object store unavailable: ${op} failed (${what})`, { status: 503 });
+  // Retry-After as for the database (pool.ts): an outage is the store's, not the request's.
+  return new RegistryError('UNAVAILABLE', `object store unavailable: ${op} failed (${what})`, { status: 503, headers: { 'retry-after': '5' } });
 }

@@ -1,0 +1,232 @@
+/**
+ * Failures of the shared engines under traffic (issue #13), over real sockets: replicas on
+ * one real PostgreSQL and one real RADOS Gateway bucket (test/helpers/replicas.ts). While
+ * the database or the object store is down, pushes and pulls get a clear 503 UNAVAILABLE
+ * with Retry-After within the configured timeouts (never a 500, never a hang, never a
+ * secret in a message), /healthz says which engine is missing; once it is back the same
+ * replicas serve again without a restart, and nothing half-written is visible (fsck).
+ * Never skipped under CI=true.
+ */
+import httpNode from 'node:http';
+import test, { type ExecutionContext } from 'ava';
+import { configFromObject } from '../../src/config/load.js';
+import { fsck } from '../../src/ops/fsck.js';
+import { http, type Res, sha256 } from '../helpers/http.js';
+import { replicas, sharedMissing as missing, sharedPostgres, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
+import type { TestServer } from '../helpers/server.js';
+import { CI } from '../helpers/tools.js';
+import { randomBytes } from '../fixtures/images.js';
+import { waitFor } from './_pullthrough.js';
+import { noServerErrors, OCI_MANIFEST, pushImage, sampleImage } from './_support.js';
+
+const OCTET = { 'content-type': 'application/octet-stream' };
+/** Handed to the driver as the database password (trust auth ignores it): must appear in no answer and no log line. */
+const PG_SECRET = 'pg-secret-Zq81xK';
+/** Tight database timeouts, so "never longer than the configured timeout" is checked in seconds. */
+const PG = { connectTimeout: '1s', statementTimeout: '2s', password: PG_SECRET };
+/** Ceiling of one answer while an engine is down: the timeouts above plus the S3 client's retries, on a loaded machine. */
+const ANSWER_MS = 20_000;
+/** Ceiling for an engine to stop/start and the replicas to notice (polled, not slept). */
+const WAIT_MS = 60_000;
+
+interface Outcome {
+  what: string;
+  res: Res;
+  ms: number;
+}
+
+async function timed(what: string, p: Promise<Res>): Promise<Outcome> {
+  const t0 = Date.now();
+  const res = await p;
+  return { what, res, ms: Date.now() - t0 };
+}
+
+/** A 503 UNAVAILABLE with Retry-After, in time, naming no secret. */
+function assertUnavailable(t: ExecutionContext, o: Outcome, secrets: string[]): void {
+  t.is(o.res.status, 503, `${o.what}: ${o.res.body.toString().slice(0, 300)}`);
+  t.truthy(o.res.header('retry-after'), `${o.what}: Retry-After`);
+  if (o.res.body.length > 0) t.is(JSON.parse(o.res.body.toString()).errors[0].code, 'UNAVAILABLE', o.what);
+  t.true(o.ms < ANSWER_MS, `${o.what} answered in ${o.ms} ms`);
+  for (const s of secrets) t.false(o.res.body.toString().includes(s), `${o.what}: no secret in the answer`);
+}
+
+/** Either the right bytes or a clean 503: what a pull may get while an engine is down (caches may still answer). */
+function assertServedOrUnavailable(t: ExecutionContext, o: Outcome, expected: Buffer, secrets: string[]): void {
+  if (o.res.status === 200) t.true(o.res.body.equals(expected), `${o.what}: the right bytes`);
+  else assertUnavailable(t, o, secrets);
+}
+
+/** Bounded background pulls from every replica while the fault happens; resolves with every status seen. */
+function pullLoop(servers: TestServer[], paths: Array<{ path: string; bytes: Buffer }>, stop: { done: boolean }): Promise<number[]> {
+  const seen: number[] = [];
+  const deadline = Date.now() + 3 * WAIT_MS;
+  const one = async (s: TestServer) => {
+    for (let i = 0; i < 2_000 && !stop.done && Date.now() < deadline; i++) {
+      const p = paths[i % paths.length]!;
+      const r = await http('GET', `${s.url}${p.path}`, { headers: { accept: OCI_MANIFEST } }).catch(() => null);
+      seen.push(r === null ? -1 : r.status === 200 && !r.body.equals(p.bytes) ? -200 : r.status);
+      if (r?.status !== 200) await new Promise((res) => setTimeout(res, 20)); // an error answer is instant: do not spin
+    }
+  };
+  return Promise.all(servers.map(one)).then(() => seen);
+}
+
+/** fsck over the shared store: every stored blob hashes to its digest. */
+async function assertNoCorruptBlob(t: ExecutionContext, storage: Record<string, unknown>, atLeast: number): Promise<void> {
+  const report = await fsck(configFromObject({ storage }), { repair: false });
+  t.deepEqual(report.problems, [], 'fsck finds nothing wrong');
+  t.true(report.checked >= atLeast, `fsck checked ${report.checked} blobs`);
+}
+
+async function healthz(s: TestServer): Promise<Res> {
+  return http('GET', `${s.url}/healthz`);
+}
+
+/** A PATCH whose body is sent in two halves, the second once `release` resolves; resolves with the answer and its ms after the release (or 0 when it came before). */
+function heldPatch(url: string, range: string, body: Buffer, release: Promise<void>): Promise<{ status: number; body: string; ms: number }> {
+  return new Promise((resolve, reject) => {
+    let t0: number | undefined;
+    const req = httpNode.request(url, { method: 'PATCH', headers: { ...OCTET, 'content-range': range, 'content-length': String(body.length) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (c: string) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text, ms: t0 === undefined ? 0 : Date.now() - t0 }));
+    });
+    req.on('error', reject);
+    const half = Math.floor(body.length / 2);
+    req.write(body.subarray(0, half));
+    void release.then(() => {
+      t0 = Date.now();
+      req.end(body.subarray(half));
+    });
+  });
+}
+
+if (missing && !CI) {
+  test.skip(`shared storage faults: ${missing}`, () => undefined);
+} else {
+  test.afterEach(noServerErrors);
+  test.after.always(stopSharedServers);
+
+  test.serial('PostgreSQL stopped under traffic: 503 + Retry-After in time, /healthz 503, no secret; back without a restart, nothing half-written', async (t) => {
+    const pgc = await sharedPostgres();
+    const rs = await replicas(t, 2, {}, {}, PG);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const img = sampleImage('faults-pg');
+    t.is((await pushImage(a.url, 'team/pg', img, 'v1')).status, 201);
+    const paths = [
+      { path: `/v2/team/pg/manifests/${img.manifest.digest}`, bytes: img.manifest.bytes },
+      ...[img.config, ...img.layers].map((x) => ({ path: `/v2/team/pg/blobs/${x.digest}`, bytes: x.bytes })),
+    ];
+    // An upload started before the outage, to be carried on by the other replica after it.
+    const blob = randomBytes(200_000, 'faults-pg-chunked');
+    const post = await http('POST', `${a.url}/v2/team/pg/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    t.is(post.status, 202);
+    const loc = post.header('location')!;
+    t.is((await http('PATCH', `${a.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-99999' }, body: blob.subarray(0, 100_000) })).status, 202);
+
+    const stop = { done: false };
+    const loop = pullLoop([a, b], paths, stop);
+    await pgc.stop();
+    t.teardown(async () => {
+      if ((await healthz(a).catch(() => null))?.status !== 200) await pgc.start().catch(() => undefined);
+    });
+    await waitFor(async () => (await healthz(a)).status === 503 && (await healthz(b)).status === 503, WAIT_MS, 'both replicas report the database down');
+
+    const hz = await timed('/healthz', healthz(b));
+    assertUnavailable(t, hz, [PG_SECRET]);
+    t.regex(hz.res.body.toString(), /metadata database/i, '/healthz names what is down');
+    const other = sampleImage('faults-pg-during');
+    const during = await Promise.all([
+      timed('POST upload', http('POST', `${a.url}/v2/team/pg/blobs/uploads/`, { headers: { 'content-length': '0' } })),
+      timed('monolithic push', http('POST', `${b.url}/v2/team/pg/blobs/uploads/?digest=${other.config.digest}`, { headers: OCTET, body: other.config.bytes })),
+      timed('PATCH of the open session', http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000) })),
+      timed('manifest PUT', http('PUT', `${a.url}/v2/team/pg/manifests/v2`, { headers: { 'content-type': OCI_MANIFEST }, body: img.manifest.bytes })),
+      timed('tag list', http('GET', `${b.url}/v2/team/pg/tags/list`)),
+      timed('HEAD manifest by tag', http('HEAD', `${b.url}/v2/team/pg/manifests/v1`, { headers: { accept: OCI_MANIFEST } })),
+    ]);
+    for (const o of during) assertUnavailable(t, o, [PG_SECRET]);
+    for (const p of paths) assertServedOrUnavailable(t, await timed(`GET ${p.path}`, http('GET', `${a.url}${p.path}`, { headers: { accept: OCI_MANIFEST } })), p.bytes, [PG_SECRET]);
+
+    await pgc.start();
+    await waitFor(async () => (await healthz(a)).status === 200 && (await healthz(b)).status === 200, WAIT_MS, 'both replicas see the database again');
+    stop.done = true;
+    const seen = await loop;
+    t.false(seen.includes(-200), 'no pull got wrong bytes');
+    t.false(seen.includes(-1), 'no pull hung up or failed at the socket');
+    t.deepEqual([...new Set(seen)].filter((s) => s !== 200 && s !== 503), [], 'pulls got 200 or 503, nothing else');
+    t.true(seen.includes(503), 'the outage was seen by the pulls');
+
+    // The same processes carry on: the session continues on B, a new push on A is pulled from B.
+    const p2 = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000) });
+    t.is(p2.status, 202, p2.body.toString());
+    const put = await http('PUT', `${b.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(sha256(blob))}`, { headers: { 'content-length': '0' } });
+    t.is(put.status, 201, put.body.toString());
+    t.is((await pushImage(a.url, 'team/pg', other, 'v3')).status, 201);
+    const got = await http('GET', `${b.url}/v2/team/pg/manifests/v3`, { headers: { accept: OCI_MANIFEST } });
+    t.true(got.body.equals(other.manifest.bytes));
+    t.is((await http('GET', `${b.url}/v2/team/pg/manifests/v2`, { headers: { accept: OCI_MANIFEST } })).status, 404, 'the manifest PUT refused during the outage left no tag');
+    t.deepEqual(JSON.parse((await http('GET', `${a.url}/v2/team/pg/tags/list`)).body.toString()).tags, ['v1', 'v3']);
+    for (const s of [a, b]) t.false(s.logs.some((l) => l.includes(PG_SECRET)), 'no log line carries the password');
+    await assertNoCorruptBlob(t, rs.storage, 1 + img.layers.length + 1);
+  });
+
+  test.serial('object store down under traffic: 503 + Retry-After, /healthz names it, no secret; back without a restart, no corrupt blob', async (t) => {
+    const gw = await sharedRadosgw();
+    const rs = await replicas(t, 2, {}, {}, PG);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    const img = sampleImage('faults-s3');
+    t.is((await pushImage(a.url, 'team/s3', img, 'v1')).status, 201);
+    const blobs = [img.config, ...img.layers];
+    const paths = blobs.map((x) => ({ path: `/v2/team/s3/blobs/${x.digest}`, bytes: x.bytes }));
+    // A chunk whose second half arrives only after the store went away.
+    const big = randomBytes(300_000, 'faults-s3-chunked');
+    const post = await http('POST', `${b.url}/v2/team/s3/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    const loc = post.header('location')!;
+    let release!: () => void;
+    const held = heldPatch(`${b.url}${loc}`, '0-299999', big, new Promise<void>((r) => (release = r)));
+
+    const stop = { done: false };
+    const loop = pullLoop([a, b], paths, stop);
+    await gw.stopGateway();
+    t.teardown(async () => {
+      if ((await healthz(a).catch(() => null))?.status !== 200) await gw.startGateway().catch(() => undefined);
+    });
+    await waitFor(async () => (await healthz(a)).status === 503 && (await healthz(b)).status === 503, WAIT_MS, 'both replicas report the object store down');
+    release();
+
+    const secrets = [gw.secretAccessKey, gw.accessKeyId, PG_SECRET];
+    const hz = await timed('/healthz', healthz(a));
+    assertUnavailable(t, hz, secrets);
+    t.regex(hz.res.body.toString(), /object store/i, '/healthz names what is down');
+    const other = sampleImage('faults-s3-during');
+    const during = await Promise.all([
+      timed('monolithic push', http('POST', `${a.url}/v2/team/s3/blobs/uploads/?digest=${other.config.digest}`, { headers: OCTET, body: other.config.bytes })),
+      ...paths.map((p) => timed(`GET ${p.path}`, http('GET', `${b.url}${p.path}`))),
+    ]);
+    for (const o of during) assertUnavailable(t, o, secrets);
+    const chunk = await held;
+    t.is(chunk.status, 503, `the chunk cut off by the outage: ${chunk.body.slice(0, 300)}`);
+    t.true(chunk.ms < ANSWER_MS, `answered ${chunk.ms} ms after its last byte`);
+
+    await gw.startGateway();
+    await waitFor(async () => (await healthz(a)).status === 200 && (await healthz(b)).status === 200, WAIT_MS, 'both replicas see the object store again');
+    stop.done = true;
+    const seen = await loop;
+    t.false(seen.includes(-200), 'no pull got wrong bytes');
+    t.false(seen.includes(-1), 'no pull hung up or failed at the socket');
+    t.deepEqual([...new Set(seen)].filter((s) => s !== 200 && s !== 503), [], 'pulls got 200 or 503, nothing else');
+    t.true(seen.includes(503), 'the outage was seen by the pulls');
+
+    // Same processes: the session is where it was before the cut chunk, and finishes; pushes and pulls work.
+    const st = await http('GET', `${a.url}${loc}`);
+    t.is(st.status, 204);
+    t.is(st.header('range'), '0-0', 'the cut chunk left nothing behind');
+    const redo = await http('PATCH', `${a.url}${loc}`, { headers: { ...OCTET, 'content-range': '0-299999' }, body: big });
+    t.is(redo.status, 202, redo.body.toString());
+    t.is((await http('PUT', `${a.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(sha256(big))}`, { headers: { 'content-length': '0' } })).status, 201);
+    t.is((await pushImage(b.url, 'team/s3', other, 'v2')).status, 201);
+    for (const x of [...blobs, other.config, ...other.layers]) t.is(sha256((await http('GET', `${a.url}/v2/team/s3/blobs/${x.digest}`)).body), x.digest);
+    for (const s of [a, b]) for (const secret of secrets) t.false(s.logs.some((l) => l.includes(secret)), 'no log line carries a credential');
+    await assertNoCorruptBlob(t, rs.storage, blobs.length + 1 + other.layers.length + 1);
+  });
+}
