@@ -8,12 +8,17 @@
  * Never skipped under CI=true.
  */
 import httpNode from 'node:http';
+import { PassThrough } from 'node:stream';
 import test, { type ExecutionContext } from 'ava';
 import { configFromObject } from '../../src/config/load.js';
 import { fsck } from '../../src/ops/fsck.js';
+import type { RepoName } from '../../src/registry/names.js';
+import { openPostgresStorage } from '../../src/storage/pg/index.js';
+import { S3BlobStore } from '../../src/storage/s3/store.js';
+import { S3UploadStore } from '../../src/storage/s3/uploads.js';
 import { http, type Res, sha256 } from '../helpers/http.js';
-import { replicas, sharedMissing as missing, sharedPostgres, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
-import type { TestServer } from '../helpers/server.js';
+import { replicas, sharedMissing as missing, sharedPostgres, sharedRadosgw, sharedStorage, stopSharedServers } from '../helpers/replicas.js';
+import { type TestServer, tempDir } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { randomBytes } from '../fixtures/images.js';
 import { waitFor } from './_pullthrough.js';
@@ -228,5 +233,43 @@ if (missing && !CI) {
     for (const x of [...blobs, other.config, ...other.layers]) t.is(sha256((await http('GET', `${a.url}/v2/team/s3/blobs/${x.digest}`)).body), x.digest);
     for (const s of [a, b]) for (const secret of secrets) t.false(s.logs.some((l) => l.includes(secret)), 'no log line carries a credential');
     await assertNoCorruptBlob(t, rs.storage, blobs.length + 1 + other.layers.length + 1);
+  });
+
+  test.serial('a session lease lost mid-append (database gone longer than the TTL while the chunk streams) cuts that chunk at once: 503, nothing stored, the session carries on', async (t) => {
+    const pgc = await sharedPostgres();
+    const gw = await sharedRadosgw();
+    const shared = await sharedStorage({}, PG);
+    const cfg = configFromObject({ storage: shared.config(await tempDir(t)) });
+    const pg = await openPostgresStorage(cfg.store.postgres!, { warn: () => undefined });
+    t.teardown(() => pg.close());
+    const blobs = new S3BlobStore({ endpoint: gw.endpoint, region: gw.region, bucket: shared.bucket, accessKeyId: gw.accessKeyId, secretAccessKey: gw.secretAccessKey }, pg.metadata);
+    t.teardown(() => blobs.close());
+    await blobs.recover();
+    const ttl = 3_000;
+    const uploads = new S3UploadStore(blobs, pg.uploadRows, pg.coordination, { leaseTtlMs: ttl });
+    const { id } = await uploads.start('team/lease' as RepoName);
+    const body = new PassThrough();
+    body.write(randomBytes(100_000, 'lease-lost'));
+    const appended = uploads.append(id, body, { maxBytes: 1 << 30 });
+    appended.catch(() => undefined);
+    await waitFor(async () => (await pg.coordination.leaseHolder(`upload:${id}`)) !== null, WAIT_MS, 'the append holds the lease');
+    await pgc.stop();
+    t.teardown(async () => {
+      if ((await pg.metadata.ping().then(() => true, () => false)) === false) await pgc.start().catch(() => undefined);
+    });
+    const stoppedAt = Date.now();
+    // The client keeps the chunk open (sends nothing more): only the lapse can end it.
+    const late = new Promise<'no answer'>((r) => setTimeout(() => r('no answer'), ttl + ANSWER_MS).unref());
+    const outcome = await Promise.race([appended.then(() => 'stored' as const, (e: unknown) => e), late]);
+    const ms = Date.now() - stoppedAt;
+    t.like(outcome as object, { code: 'UNAVAILABLE', status: 503 }, `the chunk ended ${ms} ms after the database went: ${String(outcome)}`);
+    t.true(ms <= ttl + 2_000, `within the TTL (+ a renewal period) of the last renewal: ${ms} ms`);
+    t.true(body.destroyed, 'the body was cut, not read on');
+    await pgc.start();
+    await waitFor(async () => pg.metadata.ping().then(() => true, () => false), WAIT_MS, 'the database is back');
+    t.is((await uploads.status(id))?.offset, 0, 'nothing of the cut chunk was stored');
+    const again = new PassThrough();
+    again.end(randomBytes(1_000, 'lease-lost-again'));
+    t.is(await uploads.append(id, again, { offset: 0, maxBytes: 1 << 30 }), 1_000, 'the session takes the chunk again');
   });
 }
