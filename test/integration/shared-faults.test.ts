@@ -21,7 +21,7 @@ import { replicas, sharedMissing as missing, sharedPostgres, sharedRadosgw, shar
 import { type TestServer, tempDir } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { randomBytes } from '../fixtures/images.js';
-import { waitFor } from './_pullthrough.js';
+import { fetchStream, startFake, upstreamEntry, waitFor } from './_pullthrough.js';
 import { noServerErrors, OCI_MANIFEST, pushImage, sampleImage } from './_support.js';
 
 const OCTET = { 'content-type': 'application/octet-stream' };
@@ -173,6 +173,42 @@ if (missing && !CI) {
     t.deepEqual(JSON.parse((await http('GET', `${a.url}/v2/team/pg/tags/list`)).body.toString()).tags, ['v1', 'v3']);
     for (const s of [a, b]) t.false(s.logs.some((l) => l.includes(PG_SECRET)), 'no log line carries the password');
     await assertNoCorruptBlob(t, rs.storage, 1 + img.layers.length + 1);
+  });
+
+  test.serial('PostgreSQL killed (crash) while pull-through fills stream on two replicas: no client gets wrong bytes as complete; after restart the blob is whole everywhere and fsck is clean', async (t) => {
+    const pgc = await sharedPostgres();
+    const fake = await startFake(t);
+    const big = randomBytes(2_000_000, 'faults-pg-fill');
+    const digest = sha256(big);
+    fake.addBlob('library/tool', { digest, bytes: big });
+    // About 1.5 s per body: the crash lands mid-fill.
+    fake.faults.push({ method: 'GET', path: new RegExp(`/blobs/${digest}$`), throttle: { chunkBytes: 64 * 1024, intervalMs: 50 } });
+    const upstreams = { upstreams: { 'hub.test': upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: 'hub.test' };
+    const rs = await replicas(t, 2, upstreams, {}, PG);
+    const [a, b] = rs as unknown as [TestServer, TestServer];
+    let crashed!: () => void;
+    const firstByte = new Promise<void>((r) => (crashed = r));
+    const pulls = [a, b].map((s) => fetchStream(`${s.url}/v2/library/tool/blobs/${digest}`, { onFirstByte: () => crashed() }));
+    await firstByte;
+    await pgc.kill();
+    t.teardown(async () => {
+      if ((await healthz(a).catch(() => null))?.status !== 200) await pgc.start().catch(() => undefined);
+    });
+    const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('a pull hung after the crash')), 3 * ANSWER_MS).unref());
+    const results = await Promise.race([Promise.all(pulls), late]);
+    t.log(`pulls across the crash: ${results.map((r) => `${r.status}${r.error ? ` cut at ${r.body.length}` : ` ${r.body.length} bytes`}`).join(', ')}`);
+    for (const [i, r] of results.entries()) {
+      if (r.status === 200 && r.error === null) t.true(r.body.equals(big), `pull ${i}: complete means the right bytes`);
+      else t.true(r.status === 503 || r.error !== null, `pull ${i}: a clean 503 or a cut transfer (status ${r.status})`);
+    }
+    await pgc.start();
+    await waitFor(async () => (await healthz(a)).status === 200 && (await healthz(b)).status === 200, WAIT_MS, 'both replicas see the database again');
+    for (const s of [b, a]) {
+      const again = await http('GET', `${s.url}/v2/library/tool/blobs/${digest}`);
+      t.is(again.status, 200, again.body.toString().slice(0, 300));
+      t.true(again.body.equals(big), `${s.url} serves the whole blob after the restart`);
+    }
+    await assertNoCorruptBlob(t, rs.storage, 0);
   });
 
   test.serial('object store down under traffic: 503 + Retry-After, /healthz names it, no secret; back without a restart, no corrupt blob', async (t) => {
