@@ -213,7 +213,12 @@ if (missing && !CI) {
 
   test.serial('object store down under traffic: 503 + Retry-After, /healthz names it, no secret; back without a restart, no corrupt blob', async (t) => {
     const gw = await sharedRadosgw();
-    const rs = await replicas(t, 2, {}, {}, PG);
+    // An upstream too: a pull-through miss while the store is away.
+    const fake = await startFake(t);
+    const remote = sampleImage('faults-s3-remote');
+    fake.addImage('library/tool', remote, 'latest');
+    const upstreams = { upstreams: { 'hub.test': upstreamEntry(fake, { libraryPrefix: true }) }, defaultUpstream: 'hub.test' };
+    const rs = await replicas(t, 2, upstreams, {}, PG);
     const [a, b] = rs as unknown as [TestServer, TestServer];
     const img = sampleImage('faults-s3');
     t.is((await pushImage(a.url, 'team/s3', img, 'v1')).status, 201);
@@ -245,6 +250,10 @@ if (missing && !CI) {
       ...paths.map((p) => timed(`GET ${p.path}`, http('GET', `${b.url}${p.path}`))),
     ]);
     for (const o of during) assertUnavailable(t, o, secrets);
+    // A pull-through miss: the upstream's bytes (nothing can be stored) or a clean 503, never a 500.
+    for (const x of [remote.config, ...remote.layers]) {
+      assertServedOrUnavailable(t, await timed(`pull-through ${x.digest}`, http('GET', `${b.url}/v2/library/tool/blobs/${x.digest}`)), x.bytes, secrets);
+    }
     const chunk = await held;
     t.is(chunk.status, 503, `the chunk cut off by the outage: ${chunk.body.slice(0, 300)}`);
     t.true(chunk.ms < ANSWER_MS, `answered ${chunk.ms} ms after its last byte`);
@@ -267,6 +276,7 @@ if (missing && !CI) {
     t.is((await http('PUT', `${a.url}${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(sha256(big))}`, { headers: { 'content-length': '0' } })).status, 201);
     t.is((await pushImage(b.url, 'team/s3', other, 'v2')).status, 201);
     for (const x of [...blobs, other.config, ...other.layers]) t.is(sha256((await http('GET', `${a.url}/v2/team/s3/blobs/${x.digest}`)).body), x.digest);
+    for (const x of [remote.config, ...remote.layers]) t.is(sha256((await http('GET', `${a.url}/v2/library/tool/blobs/${x.digest}`)).body), x.digest, 'the missed pull-through is filled now');
     for (const s of [a, b]) for (const secret of secrets) t.false(s.logs.some((l) => l.includes(secret)), 'no log line carries a credential');
     await assertNoCorruptBlob(t, rs.storage, blobs.length + 1 + other.layers.length + 1);
   });
