@@ -281,6 +281,29 @@ if (missing && !CI) {
     await assertNoCorruptBlob(t, rs.storage, blobs.length + 1 + other.layers.length + 1);
   });
 
+  test.serial('object store hung (gateway SIGSTOPped): 503 within storage.s3 connectTimeout/requestTimeout, not a hang; serves again once it answers', async (t) => {
+    const gw = await sharedRadosgw();
+    const rs = await replicas(t, 1, {}, { connectTimeout: '1s', requestTimeout: '2s' }, PG);
+    const [a] = rs as unknown as [TestServer];
+    const img = sampleImage('faults-s3-hung');
+    t.is((await pushImage(a.url, 'team/hung', img, 'v1')).status, 201);
+    gw.pauseGateway();
+    t.teardown(() => gw.resumeGateway());
+    const secrets = [gw.secretAccessKey, gw.accessKeyId];
+    // 3 attempts of at most 2 s of silence each, plus the SDK's backoff: well under ANSWER_MS.
+    const [hz, got, push] = await Promise.all([
+      timed('/healthz', healthz(a)),
+      timed('blob GET', http('GET', `${a.url}/v2/team/hung/blobs/${img.layers[0]!.digest}`)),
+      timed('monolithic push', http('POST', `${a.url}/v2/team/hung/blobs/uploads/?digest=${sha256('hung')}`, { headers: OCTET, body: 'hung' })),
+    ]);
+    for (const o of [hz, got, push]) assertUnavailable(t, o, secrets);
+    t.log(`answers while the store hangs: ${[hz, got, push].map((o) => `${o.what} ${o.ms} ms`).join(', ')}`);
+    gw.resumeGateway();
+    await waitFor(async () => (await healthz(a)).status === 200, WAIT_MS, 'the store answers again');
+    for (const x of [img.config, ...img.layers]) t.is(sha256((await http('GET', `${a.url}/v2/team/hung/blobs/${x.digest}`)).body), x.digest);
+    await assertNoCorruptBlob(t, rs.storage, 1 + img.layers.length);
+  });
+
   test.serial('a session lease lost mid-append (database gone longer than the TTL while the chunk streams) cuts that chunk at once: 503, nothing stored, the session carries on', async (t) => {
     const pgc = await sharedPostgres();
     const gw = await sharedRadosgw();
