@@ -237,7 +237,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   registerExplain(fastify, deps);
   registerImport(fastify, deps);
   registerExport(fastify, deps);
-  registerOps(fastify, { metrics, ping: () => meta.ping() });
+  registerOps(fastify, {
+    metrics,
+    ping: async () => {
+      await meta.ping();
+      await blobs.ping?.();
+    },
+  });
   if (cluster && config.cluster.secret) registerInternalFills(fastify, cluster);
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);

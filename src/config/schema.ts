@@ -149,6 +149,9 @@ export interface S3Config {
   readonly redirect: boolean;
   /** How long a presigned URL is valid (`redirectExpires`, a duration; S3 allows 1s to 7 days). */
   readonly redirectExpiresSeconds: number;
+  /** Per store request: TCP connect, and silence on the socket (`connectTimeout`, `requestTimeout`); a hung store is a 503 after at most 3 attempts of these. */
+  readonly connectTimeoutMs: number;
+  readonly requestTimeoutMs: number;
 }
 
 /**

@@ -118,6 +118,8 @@ function parseS3(s: Section): S3Config {
     partSize: s.bytes('partSize', '16MiB'),
     redirect: s.bool('redirect', false),
     redirectExpiresSeconds: Math.floor(s.durationMs('redirectExpires', '5m') / 1000),
+    connectTimeoutMs: s.durationMs('connectTimeout', '5s'),
+    requestTimeoutMs: s.durationMs('requestTimeout', '60s'),
   };
   s.done();
   if (endpoint) {
@@ -139,6 +141,8 @@ function parseS3(s: Section): S3Config {
   if (cfg.redirectExpiresSeconds < 1 || cfg.redirectExpiresSeconds > MAX_PRESIGN_S) {
     throw new ConfigError(`${s.key('redirectExpires')}: must be between 1s and 7d (S3's presigned URL limits)`);
   }
+  if (cfg.connectTimeoutMs < 100) throw new ConfigError(`${s.key('connectTimeout')}: must be at least 100ms`);
+  if (cfg.requestTimeoutMs < 100) throw new ConfigError(`${s.key('requestTimeout')}: must be at least 100ms`);
   if (cfg.partSize < MIN_PART || cfg.partSize > MAX_PART) throw new ConfigError(`${s.key('partSize')}: must be between 5MiB and 5GiB (S3's part size limits)`);
   return cfg;
 }

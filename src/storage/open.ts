@@ -80,6 +80,8 @@ function s3Options(c: S3Config): S3BlobStoreOptions {
     prefix: c.prefix,
     forcePathStyle: c.forcePathStyle,
     partSize: c.partSize,
+    connectTimeoutMs: c.connectTimeoutMs,
+    requestTimeoutMs: c.requestTimeoutMs,
     ...(c.endpoint ? { endpoint: c.endpoint } : {}),
     ...(c.accessKeyId && c.secretAccessKey ? { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey } : {}),
   };

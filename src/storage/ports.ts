@@ -163,6 +163,8 @@ export interface BlobStore {
    * blob up first. Absent: serve it through `open`.
    */
   redirectUrl?(digest: Digest, expiresIn: number): Promise<string>;
+  /** Optional (remote stores): liveness for /healthz, rejecting (503) when the store cannot answer. Absent: local disk, always there. */
+  ping?(): Promise<void>;
 }
 
 // ---- upload sessions ---------------------------------------------------------------------

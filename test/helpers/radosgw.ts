@@ -28,6 +28,9 @@ export interface Radosgw {
   /** Stop the gateway only (the store becomes unreachable); `startGateway` brings it back. */
   stopGateway(): Promise<void>;
   startGateway(): Promise<void>;
+  /** SIGSTOP / SIGCONT the gateway: a hung store (connections accepted by the kernel, never answered). */
+  pauseGateway(): void;
+  resumeGateway(): void;
   /** The gateway's own log so far (failure messages). */
   output(): string;
   /** Stop rgw, osd, mon (TERM, then KILL, by PID) and remove the cluster's dir. */
@@ -192,6 +195,8 @@ async function startOnce(): Promise<Radosgw> {
       rgw = null;
     },
     startGateway,
+    pauseGateway: () => void (rgw?.pid !== undefined && process.kill(rgw.pid, 'SIGSTOP')),
+    resumeGateway: () => void (rgw?.pid !== undefined && process.kill(rgw.pid, 'SIGCONT')),
     output: () => log.text,
     stop: stopAll,
   };

@@ -45,8 +45,8 @@ export interface SharedStorage {
   config(dir: string): Record<string, unknown>;
 }
 
-/** A fresh database and bucket; `s3extra` is merged into `storage.s3` (e.g. `redirect`). */
-export async function sharedStorage(s3extra: Record<string, unknown> = {}): Promise<SharedStorage> {
+/** A fresh database and bucket; `s3extra` is merged into `storage.s3` (e.g. `redirect`), `pgextra` into `storage.postgres` (e.g. timeouts). */
+export async function sharedStorage(s3extra: Record<string, unknown> = {}, pgextra: Record<string, unknown> = {}): Promise<SharedStorage> {
   const pgc = await sharedPostgres();
   const g = await sharedRadosgw();
   const db = await pgc.createDatabase();
@@ -57,7 +57,7 @@ export async function sharedStorage(s3extra: Record<string, unknown> = {}): Prom
     config: (dir) => ({
       driver: 'shared',
       path: path.join(dir, 'storage'),
-      postgres: { url: db, poolSize: 4 },
+      postgres: { url: db, poolSize: 4, ...pgextra },
       s3: { endpoint: g.endpoint, region: g.region, bucket, prefix: 'mirror', accessKeyId: g.accessKeyId, secretAccessKey: g.secretAccessKey, partSize: '5MiB', ...s3extra },
     }),
   };
@@ -69,8 +69,9 @@ export async function replicas(
   count: number,
   extra: Record<string, unknown> = {},
   s3extra: Record<string, unknown> = {},
+  pgextra: Record<string, unknown> = {},
 ): Promise<TestServer[] & { db: string; storage: Record<string, unknown> }> {
-  const shared = await sharedStorage(s3extra);
+  const shared = await sharedStorage(s3extra, pgextra);
   const out: TestServer[] = [];
   let storage: Record<string, unknown> = {};
   for (let i = 0; i < count; i++) {

@@ -60,6 +60,8 @@ test('storage as a mapping: driver, path, postgres and s3 sections with defaults
       partSize: 32 * 1024 * 1024,
       redirect: true,
       redirectExpiresSeconds: 120,
+      connectTimeoutMs: 5_000,
+      requestTimeoutMs: 60_000,
     },
   });
   t.true(Object.isFrozen(c.store.postgres));
@@ -71,7 +73,7 @@ test('storage.driver postgres from fields; local is the default driver of a mapp
   t.like(c.store.postgres, { url: null, host: 'db', port: 5432, database: 'rm', user: 'rm', password: null, poolSize: 10, ssl: { ca: null, insecureSkipVerify: false } });
   t.is(c.store.s3, null);
   // Redirects are opt-in: by default every blob byte goes through the mirror.
-  t.like(configFromObject({ storage: { driver: 'shared', postgres: { host: 'db' }, s3: { bucket: 'abc' } } }).store.s3, { redirect: false, redirectExpiresSeconds: 300 });
+  t.like(configFromObject({ storage: { driver: 'shared', postgres: { host: 'db' }, s3: { bucket: 'abc' } } }).store.s3, { redirect: false, redirectExpiresSeconds: 300, connectTimeoutMs: 5_000, requestTimeoutMs: 60_000 });
   t.deepEqual(configFromObject({ storage: { path: '/x' } }).store, { driver: 'local', postgres: null, s3: null });
 });
 

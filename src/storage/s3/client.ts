@@ -29,7 +29,7 @@ export interface S3BlobStoreOptions {
   listPageSize?: number;
   /** Attempts per request (the SDK retries 5xx and network errors with backoff). Default 3. */
   maxAttempts?: number;
-  /** Connect timeout and socket idle timeout per request, ms. Defaults 5 000 and 60 000. */
+  /** Connect timeout, and socket inactivity timeout per request (a hung store fails with it), ms. Defaults 5 000 and 60 000. */
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
 }
@@ -51,7 +51,10 @@ export function makeClient(o: S3BlobStoreOptions): S3Client {
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: o.maxAttempts ?? 3,
-    requestHandler: { connectionTimeout: o.connectTimeoutMs ?? 5_000, requestTimeout: o.requestTimeoutMs ?? 60_000 },
+    // socketTimeout, not requestTimeout: the SDK's requestTimeout only logs a warning unless
+    // told to throw, and it times the whole request up to the response head (a big part
+    // upload on a slow link); silence on the socket is what a hung store looks like.
+    requestHandler: { connectionTimeout: o.connectTimeoutMs ?? 5_000, socketTimeout: o.requestTimeoutMs ?? 60_000 },
   });
 }
 
@@ -76,5 +79,6 @@ export function storeError(e: unknown, op: string): Error {
   const status = x?.$metadata?.httpStatusCode;
   // Network errors carry an errno code (ECONNREFUSED, ETIMEDOUT); S3 errors a name (SlowDown, AccessDenied).
   const what = [x?.code ?? x?.Code ?? x?.name ?? 'error', status ? `HTTP ${status}` : ''].filter(Boolean).join(', ');
-  return new RegistryError('UNAVAILABLE', `object store unavailable: ${op} failed (${what})`, { status: 503 });
+  // Retry-After as for the database (pool.ts): an outage is the store's, not the request's.
+  return new RegistryError('UNAVAILABLE', `object store unavailable: ${op} failed (${what})`, { status: 503, headers: { 'retry-after': '5' } });
 }

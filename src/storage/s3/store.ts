@@ -144,6 +144,15 @@ export class S3BlobStore implements BlobStore, S3StageHost {
 
   // ---- the port ----------------------------------------------------------------------
 
+  /** Liveness (/healthz): the bucket answers. */
+  async ping(): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+    } catch (e) {
+      throw storeError(e, 'ping');
+    }
+  }
+
   async stat(digest: Digest): Promise<{ size: number } | null> {
     const size = await this.index.blobSize(digest);
     return size === undefined ? null : { size };

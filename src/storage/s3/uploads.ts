@@ -20,8 +20,11 @@
  * - One writer at a time: in this process by a set; across replicas, when given a
  *   `Coordination` (the shared driver: PostgreSQL leases), by a lease `upload:<id>` taken
  *   for each append and finish (renewed while it runs, released after): another replica's
- *   request meanwhile gets 416. A lease lost mid-append (the database unreachable for
- *   longer than LEASE_TTL_MS) is not noticed before that chunk completes.
+ *   request meanwhile gets 416. A lease that may have lapsed (no renewal confirmed within
+ *   the TTL of the last one sent: the database unreachable, or another replica took it)
+ *   stops the chunk at once: the body is cut, the multipart upload aborted, the client
+ *   gets 503 and the offset stays where it was, so another replica's writes are never
+ *   raced.
  */
 import {
   AbortMultipartUploadCommand,
@@ -44,6 +47,7 @@ import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } fr
 import { type ObjectRef, rangeStream } from './body.js';
 import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
 import type { Coordination } from '../coordination.js';
+import { type Claim, dropClaim, keepLease } from './lease.js';
 import type { SourceObject } from './stage.js';
 import type { S3BlobStore } from './store.js';
 
@@ -57,16 +61,20 @@ interface Chunk extends SourceObject {
 export class S3UploadStore implements UploadStore {
   /** Sessions an append or finish of this process is running on. */
   private readonly busy = new Set<string>();
-  /** Renewal timers of the session leases this process holds. */
-  private readonly renewals = new Map<string, NodeJS.Timeout>();
+  /** Upkeep of the session leases this process holds. */
+  private readonly claims = new Map<string, Claim>();
   private readonly owner = randomUUID();
+  private readonly leaseTtlMs: number;
 
   constructor(
     private readonly store: S3BlobStore,
     private readonly meta: UploadRows,
     /** Leases across processes (shared driver); absent: one process, the busy set is enough. */
     private readonly leases?: Coordination,
-  ) {}
+    opts: { leaseTtlMs?: number } = {},
+  ) {
+    this.leaseTtlMs = opts.leaseTtlMs ?? LEASE_TTL_MS;
+  }
 
   async start(repo: RepoName, _algorithm: DigestAlgorithm = 'sha256'): Promise<UploadState> {
     const id = randomUUID();
@@ -93,7 +101,7 @@ export class S3UploadStore implements UploadStore {
       if (opts.offset !== undefined && opts.offset !== base) {
         throw new RegistryError('RANGE_INVALID', `chunk must start at offset ${base}`, { status: 416, headers: rangeHeader(base) });
       }
-      return base + (await this.putChunk(this.chunkKey(id, base), body, base, opts));
+      return base + (await this.putChunk(this.chunkKey(id, base), body, base, opts, this.claims.get(id)?.lost.signal));
     } catch (e) {
       body.resume(); // drained, so the connection stays usable for the error response
       throw e instanceof RegistryError ? e : new RegistryError('BLOB_UPLOAD_INVALID', 'upload interrupted');
@@ -243,8 +251,13 @@ export class S3UploadStore implements UploadStore {
    * Stream `body` into `key` as one object that appears only when the chunk is accepted
    * whole; resolves with its length (0: no object).
    */
-  private async putChunk(key: string, body: Readable, base: number, opts: AppendOptions): Promise<number> {
+  private async putChunk(key: string, body: Readable, base: number, opts: AppendOptions, lost?: AbortSignal): Promise<number> {
     const { client, bucket, partSize } = this.store;
+    // The lease lapsing cuts the body: the loop below throws the signal's reason even while
+    // the client is silent, and the catch aborts the multipart upload.
+    const cut = () => body.destroy(lost!.reason as Error);
+    if (lost?.aborted) cut();
+    lost?.addEventListener('abort', cut, { once: true });
     // Store failures are 503s; a failing body (the client went away) stays what it is.
     const send = <T>(p: Promise<T>): Promise<T> => p.catch((e: unknown) => Promise.reject(storeError(e, 'upload PUT')));
     let cur: Buffer[] = [];
@@ -292,6 +305,8 @@ export class S3UploadStore implements UploadStore {
         await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
       }
       throw e;
+    } finally {
+      lost?.removeEventListener('abort', cut);
     }
   }
 
@@ -304,12 +319,11 @@ export class S3UploadStore implements UploadStore {
       if (!(await this.meta.upload(id))) throw new RegistryError('BLOB_UPLOAD_UNKNOWN');
       if (this.leases) {
         const name = `upload:${id}`;
-        if (!(await this.leases.acquireLease(name, this.owner, LEASE_TTL_MS))) {
+        const sentAt = Date.now();
+        if (!(await this.leases.acquireLease(name, this.owner, this.leaseTtlMs))) {
           throw new RegistryError('BLOB_UPLOAD_INVALID', 'another replica is writing to this upload', { status: 416 });
         }
-        const timer = setInterval(() => void this.leases!.renewLease(name, this.owner, LEASE_TTL_MS).catch(() => false), LEASE_TTL_MS / 3);
-        timer.unref();
-        this.renewals.set(id, timer);
+        this.claims.set(id, keepLease(this.leases, name, this.owner, this.leaseTtlMs, sentAt));
       }
     } catch (e) {
       this.busy.delete(id);
@@ -322,10 +336,10 @@ export class S3UploadStore implements UploadStore {
    * order so that a later claim here is never released by this one.
    */
   private async release(id: string): Promise<void> {
-    const timer = this.renewals.get(id);
-    if (timer !== undefined) {
-      clearInterval(timer);
-      this.renewals.delete(id);
+    const claim = this.claims.get(id);
+    if (claim !== undefined) {
+      dropClaim(claim);
+      this.claims.delete(id);
       await this.leases!.releaseLease(`upload:${id}`, this.owner).catch(() => undefined);
     }
     this.busy.delete(id);
