@@ -30,7 +30,7 @@
  * (100; 0 = unpaced), BENCH_HA_ONLY (local-1,shared-1,shared-3), BENCH_HA_TIMEOUT (420 s hard
  * limit for the whole run), BENCH_KEEP=1, BENCH_RESULTS_DIR. Only 127.0.0.1 is contacted.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -58,6 +58,9 @@ import {
   tempDirs,
   waitReady,
 } from './lib.mjs';
+
+/** One bearer secret shared by this run's replicas (never printed). */
+const CLUSTER_SECRET = randomBytes(24).toString('hex');
 
 const LAYERS = envNum('BENCH_HA_LAYERS', 4, 1, 16);
 const LAYER_MIB = envNum('BENCH_HA_LAYER_MIB', 16, 1, 256);
@@ -185,6 +188,8 @@ async function startReplicas(kind, count, upstreamBase, engines) {
     const storage = shared ? { driver: 'shared', path: path.join(rdir, 'storage'), ...shared } : path.join(rdir, 'storage');
     // JSON is YAML: the config file is written as JSON.
     const cfg = { listen: `127.0.0.1:${port}`, storage, log: { level: 'warn' }, upstreams: { up: { endpoints: [upstreamBase] } }, defaultUpstream: 'up' };
+    // Replicas stream each other's fills over the internal endpoint (cache/clusterfill.ts).
+    if (shared) cfg.cluster = { secret: CLUSTER_SECRET };
     const file = path.join(rdir, 'regmirror.yml');
     fs.writeFileSync(file, JSON.stringify(cfg, null, 2), { mode: 0o600 });
     const entry = startProcess(`${kind}-${count}/r${i}`, process.execPath, [CLI, 'serve', '--config', file], path.join(rdir, 'server.log'));
