@@ -258,13 +258,28 @@ export function versionOf(cmd, args) {
 // /proc: RSS and CPU accounting
 // ---------------------------------------------------------------------------------------
 
-export function readRssKiB(pid) {
+/** A `kB` field of /proc/<pid>/status (VmRSS, VmHWM, ...), or null once the process is gone. */
+export function readStatusKiB(pid, field) {
   try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : null;
   } catch {
     return null;
   }
+}
+
+export function readRssKiB(pid) {
+  return readStatusKiB(pid, 'VmRSS');
+}
+
+/** The process's RSS high-water mark (VmHWM): the peak over its whole life, however brief. */
+export function readHwmKiB(pid) {
+  return readStatusKiB(pid, 'VmHWM');
+}
+
+/** KiB -> MiB with one decimal; null stays null. */
+export function mib1(kib) {
+  return kib === null || kib === undefined ? null : Math.round(kib / 102.4) / 10;
 }
 
 /** Samples VmRSS every `everyMs` until stop(), which returns the samples (KiB); also taken at start and stop. */
