@@ -258,6 +258,17 @@ export function versionOf(cmd, args) {
 // /proc: RSS and CPU accounting
 // ---------------------------------------------------------------------------------------
 
+/**
+ * The Node options a build's CLI runs with as shipped: those on its `#!/usr/bin/env -S node ...`
+ * line (the Dockerfile's ENTRYPOINT repeats them; test/unit/container-files.test.ts checks).
+ * The benches start `node <flags> dist/cli.js` so they measure what is shipped.
+ */
+export function nodeFlagsOf(cliPath) {
+  const first = fs.readFileSync(cliPath, 'utf8').split('\n', 1)[0];
+  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
+  return m ? m[1].trim().split(/\s+/).filter(Boolean) : [];
+}
+
 /** A `kB` field of /proc/<pid>/status (VmRSS, VmHWM, ...), or null once the process is gone. */
 export function readStatusKiB(pid, field) {
   try {
@@ -399,14 +410,15 @@ export function expectStatus(res, want, what) {
 }
 
 /** Polls `GET <base>/v2/` until it answers 200; fails early if the process exits. */
-export async function waitReady(base, entry, timeoutMs = 20_000) {
+/** `ready`: statuses of GET /v2/ that mean up (401 with auth on, e.g. the embedded default config). */
+export async function waitReady(base, entry, timeoutMs = 20_000, ready = [200]) {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
     if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
     try {
       const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
-      if (r.status === 200) return;
+      if (ready.includes(r.status)) return;
       last = `HTTP ${r.status}`;
     } catch (e) {
       last = e.message;

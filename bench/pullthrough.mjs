@@ -67,6 +67,7 @@ import {
   median,
   NCPU,
   mib1,
+  nodeFlagsOf,
   onPath,
   pidCpuTicks,
   readHwmKiB,
@@ -404,7 +405,7 @@ async function startRegmirror(dir, upstreamBase, cli, name, env = {}) {
     ].join('\n'),
   );
   const profileDir = PROFILE ? path.join(dir, 'cpu-profile') : null;
-  const args = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, cli] : [cli];
+  const args = [...nodeFlagsOf(cli), ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), cli];
   const entry = startProcess(name, process.execPath, [...args, 'serve', '--config', cfg], path.join(dir, 'server.log'), { env: { ...process.env, ...env } });
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, entry);

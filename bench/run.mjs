@@ -48,6 +48,7 @@ import {
   NCPU,
   onPath,
   mib1,
+  nodeFlagsOf,
   pidCpuTicks,
   readHwmKiB,
   readRssKiB,
@@ -423,7 +424,7 @@ async function startRegmirror(dir) {
   const storage = path.join(dir, 'storage');
   const cfg = path.join(dir, 'regmirror.yml');
   fs.writeFileSync(cfg, `listen: 127.0.0.1:${port}\nstorage: ${storage}\nlog:\n  level: warn\n`);
-  const args = [];
+  const args = nodeFlagsOf(REGMIRROR_CLI);
   let profileDir;
   if (PROFILE) {
     profileDir = path.join(dir, 'cpu-profile');
