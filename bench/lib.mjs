@@ -259,9 +259,9 @@ export function versionOf(cmd, args) {
 // ---------------------------------------------------------------------------------------
 
 /**
- * The Node options a build's CLI runs with as shipped: those on its `#!/usr/bin/env -S node ...`
- * line (the Dockerfile's ENTRYPOINT repeats them; test/unit/container-files.test.ts checks).
- * The benches start `node <flags> dist/cli.js` so they measure what is shipped.
+ * Node options on a build's `#!/usr/bin/env -S node ...` line, if any (none today: see
+ * bench/results/memory/README.md for the V8 flags tried), so the benches start
+ * `node <flags> dist/cli.js` as the CLI would run itself, and an A/B build can try flags.
  */
 export function nodeFlagsOf(cliPath) {
   const first = fs.readFileSync(cliPath, 'utf8').split('\n', 1)[0];
