@@ -258,13 +258,39 @@ export function versionOf(cmd, args) {
 // /proc: RSS and CPU accounting
 // ---------------------------------------------------------------------------------------
 
-export function readRssKiB(pid) {
+/**
+ * Node options on a build's `#!/usr/bin/env -S node ...` line, if any (none today: see
+ * bench/results/memory/README.md for the V8 flags tried), so the benches start
+ * `node <flags> dist/cli.js` as the CLI would run itself, and an A/B build can try flags.
+ */
+export function nodeFlagsOf(cliPath) {
+  const first = fs.readFileSync(cliPath, 'utf8').split('\n', 1)[0];
+  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
+  return m ? m[1].trim().split(/\s+/).filter(Boolean) : [];
+}
+
+/** A `kB` field of /proc/<pid>/status (VmRSS, VmHWM, ...), or null once the process is gone. */
+export function readStatusKiB(pid, field) {
   try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : null;
   } catch {
     return null;
   }
+}
+
+export function readRssKiB(pid) {
+  return readStatusKiB(pid, 'VmRSS');
+}
+
+/** The process's RSS high-water mark (VmHWM): the peak over its whole life, however brief. */
+export function readHwmKiB(pid) {
+  return readStatusKiB(pid, 'VmHWM');
+}
+
+/** KiB -> MiB with one decimal; null stays null. */
+export function mib1(kib) {
+  return kib === null || kib === undefined ? null : Math.round(kib / 102.4) / 10;
 }
 
 /** Samples VmRSS every `everyMs` until stop(), which returns the samples (KiB); also taken at start and stop. */
@@ -384,14 +410,15 @@ export function expectStatus(res, want, what) {
 }
 
 /** Polls `GET <base>/v2/` until it answers 200; fails early if the process exits. */
-export async function waitReady(base, entry, timeoutMs = 20_000) {
+/** `ready`: statuses of GET /v2/ that mean up (401 with auth on, e.g. the embedded default config). */
+export async function waitReady(base, entry, timeoutMs = 20_000, ready = [200]) {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
     if (entry.done) throw new Error(`${entry.name} exited during start-up: ${JSON.stringify(entry.exitInfo)}`);
     try {
       const r = await request('GET', `${base}/v2/`, { timeoutMs: 2000 });
-      if (r.status === 200) return;
+      if (ready.includes(r.status)) return;
       last = `HTTP ${r.status}`;
     } catch (e) {
       last = e.message;

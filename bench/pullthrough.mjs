@@ -66,8 +66,12 @@ import {
   machineBusyTicks,
   median,
   NCPU,
+  mib1,
+  nodeFlagsOf,
   onPath,
   pidCpuTicks,
+  readHwmKiB,
+  readRssKiB,
   request,
   rssSampler,
   rssSummary,
@@ -401,7 +405,7 @@ async function startRegmirror(dir, upstreamBase, cli, name, env = {}) {
     ].join('\n'),
   );
   const profileDir = PROFILE ? path.join(dir, 'cpu-profile') : null;
-  const args = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, cli] : [cli];
+  const args = [...nodeFlagsOf(cli), ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), cli];
   const entry = startProcess(name, process.execPath, [...args, 'serve', '--config', cfg], path.join(dir, 'server.log'), { env: { ...process.env, ...env } });
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, entry);
@@ -485,6 +489,9 @@ async function pullScenario(label, cache, nClients, img, upstream, proxy) {
     failures,
     valid: failures.length === 0,
     rss: rssOut,
+    // The instance's peak RSS over its whole life so far (VmHWM), read after the clients finished.
+    rssAfterStartMiB: cache.rssAfterStartMiB ?? null,
+    hwmMiB: mib1(readHwmKiB(cache.pid)),
     ...cpu,
     // The image crosses the cache once (cold) or is served N times from disk (warm).
     cacheCpuSecondsPerGB: round(cpu.cacheCpuSeconds / (img.size / 1e9), 3),
@@ -666,6 +673,10 @@ function buildRows(res, names) {
   row(`Cache CPU s, cold pull ${n} clients`, (c) => ok(c.coldN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
   row(`Cache CPU s, warm pull ${n} clients`, (c) => ok(c.warmN)?.cacheCpuSeconds, 2, '', 'info (lower is better)');
   row(`Cache RSS peak, cold pull ${n} clients (MiB)`, (c) => ok(c.coldN)?.rss?.peakMiB, 1, '', 'info');
+  // Issue #14 item 3. The warm instance first filled the image (cold 1 client), then served 1 and N clients.
+  row('Cache RSS right after start (MiB)', (c) => c.warmN?.rssAfterStartMiB ?? c.cold1?.rssAfterStartMiB, 1, '', 'regmirror ≤ 80');
+  row(`Cache VmHWM after cold 1 + warm 1 + warm ${n} clients (MiB)`, (c) => ok(c.warmN)?.hwmMiB, 1, '', 'regmirror ≤ 160');
+  row(`Cache VmHWM after cold pull ${n} clients (MiB)`, (c) => ok(c.coldN)?.hwmMiB, 1, '', 'info');
   row('Verification failures (all scenarios)', (c) => [...(c.cold1Runs ?? []), c.warm1, c.warmN, c.coldN].reduce((k, s) => k + (s?.failures?.length ?? 0), 0), 0, '', '0');
   return rows;
 }
@@ -769,7 +780,12 @@ async function main() {
   const caches = Object.fromEntries(kinds.map((k) => [k.name, {}]));
   const skipped = [];
   let instance = 0;
-  const fresh = async (k) => k.start(path.join(root, `${k.name}-${++instance}`), proxy.base);
+  const fresh = async (k) => {
+    const c = await k.start(path.join(root, `${k.name}-${++instance}`), proxy.base);
+    // Read right after the first 200 from /v2/: the memory a just-started cache holds.
+    c.rssAfterStartMiB = mib1(readRssKiB(c.pid));
+    return c;
+  };
   const serverLogs = [];
   const profileDirs = Object.fromEntries(kinds.map((k) => [k.name, []]));
   const retire = async (c) => {

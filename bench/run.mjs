@@ -47,7 +47,10 @@ import {
   median,
   NCPU,
   onPath,
+  mib1,
+  nodeFlagsOf,
   pidCpuTicks,
+  readHwmKiB,
   readRssKiB,
   request,
   rssSampler,
@@ -421,7 +424,7 @@ async function startRegmirror(dir) {
   const storage = path.join(dir, 'storage');
   const cfg = path.join(dir, 'regmirror.yml');
   fs.writeFileSync(cfg, `listen: 127.0.0.1:${port}\nstorage: ${storage}\nlog:\n  level: warn\n`);
-  const args = [];
+  const args = nodeFlagsOf(REGMIRROR_CLI);
   let profileDir;
   if (PROFILE) {
     profileDir = path.join(dir, 'cpu-profile');
@@ -453,6 +456,17 @@ function ratio(a, b) {
   return Math.round((a / b) * 100) / 100;
 }
 
+/** Issue #14 item 3 (regmirror): RSS right after start and the high-water mark through the bench. */
+const RSS_START_AIM_MIB = 80;
+const HWM_AIM_MIB = 160;
+/** VmHWM rows, in run order: the peak after each of these loads (cumulative). */
+const HWM_METRICS = [
+  ['blobGetBig', `${BIG_MIB} MiB blob GETs`],
+  ['blobGetSmall', '1 MiB blob GETs, 16 conns'],
+  ['manifestGet', 'manifest GET by tag, 64 conns'],
+  ['blobGetTiny', 'small blob GETs'],
+  ['push', 'pushes'],
+];
 const RSS_FLAT_MIB = 64; // "flat": peak - start below this while serving a 256 MiB blob
 
 function buildRows(results) {
@@ -477,6 +491,11 @@ function buildRows(results) {
       row(`RSS peak, ${BIG_MIB} MiB GET run (MiB)`, (x) => x.rssBigGet?.peakMiB, 1),
       row(`RSS end, ${BIG_MIB} MiB GET run (MiB)`, (x) => x.rssBigGet?.endMiB, 1),
       row('RSS peak during push (MiB)', (x) => x.rssPush?.peakMiB, 1),
+      // Issue #14 item 3: RSS after start <= 80 MiB, VmHWM through the bench <= 160 MiB.
+      row('RSS after start (MiB)', (x) => x.rssAfterStartMiB, 1),
+      row('VmHWM after seeding (MiB)', (x) => x.hwmAfterSeedMiB, 1),
+      ...HWM_METRICS.map(([k, label]) => row(`VmHWM after ${label} (MiB)`, (x) => x.hwmAfterMiB?.[k], 1)),
+      row('VmHWM at the end of the run (MiB)', (x) => x.hwmEndMiB, 1),
     ],
     // Server CPU per unit of work: robust against other load on the machine.
     cpu: [
@@ -538,6 +557,8 @@ function aimsOf(results) {
   for (const row of smallRowsOf(results)) {
     aims.push({ aim: `${row.metric}: req/s >= ${SMALL_AIM}x bare node:http`, value: row.ratio === null ? 'n/a' : `${row.ratio}x`, pass: row.ratio === null ? null : row.ratio >= SMALL_AIM });
   }
+  if (r?.rssAfterStartMiB) aims.push({ aim: `regmirror RSS after start <= ${RSS_START_AIM_MIB} MiB`, value: `${r.rssAfterStartMiB} MiB`, pass: r.rssAfterStartMiB <= RSS_START_AIM_MIB });
+  if (r?.hwmEndMiB) aims.push({ aim: `regmirror VmHWM through the run <= ${HWM_AIM_MIB} MiB`, value: `${r.hwmEndMiB} MiB`, pass: r.hwmEndMiB <= HWM_AIM_MIB });
   const rs = r?.rssBigGet;
   if (rs) {
     const growth = Math.round((rs.peakMiB - rs.startMiB) * 10) / 10;
@@ -643,6 +664,8 @@ async function benchAll(registries, reference, seedData, results) {
         log(`${srv.name} ${m.name}: response bodies shorter than expected`);
       }
       results[srv.name][m.key] = out;
+      // VmHWM is the peak over the process's life: read after each metric, it shows which load raised it.
+      (results[srv.name].hwmAfterMiB ??= {})[m.key] = mib1(readHwmKiB(srv.pid));
       if (m.rss) {
         const r = rss.get(srv.name);
         results[srv.name].rssBigGet = r;
@@ -689,6 +712,7 @@ async function benchPushes(servers, seedData, results) {
     out.medianMBps = median(out.runs.map((r) => r.MBps));
     out.medianServerCpuSecondsPerGB = median(out.runs.map((r) => r.serverCpuSecondsPerGB));
     results[srv.name].rssPush = { peakMiB: out.rssPeakMiB ?? null };
+    (results[srv.name].hwmAfterMiB ??= {}).push = mib1(readHwmKiB(srv.pid));
   }
 }
 
@@ -724,10 +748,11 @@ async function main() {
 
   const results = {};
   for (const s of servers) {
-    results[s.name] = { pid: s.pid, rssAfterStartMiB: Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10 };
+    results[s.name] = { pid: s.pid, rssAfterStartMiB: mib1(readRssKiB(s.pid)), hwmAfterStartMiB: mib1(readHwmKiB(s.pid)) };
     const secs = await seed(s, seedData);
     results[s.name].seedSeconds = Math.round(secs * 100) / 100;
-    results[s.name].rssAfterSeedMiB = Math.round((readRssKiB(s.pid) ?? 0) / 102.4) / 10;
+    results[s.name].rssAfterSeedMiB = mib1(readRssKiB(s.pid));
+    results[s.name].hwmAfterSeedMiB = mib1(readHwmKiB(s.pid));
     log(`${s.name} seeded in ${secs.toFixed(2)} s`);
   }
 
@@ -744,6 +769,7 @@ async function main() {
   await benchAll(servers, reference, seedData, results);
   if (ONLY.includes('push')) await benchPushes(servers, seedData, results);
 
+  for (const s of servers) results[s.name].hwmEndMiB = mib1(readHwmKiB(s.pid));
   const rm = servers[0];
   const stopInfo = {};
   for (const s of reference ? [...servers, reference] : servers) stopInfo[s.name] = await stopProcess(s.entry);

@@ -7,16 +7,14 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildApp } from './app.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { DEFAULT_CONFIG_YAML } from './config/schema.js';
 import { createLogger } from './ops/logger.js';
-import { collectGarbage } from './ops/gc.js';
-import { CLIENT_KINDS, ClientConfigError, clientConfig, isClientKind } from './ops/clientconfig.js';
-import { prefetchImage } from './ops/prefetch.js';
-import { exportCommand } from './ops/export.js';
-import { fsck } from './ops/fsck.js';
-import { importFiles } from './ops/importclient.js';
+import { ClientConfigError } from './ops/clientconfig/common.js';
+
+// Each command's modules are imported when it runs: `serve` then never loads the client
+// side (undici's whole index for prefetch/import/export, tar-stream), which a long-running
+// process would hold for nothing (issue #14 item 3).
 
 const USAGE = `usage: regmirror <command> [options]
 
@@ -85,6 +83,7 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const config = loadConfig(values.config);
       const logger = createLogger(config);
+      const { buildApp } = await import('./app.js');
       const app = await buildApp(config, { logger });
       const addr = await app.listen();
       logger.info({ url: addr.url, storage: config.storage }, 'regmirror listening');
@@ -115,11 +114,13 @@ async function main(argv: string[]): Promise<number> {
       if (evict && config.cache.maxBytes === null && config.cache.maxAgeMs === null) {
         process.stderr.write('regmirror: --evict: neither cache.maxBytes nor cache.maxAge is set; nothing is evicted\n');
       }
+      const { collectGarbage } = await import('./ops/gc.js');
       const result = await collectGarbage(config, { dryRun: values['dry-run'] === true, evict });
       process.stdout.write(`${JSON.stringify(result)}\n`);
       return 0;
     }
     case 'fsck': {
+      const { fsck } = await import('./ops/fsck.js');
       const result = await fsck(loadConfig(values.config), { repair: values.repair === true });
       process.stdout.write(`${JSON.stringify(result)}\n`);
       return result.problems.some((p) => !p.repaired) ? 1 : 0;
@@ -137,6 +138,7 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(USAGE);
       return 2;
     case 'client-config': {
+      const { CLIENT_KINDS, clientConfig, isClientKind } = await import('./ops/clientconfig.js');
       if (!sub || !isClientKind(sub)) {
         process.stderr.write(`regmirror: client-config needs one of ${CLIENT_KINDS.join(', ')}\n`);
         return 2;
@@ -173,6 +175,7 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write('regmirror: prefetch needs images (arguments or --file)\n');
         return 2;
       }
+      const { prefetchImage } = await import('./ops/prefetch.js');
       let failed = 0;
       for (const image of images) {
         const r = await prefetchImage(image, { mirror: values.mirror, platforms: values.platform ?? [], user: values.user });
@@ -182,13 +185,14 @@ async function main(argv: string[]): Promise<number> {
       return failed > 0 ? 1 : 0;
     }
     case 'export':
-      return exportCommand(values, positionals.slice(1));
+      return (await import('./ops/export.js')).exportCommand(values, positionals.slice(1));
     case 'import': {
       const files = positionals.slice(1);
       if (!values.mirror || files.length === 0 || (values.namespace === undefined) === (values.repository === undefined)) {
         process.stderr.write('regmirror: import needs --mirror URL, one of --namespace or --repository, and files\n');
         return 2;
       }
+      const { importFiles } = await import('./ops/importclient.js');
       return importFiles(files, { mirror: values.mirror, namespace: values.namespace, repository: values.repository, user: values.user, tty: process.stdout.isTTY === true, out: process.stdout });
     }
     default:

@@ -9,6 +9,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { LRUCache } from 'lru-cache';
+import { countBounded } from '../lru.js';
 
 const dummyHashes = new Map<number, string>();
 /**
@@ -42,7 +43,7 @@ export class Htpasswd {
   private users = new Map<string, string>();
   private dummyCost = 10;
   private mtimeMs = -1;
-  private readonly okCache = new LRUCache<string, Buffer>({ max: 10_000, ttl: 5 * 60_000 });
+  private readonly okCache = new LRUCache<string, Buffer>({ ...countBounded(10_000), ttl: 5 * 60_000 });
 
   constructor(private readonly file: string) {
     this.reload();

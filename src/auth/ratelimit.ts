@@ -10,6 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import { countBounded } from '../lru.js';
 
 interface Failure {
   at: number;
@@ -24,7 +25,7 @@ export class LoginLimiter {
     private readonly maxFailures: number,
     private readonly windowMs: number,
   ) {
-    this.failures = new LRUCache({ max: 100_000, ttl: windowMs });
+    this.failures = new LRUCache({ ...countBounded(100_000), ttl: windowMs });
   }
 
   private recent(addr: string): Failure[] {

@@ -50,8 +50,8 @@ function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & Ch
 
 const MAX_RESUMES = 3;
 const READ_CHUNK = 1024 * 1024;
-/** Bytes of the most recent writes kept in memory for readers that keep up. */
-const RECENT_WINDOW = 8 * 1024 * 1024;
+/** Bytes of the most recent writes kept in memory for readers that keep up (with STAGE_BACKLOG: the fill's memory; bench/results/memory/). */
+const RECENT_WINDOW = 4 * 1024 * 1024;
 /** Upstream byte counts go to onBytes (metrics: label hashing per call) in steps this size. */
 const REPORT_BYTES = 1024 * 1024;
 /**
@@ -59,7 +59,7 @@ const REPORT_BYTES = 1024 * 1024;
  * the stage's own backpressure). Below it appends are not awaited, so a chunk costs no
  * pause and resume of the upstream body; their failures are kept and thrown on the next one.
  */
-const STAGE_BACKLOG = 16 * 1024 * 1024;
+const STAGE_BACKLOG = 8 * 1024 * 1024;
 
 interface Deferred {
   promise: Promise<void>;

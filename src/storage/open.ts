@@ -14,10 +14,12 @@ import type { PostgresConfig, S3Config, StoreConfig } from '../config/schema.js'
 import { type Coordination, type DeferredDeletes, LocalCoordination } from './coordination.js';
 import { openLocalStorage } from './local/index.js';
 import type { StoragePaths } from './paths.js';
-import { openPostgresStorage, type PgLog } from './pg/index.js';
+// Types only: the shared driver's modules (pg, the AWS SDK: about 20 MiB of heap) are
+// imported when `storage.driver: shared` asks for them, so a local-driver process never
+// loads them (test/integration/startup-memory.test.ts).
+import type { PgLog } from './pg/index.js';
 import type { BlobStore, MetadataStore, UploadStore } from './ports.js';
-import { S3BlobStore, type S3BlobStoreOptions } from './s3/store.js';
-import { S3UploadStore } from './s3/uploads.js';
+import type { S3BlobStore, S3BlobStoreOptions } from './s3/store.js';
 
 export interface Storage {
   metadata: MetadataStore;
@@ -52,6 +54,11 @@ export async function openStorage(store: StoreConfig, paths: StoragePaths, log: 
 
 /** PostgreSQL + S3 (see the top); the same shape as the local driver. */
 export async function openSharedStorage(pgc: PostgresConfig, s3c: S3Config, log: PgLog): Promise<Storage> {
+  const [{ openPostgresStorage }, { S3BlobStore }, { S3UploadStore }] = await Promise.all([
+    import('./pg/index.js'),
+    import('./s3/store.js'),
+    import('./s3/uploads.js'),
+  ]);
   const pg = await openPostgresStorage(pgc, log);
   let blobs: S3BlobStore;
   try {

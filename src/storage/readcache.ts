@@ -72,10 +72,11 @@ export interface CachedMetadataStore extends MetadataStore {
 
 export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {}): CachedMetadataStore {
   const lru = new LRUCache<string, Entry>({
-    max: 50_000,
+    // Bounded by size only: a `max` count would allocate its index arrays up front (about
+    // 2 MiB for 50,000 entries in a process that has read nothing; src/lru.ts). Entries
+    // without a body count 640 bytes, so the default still holds at most ~52,000 of them.
     maxSize: opts.maxBytes ?? 32 * 1024 * 1024,
-    // Entries without a body still count, so many small ones stay bounded too.
-    sizeCalculation: (e) => 256 + ((e.value as { body?: Buffer } | undefined)?.body?.length ?? 0),
+    sizeCalculation: (e) => 640 + ((e.value as { body?: Buffer } | undefined)?.body?.length ?? 0),
     ttl: opts.ttlMs ?? READ_CACHE_TTL_MS,
   });
   let generation = 0;

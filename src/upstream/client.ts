@@ -10,6 +10,7 @@ import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher, ProxyAgent, request } from 'undici';
 import { SingleFlight } from '../singleflight.js';
+import { countBounded } from '../lru.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { type Challenge, parseChallenges } from './challenge.js';
 import { UpstreamHealth } from './health.js';
@@ -81,7 +82,7 @@ export class UpstreamClient {
   private readonly credentials: () => WireCredentials;
   /** Learned challenge per host, so later requests fetch a token before the first try. */
   private readonly hostAuth = new Map<string, HostAuth>();
-  private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>({ max: 10_000 });
+  private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>(countBounded(10_000));
   private readonly tokenFetches = new SingleFlight<string, string | null>();
   readonly health: UpstreamHealth;
   /** Called for every upstream response (status) or transport failure ('error', with its summary); metrics, status. */

@@ -106,9 +106,11 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Node options before the script, e.g. `--import <preload>`. */
   nodeArgs?: readonly string[];
+  /** Statuses of GET /v2/ that mean ready (default 200; 401 with auth, e.g. the embedded default config). */
+  readyStatuses?: readonly number[];
 }
 
-/** Start `node dist/cli.js serve --config <config>`; resolves when GET /v2/ answers 200. */
+/** Start `node dist/cli.js serve --config <config>`; resolves when GET /v2/ answers 200 (or `readyStatuses`). */
 export async function startCli(t: ExecutionContext, config: string, opts: StartOptions = {}): Promise<CliServer> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first (npm test does)`);
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, 'serve', '--config', config], {
@@ -151,7 +153,7 @@ export async function startCli(t: ExecutionContext, config: string, opts: StartO
       async () => {
         if (exited(child)) throw new Error('server exited during start-up');
         const res = await http('GET', `${listening}/v2/`).catch(() => undefined);
-        return res?.status === 200 ? true : undefined;
+        return res && (opts.readyStatuses ?? [200]).includes(res.status) ? true : undefined;
       },
       START_TIMEOUT_MS,
       `GET ${listening}/v2/`,

@@ -79,7 +79,7 @@ test('single-flight: 8 concurrent GETs of a cold blob cost exactly 1 upstream GE
 test('clients joining a fill after the in-memory window moved on read the earlier bytes from the growing file', async (t) => {
   const { fake, s } = await setup(t);
   const MiB = 1024 * KiB;
-  // Larger than the fill's in-memory window (8 MiB), so late joiners start on disk.
+  // Larger than the fill's in-memory window (4 MiB), so late joiners start on disk.
   const blob = bigBlob(24 * MiB, 'late-joiners');
   fake.addBlob(REPO, blob);
   fake.faults.push({ method: 'GET', path: /\/blobs\//, throttle: { chunkBytes: 256 * KiB, intervalMs: 20 } });
