@@ -264,8 +264,9 @@ class LocalOps implements MetadataOps {
 }
 
 export class LocalMetadataStore extends LocalOps implements MetadataStore, UploadRows {
-  constructor(db: MetadataDb) {
-    super(db, null, new ScanReader(db.db.memory ? null : db.db.name));
+  /** `scanWorker`: the scan worker's module (tests inject a slow one; scan.ts). */
+  constructor(db: MetadataDb, scanWorker?: URL) {
+    super(db, null, new ScanReader(db.db.memory ? null : db.db.name, scanWorker));
   }
 
   async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
