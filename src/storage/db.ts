@@ -321,6 +321,7 @@ export class MetadataDb {
         `INSERT INTO upstream_lists(key, body, fetched_at) VALUES (?, ?, ?)
          ON CONFLICT(key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at WHERE excluded.fetched_at >= upstream_lists.fetched_at`,
       ),
+      deleteUpstreamListsBefore: db.prepare<[number]>('DELETE FROM upstream_lists WHERE fetched_at < ?'),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
       ),
@@ -616,6 +617,10 @@ export class MetadataDb {
 
   putUpstreamList(key: string, body: string, fetchedAt: number): void {
     this.s.putUpstreamList.run(key, body, fetchedAt);
+  }
+
+  deleteUpstreamListsBefore(before: number): number {
+    return this.s.deleteUpstreamListsBefore.run(before).changes;
   }
 
   /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */

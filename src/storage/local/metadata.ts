@@ -186,6 +186,11 @@ class LocalOps implements MetadataOps {
     this.db.putUpstreamList(key, body, fetchedAt);
   }
 
+  async deleteUpstreamListsBefore(before: number): Promise<number> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    return this.db.deleteUpstreamListsBefore(before);
+  }
+
   async touchAccess(
     blobs: ReadonlyMap<Digest, number>,
     manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>,
