@@ -44,7 +44,8 @@ export interface EvictionResult {
   cachedBytes: number;
   dryRun: boolean;
   /** Set when the pass did nothing because another replica holds the `gc-leader` lease. */
-  skipped?: 'not-leader';
+  /** not-leader: another replica holds the lease; stopped: shutdown during a whole-store scan. */
+  skipped?: 'not-leader' | 'stopped';
   /** Deferred deletes: blob contents removed this pass (rows evicted at least the grace ago). */
   contentDeleted?: number;
 }
@@ -76,6 +77,8 @@ export class Evictor {
   onPass: ((r: EvictionResult) => void) | null = null;
   private running: Promise<EvictionResult> | null = null;
   private stopped = false;
+  private stopNow: () => void = () => undefined;
+  private readonly stopping = new Promise<void>((resolve) => (this.stopNow = resolve));
   private readonly busy: (digest: Digest) => boolean;
   private readonly now: () => number;
 
@@ -96,6 +99,10 @@ export class Evictor {
   /** One eviction pass (ages measured at `at`, default now); a call while one runs joins it. */
   run(at?: number): Promise<EvictionResult> {
     this.running ??= this.doRun(at)
+      .catch((e: unknown) => {
+        if (e instanceof Stopped) return { ...this.emptyResult(false), skipped: 'stopped' as const };
+        throw e;
+      })
       .then((r) => (this.onPass?.(r), r))
       .finally(() => (this.running = null));
     return this.running;
@@ -104,7 +111,23 @@ export class Evictor {
   /** Shutdown: a pass in progress stops after its current unit; wait for it. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopNow();
     await this.running?.catch(() => undefined);
+  }
+
+  /**
+   * A whole-store scan of the pass (a minute at a million blobs), given up on stop():
+   * shutdown does not wait for it; closing the store ends it (storage/local/scan.ts).
+   * Nothing is evicted during one, so giving up loses no count.
+   */
+  private scan<T>(p: Promise<T>): Promise<T> {
+    p.catch(() => undefined); // abandoned: the store's close rejects it
+    return Promise.race([
+      p,
+      this.stopping.then((): never => {
+        throw new Stopped();
+      }),
+    ]);
   }
 
   /** What a pass would evict now, without changing anything (all in a rolled-back transaction). */
@@ -171,7 +194,7 @@ export class Evictor {
     if (deferred) result.contentDeleted = await deleteDue(deferred, this.blobs, () => this.stopped || lost(), this.opts.log);
     // The pass's own count (its scan at the start minus what it evicted) when it has one:
     // scanning every blob row again costs as much as the pass (bench/scale.mjs).
-    result.cachedBytes = cachedAfter ?? (await this.meta.cachedBytes());
+    result.cachedBytes = cachedAfter ?? (await this.scan(this.meta.cachedBytes()));
     this.opts.log?.info(
       {
         images: result.images,
@@ -207,7 +230,7 @@ export class Evictor {
     onCached: (bytes: number) => void = () => undefined,
   ): AsyncGenerator<Evicted & { kind: Candidate['kind'] }> {
     const { maxBytes, maxAgeMs } = this.policy;
-    let cached = await meta.cachedBytes();
+    let cached = await this.scan(meta.cachedBytes());
     onCached(cached);
     const overBudget = () => maxBytes !== null && cached > maxBytes;
     if (!overBudget() && maxAgeMs === null) return;
@@ -227,11 +250,14 @@ export class Evictor {
   }
 
   private async candidates(meta: MetadataOps, now: number): Promise<Candidate[]> {
-    const images: Candidate[] = (await meta.cachedImages()).map((i) => ({ kind: 'image', ...i }));
-    const loose: Candidate[] = (await meta.looseBlobs(now - LOOSE_GRACE_MS)).map((b) => ({ kind: 'blob', ...b }));
+    const images: Candidate[] = (await this.scan(meta.cachedImages())).map((i) => ({ kind: 'image', ...i }));
+    const loose: Candidate[] = (await this.scan(meta.looseBlobs(now - LOOSE_GRACE_MS))).map((b) => ({ kind: 'blob', ...b }));
     return [...images, ...loose].sort((a, b) => a.lastAccess - b.lastAccess);
   }
 }
+
+/** A pass given up during a whole-store scan at shutdown (Evictor.stop). */
+class Stopped extends Error {}
 
 /**
  * Delete the contents whose deferred delete is due (claimed in the driver first); bounded

@@ -24,6 +24,8 @@ export interface GcResult {
   blobsRemoved: number;
   orphanFilesRemoved: number;
   manifestsRemoved: number;
+  /** Upstream tag and referrers lists (`upstream_lists`) not refreshed for upstreamListRetentionMs. */
+  upstreamListsRemoved: number;
   dryRun: boolean;
   /** Present when run with `evict`. */
   eviction?: EvictionResult;
@@ -36,9 +38,17 @@ export interface GcResult {
 const LEASE_TTL_MS = 30_000;
 /** How long GC waits for an eviction pass of a replica to end. */
 const LEADER_WAIT_MS = 5 * 60_000;
+/**
+ * An upstream list stored for other replicas stays this long after its last fetch (at
+ * least ten of the longest tags.ttl): past its TTL it only serves as a stale answer while
+ * the upstream fails, and a replica that listed it keeps its own copy in memory. Without
+ * this, one row per upstream repository and referrers subject ever asked for stays.
+ */
+const UPSTREAM_LIST_RETENTION_MS = 7 * 24 * 3600_000;
+const UPSTREAM_LIST_RETENTION_TTLS = 10;
 
 export async function collectGarbage(
-  config: Pick<Config, 'storage' | 'limits' | 'cache'> & { store?: StoreConfig },
+  config: Pick<Config, 'storage' | 'limits' | 'cache' | 'upstreams'> & { store?: StoreConfig },
   opts: { dryRun: boolean; evict?: boolean; leaderWaitMs?: number },
 ): Promise<GcResult> {
   const paths = storagePaths(config.storage);
@@ -55,6 +65,7 @@ export async function collectGarbage(
     // Manifest content no repository holds goes first, so its references stop counting.
     const manifestsRemoved = opts.dryRun ? 0 : await meta.deleteUnreferencedManifestContent();
     const linksRemoved = opts.dryRun ? 0 : await meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
+    const upstreamListsRemoved = opts.dryRun ? 0 : await meta.deleteUpstreamListsBefore(Date.now() - upstreamListRetentionMs(config.upstreams));
     const unreferenced = await meta.unreferencedBlobs();
     let blobsRemoved = unreferenced.length;
     if (!opts.dryRun) {
@@ -90,6 +101,7 @@ export async function collectGarbage(
       blobsRemoved,
       orphanFilesRemoved: orphans,
       manifestsRemoved,
+      upstreamListsRemoved,
       dryRun: opts.dryRun,
       ...(eviction ? { eviction } : {}),
       ...(contentDeleted !== undefined ? { contentDeleted, contentPending: await deferred!.pending() } : {}),
@@ -98,6 +110,11 @@ export async function collectGarbage(
     await lease?.release();
     await storage.close();
   }
+}
+
+export function upstreamListRetentionMs(upstreams: Config['upstreams']): number {
+  const ttl = Math.max(0, ...[...upstreams.values()].map((u) => u.tags.ttlMs));
+  return Math.max(UPSTREAM_LIST_RETENTION_MS, UPSTREAM_LIST_RETENTION_TTLS * ttl);
 }
 
 /**

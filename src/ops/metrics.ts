@@ -62,7 +62,7 @@ export class Metrics {
   });
   readonly evictionPasses = new Counter({
     name: 'regmirror_cache_eviction_passes_total',
-    help: 'Eviction passes: ran here, or skipped because another replica holds the gc-leader lease (storage.driver shared)',
+    help: 'Eviction passes: ran here, or skipped because another replica holds the gc-leader lease (storage.driver shared) or the server stopped during its scan',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });

@@ -211,6 +211,10 @@ export class MetadataDb {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
+    // Called per row by the whole-store scans (cachedBytes, cachedImages, looseBlobs): a
+    // JavaScript call is where the scan worker's terminate() takes effect, so a shutdown
+    // never waits for a minute-long scan in native code (scan.ts). ~60 ns a row.
+    this.db.function('scan_alive', { deterministic: false }, () => 1);
     this.migrate();
     const db = this.db;
     this.s = {
@@ -321,6 +325,7 @@ export class MetadataDb {
         `INSERT INTO upstream_lists(key, body, fetched_at) VALUES (?, ?, ?)
          ON CONFLICT(key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at WHERE excluded.fetched_at >= upstream_lists.fetched_at`,
       ),
+      deleteUpstreamListsBefore: db.prepare<[number]>('DELETE FROM upstream_lists WHERE fetched_at < ?'),
       referencedInRepo: db.prepare<[number, string], { one: number }>(
         `SELECT 1 AS one FROM manifest_refs r JOIN manifests m ON m.digest = r.digest WHERE m.repo_id = ? AND r.child = ? LIMIT 1`,
       ),
@@ -336,13 +341,15 @@ export class MetadataDb {
          WHERE EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'cached')
            AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'pushed')
            AND b.digest NOT IN (SELECT d FROM keep_parents)
-           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN keep_parents k ON k.d = r.digest WHERE r.child = b.digest)`,
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN keep_parents k ON k.d = r.digest WHERE r.child = b.digest)
+           AND scan_alive()`,
       ),
       cachedImages: db.prepare<[], { repo_id: number; digest: string; last_access: number }>(
         `WITH RECURSIVE ${KEEP_MANIFESTS_CTE}
          SELECT m.repo_id, m.digest, ${IMAGE_ACCESS} AS last_access FROM manifests m
          WHERE m.provenance = 'cached' AND m.digest NOT IN (SELECT d FROM keep)
-           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p ON p.repo_id = m.repo_id AND p.digest = r.digest WHERE r.child = m.digest)`,
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests p ON p.repo_id = m.repo_id AND p.digest = r.digest WHERE r.child = m.digest)
+           AND scan_alive()`,
       ),
       // KEEP membership is asked per surviving row (inKeep): loose links are few, and
       // materializing KEEP walks every blob pushed manifests reference (bench/scale.mjs).
@@ -350,7 +357,8 @@ export class MetadataDb {
         `SELECT rb.repo_id, rb.digest, b.last_access FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
          WHERE rb.provenance = 'cached' AND b.last_access < ?
            AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests m ON m.repo_id = rb.repo_id AND m.digest = r.digest WHERE r.child = rb.digest)
-           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')`,
+           AND NOT EXISTS (SELECT 1 FROM repo_blobs p WHERE p.digest = rb.digest AND p.provenance = 'pushed')
+           AND scan_alive()`,
       ),
       // Whether a digest is in KEEP: it, or anything that references it, is a pushed manifest or tagged.
       inKeep: db.prepare<[string], { one: number }>(
@@ -616,6 +624,10 @@ export class MetadataDb {
 
   putUpstreamList(key: string, body: string, fetchedAt: number): void {
     this.s.putUpstreamList.run(key, body, fetchedAt);
+  }
+
+  deleteUpstreamListsBefore(before: number): number {
+    return this.s.deleteUpstreamListsBefore.run(before).changes;
   }
 
   /** Whether a manifest held by `repo` references `digest` (an upstream-verified link). */

@@ -373,6 +373,8 @@ export interface MetadataOps {
   upstreamList(key: string): Promise<{ body: string; fetchedAt: number } | undefined>;
   /** Store the list `key`, unless the stored one was fetched later than `fetchedAt` (kept). */
   putUpstreamList(key: string, body: string, fetchedAt: number): Promise<void>;
+  /** Remove the lists fetched before `before` (ms epoch; gc); how many. */
+  deleteUpstreamListsBefore(before: number): Promise<number>;
 
   // -- access times (batched by the caller: one logical change per batch; times only move forward)
   touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): Promise<void>;

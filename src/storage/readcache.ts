@@ -38,6 +38,7 @@ const PASS_THROUGH = new Set([
   // Upstream tag and referrers lists: no cached read returns them (their writer keeps its own copy).
   'upstreamList',
   'putUpstreamList',
+  'deleteUpstreamListsBefore',
   // Only last-access times: read by eviction, never by a cached read. Runs every few seconds.
   'touchAccess',
   'cachedBytes',

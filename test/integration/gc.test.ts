@@ -3,6 +3,8 @@ import path from 'node:path';
 import test from 'ava';
 import { collectGarbage } from '../../src/ops/gc.js';
 import { configFromObject } from '../../src/config/load.js';
+import { openLocalStorage } from '../../src/storage/local/index.js';
+import { storagePaths } from '../../src/storage/paths.js';
 import { http, pushBlob, pushManifest, sha256 } from '../helpers/http.js';
 import { startServer } from '../helpers/server.js';
 
@@ -51,4 +53,37 @@ test('gc removes content no manifest references and keeps what tags need', async
   const again = await collectGarbage(configFromObject({ storage }), { dryRun: false });
   t.is(again.orphanFilesRemoved, 1);
   t.false(fs.existsSync(orphan));
+});
+
+test('gc removes upstream lists not refreshed for a week (or ten tags.ttl) and keeps fresh ones', async (t) => {
+  const s = await startServer(t);
+  const storage = path.join(s.dataDir, 'storage');
+  await s.app.close();
+  const day = 24 * 3600_000;
+  const lists = async <T>(fn: (meta: ReturnType<typeof openLocalStorage>['metadata']) => Promise<T>): Promise<T> => {
+    const { metadata } = openLocalStorage(storagePaths(storage));
+    try {
+      return await fn(metadata);
+    } finally {
+      await metadata.close();
+    }
+  };
+  await lists(async (meta) => {
+    await meta.putUpstreamList('tags|up|library/old', '["1"]', Date.now() - 8 * day);
+    await meta.putUpstreamList('referrers|up|library/old|sha256:00', '[]', Date.now() - 8 * day);
+    await meta.putUpstreamList('tags|up|library/fresh', '["2"]', Date.now() - 6 * day);
+  });
+
+  // A tags.ttl of one day keeps lists for ten days: nothing goes yet.
+  const long = configFromObject({ storage, upstreams: { up: { endpoints: ['http://127.0.0.1:9'], tags: { ttl: '1d' } } }, defaultUpstream: 'up' });
+  t.is((await collectGarbage(long, { dryRun: false })).upstreamListsRemoved, 0);
+  t.is((await collectGarbage(configFromObject({ storage }), { dryRun: true })).upstreamListsRemoved, 0, 'dry run removes nothing');
+
+  const result = await collectGarbage(configFromObject({ storage }), { dryRun: false });
+  t.is(result.upstreamListsRemoved, 2);
+  await lists(async (meta) => {
+    t.is(await meta.upstreamList('tags|up|library/old'), undefined);
+    t.is(await meta.upstreamList('referrers|up|library/old|sha256:00'), undefined);
+    t.is((await meta.upstreamList('tags|up|library/fresh'))?.body, '["2"]');
+  });
 });

@@ -12,7 +12,7 @@ import { configFromObject } from '../../src/config/load.js';
 import { fsck } from '../../src/ops/fsck.js';
 import { collectGarbage } from '../../src/ops/gc.js';
 import { http, sha256 } from '../helpers/http.js';
-import { blobRows, replicas, sharedMissing as missing, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, replicas, sharedMissing as missing, sharedQuery, stopSharedServers } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { randomBytes } from '../fixtures/images.js';
@@ -152,6 +152,11 @@ if (missing && !CI) {
     await Promise.all([a.app.close(), b.app.close()]);
     const cfg = configFromObject({ storage: rs.storage, limits: { uploadTtl: '0s' }, cache: { deleteGrace: '0s' } });
     const blobs = [img.config, ...img.layers];
+    // Upstream lists replicas stored (cluster.ts): one not refreshed for 8 days, one for 6.
+    const day = 24 * 3600_000;
+    await sharedQuery(rs.db, 'INSERT INTO upstream_lists (key, body, fetched_at) VALUES ($1, $2, $3), ($4, $5, $6)', [
+      'tags|up|library/old', '["1"]', Date.now() - 8 * day, 'tags|up|library/fresh', '["2"]', Date.now() - 6 * day,
+    ]);
     const before = await fsck(cfg, { repair: false });
     t.is(before.checked, blobs.length);
     t.deepEqual(before.problems, []);
@@ -160,6 +165,8 @@ if (missing && !CI) {
     t.is(gc.orphanFilesRemoved, 0);
     t.is(gc.contentDeleted, blobs.length, 'contents deleted (deferred deletes, due at once with a 0s grace)');
     t.is(gc.contentPending, 0);
+    t.is(gc.upstreamListsRemoved, 1);
+    t.deepEqual((await sharedQuery<{ key: string }>(rs.db, 'SELECT key FROM upstream_lists')).map((r) => r.key), ['tags|up|library/fresh']);
     t.is((await fsck(cfg, { repair: false })).checked, 0);
     const c = await serve(t, { storage: rs.storage });
     for (const blob of blobs) t.is((await http('GET', `${c.url}/v2/team/gc/blobs/${blob.digest}`)).status, 404, 'gone from a replica started afterwards');

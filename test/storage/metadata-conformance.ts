@@ -195,6 +195,11 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.is(await meta.upstreamList('tags|hub|library/y'), undefined, 'per key');
     await meta.transaction(async (tx) => tx.putUpstreamList('referrers|hub|library/x|sha256:00', '[]', 3_000), { dryRun: true });
     t.is(await meta.upstreamList('referrers|hub|library/x|sha256:00'), undefined, 'part of a transaction like every write');
+    await meta.putUpstreamList('referrers|hub|library/old|sha256:00', '[]', 1_999);
+    t.is(await meta.deleteUpstreamListsBefore(2_000), 1, 'gc: only the list fetched before the cutoff');
+    t.is(await meta.upstreamList('referrers|hub|library/old|sha256:00'), undefined);
+    t.deepEqual(await meta.upstreamList(key), { body: big, fetchedAt: 2_000 }, 'one fetched at the cutoff stays');
+    t.is(await meta.deleteUpstreamListsBefore(2_000), 0);
   });
 
   test(title('access times move forward only and order the eviction candidates'), async (t) => {

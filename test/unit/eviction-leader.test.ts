@@ -89,3 +89,31 @@ test('deferred deletes: units delete no content; the drain deletes what the driv
   ]);
   t.is(r.contentDeleted, 2);
 });
+
+test('stop during a whole-store scan gives the pass up at once (shutdown does not wait a minute for the count)', async (t) => {
+  const meta = fakeMeta(5);
+  let scanning!: () => void;
+  const scanStarted = new Promise<void>((r) => (scanning = r));
+  let finishScan!: (bytes: number) => void;
+  meta.cachedBytes = () => {
+    scanning();
+    return new Promise<number>((r) => (finishScan = r)); // the slow count: ends only when the test says
+  };
+  const passes: unknown[] = [];
+  const ev = new Evictor(meta, { delete: async () => undefined }, { maxBytes: 150, maxAgeMs: null });
+  ev.onPass = (r) => passes.push(r.skipped);
+  const pass = ev.run();
+  await scanStarted;
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const ceiling = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), 5_000)));
+  t.not(await Promise.race([ev.stop().then(() => 'stopped' as const), ceiling]), 'timeout', 'stop did not wait for the scan');
+  clearTimeout(timer);
+  t.true(performance.now() - started < 5_000);
+  t.is((await pass).skipped, 'stopped');
+  t.deepEqual(passes, ['stopped']);
+  t.deepEqual(meta.evicted, [], 'nothing evicted');
+  finishScan(500); // the abandoned count ending later changes nothing
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(meta.evicted, []);
+});

@@ -186,6 +186,11 @@ class LocalOps implements MetadataOps {
     this.db.putUpstreamList(key, body, fetchedAt);
   }
 
+  async deleteUpstreamListsBefore(before: number): Promise<number> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    return this.db.deleteUpstreamListsBefore(before);
+  }
+
   async touchAccess(
     blobs: ReadonlyMap<Digest, number>,
     manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>,
@@ -264,8 +269,9 @@ class LocalOps implements MetadataOps {
 }
 
 export class LocalMetadataStore extends LocalOps implements MetadataStore, UploadRows {
-  constructor(db: MetadataDb) {
-    super(db, null, new ScanReader(db.db.memory ? null : db.db.name));
+  /** `scanWorker`: the scan worker's module (tests inject a slow one; scan.ts). */
+  constructor(db: MetadataDb, scanWorker?: URL) {
+    super(db, null, new ScanReader(db.db.memory ? null : db.db.name, scanWorker));
   }
 
   async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}): Promise<T> {

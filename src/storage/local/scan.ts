@@ -32,8 +32,14 @@ export class ScanReader {
   private readonly pending = new Map<number, Pending>();
   private idleTimer: NodeJS.Timeout | null = null;
 
-  /** `file`: the database file; null runs every query inline. */
-  constructor(private readonly file: string | null) {}
+  /**
+   * `file`: the database file; null runs every query inline. `script`: the worker's
+   * module (tests inject a slow one).
+   */
+  constructor(
+    private readonly file: string | null,
+    private readonly script: URL = new URL('./scan-worker.js', import.meta.url),
+  ) {}
 
   run<T>(op: ScanOp, args: unknown[], inline: () => T): Promise<T> {
     const w = this.broken || this.file === null ? null : this.start();
@@ -47,19 +53,29 @@ export class ScanReader {
     });
   }
 
-  async close(): Promise<void> {
+  /**
+   * Abandons queries in progress: a count at a million blobs takes a minute, and shutdown
+   * must not wait for it (nor rerun it inline). The worker's own connection lets the main
+   * one close at once; terminate() only takes effect once the worker's current native
+   * query returns, so it is not awaited.
+   */
+  close(): Promise<void> {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     const w = this.worker;
     this.worker = null;
     this.broken = true; // closed: anything later runs inline (and fails on the closed db)
-    if (w) await w.terminate();
-    this.failPending();
+    if (w) void w.terminate().catch(() => undefined);
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(new Error('metadata store closed during a whole-store scan'));
+    }
+    return Promise.resolve();
   }
 
   private start(): Worker | null {
     if (this.worker) return this.worker;
     try {
-      const w = new Worker(new URL('./scan-worker.js', import.meta.url), { workerData: { file: this.file } });
+      const w = new Worker(this.script, { workerData: { file: this.file } });
       w.unref();
       w.on('message', (r: ScanReply) => this.settle(r));
       w.on('error', () => this.fail(w));

@@ -287,6 +287,10 @@ class PgOps implements MetadataOps {
     );
   }
 
+  deleteUpstreamListsBefore(before: number): Promise<number> {
+    return this.ex.count('DELETE FROM upstream_lists WHERE fetched_at < $1', [before]);
+  }
+
   async touchAccess(blobs: ReadonlyMap<Digest, number>, manifests: ReadonlyArray<{ repo: RepoName; digest: Digest; at: number }>): Promise<void> {
     if (blobs.size === 0 && manifests.length === 0) return;
     await this.ex.change(async (x) => {
