@@ -8,12 +8,11 @@
  */
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import test, { type ExecutionContext } from 'ava';
-import pg from 'pg';
 import { configFromObject } from '../../src/config/load.js';
 import type { EvictionResult } from '../../src/cache/eviction.js';
 import { collectGarbage } from '../../src/ops/gc.js';
 import { http, sha256 } from '../helpers/http.js';
-import { blobRows, replicas, sharedMissing as missing, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, replicas, sharedMissing as missing, sharedQuery, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { type Image, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
@@ -27,19 +26,9 @@ const WAIT_MS = 60_000;
 const blobsOf = (img: Image) => [img.config, ...img.layers];
 const imageBytes = (img: Image) => blobsOf(img).reduce((n, b) => n + b.bytes.length, 0);
 
-async function sql<R extends pg.QueryResultRow>(db: string, text: string, params: unknown[] = []): Promise<R[]> {
-  const c = new pg.Client({ connectionString: db });
-  await c.connect();
-  try {
-    return (await c.query<R>(text, params)).rows;
-  } finally {
-    await c.end();
-  }
-}
-
 /** Bytes of the blob rows (every blob here came from the upstream: all count against the budget). */
-const storedBytes = async (db: string) => Number((await sql<{ n: string }>(db, 'SELECT COALESCE(SUM(size), 0) AS n FROM blobs'))[0]!.n);
-const deleteMarkers = async (db: string) => (await sql<{ name: string; owner: string }>(db, "SELECT name, owner FROM leases WHERE name LIKE 'delete:%'"));
+const storedBytes = async (db: string) => Number((await sharedQuery<{ n: string }>(db, 'SELECT COALESCE(SUM(size), 0) AS n FROM blobs'))[0]!.n);
+const deleteMarkers = async (db: string) => (await sharedQuery<{ name: string; owner: string }>(db, "SELECT name, owner FROM leases WHERE name LIKE 'delete:%'"));
 
 /** Whether the bucket holds `digest`'s content (the store's layout: <prefix>/blobs/<alg>/<hex>). */
 async function objectExists(t: ExecutionContext, bucket: string, digest: string): Promise<boolean> {
@@ -213,7 +202,7 @@ if (missing && !CI) {
     await waitFor(() => fake.count({ path: new RegExp(slow.layers[0]!.digest) }) > 0, WAIT_MS, 'the slow fill started');
     // Another replica fills one of leased's blobs (its fill lease, as cache/fill.ts holds it).
     const kept = leased.layers[0]!.digest;
-    await sql(rs.db, "INSERT INTO leases(name, owner, token, acquired_at, expires_at) VALUES ($1, 'replica-elsewhere', nextval('lease_tokens'), now(), now() + interval '10 minutes')", [
+    await sharedQuery(rs.db, "INSERT INTO leases(name, owner, token, acquired_at, expires_at) VALUES ($1, 'replica-elsewhere', nextval('lease_tokens'), now(), now() + interval '10 minutes')", [
       `fill:${kept}`,
     ]);
 
@@ -242,7 +231,7 @@ if (missing && !CI) {
     t.is(await objectDigest(t, bucket, sd), sd, 'what the fill committed during eviction is whole in the store');
 
     // The fill lease ends: its image is gone, so the row is garbage; gc (online, beside the replicas) removes it.
-    await sql(rs.db, 'DELETE FROM leases WHERE name = $1', [`fill:${kept}`]);
+    await sharedQuery(rs.db, 'DELETE FROM leases WHERE name = $1', [`fill:${kept}`]);
     const gc = await collectGarbage(configFromObject({ storage: rs.storage, cache: { deleteGrace: '10m' } }), { dryRun: false });
     t.true(gc.blobsRemoved >= 1, JSON.stringify(gc));
     t.is(await blobRows(rs.db, [kept]), 0);
@@ -264,7 +253,7 @@ if (missing && !CI) {
     t.true((await a.app.evict()).blobs > 0);
     t.is(await blobRows(rs.db, [layer.digest]), 0);
     // A replica claimed the delete (what claimDue does) and its DELETE reached the store.
-    await sql(rs.db, "UPDATE leases SET owner = 'deleting', expires_at = now() + interval '1 minute' WHERE name = $1", [`delete:${layer.digest}`]);
+    await sharedQuery(rs.db, "UPDATE leases SET owner = 'deleting', expires_at = now() + interval '1 minute' WHERE name = $1", [`delete:${layer.digest}`]);
     const c = await s3(t);
     const del = () => c.send(new DeleteObjectCommand({ Bucket: rs.storage.s3.bucket, Key: objectKey(layer.digest) }));
     await del();
@@ -277,7 +266,7 @@ if (missing && !CI) {
     t.is(await blobRows(rs.db, [layer.digest]), 0, 'no row while a delete of the content is claimed');
     // A second DELETE of the claimer (a retry, or one delayed in the network) lands after B's write; then it is done.
     await del();
-    await sql(rs.db, 'DELETE FROM leases WHERE name = $1', [`delete:${layer.digest}`]);
+    await sharedQuery(rs.db, 'DELETE FROM leases WHERE name = $1', [`delete:${layer.digest}`]);
     await waitFor(async () => (await blobRows(rs.db, [layer.digest])) === 1, WAIT_MS, 'the commit went through after the delete');
     t.true(await objectExists(t, rs.storage.s3.bucket, layer.digest), 'content written again after the delete');
     const fromA = await http('GET', `${a.url}/v2/team/race/blobs/${layer.digest}`);
@@ -294,7 +283,7 @@ if (missing && !CI) {
     const digests = blobsOf(img).map((b) => b.digest);
     await waitFor(async () => (await blobRows(rs.db, digests)) === digests.length, WAIT_MS, 'fills committed');
     // A leader that died mid-pass: its lease stays until it expires (nobody renews it).
-    const [dead] = await sql<{ token: string }>(
+    const [dead] = await sharedQuery<{ token: string }>(
       rs.db,
       "INSERT INTO leases(name, owner, token, acquired_at, expires_at) VALUES ('gc-leader', 'dead-replica', nextval('lease_tokens'), now(), now() + interval '10 seconds') RETURNING token",
     );
@@ -302,7 +291,7 @@ if (missing && !CI) {
     const cfg = configFromObject({ storage: rs.storage, cache: { deleteGrace: '0s' } });
     await t.throwsAsync(collectGarbage(cfg, { dryRun: false, leaderWaitMs: 200 }), { message: /gc-leader/ });
     t.is(await blobRows(rs.db, digests), digests.length, 'nothing evicted under a foreign lease');
-    await waitFor(async () => (await sql(rs.db, "SELECT 1 FROM leases WHERE name = 'gc-leader' AND expires_at > clock_timestamp()")).length === 0, WAIT_MS, 'the dead lease expired');
+    await waitFor(async () => (await sharedQuery(rs.db, "SELECT 1 FROM leases WHERE name = 'gc-leader' AND expires_at > clock_timestamp()")).length === 0, WAIT_MS, 'the dead lease expired');
     const results = await Promise.all(rs.map((x) => x.app.evict()));
     t.true(results.filter((r) => r.skipped === undefined).length >= 1);
     t.is(await blobRows(rs.db, digests), 0, 'a live replica took over and evicted');

@@ -77,6 +77,14 @@ function pullLoop(servers: TestServer[], paths: Array<{ path: string; bytes: Buf
 }
 
 /** fsck over the shared store: every stored blob hashes to its digest. */
+/** What pullLoop saw across an outage: right bytes or a clean 503, never anything else, and the outage was seen. */
+function assertPullsThroughOutage(t: ExecutionContext, seen: number[]): void {
+  t.false(seen.includes(-200), 'no pull got wrong bytes');
+  t.false(seen.includes(-1), 'no pull hung up or failed at the socket');
+  t.deepEqual([...new Set(seen)].filter((s) => s !== 200 && s !== 503), [], 'pulls got 200 or 503, nothing else');
+  t.true(seen.includes(503), 'the outage was seen by the pulls');
+}
+
 async function assertNoCorruptBlob(t: ExecutionContext, storage: Record<string, unknown>, atLeast: number): Promise<void> {
   const report = await fsck(configFromObject({ storage }), { repair: false });
   t.deepEqual(report.problems, [], 'fsck finds nothing wrong');
@@ -155,11 +163,7 @@ if (missing && !CI) {
     await pgc.start();
     await waitFor(async () => (await healthz(a)).status === 200 && (await healthz(b)).status === 200, WAIT_MS, 'both replicas see the database again');
     stop.done = true;
-    const seen = await loop;
-    t.false(seen.includes(-200), 'no pull got wrong bytes');
-    t.false(seen.includes(-1), 'no pull hung up or failed at the socket');
-    t.deepEqual([...new Set(seen)].filter((s) => s !== 200 && s !== 503), [], 'pulls got 200 or 503, nothing else');
-    t.true(seen.includes(503), 'the outage was seen by the pulls');
+    assertPullsThroughOutage(t, await loop);
 
     // The same processes carry on: the session continues on B, a new push on A is pulled from B.
     const p2 = await http('PATCH', `${b.url}${loc}`, { headers: { ...OCTET, 'content-range': '100000-199999' }, body: blob.subarray(100_000) });
@@ -261,11 +265,7 @@ if (missing && !CI) {
     await gw.startGateway();
     await waitFor(async () => (await healthz(a)).status === 200 && (await healthz(b)).status === 200, WAIT_MS, 'both replicas see the object store again');
     stop.done = true;
-    const seen = await loop;
-    t.false(seen.includes(-200), 'no pull got wrong bytes');
-    t.false(seen.includes(-1), 'no pull hung up or failed at the socket');
-    t.deepEqual([...new Set(seen)].filter((s) => s !== 200 && s !== 503), [], 'pulls got 200 or 503, nothing else');
-    t.true(seen.includes(503), 'the outage was seen by the pulls');
+    assertPullsThroughOutage(t, await loop);
 
     // Same processes: the session is where it was before the cut chunk, and finishes; pushes and pulls work.
     const st = await http('GET', `${a.url}${loc}`);
