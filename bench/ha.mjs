@@ -28,7 +28,8 @@
  * Settings (env): BENCH_HA_LAYERS (4), BENCH_HA_LAYER_MIB (16), BENCH_HA_CLIENTS (8),
  * BENCH_HA_SECONDS (5), BENCH_HA_CONNS (4), BENCH_HA_TTFB_RUNS (3), BENCH_HA_UPSTREAM_MBPS
  * (100; 0 = unpaced), BENCH_HA_ONLY (local-1,shared-1,shared-3), BENCH_HA_TIMEOUT (420 s hard
- * limit for the whole run), BENCH_KEEP=1, BENCH_RESULTS_DIR. Only 127.0.0.1 is contacted.
+ * limit for the whole run), BENCH_KEEP=1, BENCH_RESULTS_DIR, BENCH_HA_LOG_LEVEL (warn; debug:
+ * the replicas' server.log show where a non-owner's time to first byte goes). Only 127.0.0.1 is contacted.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -187,7 +188,7 @@ async function startReplicas(kind, count, upstreamBase, engines) {
     const port = await freePort();
     const storage = shared ? { driver: 'shared', path: path.join(rdir, 'storage'), ...shared } : path.join(rdir, 'storage');
     // JSON is YAML: the config file is written as JSON.
-    const cfg = { listen: `127.0.0.1:${port}`, storage, log: { level: 'warn' }, upstreams: { up: { endpoints: [upstreamBase] } }, defaultUpstream: 'up' };
+    const cfg = { listen: `127.0.0.1:${port}`, storage, log: { level: process.env.BENCH_HA_LOG_LEVEL || 'warn' }, upstreams: { up: { endpoints: [upstreamBase] } }, defaultUpstream: 'up' };
     // Replicas stream each other's fills over the internal endpoint (cache/clusterfill.ts).
     if (shared) cfg.cluster = { secret: CLUSTER_SECRET };
     const file = path.join(rdir, 'regmirror.yml');

@@ -91,7 +91,9 @@ export class ClusterFills {
   async servable(digest: Digest): Promise<BlobFill | null> {
     const fill = this.fills.inFlight(digest);
     if (!fill) return null;
+    const t0 = performance.now();
     await fill.ready.catch(() => undefined);
+    this.log.debug({ digest, state: fill.state, waitedMs: +(performance.now() - t0).toFixed(1) }, 'cluster fill timing: peer request served');
     // Unknown length: the peer cannot announce one; it waits for the commit instead.
     return fill.state === 'streaming' && fill.size !== null ? fill : null;
   }
@@ -105,21 +107,28 @@ export class ClusterFills {
         // Our lease: resume from the upstream as before (unless the blob got committed meanwhile).
         if (held) return (await this.openStored(digest, offset)) ?? upstream.open(offset);
         const deadline = Date.now() + WAIT_FOR_OWNER_MS;
+        // Where a non-owner's time to first byte goes (debug level; bench/ha.mjs BENCH_HA_LOG_LEVEL).
+        const t0 = performance.now();
+        const lap = (step: string) => this.log.debug({ digest, step, ms: +(performance.now() - t0).toFixed(1) }, 'cluster fill timing');
         for (;;) {
           const owner = this.owner;
-          if (await this.coordination.acquireLease(name, owner, this.ttlMs)) {
+          // One round trip: the lease, or who holds it.
+          const claim = await this.coordination.claimLease(name, owner, this.ttlMs);
+          lap(claim.grant ? 'lease acquired' : 'lease refused');
+          if (claim.grant) {
             held = this.heartbeat(name, owner, digest);
             // The previous holder may have committed and released it since our lookup missed
             // (one row lookup): serve that instead of fetching the blob a second time.
             return (await this.openStored(digest, offset)) ?? upstream.open(offset);
           }
-          const holder = await this.coordination.leaseHolder(name);
+          const holder = claim.holder ?? (await this.coordination.leaseHolder(name));
           const url = holder ? parseFillOwner(holder.owner).url : null;
           if (url && this.secret) {
             const peer = await this.openPeer(url, digest, offset).catch((err: unknown) => {
               this.log.info({ digest, peer: url, err: (err as Error).message }, 'cannot stream the fill from its owner; waiting for its commit');
               return null;
             });
+            lap(peer ? 'peer answered' : 'peer has no fill');
             if (peer) return peer;
           }
           // The owner cannot be reached or its fill ended: the blob may be in the store now.

@@ -14,6 +14,13 @@ export interface LeaseGrant {
   expiresAt: number;
 }
 
+/** Who holds a lease now. */
+export interface LeaseHolder {
+  owner: string;
+  token: number;
+  expiresAt: number;
+}
+
 export interface Coordination {
   /**
    * Take `name` for `owner` for `ttlMs`: granted when nobody holds it, its lease expired,
@@ -21,12 +28,18 @@ export interface Coordination {
    * else holds it. At most one owner holds a name at any time.
    */
   acquireLease(name: string, owner: string, ttlMs: number): Promise<LeaseGrant | null>;
+  /**
+   * acquireLease that also says who holds `name` when refused, in one round trip (a fill's
+   * non-owner needs both at once: time to first byte). `holder` may be null when refused
+   * (the holder changed during the call): ask leaseHolder then.
+   */
+  claimLease(name: string, owner: string, ttlMs: number): Promise<{ grant: LeaseGrant; holder: null } | { grant: null; holder: LeaseHolder | null }>;
   /** Extend a lease `owner` still holds (not expired); false once it is lost: stop the work. */
   renewLease(name: string, owner: string, ttlMs: number): Promise<boolean>;
   /** Give the lease up if `owner` holds it (no-op otherwise). */
   releaseLease(name: string, owner: string): Promise<void>;
   /** Who holds `name` now (null: nobody, or expired). */
-  leaseHolder(name: string): Promise<{ owner: string; token: number; expiresAt: number } | null>;
+  leaseHolder(name: string): Promise<LeaseHolder | null>;
 }
 
 /** The local driver's coordination: leases in a Map, for a single replica. */
@@ -51,6 +64,11 @@ export class LocalCoordination implements Coordination {
     const lease = { owner, token: l?.token ?? ++this.tokens, expiresAt: this.now() + ttlMs };
     this.leases.set(name, lease);
     return { token: lease.token, expiresAt: lease.expiresAt };
+  }
+
+  async claimLease(name: string, owner: string, ttlMs: number): Promise<{ grant: LeaseGrant; holder: null } | { grant: null; holder: LeaseHolder | null }> {
+    const grant = await this.acquireLease(name, owner, ttlMs);
+    return grant ? { grant, holder: null } : { grant: null, holder: await this.leaseHolder(name) };
   }
 
   async renewLease(name: string, owner: string, ttlMs: number): Promise<boolean> {

@@ -15,6 +15,9 @@ export async function leaseContract(t: ExecutionContext, a: Coordination, b: Coo
   t.false(await b.renewLease('fill:x', 'replica-b', 60_000), 'only the holder renews');
   t.true(await a.renewLease('fill:x', 'replica-a', 60_000));
   t.like(await b.leaseHolder('fill:x'), { owner: 'replica-a', token: first!.token });
+  // claimLease: refused with the holder in the same answer; the holder itself is granted (same token).
+  t.like(await b.claimLease('fill:x', 'replica-b', 60_000), { grant: null, holder: { owner: 'replica-a', token: first!.token } });
+  t.like(await a.claimLease('fill:x', 'replica-a', 60_000), { grant: { token: first!.token }, holder: null });
   // 24 contenders from both handles for a free name: exactly one wins.
   const grants = await Promise.all(Array.from({ length: 24 }, (_, i) => (i % 2 ? a : b).acquireLease('gc-leader', `r${i}`, 60_000)));
   t.is(grants.filter(Boolean).length, 1, 'one winner among concurrent contenders');
@@ -34,4 +37,11 @@ export async function leaseContract(t: ExecutionContext, a: Coordination, b: Coo
   await b.releaseLease('fill:y', 'replica-b');
   t.is(await a.leaseHolder('fill:y'), null);
   t.truthy(await a.acquireLease('fill:y', 'replica-a', 60_000), 'released: free again');
+  const claimed = await b.claimLease('fill:z', 'replica-b', 60_000);
+  t.true(claimed.grant !== null && claimed.holder === null, 'free: claimLease grants it');
+  const claims = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).claimLease('fill:w', `r${i}`, 60_000)));
+  const winners = claims.filter((c) => c.grant);
+  t.is(winners.length, 1, 'one winner among concurrent claims');
+  const winner = `r${claims.indexOf(winners[0]!)}`;
+  for (const c of claims) if (!c.grant && c.holder) t.is(c.holder.owner, winner, 'a refused claim names the winner (or nobody, when it raced)');
 }

@@ -17,6 +17,7 @@ function coordination(renew: () => Promise<boolean>): Coordination & { renewals:
     renewLease: () => (c.renewals++, renew()),
     releaseLease: async () => undefined,
     leaseHolder: async () => null,
+    claimLease: async () => ({ grant: { token: 1, expiresAt: Date.now() + TTL }, holder: null }),
   };
   return c;
 }
