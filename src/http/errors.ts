@@ -52,7 +52,8 @@ export function installErrorHandler(app: FastifyInstance): void {
     }
     const fe = err as FastifyError;
     const mapped = fromFastifyError(fe);
-    if (mapped.status >= 500) req.log.error({ err }, 'unhandled error');
+    // The route pattern (never the URL: it may carry upload state) says where it came from.
+    if (mapped.status >= 500) req.log.error({ err, method: req.method, route: req.routeOptions?.url ?? null }, 'unhandled error');
     else req.log.debug({ err }, 'request error');
     return sendRegistryError(reply, mapped);
   });
