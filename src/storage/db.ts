@@ -443,12 +443,6 @@ export class MetadataDb {
     return id === undefined ? undefined : this.s.repoBlob.get(id, digest)?.size;
   }
 
-  /** blobSize and whether `repo` links it (the port's blobLookup; SQLite has no round trip to save). */
-  blobLookup(repo: RepoName, digest: Digest): { size: number; linked: boolean } | undefined {
-    const size = this.blobSize(digest);
-    return size === undefined ? undefined : { size, linked: this.repoBlobSize(repo, digest) !== undefined };
-  }
-
   /** Record a committed blob (its file is already renamed into place) and link it. */
   recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): void {
     this.db.transaction(() => {

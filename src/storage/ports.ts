@@ -319,11 +319,6 @@ export interface MetadataOps {
   blobSize(digest: Digest): Promise<number | undefined>;
   /** Size of a blob linked to `repo`, or undefined: a blob is only visible where linked. */
   repoBlobSize(repo: RepoName, digest: Digest): Promise<number | undefined>;
-  /**
-   * blobSize and whether `repo` links it, in one lookup (a blob miss asks both before
-   * anything else: one database round trip fewer on the shared driver); undefined: not stored.
-   */
-  blobLookup(repo: RepoName, digest: Digest): Promise<{ size: number; linked: boolean } | undefined>;
   /** Record committed content (already durable in the BlobStore) and link it to `repo`. */
   recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): Promise<void>;
   /**

@@ -16,8 +16,6 @@
  *   not kept (generation counter). Tags and manifests change only through this port
  *   (the blob store writes blob rows directly, but only adds rows or drops unlinked ones,
  *   which no cached answer contradicts; see repoBlobSize above).
- * - `blobLookup` (a blob miss's first read) shares `repoBlobSize`'s entries: a kept link
- *   answers it, and a linked answer from the store is kept as one.
  * - Other processes (`regmirror gc`/`fsck` on the same database; replicas sharing one
  *   database, issue #13) do not reach this cache: every entry expires `ttlMs` (1 s) after
  *   it was read, so their tag moves and deletes are served here at most that late.
@@ -104,17 +102,6 @@ export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {})
       });
     };
   };
-  // repoBlobSize's key and rule (kept only when linked), with the stored size when not linked.
-  const blobLookup = (repo: unknown, digest: unknown) => {
-    const key = `repoBlobSize\0${String(repo)}\0${String(digest)}`;
-    const hit = lru.get(key);
-    if (hit) return Promise.resolve({ size: hit.value as number, linked: true });
-    const gen = generation;
-    return (target.blobLookup!.call(inner, repo, digest) as Promise<{ size: number; linked: boolean } | undefined>).then((v) => {
-      if (gen === generation && v?.linked) lru.set(key, { value: v.size });
-      return v;
-    });
-  };
   const write = (name: string) => {
     const fn = target[name]!;
     return (...args: unknown[]) => {
@@ -135,7 +122,7 @@ export function withReadCache(inner: MetadataStore, opts: ReadCacheOptions = {})
   }
   for (const n of Object.keys(inner)) if (typeof target[n] === 'function') names.add(n);
   for (const n of names) {
-    out[n] = n === 'blobLookup' ? blobLookup : CACHED.has(n) || CACHED_WHEN_FOUND.has(n) ? cachedRead(n, CACHED.has(n)) : PASS_THROUGH.has(n) ? target[n]!.bind(inner) : write(n);
+    out[n] = CACHED.has(n) || CACHED_WHEN_FOUND.has(n) ? cachedRead(n, CACHED.has(n)) : PASS_THROUGH.has(n) ? target[n]!.bind(inner) : write(n);
   }
   for (const n of CACHED) if (!names.has(n)) throw new Error(`read cache: the store has no ${n}()`);
   return out as unknown as CachedMetadataStore;

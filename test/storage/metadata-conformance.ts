@@ -73,10 +73,6 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.is(await meta.blobSize(x), 42);
     t.is(await meta.repoBlobSize(A, x), 42);
     t.is(await meta.repoBlobSize(B, x), undefined, 'stored, but not linked to B');
-    t.deepEqual(await meta.blobLookup(A, x), { size: 42, linked: true });
-    t.deepEqual(await meta.blobLookup(B, x), { size: 42, linked: false }, 'one lookup: stored, not linked to B');
-    t.deepEqual(await meta.blobLookup('conf/never' as RepoName, x), { size: 42, linked: false }, 'an unknown repository');
-    t.is(await meta.blobLookup(A, dg('not-stored')), undefined);
     t.false(await meta.blobPushed(x));
     t.true(await meta.linkBlob(B, x, 'cached'));
     t.is(await meta.repoBlobSize(B, x), 42);
@@ -87,7 +83,6 @@ export function metadataConformance(test: TestFn, name: string, factory: Metadat
     t.true(await meta.unlinkBlob(B, x));
     t.false(await meta.unlinkBlob(B, x), 'already gone');
     t.is(await meta.repoBlobSize(B, x), undefined);
-    t.deepEqual(await meta.blobLookup(B, x), { size: 42, linked: false }, 'unlinked again');
     t.false(await meta.blobPushed(x), 'the pushed link went with it');
     t.false(await meta.linkBlob(B, dg('not-stored'), 'pushed'), 'no row: not linked');
     t.is(await meta.repoBlobSize(B, dg('not-stored')), undefined);

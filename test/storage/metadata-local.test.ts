@@ -178,15 +178,10 @@ test('readcache: a blob link is kept only when found; the blob store\'s own comm
   t.is(await cached.repoBlobSize(A, d), data.length);
   t.is(await cached.repoBlobSize(A, d), data.length);
   t.is(reads, 3, 'a found link is kept');
-  t.deepEqual(await cached.blobLookup(A, d), { size: data.length, linked: true }, 'blobLookup answered from the kept link');
   t.true(await cached.unlinkBlob(A, d));
   t.is(await cached.repoBlobSize(A, d), undefined, 'unlinked');
-  t.deepEqual(await cached.blobLookup(A, d), { size: data.length, linked: false }, 'blobLookup sees the unlink at once');
   t.true(await cached.linkBlob(A, d, 'cached'));
-  const before = reads;
-  t.deepEqual(await cached.blobLookup(A, d), { size: data.length, linked: true });
   t.is(await cached.repoBlobSize(A, d), data.length);
-  t.is(reads, before, 'a linked blobLookup answer is kept as the link');
   await cached.deleteBlobRow(d);
   t.is(await cached.repoBlobSize(A, d), undefined, 'row deleted (GC)');
 

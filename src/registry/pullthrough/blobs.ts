@@ -24,12 +24,11 @@ export class BlobLookups {
   async find(repo: RepoName, r: Resolution, digest: Digest, head: boolean): Promise<BlobAnswer> {
     const meta = this.local.meta;
     const headers = nsHeaders(r);
-    // One lookup: linked here (a hit), or stored for another repository, or not stored.
-    const found = await meta.blobLookup(repo, digest);
-    if (found?.linked) return this.count('blob', 'hit', r, this.localBlob(digest, found.size, headers));
+    const localSize = await meta.repoBlobSize(repo, digest);
+    if (localSize !== undefined) return this.count('blob', 'hit', r, this.localBlob(digest, localSize, headers));
     // Stored for another repository: serve here only if a manifest this repository got
     // from upstream references it, or the upstream confirms it below.
-    let stored = found?.size;
+    let stored = await meta.blobSize(digest);
     if (stored !== undefined && (await meta.referencedInRepo(repo, digest))) {
       if (await this.link(repo, digest)) return this.count('blob', 'hit', r, this.localBlob(digest, stored, headers));
       stored = undefined; // evicted since the lookup: as if never stored

@@ -81,11 +81,6 @@ class LocalOps implements MetadataOps {
     return this.db.repoBlobSize(repo, digest);
   }
 
-  async blobLookup(repo: RepoName, digest: Digest): Promise<{ size: number; linked: boolean } | undefined> {
-    for (let w = this.enter(); w; w = this.enter()) await w;
-    return this.db.blobLookup(repo, digest);
-  }
-
   async recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): Promise<void> {
     for (let w = this.enter(); w; w = this.enter()) await w;
     this.db.recordBlob(repo, digest, size, provenance);

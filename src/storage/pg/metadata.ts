@@ -39,10 +39,6 @@ const Q = {
     name: 'rm_repo_blob_size',
     text: `SELECT b.size FROM repo_blobs x JOIN blobs b ON b.digest = x.digest ${REPO} AND x.digest = $2`,
   },
-  blobLookup: {
-    name: 'rm_blob_lookup',
-    text: `SELECT b.size, EXISTS (SELECT 1 FROM repo_blobs x ${REPO} AND x.digest = b.digest) AS linked FROM blobs b WHERE b.digest = $2`,
-  },
   manifest: {
     name: 'rm_manifest',
     text: `SELECT mc.digest, mc.media_type, mc.size, mc.body, mc.artifact_type, mc.subject, mc.annotations
@@ -127,11 +123,6 @@ class PgOps implements MetadataOps {
 
   async repoBlobSize(repo: RepoName, digest: Digest): Promise<number | undefined> {
     return (await this.ex.rows<{ size: number }>(Q.repoBlobSize, [repo, digest]))[0]?.size;
-  }
-
-  async blobLookup(repo: RepoName, digest: Digest): Promise<{ size: number; linked: boolean } | undefined> {
-    const row = (await this.ex.rows<{ size: number; linked: boolean }>(Q.blobLookup, [repo, digest]))[0];
-    return row && { size: row.size, linked: row.linked };
   }
 
   async recordBlob(repo: RepoName, digest: Digest, size: number, provenance: Provenance): Promise<void> {
