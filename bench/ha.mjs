@@ -26,7 +26,7 @@
  * Writes bench/results/<YYYY-MM-DD>-ha.json and bench/results/latest-ha.md.
  *
  * Settings (env): BENCH_HA_LAYERS (4), BENCH_HA_LAYER_MIB (16), BENCH_HA_CLIENTS (8),
- * BENCH_HA_SECONDS (5), BENCH_HA_CONNS (4), BENCH_HA_TTFB_RUNS (3), BENCH_HA_UPSTREAM_MBPS
+ * BENCH_HA_SECONDS (5), BENCH_HA_CONNS (4), BENCH_HA_TTFB_RUNS (7), BENCH_HA_UPSTREAM_MBPS
  * (100; 0 = unpaced), BENCH_HA_ONLY (local-1,shared-1,shared-3), BENCH_HA_TIMEOUT (420 s hard
  * limit for the whole run), BENCH_KEEP=1, BENCH_RESULTS_DIR, BENCH_HA_LOG_LEVEL (warn; debug:
  * the replicas' server.log show where a non-owner's time to first byte goes). Only 127.0.0.1 is contacted.
@@ -68,7 +68,7 @@ const LAYER_MIB = envNum('BENCH_HA_LAYER_MIB', 16, 1, 256);
 const CLIENTS = envNum('BENCH_HA_CLIENTS', 8, 1, 32);
 const SECONDS = envNum('BENCH_HA_SECONDS', 5, 1, 60);
 const CONNS = envNum('BENCH_HA_CONNS', 4, 1, 32);
-const TTFB_RUNS = envNum('BENCH_HA_TTFB_RUNS', 3, 1, 10);
+const TTFB_RUNS = envNum('BENCH_HA_TTFB_RUNS', 7, 1, 10);
 const UPSTREAM_MBPS = envNum('BENCH_HA_UPSTREAM_MBPS', 100, 0, 10_000);
 const TIMEOUT_S = envNum('BENCH_HA_TIMEOUT', 420, 30, 3600);
 const ONLY = (process.env.BENCH_HA_ONLY || 'local-1,shared-1,shared-3').split(',').map((s) => s.trim());
@@ -275,10 +275,10 @@ async function head(replicas) {
 }
 
 /** GET `url`; `onFirstByte` fires at the first body byte; resolves with ms to first byte and whether sha256 + size matched. */
-function timedGet(url, expect, onFirstByte = () => {}) {
+function timedGet(url, expect, onFirstByte = () => {}, agent = false) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const req = http.get(url, { agent: false }, (res) => {
+    const req = http.get(url, { agent }, (res) => {
       const h = createHash('sha256');
       let first = null;
       let n = 0;
@@ -305,16 +305,21 @@ function timedGet(url, expect, onFirstByte = () => {}) {
 async function ttfb(replicas, img) {
   const owner = replicas[0];
   const other = replicas[1] ?? replicas[0];
+  // Connections opened beforehand (one idle keep-alive socket per replica): a TCP connect from
+  // this busy process (it also serves the paced upstream) is not the replica's time.
+  const agents = new Map([owner, other].map((r) => [r, new http.Agent({ keepAlive: true, maxSockets: 2 })]));
+  for (const [r, agent] of agents) await new Promise((ok, fail) => http.get(`${r.base}/v2/`, { agent }, (res) => res.resume().on('end', ok)).on('error', fail));
   const runs = [];
   for (const d of img.extra) {
     let joiner;
     const first = timedGet(`${owner.base}/v2/${REPO}/blobs/${d.digest}`, d, () => {
-      joiner = timedGet(`${other.base}/v2/${REPO}/blobs/${d.digest}`, d);
-    });
+      joiner = timedGet(`${other.base}/v2/${REPO}/blobs/${d.digest}`, d, undefined, agents.get(other));
+    }, agents.get(owner));
     const a = await first;
     const b = await joiner;
     runs.push({ ownerMs: +a.firstByteMs.toFixed(1), otherMs: +b.firstByteMs.toFixed(1), ok: a.ok && b.ok });
   }
+  for (const agent of agents.values()) agent.destroy();
   return { otherIs: other === owner ? 'a second GET on the same replica' : 'replica 1 (not the fill owner)', runs, ownerMedianMs: median(runs.map((r) => r.ownerMs)), otherMedianMs: median(runs.map((r) => r.otherMs)), allOk: runs.every((r) => r.ok) };
 }
 
