@@ -27,7 +27,7 @@ import { Agent, request } from 'undici';
 import type { ClusterConfig } from '../config/schema.js';
 import { RegistryError } from '../registry/errors.js';
 import type { Digest } from '../registry/names.js';
-import type { Coordination } from '../storage/coordination.js';
+import { type Coordination, keepRenewed } from '../storage/coordination.js';
 import type { BlobBody, BlobStore } from '../storage/ports.js';
 import type { BlobFill, FillManager, FillSource } from './fill.js';
 
@@ -148,26 +148,19 @@ export class ClusterFills {
 
   /** Renew every third of the TTL while the fill runs; release when it ends. */
   private heartbeat(name: string, owner: string, digest: Digest): { stop(): void } {
-    let lost = false;
-    const timer = setInterval(() => {
-      this.coordination.renewLease(name, owner, this.ttlMs).then(
-        (ok) => {
-          if (ok || lost) return;
-          lost = true;
-          // Integrity is unaffected (every replica verifies); another one may fetch too.
-          this.log.warn({ digest }, 'fill lease lost (renewal came too late); another replica may fetch this blob too');
-        },
-        (err: unknown) => this.log.warn({ digest, err: (err as Error).message }, 'renewing the fill lease failed'),
-      );
-    }, this.ttlMs / 3);
-    timer.unref();
+    let warnedLost = false;
+    const held = keepRenewed(this.coordination, name, owner, this.ttlMs, (err) => {
+      if (err) return this.log.warn({ digest, err: err.message }, 'renewing the fill lease failed');
+      if (warnedLost) return;
+      warnedLost = true;
+      // Integrity is unaffected (every replica verifies); another one may fetch too.
+      this.log.warn({ digest }, 'fill lease lost (renewal came too late); another replica may fetch this blob too');
+    });
     return {
-      stop: () => {
-        clearInterval(timer);
-        this.coordination.releaseLease(name, owner).catch((err: unknown) => this.log.warn({ digest, err: (err as Error).message }, 'releasing the fill lease failed; it expires by itself'));
-      },
+      stop: () => void held.release().catch((err: unknown) => this.log.warn({ digest, err: (err as Error).message }, 'releasing the fill lease failed; it expires by itself')),
     };
   }
+
 
   /** The owner's fill from `offset`; null when it has none (404) or refuses us. */
   private async openPeer(base: string, digest: Digest, offset: number): Promise<Opened | null> {

@@ -19,7 +19,7 @@
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes } from '../storage/coordination.js';
+import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes, keepRenewed } from '../storage/coordination.js';
 import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '../storage/ports.js';
 
 /**
@@ -153,21 +153,13 @@ export class Evictor {
       this.opts.log?.debug('cache eviction: another replica holds the gc-leader lease');
       return { ...this.emptyResult(false), skipped: 'not-leader' };
     }
-    let lost = false;
-    const renew = setInterval(() => {
-      lead.coordination.renewLease(GC_LEADER, lead.owner, ttl).then(
-        (ok) => (lost ||= !ok),
-        () => (lost = true),
-      );
-    }, ttl / 3);
-    renew.unref();
+    const held = keepRenewed(lead.coordination, GC_LEADER, lead.owner, ttl);
     try {
-      const result = await this.pass(at, () => lost, grant.token);
-      if (lost) this.opts.log?.warn('cache eviction: the gc-leader lease was lost mid-pass; stopped after the current unit');
+      const result = await this.pass(at, held.lost, grant.token);
+      if (held.lost()) this.opts.log?.warn('cache eviction: the gc-leader lease was lost mid-pass; stopped after the current unit');
       return result;
     } finally {
-      clearInterval(renew);
-      await lead.coordination.releaseLease(GC_LEADER, lead.owner).catch(() => undefined);
+      await held.release().catch(() => undefined);
     }
   }
 

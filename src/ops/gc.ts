@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type EvictionResult, Evictor, GC_LEADER, deleteDue } from '../cache/eviction.js';
 import type { Config, StoreConfig } from '../config/schema.js';
-import type { Coordination, DeferredDeletes } from '../storage/coordination.js';
+import { type Coordination, type DeferredDeletes, keepRenewed } from '../storage/coordination.js';
 import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
 import type { BlobEntry } from '../storage/ports.js';
@@ -142,19 +142,6 @@ async function takeLeader(coordination: Coordination, waitMs: number): Promise<{
     if (Date.now() > deadline) throw new Error(`gc: another process holds the ${GC_LEADER} lease (an eviction pass or another gc) for over ${waitMs} ms; try again later`);
     await new Promise((r) => setTimeout(r, 500));
   }
-  let lost = false;
-  const renew = setInterval(() => {
-    coordination.renewLease(GC_LEADER, owner, LEASE_TTL_MS).then(
-      (ok) => (lost ||= !ok),
-      () => (lost = true),
-    );
-  }, LEASE_TTL_MS / 3);
-  renew.unref();
-  return {
-    lost: () => lost,
-    release: async () => {
-      clearInterval(renew);
-      await coordination.releaseLease(GC_LEADER, owner).catch(() => undefined);
-    },
-  };
+  const held = keepRenewed(coordination, GC_LEADER, owner, LEASE_TTL_MS);
+  return { lost: held.lost, release: () => held.release().catch(() => undefined) };
 }

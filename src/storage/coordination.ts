@@ -88,6 +88,44 @@ export class LocalCoordination implements Coordination {
   }
 }
 
+/** A granted lease kept renewed while its work runs (see `keepRenewed`). */
+export interface RenewedLease {
+  /** True once a renewal was refused (another holder may have it) or failed: stop at a safe point. */
+  lost(): boolean;
+  /** Stop renewing and give the lease up (rejects if the release fails; the lease then expires). */
+  release(): Promise<void>;
+}
+
+/**
+ * Renew `name` every third of `ttlMs` until released: the one upkeep loop of fills, tag
+ * lookups, eviction passes and gc. `onProblem` hears each failed (error) or refused (null)
+ * renewal, e.g. to log it; the timer never keeps the process alive.
+ */
+export function keepRenewed(coordination: Coordination, name: string, owner: string, ttlMs: number, onProblem?: (err: Error | null) => void): RenewedLease {
+  let lost = false;
+  const timer = setInterval(() => {
+    coordination.renewLease(name, owner, ttlMs).then(
+      (ok) => {
+        if (ok) return;
+        lost = true;
+        onProblem?.(null);
+      },
+      (err: unknown) => {
+        lost = true;
+        onProblem?.(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }, ttlMs / 3);
+  timer.unref();
+  return {
+    lost: () => lost,
+    release: () => {
+      clearInterval(timer);
+      return coordination.releaseLease(name, owner);
+    },
+  };
+}
+
 /**
  * Deferred deletion of blob content (shared driver; storage/README.md "Eviction with
  * several replicas"). When a blob row goes (eviction, GC) the driver records a marker in

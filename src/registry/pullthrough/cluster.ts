@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { SingleFlight } from '../../singleflight.js';
-import type { Coordination } from '../../storage/coordination.js';
+import { type Coordination, keepRenewed } from '../../storage/coordination.js';
 import type { MetadataStore } from '../../storage/ports.js';
 
 /** How long a lease lasts unless renewed; the holder renews it every third of that. */
@@ -71,17 +71,13 @@ export class ClusterFlights {
   }
 
   private async hold<T>(name: string, settled: () => Promise<T | undefined>, work: () => Promise<T>): Promise<{ value: T; joined: boolean }> {
-    const heartbeat = setInterval(() => {
-      this.coordination.renewLease(name, this.owner, LEASE_MS).catch((e: unknown) => this.log.debug({ lease: name, err: (e as Error).message }, 'lease renewal failed'));
-    }, LEASE_MS / 3);
-    heartbeat.unref();
+    const held = keepRenewed(this.coordination, name, this.owner, LEASE_MS, (e) => e && this.log.debug({ lease: name, err: e.message }, 'lease renewal failed'));
     try {
       const done = await settled();
       return done !== undefined ? { value: done, joined: true } : { value: await work(), joined: false };
     } finally {
-      clearInterval(heartbeat);
       // Not awaited: waiters also see the result itself, the release only speeds up a failure case.
-      this.coordination.releaseLease(name, this.owner).catch((e: unknown) => this.log.debug({ lease: name, err: (e as Error).message }, 'lease release failed (it expires)'));
+      held.release().catch((e: unknown) => this.log.debug({ lease: name, err: (e as Error).message }, 'lease release failed (it expires)'));
     }
   }
 }
