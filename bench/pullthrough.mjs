@@ -44,8 +44,10 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { fetchVerified, pullImage } from './pullclient.mjs';
+import { TOOLS, toolScenario, toolVersions, toolsAvailable } from './toolpull.mjs';
 import {
   HERE,
   ROOT,
@@ -220,7 +222,7 @@ const REGMIRROR_ENV_B = Object.fromEntries(
     .filter(Boolean)
     .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
 );
-const SCENARIOS = ['cold1', 'warm', 'coldN', 'ttfb'];
+const SCENARIOS = ['cold1', 'tools', 'warm', 'coldN', 'ttfb'];
 const ONLY = (process.env.BENCH_PT_ONLY || SCENARIOS.join(',')).split(',').map((x) => x.trim());
 for (const o of ONLY) if (!SCENARIOS.includes(o)) throw new Error(`BENCH_PT_ONLY: unknown scenario ${o} (${SCENARIOS.join(', ')})`);
 // Cold 1-client pulls per cache, each on a fresh instance, interleaved (A B, B A, ...).
@@ -229,6 +231,10 @@ const COLD1_RUNS = Math.round(envNum('BENCH_PT_COLD1_RUNS', 1, 1, 20));
 // through the fresh cache, unmeasured: a long-running mirror has its fill path compiled
 // (V8 JIT) already; 0 = measure a just-started process.
 const WARM_FILL_MIB = Math.round(envNum('BENCH_PT_WARM_FILL_MIB', 0, 0, 1024));
+// Cold 1-client pulls with real clients (bench/toolpull.mjs): which, and how many runs each.
+const TOOL_LIST = (process.env.BENCH_PT_TOOLS || TOOLS.join(',')).split(',').map((x) => x.trim()).filter(Boolean);
+for (const t of TOOL_LIST) if (!TOOLS.includes(t)) throw new Error(`BENCH_PT_TOOLS: unknown client ${t} (${TOOLS.join(', ')})`);
+const TOOL_RUNS = Math.round(envNum('BENCH_PT_TOOL_RUNS', 1, 1, 20));
 
 // Copy the build at start, so a rebuild of dist/ during the run (tests, colleagues) does not
 // change what later scenarios measure.
@@ -328,12 +334,45 @@ async function startCountingProxy(dir, targetBase) {
   return { name: 'counting proxy', base: `http://127.0.0.1:${port}`, entry, pid: entry.pid, stats, waitIdle };
 }
 
+/**
+ * A layer that is a valid uncompressed tar of exactly `size` bytes (a multiple of 512): one
+ * file of incompressible bytes, then the two zero end blocks. containerd and the CRI plugin
+ * unpack what they pull, so the layers must be real tars for the real-client scenarios.
+ */
+function tarLayerStream(label, size, hash) {
+  const body = size - 3 * 512;
+  const h = Buffer.alloc(512);
+  h.write('layer.bin', 0);
+  h.write('0000644\0', 100);
+  h.write('0000000\0', 108);
+  h.write('0000000\0', 116);
+  h.write(`${body.toString(8).padStart(11, '0')}\0`, 124);
+  h.write('14500000000\0', 136); // 2023-01-01, fixed: the digest must not change per run
+  h.write('        ', 148);
+  h.write('0', 156);
+  h.write('ustar\0' + '00', 257);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
+  const trailer = Buffer.alloc(1024);
+  return Readable.from(
+    (async function* () {
+      hash.update(h);
+      yield h;
+      yield* genStream(`pullthrough/${label}`, body, hash);
+      hash.update(trailer);
+      yield trailer;
+    })(),
+    { objectMode: false },
+  );
+}
+
 async function pushLayer(base, label, size) {
   const post = expectStatus(await request('POST', `${base}/v2/${REPO}/blobs/uploads/`, { headers: { 'content-length': '0' } }), 202, 'POST upload');
   const loc = new URL(post.headers.location, base);
   const hash = createHash('sha256');
   const patch = expectStatus(
-    await request('PATCH', loc.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body: genStream(`pullthrough/${label}`, size, hash), timeoutMs: 120_000 }),
+    await request('PATCH', loc.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body: tarLayerStream(label, size, hash), timeoutMs: 120_000 }),
     202,
     'PATCH upload',
   );
@@ -622,6 +661,13 @@ function buildRows(res, names) {
     row(`Cold pull, 1 client: cache minor page faults per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheMinorFaultsPerGB, 0, '', 'info (fresh memory touched)');
   }
   row('Cold pull, 1 client: wall time (s)', (c) => ok(c.cold1)?.wallSeconds, 2, '', 'lower is better');
+  for (const t of ONLY.includes('tools') ? TOOL_LIST : []) {
+    const m = (c) => c.tools?.[t]?.median;
+    row(`Cold pull, 1 client, ${t}: wall time (s), median of ${TOOL_RUNS}`, (c) => m(c)?.wallSeconds, 2, '', 'info');
+    row(`Cold pull, 1 client, ${t}: wall time / docker-registry's`, (c) => ratio(m(c)?.wallSeconds, m(res.caches['docker-registry'] ?? {})?.wallSeconds), 2, 'x', '≤ 0.85x');
+    row(`Cold pull, 1 client, ${t}: cache CPU s per GB`, (c) => m(c)?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
+    row(`Cold pull, 1 client, ${t}: cache minor faults per GB`, (c) => m(c)?.cacheMinorFaultsPerGB, 0, '', 'info');
+  }
   row('Cold pull, 1 client: cache CPU s per GB filled', (c) => ok(c.cold1)?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
   row('Cold pull, 1 client: upstream blob bytes / image size', (c) => ok(c.cold1)?.upstreamBytesPerImage, 2, 'x', '1.00x');
   row('Cold pull, 1 client: upstream GETs per blob (max)', (c) => ok(c.cold1)?.upstreamBlobGetsPerBlob.max, 0, '', '1');
@@ -808,16 +854,19 @@ async function main() {
     return true;
   };
 
+  /** BENCH_PT_WARM_FILL_MIB: one unmeasured fill of a blob outside the image first (a running mirror). */
+  const warmUp = async (c) => {
+    if (!img.warmFill) return;
+    const r = await fetchVerified(`${c.base}/v2/${REPO}/blobs/${img.warmFill.digest}`, { agent: seedAgent, deadlineAt: Date.now() + SCENARIO_TIMEOUT_S * 1000, expect: img.warmFill });
+    if (!r.ok) throw new Error(`${c.name}: warm-up fill failed: ${r.error}`);
+  };
   // 1) cold pull with 1 client, then warm pulls (1 and N clients) on the same instance;
   // further cold 1-client pulls (BENCH_PT_COLD1_RUNS) on fresh instances, order alternating.
   for (let run = 0; run < (ONLY.includes('cold1') || ONLY.includes('warm') ? COLD1_RUNS : 0); run++) {
     for (const k of run % 2 ? [...kinds].reverse() : kinds) {
       if (overBudget(`${k.name} cold1 run ${run + 1}${run === 0 && ONLY.includes('warm') ? '/warm' : ''}`)) continue;
       const c = await fresh(k);
-      if (img.warmFill) {
-        const r = await fetchVerified(`${c.base}/v2/${REPO}/blobs/${img.warmFill.digest}`, { agent: seedAgent, deadlineAt: Date.now() + SCENARIO_TIMEOUT_S * 1000, expect: img.warmFill });
-        if (!r.ok) throw new Error(`${k.name}: warm-up fill failed: ${r.error}`);
-      }
+      await warmUp(c);
       const cold = await pullScenario(`cold pull, 1 client${COLD1_RUNS > 1 ? ` (run ${run + 1}/${COLD1_RUNS})` : ''}`, c, 1, img, upstream, proxy);
       (caches[k.name].cold1Runs ??= []).push(cold);
       caches[k.name].cold1 ??= cold;
@@ -841,6 +890,14 @@ async function main() {
       cacheMinorFaultsPerGB: med((r) => r.cacheMinorFaultsPerGB),
       foreignCpuShare: med((r) => r.foreignCpuShare),
     };
+  }
+  // 1b) cold 1-client pulls with skopeo, ctr and a CRI PullImage (fresh caches, interleaved).
+  if (ONLY.includes('tools')) {
+    const have = toolsAvailable();
+    const missing = TOOL_LIST.filter((t) => !have[t]);
+    if (missing.length) throw new Error(`real clients not installed: ${missing.join(', ')} (apt-get install skopeo containerd)`);
+    const byCache = await toolScenario({ kinds, fresh: async (k) => { const c = await fresh(k); await warmUp(c); return c; }, retire, img, proxy, upstream, root, tools: TOOL_LIST, runs: TOOL_RUNS, timeoutMs: SCENARIO_TIMEOUT_S * 1000, overBudget, cpuSnapshot, cpuDelta, repo: REPO, tag: TAG });
+    for (const [name, t] of Object.entries(byCache)) caches[name].tools = t;
   }
   // 2) cold pull with N clients (order flipped).
   for (const k of ONLY.includes('coldN') ? [...kinds].reverse() : []) {
@@ -877,7 +934,8 @@ async function main() {
     machine: { cpus: NCPU, cpuModel: os.cpus()[0]?.model ?? '?', memGiB: Math.round(os.totalmem() / 2 ** 30) },
     regmirror: { commit, dirty, cli: path.relative(ROOT, REGMIRROR_CLI), cliBuiltAt, snapshot: SNAPSHOT, cliB: REGMIRROR_CLI_B, envB: REGMIRROR_ENV_B, cliBBuiltAt: REGMIRROR_CLI_B ? newestMtime(path.dirname(REGMIRROR_CLI_B)) : null },
     distribution: versionOf('docker-registry', ['--version']),
-    settings: { only: ONLY, cold1Runs: COLD1_RUNS, warmFillMiB: WARM_FILL_MIB, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
+    clients: ONLY.includes('tools') ? toolVersions() : null,
+    settings: { only: ONLY, cold1Runs: COLD1_RUNS, tools: ONLY.includes('tools') ? TOOL_LIST : [], toolRuns: TOOL_RUNS, warmFillMiB: WARM_FILL_MIB, profile: PROFILE, layers: LAYERS, layerMiB: LAYER_MIB, clients: CLIENTS, parallel: PARALLEL, ttfbRuns: TTFB_RUNS, upstreamMBps: UPSTREAM_MBPS || null, scenarioTimeoutS: SCENARIO_TIMEOUT_S, budgetS: BUDGET_S, accept: MANIFEST_ACCEPT },
     imageBytes: img.size,
     manifestDigest: img.manifestDigest,
     seedSeconds: round(seedSeconds, 1),
@@ -923,7 +981,7 @@ async function main() {
   process.stdout.write(`\n${md}\n`);
   log(`wrote ${path.relative(process.cwd(), jsonFile)} and ${path.relative(process.cwd(), path.join(RESULTS_DIR, 'latest-pullthrough.md'))}`);
   clearTimeout(hard);
-  const anyFailure = Object.values(caches).some((c) => [...(c.cold1Runs ?? []), c.warm1, c.warmN, c.coldN].some((s) => s && !s.valid)) || (ttfb && !ttfb.valid);
+  const anyFailure = Object.values(caches).some((c) => [...(c.cold1Runs ?? []), ...Object.values(c.tools ?? {}).flatMap((t) => t.runs), c.warm1, c.warmN, c.coldN].some((s) => s && !s.valid)) || (ttfb && !ttfb.valid);
   return anyFailure ? 2 : 0;
 }
 
