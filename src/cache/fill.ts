@@ -18,7 +18,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { RegistryError } from '../registry/errors.js';
+import { RegistryError, insufficientStorage } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
 import type { BlobStore, BlobWriter, PositionalReader } from '../storage/ports.js';
 
@@ -60,6 +60,19 @@ const REPORT_BYTES = 1024 * 1024;
  * pause and resume of the upstream body; their failures are kept and thrown on the next one.
  */
 const STAGE_BACKLOG = 8 * 1024 * 1024;
+/**
+ * A free-space reading taken when the fill started (while its upstream request is in
+ * flight) answers the room check after the response headers if it is at most this old;
+ * otherwise the store is asked again. Saves a thread-pool round trip on the first-byte path.
+ */
+const ROOM_PROBE_MAX_AGE_MS = 1000;
+
+/** Free bytes read at `at`, when fills in total had written `writtenAt` bytes. */
+interface RoomProbe {
+  free: Promise<number>;
+  writtenAt: number;
+  at: number;
+}
 
 interface Deferred {
   promise: Promise<void>;
@@ -276,6 +289,10 @@ export class FillManager {
   private readonly started = new Map<Digest, { repository: RepoName; at: number }>();
   /** Called with each chunk's size and the fill's origin (`<upstream>|<repo>`); metrics. */
   onBytes: ((origin: string, bytes: number) => void) | null = null;
+  /** Bytes all fills have written to their stages (a RoomProbe subtracts what came since). */
+  private writtenTotal = 0;
+  /** How old a RoomProbe may be and still answer the room check (tests change it). */
+  roomProbeMaxAgeMs = ROOM_PROBE_MAX_AGE_MS;
 
   constructor(
     private readonly blobs: BlobStore,
@@ -326,11 +343,16 @@ export class FillManager {
    * uncached instead would cost one upstream fetch per client and bypass the digest check
    * that holds back the last byte (README, "Caching rules").
    */
-  private async ensureSpace(f: BlobFill, size: number, body: AsyncIterable<Buffer>): Promise<void> {
+  private async ensureSpace(f: BlobFill, size: number, body: AsyncIterable<Buffer>, probe: RoomProbe | null): Promise<void> {
     let pending = 0;
     for (const other of this.fills.values()) if (other !== f && other.size !== null) pending += Math.max(0, other.size - other.written);
     try {
-      await this.blobs.ensureRoom(size + pending);
+      if (probe && performance.now() - probe.at <= this.roomProbeMaxAgeMs) {
+        // The reading from the fill's start, less what every fill has written since (those
+        // bytes were free then); `pending` still counts what other fills have yet to write.
+        const room = (await probe.free) - (this.writtenTotal - probe.writtenAt);
+        if (size + pending > 0 && room < size + pending) throw insufficientStorage();
+      } else await this.blobs.ensureRoom(size + pending);
     } catch (e) {
       // Never read: release the upstream connection. undici reports a destroyed body as an
       // 'error' (AbortError), which must not become an uncaught exception.
@@ -346,7 +368,13 @@ export class FillManager {
     // The stage was created with the fill: its temp file opens while the upstream request
     // is in flight (time to first byte).
     const w = f.stage;
-    w.onWritten = (bytes) => f.wrote(bytes);
+    w.onWritten = (bytes) => {
+      this.writtenTotal += bytes;
+      f.wrote(bytes);
+    };
+    // Read while the upstream request is in flight (not after its headers, on the first-byte path).
+    const probe: RoomProbe | null = this.blobs.freeBytes ? { free: this.blobs.freeBytes(), writtenAt: this.writtenTotal, at: performance.now() } : null;
+    probe?.free.catch(() => undefined); // a failed reading is seen by ensureSpace
     let stageReady = false;
     let unreported = 0;
     let fromUpstream = true;
@@ -387,7 +415,7 @@ export class FillManager {
               throw new RegistryError('BLOB_UNKNOWN', 'upstream blob size differs from the manifest descriptor', { status: 502 });
             }
             if (size !== null && size > this.maxBlobBytes) throw new RegistryError('SIZE_INVALID', 'blob exceeds the configured maximum size', { status: 502 });
-            if (size !== null) await this.ensureSpace(f, size, opened.body);
+            if (size !== null) await this.ensureSpace(f, size, opened.body, probe);
             f.markReady(size);
           }
         } catch (e) {

@@ -17,7 +17,7 @@ import { LocalBlobBody } from './local/body.js';
 import { LocalStage, type StageHost } from './local/stage.js';
 import type { StoragePaths } from './paths.js';
 import type { BlobEntry, BlobStore as BlobStorePort, StageOptions } from './ports.js';
-import { ensureFree } from './space.js';
+import { ensureFree, freeBytes } from './space.js';
 import { type Digest, type RepoName, digestAlgorithm, isDigest } from '../registry/names.js';
 
 export { HashingCounter, batchedFileSink, fsyncFile, hashFile } from './hashing.js';
@@ -90,6 +90,10 @@ export class LocalBlobStore implements BlobStorePort {
 
   ensureRoom(bytes: number): Promise<void> {
     return ensureFree(this.paths.tmpDir, bytes);
+  }
+
+  freeBytes(): Promise<number> {
+    return freeBytes(this.paths.tmpDir);
   }
 
   delete(digest: Digest): Promise<void> {

@@ -142,6 +142,12 @@ export interface BlobStore {
   /** Throw 507 unless `bytes` more fit (a known-size write, before its first byte). */
   ensureRoom(bytes: number): Promise<void>;
   /**
+   * Optional: the bytes that fit now (a snapshot; Infinity when unknown). A fill reads it
+   * while its upstream request is in flight, so the room check after the response headers
+   * costs no file-system round trip on the first-byte path (FillManager.ensureSpace).
+   */
+  freeBytes?(): Promise<number>;
+  /**
    * Remove content whose metadata row is already gone (eviction, GC). A body opened
    * before the delete reads the complete, correct bytes to its end (local: the unlinked
    * file lives until closed); a driver that cannot promise that must fail such a read
