@@ -723,7 +723,7 @@ function buildRows(res, names) {
   row('Cache RSS right after start (MiB)', (c) => c.warmN?.rssAfterStartMiB ?? c.cold1?.rssAfterStartMiB, 1, '', 'regmirror ≤ 80');
   row(`Cache VmHWM after cold 1 + warm 1 + warm ${n} clients (MiB)`, (c) => ok(c.warmN)?.hwmMiB, 1, '', 'regmirror ≤ 160');
   row(`Cache VmHWM after cold pull ${n} clients (MiB)`, (c) => ok(c.coldN)?.hwmMiB, 1, '', 'info');
-  row('Verification failures (all scenarios)', (c) => [...(c.cold1Runs ?? []), c.warm1, c.warmN, c.coldN].reduce((k, s) => k + (s?.failures?.length ?? 0), 0), 0, '', '0');
+  row('Verification failures (all scenarios)', (c) => [...(c.cold1Runs ?? []), ...Object.values(c.tools ?? {}).flatMap((t) => t.runs), c.warm1, c.warmN, c.coldN].reduce((k, s) => k + (s?.failures?.length ?? 0), 0), 0, '', '0');
   return rows;
 }
 
