@@ -17,6 +17,8 @@
  *
  * Scenarios, each cache with fresh empty storage per scenario:
  *   cold1  1 client: manifest by tag, config, then the layers 3 at a time (as containerd)
+ *   tools  1 real client on a fresh cache: skopeo copy, ctr images pull, a CRI PullImage
+ *          (bench/toolpull.mjs; private containerd per pull), vs docker-registry's wall time
  *   warm1 / warm8  the same image again on that instance, 1 and 8 clients
  *   cold8  8 concurrent clients on a fresh instance
  *   ttfb   time to first body byte of cold layers (one per round) through each cache vs
@@ -29,11 +31,11 @@
  * thread per client, like separate nodes; 0: all clients in the main thread), BENCH_PT_TTFB_RUNS (4, at most the
  * layer count), BENCH_PT_UPSTREAM_MBPS (0 = unthrottled; else the counting proxy caps the
  * upstream link at this many MB/s, shared by all upstream responses),
- * BENCH_PT_SCENARIO_TIMEOUT (90 s per pull scenario), BENCH_PT_BUDGET (200 s: no scenario
- * starts after this), BENCH_PT_TIMEOUT (280 s hard limit), BENCH_WAIT_QUIET (0: seconds to
+ * BENCH_PT_SCENARIO_TIMEOUT (90 s per pull scenario), BENCH_PT_BUDGET (320 s: no scenario
+ * starts after this), BENCH_PT_TIMEOUT (440 s hard limit), BENCH_WAIT_QUIET (0: seconds to
  * wait at most for other CPU load to stop first), BENCH_DOCKER_REGISTRY=0,
  * BENCH_REGMIRROR_CLI, BENCH_REGMIRROR_CLI_B (a second build measured as `regmirror-B`, A/B),
- * BENCH_PT_ONLY (cold1,warm,coldN,ttfb), BENCH_PT_COLD1_RUNS (1: cold 1-client pulls per
+ * BENCH_PT_ONLY (cold1,tools,warm,coldN,ttfb), BENCH_PT_TOOLS (skopeo,ctr,cri), BENCH_PT_TOOL_RUNS (1), BENCH_PT_COLD1_RUNS (1: cold 1-client pulls per
  * cache, interleaved; medians reported), BENCH_PROFILE=1 (regmirror under --cpu-prof),
  * BENCH_PT_SNAPSHOT=0 (run dist/ in place instead of a copy made at
  * start), BENCH_KEEP=1, BENCH_RESULTS_DIR. See bench/README.md.
@@ -205,8 +207,8 @@ const CLIENT_THREADS = process.env.BENCH_PT_CLIENT_THREADS !== '0';
 const TTFB_RUNS = Math.round(envNum('BENCH_PT_TTFB_RUNS', 8, 1, 32));
 const UPSTREAM_MBPS = envNum('BENCH_PT_UPSTREAM_MBPS', 0, 0, 100_000);
 const SCENARIO_TIMEOUT_S = envNum('BENCH_PT_SCENARIO_TIMEOUT', 90, 5, 600);
-const BUDGET_S = envNum('BENCH_PT_BUDGET', 200, 10, 3600);
-const HARD_LIMIT_S = envNum('BENCH_PT_TIMEOUT', 280, 30, 3600);
+const BUDGET_S = envNum('BENCH_PT_BUDGET', 320, 10, 3600);
+const HARD_LIMIT_S = envNum('BENCH_PT_TIMEOUT', 440, 30, 3600);
 const WAIT_QUIET_S = envNum('BENCH_WAIT_QUIET', 0, 0, 1800);
 const WITH_DISTRIBUTION = process.env.BENCH_DOCKER_REGISTRY !== '0';
 const PROFILE = process.env.BENCH_PROFILE === '1';
