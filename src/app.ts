@@ -31,8 +31,7 @@ import { openStorage } from './storage/open.js';
 import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
-import { ClusterFills } from './cache/clusterfill.js';
-import { registerInternalFills } from './http/internal.js';
+import type { ClusterFills } from './cache/clusterfill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
@@ -102,9 +101,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const shared = config.store.driver === 'shared' ? { flights: new ClusterFlights(storage.coordination, pullLog), meta: storage.metadata } : null;
   const pull = new PullThrough(service, new Router(config), clients, fills, pullLog, shared);
   // Shared storage: one upstream fetch per digest across replicas (fill leases). The local
-  // driver skips this entirely: no lease round trip, today's single flight only.
-  const cluster =
-    config.store.driver === 'shared' ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' })) : null;
+  // driver skips this entirely: no lease round trip, today's single flight only, and
+  // neither the module nor undici (which it imports) is loaded (issue #14 item 3).
+  let cluster: ClusterFills | null = null;
+  if (config.store.driver === 'shared') {
+    const { ClusterFills } = await import('./cache/clusterfill.js');
+    cluster = new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' }));
+  }
   if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
@@ -244,7 +247,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       await blobs.ping?.();
     },
   });
-  if (cluster && config.cluster.secret) registerInternalFills(fastify, cluster);
+  if (cluster && config.cluster.secret) (await import('./http/internal.js')).registerInternalFills(fastify, cluster);
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 
