@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import https from 'node:https';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import { createRequire } from 'node:module';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
@@ -70,6 +71,21 @@ const SWEEP_INTERVAL_MS = 10 * 60_000;
 const ACCESS_FLUSH_MS = 5_000;
 /** The cached-bytes gauge runs a query over all blobs: at most this often, in the background. */
 const CACHED_BYTES_TTL_MS = 30_000;
+
+/**
+ * fastify's default schema compilers, built only if a route declares a schema. None does
+ * (bodies reach handlers unread, answers are written by hand), yet left to fastify
+ * `Fastify()` loads ajv and fast-json-stringify (~100 modules, ~4 MiB RSS) at start (issue
+ * #14 item 3). Required from fastify's own location: they are its dependencies, not ours.
+ */
+const fastifyRequire = createRequire(createRequire(import.meta.url).resolve('fastify'));
+type Compilers = Required<NonNullable<NonNullable<FastifyServerOptions['schemaController']>['compilersFactory']>>;
+type Factory = (externalSchemas: unknown, options: unknown) => unknown;
+const lazyFactory = (pkg: string) => (externalSchemas: unknown, options: unknown) => (fastifyRequire(pkg) as () => Factory)()(externalSchemas, options);
+const lazyCompilers = {
+  buildValidator: lazyFactory('@fastify/ajv-compiler') as Compilers['buildValidator'],
+  buildSerializer: lazyFactory('@fastify/fast-json-stringify-compiler') as Compilers['buildSerializer'],
+};
 
 function tlsOptions(tls: TlsConfig): https.ServerOptions {
   return {
@@ -175,6 +191,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     keepAliveTimeout: config.http.keepAliveTimeoutMs,
     routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
     return503OnClosing: true,
+    schemaController: { compilersFactory: lazyCompilers },
   });
 
   // Every body reaches handlers unread: blobs are streamed to disk, manifests are read

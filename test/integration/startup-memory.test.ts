@@ -36,11 +36,14 @@ const SHARED_DRIVER_ONLY: Array<[string, RegExp]> = [
 /**
  * Loaded on first use, not at start: undici by the first upstream request (upstream/client.ts;
  * the default config has upstreams, so this also checks that building their clients does not
- * load it) and by the shared driver's cluster fills (app.ts).
+ * load it) and by the shared driver's cluster fills (app.ts); fastify's schema compilers
+ * (ajv, fast-json-stringify's compiler) by the first route with a schema, of which there is none.
  */
 const ON_FIRST_USE: Array<[string, RegExp]> = [
   ['undici', /\/node_modules\/undici\//],
   ['cache/clusterfill', /\/dist\/cache\/clusterfill\.js$/],
+  ['ajv', /\/node_modules\/(ajv|@fastify\/ajv-compiler)\//],
+  ['the serializer compiler', /\/node_modules\/@fastify\/fast-json-stringify-compiler\//],
 ];
 
 async function censusOfDefaultServe(t: import('ava').ExecutionContext): Promise<Census> {
@@ -63,7 +66,7 @@ async function censusOfDefaultServe(t: import('ava').ExecutionContext): Promise<
   return JSON.parse(text) as Census;
 }
 
-test('a just-started serve with the default (local) config loads neither pg, the AWS SDK nor undici', async (t) => {
+test('a just-started serve with the default (local) config loads neither pg, the AWS SDK, undici nor ajv', async (t) => {
   const census = await censusOfDefaultServe(t);
   const mib = (b: number) => (b / 1048576).toFixed(1);
   t.log(
