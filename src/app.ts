@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import https from 'node:https';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import { createRequire } from 'node:module';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config, TlsConfig } from './config/schema.js';
 import { installErrorHandler, installNotFoundHandler } from './http/errors.js';
@@ -31,8 +32,7 @@ import { openStorage } from './storage/open.js';
 import { withReadCache } from './storage/readcache.js';
 import { storagePaths } from './storage/paths.js';
 import { FillManager } from './cache/fill.js';
-import { ClusterFills } from './cache/clusterfill.js';
-import { registerInternalFills } from './http/internal.js';
+import type { ClusterFills } from './cache/clusterfill.js';
 import { type EvictionResult, Evictor } from './cache/eviction.js';
 import { AccessRecorder } from './storage/access.js';
 import { PullThrough } from './registry/pullthrough.js';
@@ -72,6 +72,21 @@ const ACCESS_FLUSH_MS = 5_000;
 /** The cached-bytes gauge runs a query over all blobs: at most this often, in the background. */
 const CACHED_BYTES_TTL_MS = 30_000;
 
+/**
+ * fastify's default schema compilers, built only if a route declares a schema. None does
+ * (bodies reach handlers unread, answers are written by hand), yet left to fastify
+ * `Fastify()` loads ajv and fast-json-stringify (~100 modules, ~4 MiB RSS) at start (issue
+ * #14 item 3). Required from fastify's own location: they are its dependencies, not ours.
+ */
+const fastifyRequire = createRequire(createRequire(import.meta.url).resolve('fastify'));
+type Compilers = Required<NonNullable<NonNullable<FastifyServerOptions['schemaController']>['compilersFactory']>>;
+type Factory = (externalSchemas: unknown, options: unknown) => unknown;
+const lazyFactory = (pkg: string) => (externalSchemas: unknown, options: unknown) => (fastifyRequire(pkg) as () => Factory)()(externalSchemas, options);
+const lazyCompilers = {
+  buildValidator: lazyFactory('@fastify/ajv-compiler') as Compilers['buildValidator'],
+  buildSerializer: lazyFactory('@fastify/fast-json-stringify-compiler') as Compilers['buildSerializer'],
+};
+
 function tlsOptions(tls: TlsConfig): https.ServerOptions {
   return {
     cert: readFileSync(tls.cert),
@@ -102,9 +117,13 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   const shared = config.store.driver === 'shared' ? { flights: new ClusterFlights(storage.coordination, pullLog), meta: storage.metadata } : null;
   const pull = new PullThrough(service, new Router(config), clients, fills, pullLog, shared);
   // Shared storage: one upstream fetch per digest across replicas (fill leases). The local
-  // driver skips this entirely: no lease round trip, today's single flight only.
-  const cluster =
-    config.store.driver === 'shared' ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' })) : null;
+  // driver skips this entirely: no lease round trip, today's single flight only, and
+  // neither the module nor undici (which it imports) is loaded (issue #14 item 3).
+  let cluster: ClusterFills | null = null;
+  if (config.store.driver === 'shared') {
+    const { ClusterFills } = await import('./cache/clusterfill.js');
+    cluster = new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' }));
+  }
   if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
@@ -172,6 +191,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     keepAliveTimeout: config.http.keepAliveTimeoutMs,
     routerOptions: { maxParamLength: 4096, ignoreDuplicateSlashes: false },
     return503OnClosing: true,
+    schemaController: { compilersFactory: lazyCompilers },
   });
 
   // Every body reaches handlers unread: blobs are streamed to disk, manifests are read
@@ -244,7 +264,7 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
       await blobs.ping?.();
     },
   });
-  if (cluster && config.cluster.secret) registerInternalFills(fastify, cluster);
+  if (cluster && config.cluster.secret) (await import('./http/internal.js')).registerInternalFills(fastify, cluster);
   access?.registerTokenEndpoint(fastify);
   if (config.status.enabled) registerStatus(fastify, status, access);
 

@@ -6,6 +6,9 @@
  * about half of the server's CPU (bench/README.md). Here file bytes go through two reused
  * buffers (read the next chunk while the previous one is being written; reuse a buffer only
  * after its write completed) and bytes of a fill still in memory are written as they are.
+ * The second buffer only overlaps one stream's read with its write: with many streams at
+ * once the others keep the machine busy, so past SECOND_BUFFER_LIMIT buffers in use a
+ * response makes do with one (issue #14 item 3: 24 warm layer streams held 48 MiB).
  */
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
@@ -17,14 +20,26 @@ const CHUNK = 1024 * 1024;
 /** Below this a normal stream is as cheap, and keeps fastify's send path. */
 export const DIRECT_MIN_BYTES = 4 * CHUNK;
 const POOL_MAX = 64;
+/** Buffers in use by all responses beyond which none takes a second one. */
+const SECOND_BUFFER_LIMIT = 16;
 const pool: Buffer[] = [];
+/** Buffers held by responses now (pooled ones are not counted). */
+let inUse = 0;
 
 function acquire(): Buffer {
+  inUse++;
   return pool.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
 }
 
-function release(b: Buffer): void {
-  if (pool.length < POOL_MAX) pool.push(b);
+/** Back to the pool, or (`reuse` false: a write may still reference it) left to the GC. */
+function release(b: Buffer, reuse: boolean): void {
+  inUse--;
+  if (reuse && pool.length < POOL_MAX) pool.push(b);
+}
+
+/** Test hook: buffers held by responses now. */
+export function sendBuffersInUse(): number {
+  return inUse;
 }
 
 class ClientGone extends Error {
@@ -58,13 +73,16 @@ class DoubleBufferedWriter {
   constructor(private readonly res: ServerResponse) {}
 
   async send(max: number, read: (buf: Buffer, n: number) => Promise<number>): Promise<number> {
-    const pending = this.writes[this.i];
+    let i = this.i;
+    // No second buffer while many are in use: the one buffer is reused once its write completed.
+    if (!this.bufs[i] && this.bufs[i ^ 1] && inUse >= SECOND_BUFFER_LIMIT) i ^= 1;
+    const pending = this.writes[i];
     if (pending && !(await pending)) throw new ClientGone();
     if (this.res.destroyed) throw new ClientGone();
-    const buf = (this.bufs[this.i] ??= acquire());
+    const buf = (this.bufs[i] ??= acquire());
     const n = await read(buf, Math.min(CHUNK, max));
-    this.writes[this.i] = new Promise<boolean>((resolve) => this.res.write(buf.subarray(0, n), (err) => resolve(!err)));
-    this.i ^= 1;
+    this.writes[i] = new Promise<boolean>((resolve) => this.res.write(buf.subarray(0, n), (err) => resolve(!err)));
+    this.i = i ^ 1;
     return n;
   }
 
@@ -74,9 +92,10 @@ class DoubleBufferedWriter {
     if (results.some((ok) => ok === false)) throw new ClientGone();
   }
 
-  /** Pool the buffers; only when no write can still reference them. */
-  release(): void {
-    this.bufs.forEach(release);
+  /** Give the buffers up: pooled (`reuse`) only when no write can still reference them. */
+  release(reuse: boolean): void {
+    for (const b of this.bufs) if (b) release(b, reuse);
+    this.bufs.length = 0;
   }
 }
 
@@ -93,9 +112,10 @@ async function direct(reply: FastifyReply, body: (res: ServerResponse, out: Doub
     await body(res, out);
     await out.settled();
     res.end();
-    out.release();
+    out.release(true);
   } catch (e) {
     // A write may still reference a buffer: drop them instead of pooling.
+    out.release(false);
     res.destroy(e instanceof Error ? e : undefined);
   }
 }

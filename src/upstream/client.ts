@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { Agent, type Dispatcher, ProxyAgent, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import { SingleFlight } from '../singleflight.js';
 import { countBounded } from '../lru.js';
 import type { UpstreamConfig } from '../config/schema.js';
@@ -78,7 +78,12 @@ export interface UpstreamStats {
 
 export class UpstreamClient {
   readonly name: string;
-  private readonly dispatcher: Dispatcher;
+  /**
+   * undici (~6 MiB of heap, ~18 MiB RSS with its index) is imported, and the agent created,
+   * by the first upstream request, not at start (issue #14 item 3: RSS after start).
+   */
+  private dispatcher: Promise<Dispatcher> | null;
+  private readonly newDispatcher: () => Promise<Dispatcher>;
   private readonly credentials: () => WireCredentials;
   /** Learned challenge per host, so later requests fetch a token before the first try. */
   private readonly hostAuth = new Map<string, HostAuth>();
@@ -110,14 +115,24 @@ export class UpstreamClient {
       bodyTimeout: config.bodyTimeoutMs,
       keepAliveTimeout: 30_000,
     };
-    this.dispatcher = dispatcher ?? (config.proxy ? new ProxyAgent({ uri: config.proxy, ...opts, requestTls: connect }) : new Agent(opts));
+    this.dispatcher = dispatcher ? Promise.resolve(dispatcher) : null;
+    this.newDispatcher = async () => {
+      const { Agent, ProxyAgent } = await import('undici');
+      return config.proxy ? new ProxyAgent({ uri: config.proxy, ...opts, requestTls: connect }) : new Agent(opts);
+    };
     if (config.insecureSkipVerify) log.warn({ upstream: config.name }, 'TLS verification is disabled for this upstream');
     this.health = new UpstreamHealth(config.name, config.offlineMs, config.probeIntervalMs, () => this.probe(), log);
   }
 
   async close(): Promise<void> {
     this.health.close();
-    await this.dispatcher.close();
+    if (this.dispatcher) await (await this.dispatcher).close();
+  }
+
+  /** undici's `request` through this upstream's agent (both created on first use). */
+  private async http(url: string | URL, opts: Omit<Dispatcher.RequestOptions, 'origin' | 'path' | 'dispatcher'>): Promise<Dispatcher.ResponseData> {
+    const [{ request }, dispatcher] = await Promise.all([import('undici'), (this.dispatcher ??= this.newDispatcher())]);
+    return request(url, { ...opts, dispatcher });
   }
 
   /**
@@ -127,10 +142,9 @@ export class UpstreamClient {
   private async probe(): Promise<boolean> {
     for (const endpoint of this.config.endpoints) {
       try {
-        const res = await request(`${endpoint}/v2/`, {
+        const res = await this.http(`${endpoint}/v2/`, {
           method: 'GET',
           headers: { 'user-agent': USER_AGENT },
-          dispatcher: this.dispatcher,
           signal: AbortSignal.timeout(Math.min(this.config.headersTimeoutMs, PROBE_TIMEOUT_MS)),
         });
         await res.body.dump();
@@ -214,7 +228,7 @@ export class UpstreamClient {
       if (auth) headers.authorization = auth;
       let res: Dispatcher.ResponseData;
       try {
-        res = await request(url, { method: req.method, headers, dispatcher: this.dispatcher, signal: req.signal });
+        res = await this.http(url, { method: req.method, headers, signal: req.signal });
       } catch (e) {
         this.onResponse?.(req.method, 'error', null, errorSummary(e));
         throw e;
@@ -315,7 +329,7 @@ export class UpstreamClient {
     const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
     // Basic credentials go to the realm named by the upstream's own challenge, nowhere else.
     if (creds?.kind === 'basic') headers.authorization = basicHeader(creds.username, creds.password);
-    const res = await request(u, { method: 'GET', headers, dispatcher: this.dispatcher });
+    const res = await this.http(u, { method: 'GET', headers });
     const realmForLog = `${u.origin}${u.pathname}`;
     if (res.statusCode !== 200) {
       await res.body.dump();
