@@ -24,9 +24,10 @@ commands:
                                  remove blobs and manifests no repository references;
                                  --evict first applies cache.maxAge and cache.maxBytes
   fsck [--config FILE] [--repair]
-                                 re-hash every stored blob; --repair drops damaged cached
-                                 blobs (refetched on the next pull); exit 1 if any damage
-                                 remains
+                                 re-hash every stored blob and list content without a
+                                 row; --repair drops damaged cached blobs (refetched on
+                                 the next pull) and orphans; exit 1 if any damage remains.
+                                 Shared storage: online, under the gc-leader lease
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
   client-config <containerd|containerd-legacy|k3s|registries.conf|idms|itms|anthos>

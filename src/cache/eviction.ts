@@ -19,7 +19,7 @@
 import type { Logger } from 'pino';
 import type { CacheConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
-import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes, keepRenewed } from '../storage/coordination.js';
+import { type Coordination, DELETE_ISSUE_MS, type DeferredDeletes, type Fence, FencedOut, keepRenewed } from '../storage/coordination.js';
 import type { BlobStore, Evicted, MetadataOps, MetadataStore, RepoKey } from '../storage/ports.js';
 
 /**
@@ -45,7 +45,8 @@ export interface EvictionResult {
   dryRun: boolean;
   /** Set when the pass did nothing because another replica holds the `gc-leader` lease. */
   /** not-leader: another replica holds the lease; stopped: shutdown during a whole-store scan. */
-  skipped?: 'not-leader' | 'stopped';
+  /** fenced: the lease was taken over mid-pass and the database refused a change (fencing). */
+  skipped?: 'not-leader' | 'stopped' | 'fenced';
   /** Deferred deletes: blob contents removed this pass (rows evicted at least the grace ago). */
   contentDeleted?: number;
 }
@@ -66,6 +67,8 @@ export interface EvictorOptions {
   now?: () => number;
   /** Several replicas: a pass runs only while `owner` holds GC_LEADER (see the top). */
   leader?: { coordination: Coordination; owner: string; ttlMs?: number };
+  /** A lease the caller already holds (`regmirror gc`): the pass's changes are fenced by it. */
+  fence?: Fence;
   /** Shared driver: content goes `graceMs` after its row, through these markers, not per unit. */
   deferred?: { deletes: DeferredDeletes; graceMs: number };
 }
@@ -146,7 +149,7 @@ export class Evictor {
 
   private async doRun(at: number | undefined): Promise<EvictionResult> {
     const lead = this.opts.leader;
-    if (!lead) return this.pass(at, () => false);
+    if (!lead) return this.pass(at, () => false, this.opts.fence);
     const ttl = lead.ttlMs ?? LEADER_TTL_MS;
     const grant = await lead.coordination.acquireLease(GC_LEADER, lead.owner, ttl);
     if (!grant) {
@@ -154,23 +157,34 @@ export class Evictor {
       return { ...this.emptyResult(false), skipped: 'not-leader' };
     }
     const held = keepRenewed(lead.coordination, GC_LEADER, lead.owner, ttl);
+    const fence = { name: GC_LEADER, owner: lead.owner, token: grant.token };
     try {
-      const result = await this.pass(at, held.lost, grant.token);
+      const result = await this.pass(at, held.lost, fence);
       if (held.lost()) this.opts.log?.warn('cache eviction: the gc-leader lease was lost mid-pass; stopped after the current unit');
       return result;
+    } catch (e) {
+      // A change after another replica took the lease over (e.g. this process was paused):
+      // the database refused it, nothing was changed by it; the new leader does the work.
+      if (!(e instanceof FencedOut)) throw e;
+      this.opts.log?.warn({ fencingToken: grant.token }, 'cache eviction: the gc-leader lease was taken over; the database refused this pass\'s change (fencing)');
+      return { ...this.emptyResult(false), skipped: 'fenced' };
     } finally {
       await held.release().catch(() => undefined);
     }
   }
 
-  private async pass(at: number | undefined, lost: () => boolean, token?: number): Promise<EvictionResult> {
+  private async pass(at: number | undefined, lost: () => boolean, fence?: Fence): Promise<EvictionResult> {
     const started = this.now();
+    const token = fence?.token;
     await this.opts.flush?.();
     const result = this.emptyResult(false);
     let cachedAfter: number | null = null;
-    const deferred = this.opts.deferred;
+    // Under the lease, every deleting/marking change checks the fencing token in its transaction.
+    const meta = (fence && this.meta.fenced?.(fence)) || this.meta;
+    const plain = this.opts.deferred;
+    const deferred = plain && fence && plain.deletes.fenced ? { ...plain, deletes: plain.deletes.fenced(fence) } : plain;
     if (this.enabled) {
-      const passes = this.evictions(this.meta, at ?? started, (bytes) => (cachedAfter = bytes));
+      const passes = this.evictions(meta, at ?? started, (bytes) => (cachedAfter = bytes));
       for await (const ev of passes) {
         this.add(result, ev);
         // Between units the server keeps serving; every unit re-checks its candidate.

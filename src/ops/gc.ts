@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type EvictionResult, Evictor, GC_LEADER, deleteDue } from '../cache/eviction.js';
 import type { Config, StoreConfig } from '../config/schema.js';
-import { type Coordination, type DeferredDeletes, keepRenewed } from '../storage/coordination.js';
+import { type Coordination, type DeferredDeletes, type Fence, keepRenewed } from '../storage/coordination.js';
 import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
 import type { BlobEntry } from '../storage/ports.js';
@@ -56,15 +56,19 @@ export async function collectGarbage(
   const { metadata: meta, blobs: store, deferredDeletes: deferred } = storage;
   const lease = deferred && !opts.dryRun ? await takeLeader(storage.coordination, opts.leaderWaitMs ?? LEADER_WAIT_MS) : null;
   try {
-    const deferOpts = deferred ? { deferred: { deletes: deferred, graceMs: config.cache.deleteGraceMs } } : {};
+    // Under the lease every change checks its fencing token (a gc paused past its lease changes nothing).
+    const fence = lease?.fence;
+    const deletes = fence && deferred?.fenced ? deferred.fenced(fence) : deferred;
+    const deferOpts = deletes ? { deferred: { deletes, graceMs: config.cache.deleteGraceMs } } : {};
+    const fmeta = (fence && meta.fenced?.(fence)) || meta;
     let eviction: EvictionResult | undefined;
     if (opts.evict) {
-      const evictor = new Evictor(meta, store, config.cache, deferOpts);
+      const evictor = new Evictor(meta, store, config.cache, { ...deferOpts, ...(fence ? { fence } : {}) });
       eviction = opts.dryRun ? await evictor.dryRun() : await evictor.run();
     }
     // Manifest content no repository holds goes first, so its references stop counting.
-    const manifestsRemoved = opts.dryRun ? 0 : await meta.deleteUnreferencedManifestContent();
-    const linksRemoved = opts.dryRun ? 0 : await meta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
+    const manifestsRemoved = opts.dryRun ? 0 : await fmeta.deleteUnreferencedManifestContent();
+    const linksRemoved = opts.dryRun ? 0 : await fmeta.unlinkDanglingBlobs(config.limits.uploadTtlMs);
     const upstreamListsRemoved = opts.dryRun ? 0 : await meta.deleteUpstreamListsBefore(Date.now() - upstreamListRetentionMs(config.upstreams));
     const unreferenced = await meta.unreferencedBlobs();
     let blobsRemoved = unreferenced.length;
@@ -76,7 +80,7 @@ export async function collectGarbage(
           continue;
         }
         // Replicas run: a push may have linked it since the listing (one change with the check).
-        const gone = await meta.transaction(async (tx) => {
+        const gone = await fmeta.transaction(async (tx) => {
           if (await tx.blobPushed(d)) return false;
           await tx.deleteBlobRow(d);
           return true;
@@ -92,7 +96,7 @@ export async function collectGarbage(
     for await (const entry of store.list()) {
       if (entry.digest === null || (await meta.blobSize(entry.digest)) === undefined) {
         if (opts.dryRun) orphans++;
-        else if (await removeOrphan(entry, deferred)) orphans++;
+        else if (await removeOrphan(entry, deletes)) orphans++;
       }
       if (stop()) break;
     }
@@ -122,7 +126,7 @@ export function upstreamListRetentionMs(upstreams: Config['upstreams']): number 
  * or content whose row went less than the grace ago: delete it only under a claim (which
  * such a commit waits for, then writes again), and never one with a pending delete.
  */
-async function removeOrphan(entry: BlobEntry, deferred: DeferredDeletes | null): Promise<boolean> {
+export async function removeOrphan(entry: BlobEntry, deferred: DeferredDeletes | null): Promise<boolean> {
   if (!deferred || entry.digest === null) {
     await entry.remove();
     return true;
@@ -134,14 +138,22 @@ async function removeOrphan(entry: BlobEntry, deferred: DeferredDeletes | null):
   return true;
 }
 
-/** Take the gc-leader lease (waiting while a replica's eviction pass holds it) and keep it renewed. */
-async function takeLeader(coordination: Coordination, waitMs: number): Promise<{ lost(): boolean; release(): Promise<void> }> {
-  const owner = `gc:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+/**
+ * Take the gc-leader lease (waiting while a replica's eviction pass holds it) and keep it
+ * renewed; `fence` is what the changes made under it carry (also used by fsck).
+ */
+export async function takeLeader(
+  coordination: Coordination,
+  waitMs: number,
+  who = 'gc',
+): Promise<{ fence: Fence; lost(): boolean; release(): Promise<void> }> {
+  const owner = `${who}:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const deadline = Date.now() + waitMs;
-  while (!(await coordination.acquireLease(GC_LEADER, owner, LEASE_TTL_MS))) {
-    if (Date.now() > deadline) throw new Error(`gc: another process holds the ${GC_LEADER} lease (an eviction pass or another gc) for over ${waitMs} ms; try again later`);
+  let grant;
+  while (!(grant = await coordination.acquireLease(GC_LEADER, owner, LEASE_TTL_MS))) {
+    if (Date.now() > deadline) throw new Error(`${who}: another process holds the ${GC_LEADER} lease (an eviction pass, a gc or an fsck) for over ${waitMs} ms; try again later`);
     await new Promise((r) => setTimeout(r, 500));
   }
   const held = keepRenewed(coordination, GC_LEADER, owner, LEASE_TTL_MS);
-  return { lost: held.lost, release: () => held.release().catch(() => undefined) };
+  return { fence: { name: GC_LEADER, owner, token: grant.token }, lost: held.lost, release: () => held.release().catch(() => undefined) };
 }

@@ -14,6 +14,26 @@ export interface LeaseGrant {
   expiresAt: number;
 }
 
+/**
+ * A lease as held by the work done under it (fencing): a driver that supports fencing
+ * refuses a change made under it once `name` has another token or has expired, checked in
+ * the same transaction as the change (a paused leader whose lease was taken over changes
+ * nothing when it resumes).
+ */
+export interface Fence {
+  name: string;
+  owner: string;
+  token: number;
+}
+
+/** A change under a Fence was refused: the lease is no longer held with that token. */
+export class FencedOut extends Error {
+  constructor(readonly fence: Fence) {
+    super(`lease ${fence.name} is no longer held with fencing token ${fence.token} (taken over or expired); change refused`);
+    this.name = 'FencedOut';
+  }
+}
+
 /** Who holds a lease now. */
 export interface LeaseHolder {
   owner: string;
@@ -147,6 +167,10 @@ export interface DeferredDeletes {
   claimOrphan(digest: Digest): Promise<number | null>;
   /** Markers not yet done (pending or claimed). */
   pending(): Promise<number>;
+  /** Whether `digest` has a marker (its content is expected without a row until deleted: not an orphan). */
+  marked(digest: Digest): Promise<boolean>;
+  /** The same deletes, each claim refused (FencedOut) unless `fence` still holds (drivers with fencing). */
+  fenced?(fence: Fence): DeferredDeletes;
 }
 
 /**

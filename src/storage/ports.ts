@@ -12,6 +12,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm, RepoName } from '../registry/names.js';
+import type { Fence } from './coordination.js';
 
 export type Provenance = 'pushed' | 'cached';
 
@@ -121,6 +122,8 @@ export interface BlobEntry {
   digest: Digest | null;
   /** Remove this content whatever the metadata says (GC of orphans). */
   remove(): Promise<void>;
+  /** When the content was last written (ms since the epoch), where the store says (object stores): online fsck's grace. */
+  modifiedAt?: number;
 }
 
 export interface BlobStore {
@@ -437,4 +440,13 @@ export interface MetadataStore extends MetadataOps {
   /** Liveness (/healthz): rejects when the store cannot answer. */
   ping(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Shared drivers: the same operations, each change (and each `transaction`) first checking
+   * in its own transaction that `fence` still holds, else refused with FencedOut
+   * (coordination.ts). Absent for one process (the local driver: no other leader can exist).
+   */
+  fenced?(fence: Fence): FencedMetadata;
 }
+
+/** MetadataStore.fenced's view: the operations and `transaction`, under a lease. */
+export type FencedMetadata = MetadataOps & Pick<MetadataStore, 'transaction'>;

@@ -16,7 +16,15 @@ const read = (f: string) => fs.readFile(path.join(REPO_ROOT, f), 'utf8');
 interface Compose {
   services: Record<
     string,
-    { environment?: Record<string, string>; volumes?: string[]; ports?: string[]; secrets?: string[]; command?: string[]; configs?: Array<{ source: string }> }
+    {
+      environment?: Record<string, string>;
+      volumes?: string[];
+      ports?: string[];
+      secrets?: string[];
+      command?: string[];
+      configs?: Array<{ source: string }>;
+      hostname?: string;
+    }
   >;
   secrets?: Record<string, { file?: string }>;
   configs?: Record<string, { content?: string }>;
@@ -84,6 +92,23 @@ test('docker-compose.ha.yml: two replicas on config/docker-ha.yml (shared driver
   const lb = compose.services.lb!;
   t.deepEqual(lb.ports, ['5000:5000']);
   const nginx = compose.configs?.[lb.configs?.[0]?.source ?? '']?.content ?? '';
-  for (const name of replicas) t.true(nginx.includes(`server ${name}:5000`), `the balancer sends to ${name}`);
+  for (const name of replicas) t.true(nginx.includes(`server ${name}:${cfg.listen.port}`), `the balancer sends to ${name} on the port it listens on`);
+  // Fills between replicas: each advertises a URL the other can dial (its host name when
+  // cluster.advertiseUrl is unset: a container's default is its id, which nothing resolves).
+  t.is(cfg.listen.host, '0.0.0.0', 'listens on every interface (the balancer and the peers connect from outside)');
+  for (const name of replicas) {
+    const advertised = new URL(cfg.cluster.advertiseUrl ?? `http://${compose.services[name]!.hostname ?? 'container-id'}:${cfg.listen.port}`);
+    t.true(replicas.includes(advertised.hostname), `${name} advertises ${advertised.href}, a host compose resolves`);
+    t.is(Number(advertised.port), cfg.listen.port);
+    t.is(compose.services[name]!.hostname, name, `${name}'s peers reach it as ${name}`);
+  }
+  t.is(new Set(replicas.map((n) => compose.services[n]!.hostname)).size, replicas.length, 'one host name per replica');
+  // One secret for every replica's internal endpoint (a peer's bearer token is its own).
+  t.is(new Set(replicas.map((n) => compose.services[n]!.environment?.REGMIRROR_CLUSTER_SECRET)).size, 1);
+  // The database the URL names is the one compose creates, as its user.
+  const pgUrl = new URL(cfg.store.postgres?.url ?? 'missing:');
+  t.is(pgUrl.username, compose.services.postgres!.environment?.POSTGRES_USER ?? '(none)');
+  t.is(pgUrl.pathname, `/${compose.services.postgres!.environment?.POSTGRES_DB ?? '(none)'}`);
+  t.is(new URL(cfg.store.s3?.endpoint ?? 'missing:').port, '9000', "MinIO's API port");
   t.true(nginx.includes('client_max_body_size 0') && nginx.includes('proxy_request_buffering off'), 'pushes stream through');
 });

@@ -58,6 +58,7 @@ test('a leader that loses its lease mid-pass stops after the current unit and sk
     done: async () => undefined,
     claimOrphan: async () => null,
     pending: async () => 0,
+    marked: async () => false,
   };
   const ev = new Evictor(meta, { delete: async () => undefined }, { maxBytes: 1, maxAgeMs: null }, {
     leader: { coordination, owner: 'a', ttlMs: 30 },
@@ -77,6 +78,7 @@ test('deferred deletes: units delete no content; the drain deletes what the driv
     done: async (d, token) => void done.push([d, token]),
     claimOrphan: async () => null,
     pending: async () => 0,
+    marked: async () => false,
   };
   const deleted: Digest[] = [];
   const ev = new Evictor(meta, { delete: async (d) => void deleted.push(d) }, { maxBytes: 1, maxAgeMs: null }, { deferred: { deletes: deferred, graceMs: 1234 } });

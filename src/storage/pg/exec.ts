@@ -5,6 +5,7 @@
  * on that transaction's connection (a change is then part of the larger one).
  */
 import type pg from 'pg';
+import { type Fence, FencedOut } from '../coordination.js';
 import { type PgPoolHandle, isRetryableConflict, mapPgError } from './pool.js';
 
 export interface Exec {
@@ -49,4 +50,33 @@ export function clientExec(c: pg.PoolClient, state: TxState): Exec {
     change: (fn) => fn(self),
   };
   return self;
+}
+
+/**
+ * Fencing: refuse the change unless `fence` still holds (same owner and token, not
+ * expired), checked inside the change's transaction. FOR SHARE locks the lease row until
+ * the change commits: a takeover (the acquire's UPDATE of that row) waits for it, and a
+ * takeover committed first makes this read see the new token (or, under SERIALIZABLE, fail
+ * with a serialization error that retries the change and then sees it). So a change either
+ * completes before another holder gets the lease or is refused.
+ */
+export async function checkFence(x: Exec, fence: Fence): Promise<void> {
+  const held = await x.rows(
+    'SELECT 1 FROM leases WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at > clock_timestamp() FOR SHARE',
+    [fence.name, fence.owner, fence.token],
+  );
+  if (held.length === 0) throw new FencedOut(fence);
+}
+
+/** `base` with every change preceded by checkFence in the same transaction. */
+export function fencedExec(base: Exec, fence: Fence): Exec {
+  return {
+    rows: base.rows,
+    count: base.count,
+    change: (fn) =>
+      base.change(async (x) => {
+        await checkFence(x, fence);
+        return fn(x);
+      }),
+  };
 }

@@ -13,6 +13,7 @@ import type { Digest, RepoName } from '../../registry/names.js';
 import type {
   Evicted,
   EvictionCandidate,
+  FencedMetadata,
   ManifestMeta,
   ManifestRecord,
   MetadataOps,
@@ -23,8 +24,9 @@ import type {
   TagRecord,
   UpstreamTagVariant,
 } from '../ports.js';
+import type { Fence } from '../coordination.js';
 import * as ev from './eviction.js';
-import { type Exec, type TxState, clientExec, poolExec } from './exec.js';
+import { type Exec, type TxState, checkFence, clientExec, fencedExec, poolExec } from './exec.js';
 import { migrate } from './migrations.js';
 import { beforeRecord, markDeleted } from './tombstones.js';
 import { type ManifestRow, manifestFromRow } from '../rows.js';
@@ -373,19 +375,27 @@ export class PgMetadataStore extends PgOps implements MetadataStore {
     return this.x;
   }
 
-  async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
+  async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}, fence?: Fence): Promise<T> {
     if (this.inTx.getStore()) throw new Error('metadata: inside transaction(fn) use its tx handle, not the store');
     return this.db.transaction(
       async (c) => {
         const state: TxState = { live: true };
         try {
-          return await this.inTx.run(true, () => fn(new PgOps(clientExec(c, state))));
+          const x = clientExec(c, state);
+          if (fence) await checkFence(x, fence);
+          return await this.inTx.run(true, () => fn(new PgOps(x)));
         } finally {
           state.live = false;
         }
       },
       { rollback: opts.dryRun === true },
     );
+  }
+
+  /** Eviction and GC under the gc-leader lease: every change refused once it is taken over (exec.ts checkFence). */
+  fenced(fence: Fence): FencedMetadata {
+    const ops = new PgOps(fencedExec(poolExec(this.db), fence));
+    return Object.assign(ops, { transaction: <T>(fn: (tx: MetadataOps) => Promise<T>, opts?: { dryRun?: boolean }) => this.transaction(fn, opts, fence) });
   }
 
   async ping(): Promise<void> {

@@ -12,9 +12,9 @@
  * - a row is recorded only while no live `deleting` claim exists (else ContentBeingDeleted:
  *   the committer waits and writes the content again after the delete).
  */
-import { ContentBeingDeleted, DELETE_CLAIM_TTL_MS as CLAIM_TTL_MS, type DeferredDeletes } from '../coordination.js';
+import { ContentBeingDeleted, DELETE_CLAIM_TTL_MS as CLAIM_TTL_MS, type DeferredDeletes, type Fence } from '../coordination.js';
 import type { Digest } from '../../registry/names.js';
-import { type Exec, poolExec } from './exec.js';
+import { type Exec, fencedExec, poolExec } from './exec.js';
 import type { PgPoolHandle } from './pool.js';
 
 const PREFIX = 'delete:';
@@ -46,10 +46,22 @@ export async function beforeRecord(x: Exec, digest: Digest): Promise<void> {
 }
 
 export class PgDeferredDeletes implements DeferredDeletes {
-  constructor(private readonly db: PgPoolHandle) {}
+  private readonly ex: Exec;
+
+  /** With `fence`, every claim checks it in its transaction first (exec.ts checkFence). */
+  constructor(
+    private readonly db: PgPoolHandle,
+    fence?: Fence,
+  ) {
+    this.ex = fence ? fencedExec(poolExec(db), fence) : poolExec(db);
+  }
+
+  fenced(fence: Fence): PgDeferredDeletes {
+    return new PgDeferredDeletes(this.db, fence);
+  }
 
   claimDue(graceMs: number, limit: number): Promise<Array<{ digest: Digest; token: number }>> {
-    return poolExec(this.db).change(async (x) => {
+    return this.ex.change(async (x) => {
       const rows = await x.rows<{ digest: string; token: number }>(
         `UPDATE leases l SET owner = 'deleting', token = nextval('lease_tokens'), expires_at = clock_timestamp() + $3 * interval '1 millisecond'
          WHERE l.name IN (
@@ -69,7 +81,7 @@ export class PgDeferredDeletes implements DeferredDeletes {
   }
 
   claimOrphan(digest: Digest): Promise<number | null> {
-    return poolExec(this.db).change(async (x) => {
+    return this.ex.change(async (x) => {
       const rows = await x.rows<{ token: number }>(
         `INSERT INTO leases(name, owner, token, acquired_at, expires_at)
          SELECT $1, 'deleting', nextval('lease_tokens'), clock_timestamp(), clock_timestamp() + $3 * interval '1 millisecond'
@@ -79,6 +91,10 @@ export class PgDeferredDeletes implements DeferredDeletes {
       );
       return rows[0]?.token ?? null;
     });
+  }
+
+  async marked(digest: Digest): Promise<boolean> {
+    return (await this.db.query('SELECT 1 FROM leases WHERE name = $1', [name(digest)])).rows.length > 0;
   }
 
   async pending(): Promise<number> {

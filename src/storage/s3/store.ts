@@ -197,6 +197,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
         const key = o.Key;
         yield {
           digest: isDigest(d) ? d : null,
+          ...(o.LastModified ? { modifiedAt: o.LastModified.getTime() } : {}),
           remove: () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })).then(() => undefined, (e: unknown) => Promise.reject(storeError(e, 'DELETE'))),
         };
       }
