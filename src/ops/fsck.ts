@@ -6,10 +6,13 @@
  *
  * `--repair` drops damaged blobs that came from an upstream (links and row in one
  * transaction, then the file): the next pull fetches them again. Damaged pushed blobs
- * cannot be restored from anywhere and are only reported. Offline, like gc.
+ * cannot be restored from anywhere and are only reported. Offline, like gc. The local
+ * driver's maintained counters (cached bytes, blob count and bytes) are checked against the
+ * rows too, and set right with `--repair`.
  */
 import type { Config, StoreConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
+import type { CounterCheck } from '../storage/ports.js';
 import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
 
@@ -25,6 +28,8 @@ export interface FsckResult {
   checked: number;
   bytes: number;
   problems: FsckProblem[];
+  /** Maintained counters that disagreed with the rows (local driver); repaired with --repair. */
+  counters?: CounterCheck & { repaired: boolean };
 }
 
 /** Blobs verified at once: overlaps disk reads and hashing; small enough not to thrash a disk. */
@@ -70,6 +75,9 @@ export async function fsck(config: Pick<Config, 'storage'> & { store?: StoreConf
     await Promise.all(running);
     if (failure) throw (failure as { err: unknown }).err;
     out.problems.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
+    // After the blob walk: a --repair above changed rows (and, through them, the counters).
+    const counted = await meta.checkCounters?.(opts.repair);
+    if (counted && (counted.wrongFlags > 0 || counted.counters.length > 0)) out.counters = { ...counted, repaired: opts.repair };
     return out;
   } finally {
     await storage.close();
