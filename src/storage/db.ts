@@ -801,10 +801,13 @@ export class MetadataDb {
    * in-flight fill) does not claim it. Inside the caller's transaction.
    */
   private dropBlobIfUnused(digest: string, busy: (d: Digest) => boolean, out: Evicted['blobs']): void {
-    if (this.s.blobLinked.get(digest) || this.isProtected(digest) || busy(digest as Digest)) return;
+    if (this.s.blobLinked.get(digest) || this.isProtected(digest) || busy(digest as Digest)) {
+      this.refreshCounted(digest); // the row stays: its links changed
+      return;
+    }
     const row = this.s.blobRow.get(digest);
     if (!row) return;
-    this.s.deleteBlob.run(digest);
+    this.s.deleteBlob.run(digest); // the delete trigger takes it off the counters
     out.push({ digest: digest as Digest, size: row.size });
   }
 
@@ -844,7 +847,6 @@ export class MetadataDb {
       for (const b of blobs) {
         if (this.s.blobLink.get(repoId, b)?.provenance === 'cached' && !this.s.referencedInRepo.get(repoId, b)) this.s.unlinkBlob.run(repoId, b);
         this.dropBlobIfUnused(b, busy, out.blobs);
-        this.refreshCounted(b);
       }
       for (const m of removed) if (!this.s.contentHeld.get(m)) this.s.deleteContent.run(m);
       return out;
@@ -860,7 +862,6 @@ export class MetadataDb {
       this.s.unlinkBlob.run(repoId, digest);
       const out: Evicted = { manifests: 0, blobs: [] };
       this.dropBlobIfUnused(digest, busy, out.blobs);
-      this.refreshCounted(digest);
       return out;
     })();
   }
