@@ -24,7 +24,9 @@
  * full store with HEAD load on it (worst latency = the serving stall). SCALE_STORE=<dir>
  * reuses a full store filled before (its `storage/`; `SCALE_KEEP=1` keeps one): filling a
  * million blobs takes minutes to tens of minutes on a busy machine. SCALE_PATHS (20000):
- * distinct HEAD paths per store (2 = the empty store's working set on both).
+ * distinct HEAD paths per store, capped to what both stores have (the same count on both).
+ * SCALE_MODE=fill SCALE_STORE=<new dir>: only fill a full store there (copy it per run: an
+ * eviction pass changes it). SCALE_DIST=<dir>: run another build's dist/ (A/B).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -57,7 +59,8 @@ const LABEL = (process.env.SCALE_LABEL ?? (QUICK ? 'quick' : 'full')).replace(/[
 const RESULTS = path.join(ROOT, 'bench', 'results', 'scale');
 const HARD_LIMIT_MS = envNum('SCALE_LIMIT_S', 3600, 60, 6 * 3600) * 1000;
 const NODE = process.execPath;
-const CLI = path.join(ROOT, 'dist', 'cli.js');
+// SCALE_DIST: another build's dist/ (A/B of two builds against the same stores).
+const CLI = path.join(process.env.SCALE_DIST ? path.resolve(process.env.SCALE_DIST) : path.join(ROOT, 'dist'), 'cli.js');
 const hex = (s) => createHash('sha256').update(s).digest('hex');
 const repoName = (i) => `scale/r${String(i).padStart(6, '0')}`;
 
@@ -144,6 +147,10 @@ async function fill(dir, n) {
   })();
   db.pragma('wal_checkpoint(TRUNCATE)');
   db.close();
+  // Rows written behind db.ts's back: builds that maintain counters (schema v7) set them from the rows.
+  const mdb = new MetadataDb(dbFile);
+  mdb.checkCounters?.(true);
+  mdb.close();
   const sizeMiB = fs.statSync(dbFile).size / 1024 / 1024;
   const counts = { repos: n.repos, manifests: perRepo * n.repos, blobs: blobNo, files, tags: perRepo * n.repos + n.bigTags };
   log(`filled ${JSON.stringify(counts)} in ${Date.now() - t0} ms, db ${sizeMiB.toFixed(1)} MiB`);
@@ -345,10 +352,20 @@ async function headAb() {
     log(`${label}: ${JSON.stringify(f.counts)}, ready in ${startupMs} ms`);
     // SCALE_PATHS: as many distinct paths on both stores (the empty one has 2 images), so the
     // hot read cache serves both alike and only the store's size differs.
-    const byTag = shuffled(f.pushedTags, 7).slice(0, PATHS).map(([r, t]) => `/v2/${r}/manifests/${t}`);
-    const byDigest = shuffled(f.pushedDigests, 11).slice(0, PATHS).map(([r, d]) => `/v2/${r}/manifests/${d}`);
+    const byTag = shuffled(f.pushedTags, 7).map(([r, t]) => `/v2/${r}/manifests/${t}`);
+    const byDigest = shuffled(f.pushedDigests, 11).map(([r, d]) => `/v2/${r}/manifests/${d}`);
     stores[label] = { dir, f, port, base, srv, startupMs, byTag, byDigest, slices: { byTag: [], byDigest: [] } };
   }
+  // The same number of distinct paths per kind on both stores (at most SCALE_PATHS; the
+  // empty store has ~200 tags and 2 pushed digests): the working set, and so the hot read
+  // cache's and SQLite page cache's hit rates, is alike and only the store's size differs.
+  const pathCount = {};
+  for (const kind of ['byTag', 'byDigest']) {
+    pathCount[kind] = Math.min(PATHS, stores.empty[kind].length, stores.full[kind].length);
+    for (const st of Object.values(stores)) st[kind] = st[kind].slice(0, pathCount[kind]);
+  }
+  // Warm-up (not measured): JIT, the read caches and the pages of the working set.
+  for (const st of Object.values(stores)) for (const kind of ['byTag', 'byDigest']) await headLoad(st.base, st[kind], CONNS, () => false, 2000);
   for (let i = 0; i < slices; i++) {
     for (const label of i % 2 === 0 ? ['empty', 'full'] : ['full', 'empty']) {
       const st = stores[label];
@@ -357,7 +374,7 @@ async function headAb() {
     log(`slice ${i + 1}/${slices}: ${['empty', 'full'].map((l) => `${l} tag ${stores[l].slices.byTag.at(-1).reqPerS} req/s p99 ${stores[l].slices.byTag.at(-1).p99Ms} ms`).join(', ')}`);
   }
   const med = (xs) => median(xs.filter((x) => x !== null));
-  const res = { label: LABEL, date: new Date().toISOString(), settings: { slices, paths: PATHS, SECONDS, CONNS, FULL, EMPTY, reusedStore: process.env.SCALE_STORE ?? null }, stores: {} };
+  const res = { label: LABEL, date: new Date().toISOString(), settings: { slices, paths: PATHS, pathCount, loadavgStart: os.loadavg(), SECONDS, CONNS, FULL, EMPTY, reusedStore: process.env.SCALE_STORE ?? null }, stores: {} };
   for (const label of ['empty', 'full']) {
     const st = stores[label];
     res.stores[label] = { counts: st.f.counts, startupMs: st.startupMs, slices: st.slices };
@@ -386,12 +403,13 @@ async function headAb() {
   const during = headLoad(full.base, full.byTag.slice(0, 5000), 4, () => line !== null, HARD_LIMIT_MS);
   line = await evictionLine(evictLog, HARD_LIMIT_MS);
   res.eviction = { log: line, evictMs: line?.ms ?? null, headDuring: await during, serverPeakRssMiB: Math.round((vmHwmKiB(srv2.pid) ?? 0) / 1024) };
+  res.loadavgEnd = os.loadavg();
   log(`full: eviction ${JSON.stringify(res.eviction)}`);
   await stopProcess(srv2);
   const md = [
     `# Scale bench, HEAD side by side (${res.label}, ${res.date})`,
     '',
-    `Empty ${JSON.stringify(res.stores.empty.counts)} vs full ${JSON.stringify(res.stores.full.counts)}; both servers up at once, HEAD (${CONNS} connections, ${SECONDS} s per slice, at most ${PATHS} distinct paths per store) in ${slices} alternating slices each (E F, F E, ...). Medians over slices; ratios are per slice pair, then the median.`,
+    `Empty ${JSON.stringify(res.stores.empty.counts)} vs full ${JSON.stringify(res.stores.full.counts)}; both servers up at once, HEAD (${CONNS} connections, ${SECONDS} s per slice, ${pathCount.byTag} tag and ${pathCount.byDigest} digest paths on each store, after a 2 s warm-up each) in ${slices} alternating slices each (E F, F E, ...). Medians over slices; ratios are per slice pair, then the median.`,
     '',
     '| measure | empty store | full store | full/empty (per-pair median) |',
     '| --- | ---: | ---: | ---: |',
@@ -401,8 +419,10 @@ async function headAb() {
       `| HEAD ${k === 'byTag' ? 'by tag' : 'by digest'} p99 (ms) | ${res.stores.empty[k].p99Ms} | ${res.stores.full[k].p99Ms} | ${res.ratio[k].p99} |`,
     ]),
     `| eviction pass (ms, server log) | | ${res.eviction.evictMs} | |`,
-    `| HEAD during eviction p99 / max (ms) | | ${res.eviction.headDuring.p99Ms} / ${res.eviction.headDuring.maxMs} | |`,
+    `| HEAD during eviction p50 / p99 / max (ms) | | ${res.eviction.headDuring.p50Ms} / ${res.eviction.headDuring.p99Ms} / ${res.eviction.headDuring.maxMs} | |`,
     `| server peak RSS incl. eviction (MiB) | | ${res.eviction.serverPeakRssMiB} | |`,
+    '',
+    `Load average (1/5/15 min) at start ${res.settings.loadavgStart.map((x) => x.toFixed(2)).join(' ')}, at end ${res.loadavgEnd.map((x) => x.toFixed(2)).join(' ')}; build ${CLI}.`,
     '',
   ].join('\n');
   fs.mkdirSync(RESULTS, { recursive: true });
@@ -453,6 +473,13 @@ async function main() {
   }, HARD_LIMIT_MS).unref();
   if (!fs.existsSync(CLI)) throw new Error('dist/cli.js missing: npm run build first');
   if (process.env.SCALE_MODE === 'head-ab') return headAb();
+  if (process.env.SCALE_MODE === 'fill') {
+    // Only fill SCALE_STORE (a new directory) with the full store, for later runs to copy and reuse.
+    const dir = process.env.SCALE_STORE;
+    if (!dir || fs.existsSync(path.join(dir, 'storage'))) throw new Error('SCALE_MODE=fill needs SCALE_STORE=<new dir>');
+    const f = await fill(dir, FULL);
+    return log(`filled ${dir}: ${JSON.stringify(f.counts)} in ${Math.round(f.fillMs / 1000)} s`);
+  }
   const stores = [];
   stores.push(await measureStore('empty', EMPTY));
   stores.push(await measureStore('full', FULL));

@@ -204,9 +204,11 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
     reply.header('docker-distribution-api-version', 'registry/2.0');
     done();
   });
-  // /metrics and /status answer the last count at once; the scan runs in the background (stalevalue.ts).
+  // /metrics and /status: the local driver keeps the count in a row (db.ts v7), read each
+  // time; the shared driver's is a scan, so they answer its last count at once and it
+  // runs in the background (stalevalue.ts).
   const cachedBytes = new StaleValue(() => meta.cachedBytes(), CACHED_BYTES_TTL_MS, (err) => logger.warn({ err }, 'counting cached bytes failed'));
-  const cachedBytesNow = () => cachedBytes.get();
+  const cachedBytesNow = config.store.driver === 'local' ? () => meta.cachedBytes() : () => cachedBytes.get();
   const metrics = new Metrics({ inflightFills: () => fills.size, cachedBytes: cachedBytesNow });
   const status = new StatusCollector({
     version: packageVersion(),

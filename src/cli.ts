@@ -124,7 +124,7 @@ async function main(argv: string[]): Promise<number> {
       const { fsck } = await import('./ops/fsck.js');
       const result = await fsck(loadConfig(values.config), { repair: values.repair === true });
       process.stdout.write(`${JSON.stringify(result)}\n`);
-      return result.problems.some((p) => !p.repaired) ? 1 : 0;
+      return result.problems.some((p) => !p.repaired) || (result.counters && !result.counters.repaired) ? 1 : 0;
     }
     case 'config':
       if (sub === 'default') {

@@ -34,6 +34,13 @@ const LEADER_TTL_MS = 30_000;
 /** Deferred deletes claimed per query, and queries per pass (the rest waits for the next pass). */
 const DELETE_BATCH = 100;
 const DELETE_BATCHES = 50;
+/**
+ * Units run back to back for at most this long, then the pass yields to the event loop
+ * (setImmediate: I/O first). A unit's own awaits resolve at once on the local driver (its
+ * calls are synchronous SQLite), so without this a pass held every request for as long as
+ * its units took together (bench/evict-stalls.mjs).
+ */
+const SLICE_MS = 10;
 
 export interface EvictionResult {
   images: number;
@@ -240,7 +247,13 @@ export class Evictor {
     onCached(cached);
     const overBudget = () => maxBytes !== null && cached > maxBytes;
     if (!overBudget() && maxAgeMs === null) return;
+    let slice = performance.now();
     for (const c of await this.candidates(meta, now)) {
+      // Between units only: the consumer registered the previous unit's deletes before asking for this one.
+      if (performance.now() - slice > SLICE_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        slice = performance.now();
+      }
       const tooOld = maxAgeMs !== null && c.lastAccess < now - maxAgeMs;
       // Sorted oldest first: once neither limit applies, none applies to the rest.
       if (!tooOld && !overBudget()) return;

@@ -16,14 +16,15 @@
  * second verification; an object without a row only if it is older than `graceMs`, has no
  * pending delete marker and no live fill. Repairs take gc's deferred-delete path: a row
  * goes with a marker (its content after cache.deleteGrace), an orphan under a claim that a
- * commit of the same digest waits for.
+ * commit of the same digest waits for. The local driver's maintained counters (cached
+ * bytes, blob count and bytes) are checked against the rows too, set right with `--repair`.
  */
 import { type Config, type StoreConfig } from '../config/schema.js';
 import type { Digest } from '../registry/names.js';
 import type { DeferredDeletes } from '../storage/coordination.js';
 import { LOCAL, openStorage, stderrLog } from '../storage/open.js';
 import { storagePaths } from '../storage/paths.js';
-import type { MetadataOps, MetadataStore } from '../storage/ports.js';
+import type { CounterCheck, MetadataOps, MetadataStore } from '../storage/ports.js';
 import { removeOrphan, takeLeader } from './gc.js';
 
 export interface FsckProblem {
@@ -39,6 +40,8 @@ export interface FsckResult {
   checked: number;
   bytes: number;
   problems: FsckProblem[];
+  /** Maintained counters that disagreed with the rows (local driver); repaired with --repair. */
+  counters?: CounterCheck & { repaired: boolean };
 }
 
 export interface FsckOptions {
@@ -139,6 +142,9 @@ export async function fsck(config: Pick<Config, 'storage'> & { store?: StoreConf
       out.problems.push({ digest, problem: 'orphan', pushed: false, repaired });
     }
     out.problems.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
+    // After the blob walk: a --repair above changed rows (and, through them, the counters).
+    const counted = await meta.checkCounters?.(opts.repair);
+    if (counted && (counted.wrongFlags > 0 || counted.counters.length > 0)) out.counters = { ...counted, repaired: opts.repair };
     return out;
   } finally {
     await lease?.release();

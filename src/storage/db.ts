@@ -59,6 +59,20 @@ const KEEP_PARENTS_CTE = `keep_parents(d) AS MATERIALIZED (
   UNION SELECT r.child FROM manifest_refs r JOIN keep_parents ON r.digest = keep_parents.d
         WHERE EXISTS (SELECT 1 FROM manifest_refs x WHERE x.digest = r.child))`;
 
+/**
+ * The blobs cache.maxBytes bounds: linked as cached somewhere, linked as pushed nowhere, and
+ * outside KEEP (membership as keep_parents or a child of one). Each such row has
+ * `blobs.counted = 1`, kept by `refreshCounted` in every transaction that can change a
+ * blob's links or KEEP; triggers (v7) keep `counters` in step with the rows.
+ */
+const COUNTED_BLOBS = `WITH RECURSIVE ${KEEP_PARENTS_CTE}
+  SELECT b.digest FROM blobs b
+  WHERE EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'cached')
+    AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'pushed')
+    AND b.digest NOT IN (SELECT d FROM keep_parents)
+    AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN keep_parents k ON k.d = r.digest WHERE r.child = b.digest)
+    AND scan_alive()`;
+
 /** Last access of a cached image: its manifest or any child manifest in the same repository. */
 const IMAGE_ACCESS = `MAX(m.last_access, COALESCE((SELECT MAX(c.last_access) FROM manifest_refs r
   JOIN manifests c ON c.repo_id = m.repo_id AND c.digest = r.child WHERE r.digest = m.digest AND r.kind = 'manifest'), 0))`;
@@ -164,6 +178,35 @@ const MIGRATIONS: string[] = [
     body TEXT NOT NULL,
     fetched_at INTEGER NOT NULL
   );
+  `,
+  // v7: maintained counters (issue #14): counting cached bytes was a scan of every blob row
+  // (35 s at a million blobs, bench/scale.mjs) for every /metrics scrape, /status poll and
+  // eviction pass. `blobs.counted` marks a row in COUNTED_BLOBS; the triggers keep the sums
+  // in the same transaction as the row change. Computed once here for an existing store.
+  `
+  ALTER TABLE blobs ADD COLUMN counted INTEGER NOT NULL DEFAULT 0;
+  CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE TRIGGER blobs_count_insert AFTER INSERT ON blobs BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'blobs';
+    UPDATE counters SET value = value + NEW.size WHERE name = 'blob_bytes';
+    UPDATE counters SET value = value + NEW.size * NEW.counted WHERE name = 'cached_bytes';
+  END;
+  CREATE TRIGGER blobs_count_delete AFTER DELETE ON blobs BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'blobs';
+    UPDATE counters SET value = value - OLD.size WHERE name = 'blob_bytes';
+    UPDATE counters SET value = value - OLD.size * OLD.counted WHERE name = 'cached_bytes';
+  END;
+  CREATE TRIGGER blobs_count_update AFTER UPDATE OF size, counted ON blobs BEGIN
+    UPDATE counters SET value = value - OLD.size + NEW.size WHERE name = 'blob_bytes';
+    UPDATE counters SET value = value - OLD.size * OLD.counted + NEW.size * NEW.counted WHERE name = 'cached_bytes';
+  END;
+  INSERT INTO counters(name, value) SELECT 'blobs', COUNT(*) FROM blobs;
+  INSERT INTO counters(name, value) SELECT 'blob_bytes', COALESCE(SUM(size), 0) FROM blobs;
+  INSERT INTO counters(name, value) VALUES ('cached_bytes', 0);
+  UPDATE blobs SET counted = 1 WHERE digest IN (${COUNTED_BLOBS});
   `,
 ];
 
@@ -335,14 +378,24 @@ export class MetadataDb {
       ),
       // KEEP membership as keep_parents or a child of one: materializing KEEP itself walked
       // every blob pushed manifests reference (bench/scale.mjs).
-      cachedBytes: db.prepare<[], { bytes: number }>(
-        `WITH RECURSIVE ${KEEP_PARENTS_CTE}
-         SELECT COALESCE(SUM(b.size), 0) AS bytes FROM blobs b
-         WHERE EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'cached')
-           AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.provenance = 'pushed')
-           AND b.digest NOT IN (SELECT d FROM keep_parents)
-           AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN keep_parents k ON k.d = r.digest WHERE r.child = b.digest)
-           AND scan_alive()`,
+      cachedBytesScan: db.prepare<[], { bytes: number }>(
+        `SELECT COALESCE(SUM(size), 0) AS bytes FROM blobs WHERE digest IN (${COUNTED_BLOBS})`,
+      ),
+      counter: db.prepare<[string], { value: number }>('SELECT value FROM counters WHERE name = ?'),
+      // fsck: the counters and flags as the rows say they should be.
+      countedWrong: db.prepare<[], { digest: string; counted: number }>(
+        `SELECT digest, counted FROM blobs WHERE counted != (digest IN (${COUNTED_BLOBS}))`,
+      ),
+      blobTotals: db.prepare<[], { blobs: number; blob_bytes: number; cached_bytes: number }>(
+        'SELECT COUNT(*) AS blobs, COALESCE(SUM(size), 0) AS blob_bytes, COALESCE(SUM(size * counted), 0) AS cached_bytes FROM blobs',
+      ),
+      setCounter: db.prepare<[number, string]>('UPDATE counters SET value = ? WHERE name = ?'),
+      setCounted: db.prepare<[number, string, number]>('UPDATE blobs SET counted = ? WHERE digest = ? AND counted != ?'),
+      blobLinkedCached: db.prepare<[string], { one: number }>("SELECT 1 AS one FROM repo_blobs WHERE digest = ? AND provenance = 'cached' LIMIT 1"),
+      // Every blob a manifest reaches (any depth): KEEP may change for them when the manifest does.
+      descendantBlobs: db.prepare<[string], { d: string }>(
+        `WITH RECURSIVE sub(d) AS (SELECT ? UNION SELECT r.child FROM manifest_refs r JOIN sub ON r.digest = sub.d)
+         SELECT sub.d FROM sub JOIN blobs b ON b.digest = sub.d`,
       ),
       cachedImages: db.prepare<[], { repo_id: number; digest: string; last_access: number }>(
         `WITH RECURSIVE ${KEEP_MANIFESTS_CTE}
@@ -450,6 +503,7 @@ export class MetadataDb {
       const id = this.ensureRepo(repo);
       this.s.insertBlob.run(digest, size, now, now);
       this.s.linkBlob.run(id, digest, provenance, now);
+      this.refreshCounted(digest);
     })();
   }
 
@@ -458,13 +512,19 @@ export class MetadataDb {
     return this.db.transaction(() => {
       if (this.s.blob.get(digest) === undefined) return false;
       this.s.linkBlob.run(this.ensureRepo(repo), digest, provenance, Date.now());
+      this.refreshCounted(digest);
       return true;
     })();
   }
 
   unlinkBlob(repo: RepoName, digest: Digest): boolean {
     const id = this.repoId(repo);
-    return id !== undefined && this.s.unlinkBlob.run(id, digest).changes > 0;
+    if (id === undefined) return false;
+    return this.db.transaction(() => {
+      const gone = this.s.unlinkBlob.run(id, digest).changes > 0;
+      this.refreshCounted(digest);
+      return gone;
+    })();
   }
 
   manifest(repo: RepoName, digest: Digest): ManifestRecord | undefined {
@@ -487,7 +547,14 @@ export class MetadataDb {
       this.s.insertContent.run(m.digest, m.mediaType, m.size, m.artifactType, m.subject, m.annotations, m.body);
       for (const r of m.refs) this.s.insertRef.run(m.digest, r.digest, r.kind);
       this.s.linkManifest.run(id, m.digest, provenance, now, now);
-      for (const t of tags) this.s.upsertTag.run(id, t, m.digest, provenance, now, now);
+      // A tag moved away from a digest may take that image out of KEEP.
+      const moved = new Set<string>();
+      for (const t of tags) {
+        const old = this.s.tag.get(id, t)?.digest;
+        if (old !== undefined && old !== m.digest) moved.add(old);
+        this.s.upsertTag.run(id, t, m.digest, provenance, now, now);
+      }
+      for (const d of [m.digest, ...moved]) this.refreshBelow(d);
     })();
   }
 
@@ -500,7 +567,13 @@ export class MetadataDb {
 
   deleteTag(repo: RepoName, tag: string): boolean {
     const id = this.repoId(repo);
-    return id !== undefined && this.s.deleteTag.run(id, tag).changes > 0;
+    if (id === undefined) return false;
+    return this.db.transaction(() => {
+      const old = this.s.tag.get(id, tag)?.digest;
+      if (old === undefined || this.s.deleteTag.run(id, tag).changes === 0) return false;
+      this.refreshBelow(old);
+      return true;
+    })();
   }
 
   /** Remove a manifest from a repository together with every tag pointing at it. */
@@ -509,7 +582,9 @@ export class MetadataDb {
     if (id === undefined) return false;
     return this.db.transaction(() => {
       this.s.deleteTagsOf.run(id, digest);
-      return this.s.unlinkManifest.run(id, digest).changes > 0;
+      const gone = this.s.unlinkManifest.run(id, digest).changes > 0;
+      this.refreshBelow(digest);
+      return gone;
     })();
   }
 
@@ -569,6 +644,8 @@ export class MetadataDb {
       for (const r of m.refs) this.s.insertRef.run(m.digest, r.digest, r.kind);
       this.s.linkManifest.run(id, m.digest, 'cached', now, now);
       if (tag) this.s.upsertUpstreamTag.run(id, tag.name, tag.acceptKey, m.digest, now);
+      // New references from content something pushed may already reach (rare; cheap).
+      this.refreshBelow(m.digest);
     })();
   }
 
@@ -647,9 +724,44 @@ export class MetadataDb {
     })();
   }
 
-  /** Bytes of blobs that came from an upstream and nothing pushed needs (what cache.maxBytes bounds). */
+  /** Bytes of blobs that came from an upstream and nothing pushed needs (what cache.maxBytes bounds): the maintained counter. */
   cachedBytes(): number {
-    return this.s.cachedBytes.get()!.bytes;
+    return this.s.counter.get('cached_bytes')!.value;
+  }
+
+  /** The same, counted from the rows (a scan of every blob row: fsck and tests). */
+  cachedBytesScan(): number {
+    return this.s.cachedBytesScan.get()!.bytes;
+  }
+
+  /** Blob rows and their bytes (maintained counters). */
+  blobTotals(): { blobs: number; bytes: number } {
+    return { blobs: this.s.counter.get('blobs')!.value, bytes: this.s.counter.get('blob_bytes')!.value };
+  }
+
+  /**
+   * fsck: compare the `counted` flags and the counters with what the rows say (whole-store
+   * scans) and, with `repair`, fix them in one transaction. Returns what was wrong.
+   */
+  checkCounters(repair: boolean): { wrongFlags: number; counters: Array<{ name: string; stored: number; actual: number }> } {
+    return this.db.transaction(() => {
+      const wrong = this.s.countedWrong.all();
+      if (repair) for (const w of wrong) this.s.setCounted.run(w.counted ? 0 : 1, w.digest, w.counted ? 0 : 1);
+      const totals = this.s.blobTotals.get()!;
+      const bad: Array<{ name: string; stored: number; actual: number }> = [];
+      for (const name of ['blobs', 'blob_bytes', 'cached_bytes'] as const) {
+        // After a repair of the flags the triggers moved cached_bytes by the same amounts:
+        // compare against the rows as they now are.
+        const stored = this.s.counter.get(name)?.value;
+        let actual = totals[name];
+        if (name === 'cached_bytes' && !repair) actual = this.s.cachedBytesScan.get()!.bytes;
+        if (stored !== actual) {
+          bad.push({ name, stored: stored ?? Number.NaN, actual });
+          if (repair) this.s.setCounter.run(actual, name);
+        }
+      }
+      return { wrongFlags: wrong.length, counters: bad };
+    })();
   }
 
   /** Eviction candidates: cached images (roots in their repository) with their last access. */
@@ -665,6 +777,21 @@ export class MetadataDb {
       .map((r) => ({ repo: r.repo_id, digest: r.digest as Digest, lastAccess: r.last_access }));
   }
 
+  /**
+   * Set a blob row's `counted` flag (COUNTED_BLOBS membership) from its links and KEEP; the
+   * triggers move the counters. Inside the caller's transaction, after its link changes.
+   */
+  private refreshCounted(digest: string): void {
+    const want =
+      this.s.blobLinkedCached.get(digest) !== undefined && this.s.blobPushed.get(digest) === undefined && this.s.inKeep.get(digest) === undefined ? 1 : 0;
+    this.s.setCounted.run(want, digest, want);
+  }
+
+  /** refreshCounted for every blob a manifest reaches: KEEP changed at or above it. */
+  private refreshBelow(manifest: string): void {
+    for (const { d } of this.s.descendantBlobs.all(manifest)) this.refreshCounted(d);
+  }
+
   private isProtected(digest: string): boolean {
     return this.s.isProtected.get(digest) !== undefined;
   }
@@ -674,10 +801,13 @@ export class MetadataDb {
    * in-flight fill) does not claim it. Inside the caller's transaction.
    */
   private dropBlobIfUnused(digest: string, busy: (d: Digest) => boolean, out: Evicted['blobs']): void {
-    if (this.s.blobLinked.get(digest) || this.isProtected(digest) || busy(digest as Digest)) return;
+    if (this.s.blobLinked.get(digest) || this.isProtected(digest) || busy(digest as Digest)) {
+      this.refreshCounted(digest); // the row stays: its links changed
+      return;
+    }
     const row = this.s.blobRow.get(digest);
     if (!row) return;
-    this.s.deleteBlob.run(digest);
+    this.s.deleteBlob.run(digest); // the delete trigger takes it off the counters
     out.push({ digest: digest as Digest, size: row.size });
   }
 
@@ -740,7 +870,10 @@ export class MetadataDb {
   unlinkDanglingBlobs(pushedGraceMs: number): number {
     return this.db.transaction(() => {
       let n = 0;
-      for (const r of this.s.danglingLinks.all(Date.now() - pushedGraceMs)) n += this.s.unlinkById.run(r.repo_id, r.digest).changes;
+      for (const r of this.s.danglingLinks.all(Date.now() - pushedGraceMs)) {
+        n += this.s.unlinkById.run(r.repo_id, r.digest).changes;
+        this.refreshCounted(r.digest);
+      }
       return n;
     })();
   }
@@ -773,7 +906,11 @@ export class MetadataDb {
   deleteUnreferencedManifestContent(): number {
     return this.db.transaction(() => {
       let n = 0;
-      for (const r of this.s.unreferencedContent.all()) n += this.s.deleteContent.run(r.digest).changes;
+      for (const r of this.s.unreferencedContent.all()) {
+        const below = this.s.descendantBlobs.all(r.digest); // its references go with it (cascade)
+        n += this.s.deleteContent.run(r.digest).changes;
+        for (const { d } of below) this.refreshCounted(d);
+      }
       return n;
     })();
   }

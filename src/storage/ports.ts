@@ -425,6 +425,12 @@ export interface MetadataOps {
  * The metadata port. Drivers: local (src/storage/local/metadata.ts); a shared-storage
  * driver implements the same contract (test/storage/metadata-conformance.ts).
  */
+/** What a counter check found: rows whose counted flag was wrong, counters that differed from the rows. */
+export interface CounterCheck {
+  wrongFlags: number;
+  counters: Array<{ name: string; stored: number; actual: number }>;
+}
+
 export interface MetadataStore extends MetadataOps {
   /**
    * Run `fn` as one logical change: the calls it makes on `tx` commit together, or none
@@ -437,6 +443,12 @@ export interface MetadataStore extends MetadataOps {
    * transaction, as each method above is one logical change already.
    */
   transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts?: { dryRun?: boolean }): Promise<T>;
+  /**
+   * fsck, drivers that maintain counters (local: cached bytes, blob count and bytes): check
+   * them against the rows (whole-store scans) and, with `repair`, fix them in one
+   * transaction. Absent where counts are computed from the rows each time.
+   */
+  checkCounters?(repair: boolean): Promise<CounterCheck>;
   /** Liveness (/healthz): rejects when the store cannot answer. */
   ping(): Promise<void>;
   close(): Promise<void>;

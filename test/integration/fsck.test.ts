@@ -7,6 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import Database from 'better-sqlite3';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { http } from '../helpers/http.js';
 import type { Digest } from '../../src/registry/names.js';
@@ -86,6 +87,45 @@ test('fsck on healthy storage: every blob checked, no problems', async (t) => {
   const storage = path.join(s.dataDir, 'storage');
   const r = await fsck({ storage }, { repair: true });
   t.is(r.problems.length, 0);
+  t.is(r.counters, undefined, 'the maintained counters agree with the rows');
   t.is(r.checked, img.layers.length + 1);
   t.is(r.bytes, [...img.layers, img.config].reduce((n, b) => n + b.size, 0));
+});
+
+test('fsck checks the maintained counters (cached bytes, blob count) against the rows; --repair sets them right', async (t) => {
+  const fake = await startFake(t);
+  const img = sampleImage('fsck-counters');
+  fake.addImage('team/app', img, 'v1');
+  const config = { upstreams: { [UP]: upstreamEntry(fake) }, defaultUpstream: UP };
+  const s = await startServer(t, config);
+  for (const b of img.layers) {
+    t.is((await http('GET', `${s.url}/v2/team/app/blobs/${b.digest}`)).status, 200);
+    await waitFor(() => stored(s, b.digest), 10_000, 'cached blob committed');
+  }
+  const cachedBytes = img.layers.reduce((n, b) => n + b.size, 0);
+  t.is(s.db().cachedBytes(), cachedBytes);
+  await s.app.close();
+  const storage = path.join(s.dataDir, 'storage');
+  t.is((await fsck({ storage }, { repair: false })).counters, undefined, 'consistent after real pulls');
+
+  // Drift, as a bug or a hand edit could leave it.
+  const raw = new Database(path.join(storage, 'regmirror.db'));
+  raw.prepare("UPDATE counters SET value = value + 1000 WHERE name IN ('cached_bytes', 'blobs')").run();
+  raw.close();
+  const found = await fsck({ storage }, { repair: false });
+  t.deepEqual(found.counters, {
+    wrongFlags: 0,
+    counters: [
+      { name: 'blobs', stored: img.layers.length + 1000, actual: img.layers.length },
+      { name: 'cached_bytes', stored: cachedBytes + 1000, actual: cachedBytes },
+    ],
+    repaired: false,
+  });
+  const configFile = path.join(s.dataDir, 'regmirror.json');
+  await fs.writeFile(configFile, JSON.stringify({ storage, ...config }));
+  const err = (await t.throwsAsync(execFileP(process.execPath, ['dist/cli.js', 'fsck', '--config', configFile]))) as Error & { code?: number };
+  t.is(err.code, 1, 'the CLI exits 1 while a counter is wrong');
+  const fixed = JSON.parse((await execFileP(process.execPath, ['dist/cli.js', 'fsck', '--repair', '--config', configFile])).stdout) as { counters?: { repaired: boolean } };
+  t.is(fixed.counters?.repaired, true);
+  t.is((await fsck({ storage }, { repair: false })).counters, undefined, 'right after the repair');
 });

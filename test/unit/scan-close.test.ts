@@ -1,7 +1,7 @@
 /**
  * Closing the local store while a whole-store scan runs in the scan worker (scan.ts): the
  * scan is abandoned, not awaited and not rerun inline, so shutdown right after an
- * eviction pass does not wait a minute for a count at a million blobs. The slow count is
+ * eviction pass does not wait a minute for a candidate scan at a million blobs. The slow scan is
  * injected (test/fixtures/slow-scan-worker.ts): seconds inside native SQLite.
  */
 import { createHash } from 'node:crypto';
@@ -14,14 +14,14 @@ import { MetadataDb } from '../../src/storage/db.js';
 import { LocalMetadataStore } from '../../src/storage/local/metadata.js';
 import { waitFor } from '../helpers/tools.js';
 
-test('close does not wait for a count in progress in the scan worker, and abandons it', async (t) => {
+test('close does not wait for a scan in progress in the scan worker, and abandons it', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-scan-close-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'regmirror.db');
   const db = new MetadataDb(file);
   const store = new LocalMetadataStore(db, new URL('../fixtures/slow-scan-worker.js', import.meta.url));
 
-  const counting = store.cachedBytes();
+  const counting = store.cachedImages();
   counting.catch(() => undefined); // asserted below, after close
   // The worker starts on first use and then enters the slow query; generous on a busy machine.
   await waitFor(() => (fs.existsSync(`${file}.scan-started`) ? true : undefined), 60_000, 'the slow scan to start');
@@ -54,8 +54,8 @@ test('the whole-store scans call scan_alive per row, where the scan worker can b
     calls++;
     return 1;
   });
-  t.is(db.cachedBytes(), 400);
-  t.true(calls >= 4, `cachedBytes: ${calls} calls`);
+  t.is(db.cachedBytesScan(), 400);
+  t.true(calls >= 4, `cachedBytesScan: ${calls} calls`);
   calls = 0;
   t.is(db.cachedImages().length, 1);
   t.true(calls >= 1, `cachedImages: ${calls} calls`);

@@ -22,6 +22,7 @@ import type { Digest, RepoName } from '../../registry/names.js';
 import type { MetadataDb } from '../db.js';
 import { ScanReader } from './scan.js';
 import type {
+  CounterCheck,
   Evicted,
   EvictionCandidate,
   ManifestMeta,
@@ -202,9 +203,10 @@ class LocalOps implements MetadataOps {
   // Whole-store scans: on the store itself, in the scan worker (committed state, which is
   // what the store sees outside a transaction); on a transaction handle, inline, so they
   // see the transaction's own changes.
+  // Cached bytes is a maintained counter (db.ts v7): one row read, no scan.
   async cachedBytes(): Promise<number> {
     for (let w = this.enter(); w; w = this.enter()) await w;
-    return this.scans ? this.scans.run('cachedBytes', [], () => this.db.cachedBytes()) : this.db.cachedBytes();
+    return this.db.cachedBytes();
   }
 
   async cachedImages(): Promise<EvictionCandidate[]> {
@@ -299,6 +301,11 @@ export class LocalMetadataStore extends LocalOps implements MetadataStore, Uploa
       this.db.txContext.disable();
       release();
     }
+  }
+
+  async checkCounters(repair: boolean): Promise<CounterCheck> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    return this.db.checkCounters(repair);
   }
 
   async ping(): Promise<void> {

@@ -9,7 +9,6 @@ import type { ScanOp, ScanReply, ScanRequest } from './scan.js';
 
 const db = new MetadataDb((workerData as { file: string }).file); // already migrated: a no-op
 const ops: { [K in ScanOp]: (...args: never[]) => unknown } = {
-  cachedBytes: () => db.cachedBytes(),
   cachedImages: () => db.cachedImages(),
   looseBlobs: (before: number) => db.looseBlobs(before),
 };

@@ -1,5 +1,5 @@
 /**
- * Whole-store read queries (eviction's cached bytes and candidates) off the event loop.
+ * Whole-store read queries (eviction's candidates) off the event loop.
  * Each is a scan of every blob or manifest row: about a second per million rows on a busy
  * machine, during which a synchronous query on the main connection would stall every
  * request (bench/scale.mjs). They run on a second connection in a worker thread instead,
@@ -8,7 +8,7 @@
  */
 import { Worker } from 'node:worker_threads';
 
-export type ScanOp = 'cachedBytes' | 'cachedImages' | 'looseBlobs';
+export type ScanOp = 'cachedImages' | 'looseBlobs';
 export interface ScanRequest {
   id: number;
   op: ScanOp;
