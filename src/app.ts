@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -104,7 +105,10 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   // Shared storage: one upstream fetch per digest across replicas (fill leases). The local
   // driver skips this entirely: no lease round trip, today's single flight only.
   const cluster =
-    config.store.driver === 'shared' ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' })) : null;
+    config.store.driver === 'shared'
+      ? new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' }), path.join(paths.root, 'relay'))
+      : null;
+  await cluster?.recover();
   if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);
   pull.access = lastAccess;
