@@ -277,6 +277,25 @@ async function head(replicas) {
   return { reqPerSec: Math.round(ok / ((Date.now() - t0) / 1000)), non200: bad, p99ms: +(lat[Math.floor(lat.length * 0.99)] ?? 0).toFixed(1) };
 }
 
+/** Waits (bounded) until no replica has a fill in progress (regmirror_blob_fills_inflight). */
+async function settled(replicas, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  const inflight = (base) =>
+    new Promise((resolve) => {
+      http
+        .get(`${base}/metrics`, (res) => {
+          let s = '';
+          res.setEncoding('utf8').on('data', (c) => (s += c)).on('end', () => resolve(Number(/^regmirror_blob_fills_inflight (\d+)$/m.exec(s)?.[1] ?? 0)));
+        })
+        .on('error', () => resolve(0));
+    });
+  for (let i = 0; i < 3000 && Date.now() < deadline; i++) {
+    if ((await Promise.all(replicas.map((r) => inflight(r.base)))).every((n) => n === 0)) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  log('fills still in progress after 30 s; measuring anyway');
+}
+
 /** One request to the timing child (bench/ttfb-client.mjs) and its answer. */
 function ask(entry, msg, timeoutMs = SCENARIO_MS) {
   return new Promise((resolve, reject) => {
@@ -307,6 +326,8 @@ async function ttfb(replicas, img) {
   try {
     await ask(client, { cmd: 'open', owner: owner.base, other: other.base }, 30_000);
     for (const d of img.extra) {
+      // The previous run's commits (and relays' waits for them) finish first: each run starts idle.
+      await settled(replicas);
       const r = await ask(client, { cmd: 'run', path: `/v2/${REPO}/blobs/${d.digest}`, size: d.size, digest: d.digest });
       runs.push({ ownerMs: r.ownerMs, otherMs: r.otherMs, ok: r.ok, ownerLagMaxMs: r.lag.maxMs, ownerLagP99Ms: r.lag.p99Ms, ownerLagMeanMs: r.lag.meanMs, load: +os.loadavg()[0].toFixed(2) });
     }
@@ -320,7 +341,7 @@ async function ttfb(replicas, img) {
     runs,
     ownerMedianMs: med((r) => r.ownerMs),
     otherMedianMs: med((r) => r.otherMs),
-    gapMedianMs: med((r) => +(r.otherMs - r.ownerMs).toFixed(1)),
+    gapMedianMs: +med((r) => r.otherMs - r.ownerMs).toFixed(1),
     ownerLagMaxMedianMs: med((r) => r.ownerLagMaxMs),
     allOk: runs.every((r) => r.ok),
   };
