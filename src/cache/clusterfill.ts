@@ -170,6 +170,7 @@ export class ClusterFills {
   /** Remove spool files a previous process of this replica left behind (they are never committed). */
   async recover(): Promise<void> {
     await fs.rm(this.spoolDir, { recursive: true, force: true });
+    await fs.mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
   }
 
   /**

@@ -175,7 +175,12 @@ class Spool {
   ) {
     this.hash = new HashingCounter(opts.algorithm);
     // Exclusive create with owner-only rights: a fresh random name, never someone else's file.
-    this.fh = fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 }).then(() => fs.open(file, 'wx+', 0o600));
+    this.fh = fs.open(file, 'wx+', 0o600).catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+      // The directory is made at start (ClusterFills.recover); again if it was removed since.
+      await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      return fs.open(file, 'wx+', 0o600);
+    });
     this.fh.catch(() => undefined);
   }
 
@@ -201,6 +206,10 @@ class Spool {
   }
 
   async flush(): Promise<void> {
+    // The fill's first flush comes before a relay's first byte can go out: do not put the
+    // file's creation on that path (time to first byte); a failure to create it fails the
+    // first write instead, and so the fill.
+    if (this.received === 0) return;
     await this.fh;
     await this.chain;
     if (this.failed) throw this.error;
