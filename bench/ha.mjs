@@ -73,6 +73,8 @@ const UPSTREAM_MBPS = envNum('BENCH_HA_UPSTREAM_MBPS', 100, 0, 10_000);
 const TIMEOUT_S = envNum('BENCH_HA_TIMEOUT', 420, 30, 3600);
 /** Only the TTFB phase (A/B runs of the non-owner's time to first byte); writes <date>-ha-ttfb.json, not latest-ha.md. */
 const TTFB_ONLY = process.env.BENCH_HA_TTFB_ONLY === '1';
+/** Idle time between TTFB runs after every fill ended (BENCH_HA_TTFB_PAUSE_MS). */
+const TTFB_PAUSE_MS = envNum('BENCH_HA_TTFB_PAUSE_MS', 1000, 0, 10_000);
 const ONLY = (process.env.BENCH_HA_ONLY || 'local-1,shared-1,shared-3').split(',').map((s) => s.trim());
 const RESULTS = process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results');
 /** BENCH_HA_CLI: another build's cli.js (A/B of two builds in one run). */
@@ -328,6 +330,10 @@ async function ttfb(replicas, img) {
     for (const d of img.extra) {
       // The previous run's commits (and relays' waits for them) finish first: each run starts idle.
       await settled(replicas);
+      // Then a pause, so the previous fill's after-work (garbage collection of its buffers, the
+      // stage's clean-up) does not land in this run's window: without it a build whose fills
+      // end sooner (relays not committing) measured the owner's leftovers (ttfb-nonowner-3.md).
+      if (TTFB_PAUSE_MS > 0) await new Promise((r) => setTimeout(r, TTFB_PAUSE_MS));
       const r = await ask(client, { cmd: 'run', path: `/v2/${REPO}/blobs/${d.digest}`, size: d.size, digest: d.digest });
       runs.push({ ownerMs: r.ownerMs, otherMs: r.otherMs, ok: r.ok, ownerLagMaxMs: r.lag.maxMs, ownerLagP99Ms: r.lag.p99Ms, ownerLagMeanMs: r.lag.meanMs, load: +os.loadavg()[0].toFixed(2) });
     }
