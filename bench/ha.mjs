@@ -36,6 +36,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { ttfb } from './ha-ttfb.mjs';
 import { fetchVerified, pullImage } from './pullclient.mjs';
 import {
   CLK_TCK,
@@ -51,7 +52,6 @@ import {
   genBuffer,
   installExitHandlers,
   log,
-  median,
   pidCpuTicks,
   sha256,
   startProcess,
@@ -279,80 +279,6 @@ async function head(replicas) {
   return { reqPerSec: Math.round(ok / ((Date.now() - t0) / 1000)), non200: bad, p99ms: +(lat[Math.floor(lat.length * 0.99)] ?? 0).toFixed(1) };
 }
 
-/** Waits (bounded) until no replica has a fill in progress (regmirror_blob_fills_inflight). */
-async function settled(replicas, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  const inflight = (base) =>
-    new Promise((resolve) => {
-      http
-        .get(`${base}/metrics`, (res) => {
-          let s = '';
-          res.setEncoding('utf8').on('data', (c) => (s += c)).on('end', () => resolve(Number(/^regmirror_blob_fills_inflight (\d+)$/m.exec(s)?.[1] ?? 0)));
-        })
-        .on('error', () => resolve(0));
-    });
-  for (let i = 0; i < 3000 && Date.now() < deadline; i++) {
-    if ((await Promise.all(replicas.map((r) => inflight(r.base)))).every((n) => n === 0)) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  log('fills still in progress after 30 s; measuring anyway');
-}
-
-/** One request to the timing child (bench/ttfb-client.mjs) and its answer. */
-function ask(entry, msg, timeoutMs = SCENARIO_MS) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => (entry.child.off('message', on), reject(new Error(`ttfb client: no answer to ${msg.cmd} in ${timeoutMs} ms`))), timeoutMs);
-    const on = (m) => {
-      clearTimeout(timer);
-      entry.child.off('message', on);
-      if (m.ok) resolve(m);
-      else reject(new Error(`ttfb client: ${m.error}`));
-    };
-    entry.child.on('message', on);
-    entry.child.send(msg);
-  });
-}
-
-/**
- * Per extra blob: the owner's GET starts the fill; at its first byte, the same blob from
- * another replica (or again from the same one). Timed by a child process with connections
- * opened beforehand (bench/ttfb-client.mjs), not in this process, which paces the upstream.
- */
-async function ttfb(replicas, img) {
-  const owner = replicas[0];
-  const other = replicas[1] ?? replicas[0];
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-bench-ttfb-'));
-  tempDirs.push(dir);
-  const client = startProcess('ttfb-client', process.execPath, [path.join(HERE, 'ttfb-client.mjs')], path.join(dir, 'client.log'), { ipc: true });
-  const runs = [];
-  try {
-    await ask(client, { cmd: 'open', owner: owner.base, other: other.base }, 30_000);
-    for (const d of img.extra) {
-      // The previous run's commits (and relays' waits for them) finish first: each run starts idle.
-      await settled(replicas);
-      // Then a pause, so the previous fill's after-work (garbage collection of its buffers, the
-      // stage's clean-up) does not land in this run's window: without it a build whose fills
-      // end sooner (relays not committing) measured the owner's leftovers (ttfb-nonowner-3.md).
-      if (TTFB_PAUSE_MS > 0) await new Promise((r) => setTimeout(r, TTFB_PAUSE_MS));
-      const r = await ask(client, { cmd: 'run', path: `/v2/${REPO}/blobs/${d.digest}`, size: d.size, digest: d.digest });
-      runs.push({ ownerMs: r.ownerMs, otherMs: r.otherMs, ok: r.ok, ownerLagMaxMs: r.lag.maxMs, ownerLagP99Ms: r.lag.p99Ms, ownerLagMeanMs: r.lag.meanMs, load: +os.loadavg()[0].toFixed(2) });
-    }
-  } finally {
-    client.child.send({ cmd: 'exit' });
-    await stopProcess(client);
-  }
-  const med = (f) => median(runs.map(f).filter((x) => x !== null));
-  return {
-    otherIs: other === owner ? 'a second GET on the same replica' : 'replica 1 (not the fill owner)',
-    runs,
-    ownerMedianMs: med((r) => r.ownerMs),
-    otherMedianMs: med((r) => r.otherMs),
-    gapMedianMs: +med((r) => r.otherMs - r.ownerMs).toFixed(1),
-    ownerLagMaxMedianMs: med((r) => r.ownerLagMaxMs),
-    allOk: runs.every((r) => r.ok),
-  };
-}
-
 // ---- main ------------------------------------------------------------------------------
 
 const CONFIGS = [
@@ -409,7 +335,7 @@ async function main() {
       r.head = await head(replicas);
       log(`${c.name}: manifest HEAD ${r.head.reqPerSec} req/s`);
     }
-    r.ttfb = await ttfb(replicas, img);
+    r.ttfb = await ttfb(replicas, img, { repo: REPO, scenarioMs: SCENARIO_MS, pauseMs: TTFB_PAUSE_MS });
     log(`${c.name}: TTFB owner ${r.ttfb.ownerMedianMs} ms, other ${r.ttfb.otherMedianMs} ms, gap ${r.ttfb.gapMedianMs} ms, owner lag max ${r.ttfb.ownerLagMaxMedianMs} ms (load ${os.loadavg()[0].toFixed(2)})`);
     configs.push(r);
     for (const x of replicas) await stopProcess(x.entry);
