@@ -20,7 +20,7 @@
  *   warm      blob GET throughput (BENCH_HA_CONNS connections per replica, rotating over
  *             the layers, BENCH_HA_SECONDS) and the replicas' CPU seconds per GB served.
  *   head      manifest HEAD by tag, 32 connections per replica (autocannon), req/s.
- *   ttfb      per extra blob: a GET on replica 0 starts the fill (the owner); as soon as its
+ *   ttfb      (timed in a child process, bench/ttfb-client.mjs) per extra blob: a GET on replica 0 starts the fill (the owner); as soon as its
  *             first byte arrives, a GET on replica 1 (shared-3) or a second GET on the same
  *             replica (1-replica configs); time to first byte of each, median over runs.
  * Writes bench/results/<YYYY-MM-DD>-ha.json and bench/results/latest-ha.md.
@@ -28,14 +28,15 @@
  * Settings (env): BENCH_HA_LAYERS (4), BENCH_HA_LAYER_MIB (16), BENCH_HA_CLIENTS (8),
  * BENCH_HA_SECONDS (5), BENCH_HA_CONNS (4), BENCH_HA_TTFB_RUNS (7), BENCH_HA_UPSTREAM_MBPS
  * (100; 0 = unpaced), BENCH_HA_ONLY (local-1,shared-1,shared-3), BENCH_HA_TIMEOUT (420 s hard
- * limit for the whole run), BENCH_KEEP=1, BENCH_RESULTS_DIR, BENCH_HA_LOG_LEVEL (warn; debug:
+ * limit for the whole run), BENCH_HA_TTFB_ONLY=1 (only the ttfb phase; JSON to BENCH_HA_OUT under the results dir), BENCH_KEEP=1, BENCH_RESULTS_DIR, BENCH_HA_LOG_LEVEL (warn; debug:
  * the replicas' server.log show where a non-owner's time to first byte goes). Only 127.0.0.1 is contacted.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { ttfb } from './ha-ttfb.mjs';
 import { fetchVerified, pullImage } from './pullclient.mjs';
 import {
   CLK_TCK,
@@ -51,7 +52,6 @@ import {
   genBuffer,
   installExitHandlers,
   log,
-  median,
   pidCpuTicks,
   sha256,
   startProcess,
@@ -68,12 +68,17 @@ const LAYER_MIB = envNum('BENCH_HA_LAYER_MIB', 16, 1, 256);
 const CLIENTS = envNum('BENCH_HA_CLIENTS', 8, 1, 32);
 const SECONDS = envNum('BENCH_HA_SECONDS', 5, 1, 60);
 const CONNS = envNum('BENCH_HA_CONNS', 4, 1, 32);
-const TTFB_RUNS = envNum('BENCH_HA_TTFB_RUNS', 7, 1, 10);
+const TTFB_RUNS = envNum('BENCH_HA_TTFB_RUNS', 7, 1, 40);
 const UPSTREAM_MBPS = envNum('BENCH_HA_UPSTREAM_MBPS', 100, 0, 10_000);
 const TIMEOUT_S = envNum('BENCH_HA_TIMEOUT', 420, 30, 3600);
+/** Only the TTFB phase (A/B runs of the non-owner's time to first byte); writes <date>-ha-ttfb.json, not latest-ha.md. */
+const TTFB_ONLY = process.env.BENCH_HA_TTFB_ONLY === '1';
+/** Idle time between TTFB runs after every fill ended (BENCH_HA_TTFB_PAUSE_MS). */
+const TTFB_PAUSE_MS = envNum('BENCH_HA_TTFB_PAUSE_MS', 1000, 0, 10_000);
 const ONLY = (process.env.BENCH_HA_ONLY || 'local-1,shared-1,shared-3').split(',').map((s) => s.trim());
 const RESULTS = process.env.BENCH_RESULTS_DIR || path.join(HERE, 'results');
-const CLI = path.join(ROOT, 'dist', 'cli.js');
+/** BENCH_HA_CLI: another build's cli.js (A/B of two builds in one run). */
+const CLI = process.env.BENCH_HA_CLI || path.join(ROOT, 'dist', 'cli.js');
 const REPO = 'bench/ha';
 const SCENARIO_MS = 120_000;
 
@@ -274,55 +279,6 @@ async function head(replicas) {
   return { reqPerSec: Math.round(ok / ((Date.now() - t0) / 1000)), non200: bad, p99ms: +(lat[Math.floor(lat.length * 0.99)] ?? 0).toFixed(1) };
 }
 
-/** GET `url`; `onFirstByte` fires at the first body byte; resolves with ms to first byte and whether sha256 + size matched. */
-function timedGet(url, expect, onFirstByte = () => {}, agent = false) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const req = http.get(url, { agent }, (res) => {
-      const h = createHash('sha256');
-      let first = null;
-      let n = 0;
-      res.on('data', (c) => {
-        if (first === null) {
-          first = performance.now() - t0;
-          onFirstByte();
-        }
-        h.update(c);
-        n += c.length;
-      });
-      res.on('end', () => {
-        clearTimeout(timer);
-        resolve({ firstByteMs: first, ok: res.statusCode === 200 && n === expect.size && `sha256:${h.digest('hex')}` === expect.digest });
-      });
-      res.on('error', reject);
-    });
-    const timer = setTimeout(() => req.destroy(new Error(`GET ${url}: no answer in ${SCENARIO_MS} ms`)), SCENARIO_MS);
-    req.on('error', (e) => (clearTimeout(timer), reject(e)));
-  });
-}
-
-/** Per extra blob: the owner's GET starts the fill; at its first byte, the same blob from another replica (or again from the same one). */
-async function ttfb(replicas, img) {
-  const owner = replicas[0];
-  const other = replicas[1] ?? replicas[0];
-  // Connections opened beforehand (one idle keep-alive socket per replica): a TCP connect from
-  // this busy process (it also serves the paced upstream) is not the replica's time.
-  const agents = new Map([owner, other].map((r) => [r, new http.Agent({ keepAlive: true, maxSockets: 2 })]));
-  for (const [r, agent] of agents) await new Promise((ok, fail) => http.get(`${r.base}/v2/`, { agent }, (res) => res.resume().on('end', ok)).on('error', fail));
-  const runs = [];
-  for (const d of img.extra) {
-    let joiner;
-    const first = timedGet(`${owner.base}/v2/${REPO}/blobs/${d.digest}`, d, () => {
-      joiner = timedGet(`${other.base}/v2/${REPO}/blobs/${d.digest}`, d, undefined, agents.get(other));
-    }, agents.get(owner));
-    const a = await first;
-    const b = await joiner;
-    runs.push({ ownerMs: +a.firstByteMs.toFixed(1), otherMs: +b.firstByteMs.toFixed(1), ok: a.ok && b.ok });
-  }
-  for (const agent of agents.values()) agent.destroy();
-  return { otherIs: other === owner ? 'a second GET on the same replica' : 'replica 1 (not the fill owner)', runs, ownerMedianMs: median(runs.map((r) => r.ownerMs)), otherMedianMs: median(runs.map((r) => r.otherMs)), allOk: runs.every((r) => r.ok) };
-}
-
 // ---- main ------------------------------------------------------------------------------
 
 const CONFIGS = [
@@ -333,7 +289,8 @@ const CONFIGS = [
 
 function markdown(out) {
   const rows = out.configs;
-  const col = (f) => rows.map((r) => f(r)).join(' | ');
+  // A phase skipped (BENCH_HA_TTFB_ONLY) shows as '-'.
+  const col = (f) => rows.map((r) => { try { return f(r) ?? '-'; } catch { return '-'; } }).join(' | ');
   return [
     `# HA benchmark (${out.date})`,
     '',
@@ -351,8 +308,11 @@ function markdown(out) {
     `| manifest HEAD p99, ms | ${col((r) => r.head.p99ms)} |`,
     `| TTFB, fill owner, median ms | ${col((r) => r.ttfb.ownerMedianMs)} |`,
     `| TTFB, other request (see below), median ms | ${col((r) => r.ttfb.otherMedianMs)} |`,
+    `| TTFB other minus owner, median of runs, ms | ${col((r) => r.ttfb.gapMedianMs)} |`,
+    `| owner event-loop lag max during the TTFB window, median ms | ${col((r) => r.ttfb.ownerLagMaxMedianMs)} |`,
     '',
     'TTFB "other": on shared-3 a GET on replica 1 while replica 0 fills (the non-owner); on 1-replica configs a second GET on the same replica (a joiner).',
+    'TTFB is timed by a child process (bench/ttfb-client.mjs) on connections opened beforehand; event-loop lag from the owner\'s /metrics (prom-client, 10 ms resolution) between just before its GET and just after the other\'s first byte.',
     '',
   ].join('\n');
 }
@@ -367,14 +327,16 @@ async function main() {
     log(`${c.name}: starting ${c.count} replica(s)`);
     const replicas = await startReplicas(c.kind, c.count, up.base, engines);
     const r = { name: c.name, replicas: c.count };
-    r.cold8 = await cold8(replicas, img, up);
-    log(`${c.name}: cold ${CLIENTS}-client pull ${r.cold8.seconds} s, upstream ${r.cold8.upstreamX}x the image, failures ${r.cold8.failures.length}`);
-    r.warm = await warm(replicas, img);
-    log(`${c.name}: warm blob GET ${r.warm.MBps} MB/s, ${r.warm.cpuSecondsPerGB} CPU s/GB`);
-    r.head = await head(replicas);
-    log(`${c.name}: manifest HEAD ${r.head.reqPerSec} req/s`);
-    r.ttfb = await ttfb(replicas, img);
-    log(`${c.name}: TTFB owner ${r.ttfb.ownerMedianMs} ms, other ${r.ttfb.otherMedianMs} ms`);
+    if (!TTFB_ONLY) {
+      r.cold8 = await cold8(replicas, img, up);
+      log(`${c.name}: cold ${CLIENTS}-client pull ${r.cold8.seconds} s, upstream ${r.cold8.upstreamX}x the image, failures ${r.cold8.failures.length}`);
+      r.warm = await warm(replicas, img);
+      log(`${c.name}: warm blob GET ${r.warm.MBps} MB/s, ${r.warm.cpuSecondsPerGB} CPU s/GB`);
+      r.head = await head(replicas);
+      log(`${c.name}: manifest HEAD ${r.head.reqPerSec} req/s`);
+    }
+    r.ttfb = await ttfb(replicas, img, { repo: REPO, scenarioMs: SCENARIO_MS, pauseMs: TTFB_PAUSE_MS });
+    log(`${c.name}: TTFB owner ${r.ttfb.ownerMedianMs} ms, other ${r.ttfb.otherMedianMs} ms, gap ${r.ttfb.gapMedianMs} ms, owner lag max ${r.ttfb.ownerLagMaxMedianMs} ms (load ${os.loadavg()[0].toFixed(2)})`);
     configs.push(r);
     for (const x of replicas) await stopProcess(x.entry);
   }
@@ -382,11 +344,14 @@ async function main() {
   const date = new Date().toISOString().slice(0, 10);
   const out = { date, settings: { LAYERS, LAYER_MIB, CLIENTS, SECONDS, CONNS, TTFB_RUNS, UPSTREAM_MBPS }, loadBefore, configs };
   fs.mkdirSync(RESULTS, { recursive: true });
-  fs.writeFileSync(path.join(RESULTS, `${date}-ha.json`), `${JSON.stringify(out, null, 2)}\n`);
   const md = markdown(out);
-  fs.writeFileSync(path.join(RESULTS, 'latest-ha.md'), md);
+  if (TTFB_ONLY) fs.writeFileSync(path.join(RESULTS, process.env.BENCH_HA_OUT || `${date}-ha-ttfb.json`), `${JSON.stringify(out, null, 2)}\n`);
+  else {
+    fs.writeFileSync(path.join(RESULTS, `${date}-ha.json`), `${JSON.stringify(out, null, 2)}\n`);
+    fs.writeFileSync(path.join(RESULTS, 'latest-ha.md'), md);
+  }
   console.log(md);
-  const failed = configs.some((r) => r.cold8.failures.length > 0 || !r.ttfb.allOk || r.warm.errors > 0);
+  const failed = configs.some((r) => (r.cold8?.failures.length ?? 0) > 0 || !r.ttfb.allOk || (r.warm?.errors ?? 0) > 0);
   if (failed) log('some pulls failed or got wrong bytes: see the JSON');
   return failed ? 1 : 0;
 }

@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -122,7 +123,8 @@ export async function buildApp(config: Config, opts: BuildOptions = {}): Promise
   let cluster: ClusterFills | null = null;
   if (config.store.driver === 'shared') {
     const { ClusterFills } = await import('./cache/clusterfill.js');
-    cluster = new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' }));
+    cluster = new ClusterFills(storage.coordination, blobs, fills, config.cluster, logger.child({ component: 'cluster-fill' }), path.join(paths.root, 'relay'));
+    await cluster.recover();
   }
   if (cluster) pull.coordinateFills = (digest, source) => cluster.source(digest, source);
   const lastAccess = new AccessRecorder(meta);

@@ -17,11 +17,16 @@
  * everything it receives and withholds the last byte from its clients until the digest
  * matched (fill.ts), on top of the owner's own withholding. So a non-owner verifies
  * locally, whatever the peer sends; a broken peer stream aborts transfers, never passes
- * wrong bytes. The non-owner commits too (a commit of a stored digest only links it).
+ * wrong bytes. A non-owner writes nothing to the object store (cache/relaystage.ts: a local
+ * spool for its slow readers; its commit waits for the owner's), unless the owner dies
+ * and this replica takes the lease: then it uploads what it spooled and commits.
  *
  * The local driver never gets here (one replica: the FillManager's single flight is all).
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { Agent, request } from 'undici';
 import type { ClusterConfig } from '../config/schema.js';
@@ -30,6 +35,7 @@ import type { Digest } from '../registry/names.js';
 import { type Coordination, keepRenewed } from '../storage/coordination.js';
 import type { BlobBody, BlobStore } from '../storage/ports.js';
 import type { BlobFill, FillManager, FillSource } from './fill.js';
+import { ClusterStage } from './relaystage.js';
 
 /** Path of the internal endpoint (http/internal.ts) on every replica. */
 export const INTERNAL_FILLS_PATH = '/internal/fills';
@@ -64,6 +70,8 @@ export class ClusterFills {
     private readonly fills: FillManager,
     cluster: ClusterConfig,
     private readonly log: Logger,
+    /** Local directory for relayed fills' spool files (never the object store). */
+    private readonly spoolDir: string = path.join(os.tmpdir(), `regmirror-relay-${process.pid}`),
   ) {
     this.advertised = cluster.advertiseUrl;
     this.secret = cluster.secret === null ? null : Buffer.from(cluster.secret);
@@ -102,10 +110,23 @@ export class ClusterFills {
   source(digest: Digest, upstream: FillSource): FillSource {
     const name = `fill:${digest}`;
     let held: { stop(): void } | null = null;
+    let stage: ClusterStage | null = null;
+    /** Where the bytes of this open go: upstream bytes are stored here, others only relayed. */
+    const route = (opened: Opened, fromUpstream: boolean): Opened => {
+      if (!fromUpstream) stage?.useRelay();
+      else if (stage?.mode === 'relay') stage.mustStore = true; // took over from a dead owner
+      else stage?.useStore();
+      return opened;
+    };
+    const ourLease = async (offset: number): Promise<Opened> => {
+      const stored = await this.openStored(digest, offset);
+      return stored ? route(stored, false) : route(await upstream.open(offset), true);
+    };
     return {
+      stage: (opts) => (stage = new ClusterStage(this.blobs, opts, this.spoolDir, { awaitOwnerCommit: (d) => this.awaitOwnerCommit(d, name, () => (held ??= this.heartbeat(name, this.owner, digest))) })),
       open: async (offset) => {
         // Our lease: resume from the upstream as before (unless the blob got committed meanwhile).
-        if (held) return (await this.openStored(digest, offset)) ?? upstream.open(offset);
+        if (held) return ourLease(offset);
         const deadline = Date.now() + WAIT_FOR_OWNER_MS;
         // Where a non-owner's time to first byte goes (debug level; bench/ha.mjs BENCH_HA_LOG_LEVEL).
         const t0 = performance.now();
@@ -119,7 +140,7 @@ export class ClusterFills {
             held = this.heartbeat(name, owner, digest);
             // The previous holder may have committed and released it since our lookup missed
             // (one row lookup): serve that instead of fetching the blob a second time.
-            return (await this.openStored(digest, offset)) ?? upstream.open(offset);
+            return ourLease(offset);
           }
           const holder = claim.holder ?? (await this.coordination.leaseHolder(name));
           const url = holder ? parseFillOwner(holder.owner).url : null;
@@ -129,11 +150,11 @@ export class ClusterFills {
               return null;
             });
             lap(peer ? 'peer answered' : 'peer has no fill');
-            if (peer) return peer;
+            if (peer) return route(peer, false);
           }
           // The owner cannot be reached or its fill ended: the blob may be in the store now.
           const stored = await this.openStored(digest, offset);
-          if (stored) return stored;
+          if (stored) return route(stored, false);
           if (Date.now() > deadline) throw new RegistryError('UNAVAILABLE', 'another replica is still fetching this blob; retry', { status: 503 });
           if (holder) await new Promise((r) => setTimeout(r, Math.min(POLL_MS, this.ttlMs / 4)));
         }
@@ -144,6 +165,38 @@ export class ClusterFills {
 
   close(): Promise<void> {
     return this.agent.close();
+  }
+
+  /** Remove spool files a previous process of this replica left behind (they are never committed). */
+  async recover(): Promise<void> {
+    await fs.rm(this.spoolDir, { recursive: true, force: true });
+    await fs.mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
+  }
+
+  /**
+   * A relayed fill verified its bytes: wait for the owner's commit of them. When nobody
+   * holds the lease any more without the blob stored (the owner failed or died after
+   * sending everything), take it (`take`: renewed until the fill settles) and commit here.
+   */
+  private async awaitOwnerCommit(digest: Digest, name: string, take: () => void): Promise<'stored' | 'store'> {
+    const deadline = Date.now() + WAIT_FOR_OWNER_MS;
+    for (;;) {
+      if (await this.blobs.stat(digest)) return 'stored';
+      const holder = await this.coordination.leaseHolder(name);
+      if (!holder) {
+        const claim = await this.coordination.claimLease(name, this.owner, this.ttlMs);
+        if (claim.grant) {
+          // Ours now: renewed until the fill settles, then released, like an owner's.
+          take();
+          // The owner may have committed between the stat and the claim.
+          if (await this.blobs.stat(digest)) return 'stored';
+          this.log.info({ digest }, 'the fill owner ended without committing; committing the relayed copy here');
+          return 'store';
+        }
+      }
+      if (Date.now() > deadline) throw new RegistryError('UNAVAILABLE', 'the replica filling this blob did not commit it; retry', { status: 503 });
+      await new Promise((r) => setTimeout(r, Math.min(POLL_MS, this.ttlMs / 4)));
+    }
   }
 
   /** Renew every third of the TTL while the fill runs; release when it ends. */

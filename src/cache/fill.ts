@@ -20,7 +20,7 @@ import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { RegistryError, insufficientStorage } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
-import type { BlobStore, BlobWriter, PositionalReader } from '../storage/ports.js';
+import type { BlobStore, BlobWriter, PositionalReader, StageOptions } from '../storage/ports.js';
 
 /**
  * A body that hands its chunks to a callback (no promise per chunk); a promise returned
@@ -42,6 +42,8 @@ export interface FillSource {
   }>;
   /** Called once when the fill committed or failed (a replica's fill lease is released then). */
   settled?(): void;
+  /** The stage to fill, when the source decides where the bytes go (cluster relays: cache/relaystage.ts); default the store's. */
+  stage?(opts: StageOptions): BlobWriter;
 }
 
 function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & ChunkPump {
@@ -325,7 +327,8 @@ export class FillManager {
   fill(digest: Digest, repo: RepoName, origin: string, source: FillSource, expectedSize?: number): BlobFill {
     const existing = this.fills.get(digest);
     if (existing) return existing;
-    const f = new BlobFill(digest, this.blobs.stage({ algorithm: digestAlgorithm(digest) }), origin);
+    const opts = { algorithm: digestAlgorithm(digest) };
+    const f = new BlobFill(digest, source.stage?.(opts) ?? this.blobs.stage(opts), origin);
     this.fills.set(digest, f);
     this.started.set(digest, { repository: repo, at: Date.now() });
     void this.run(f, repo, source, expectedSize).finally(() => {
