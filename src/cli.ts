@@ -24,9 +24,10 @@ commands:
                                  remove blobs and manifests no repository references;
                                  --evict first applies cache.maxAge and cache.maxBytes
   fsck [--config FILE] [--repair]
-                                 re-hash every stored blob and list content without a
-                                 row; --repair drops damaged cached blobs (refetched on
-                                 the next pull) and orphans; exit 1 if any damage remains.
+                                 re-hash every stored blob (shared storage: also list
+                                 content without a row); --repair drops damaged cached
+                                 blobs (refetched on the next pull) and those orphans
+                                 (locally gc removes them); exit 1 if damage remains.
                                  Shared storage: online, under the gc-leader lease
   config check --config FILE     validate a config file and exit
   config default                 print the embedded default config
