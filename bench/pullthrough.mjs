@@ -661,6 +661,8 @@ function buildRows(res, names) {
     row(`Cold pull, 1 client: cache CPU s per GB filled, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSecondsPerGB, 3, '', '≤ docker-registry');
     row(`Cold pull, 1 client: cache system CPU s per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheCpuSysSecondsPerGB, 3, '', 'info');
     row(`Cold pull, 1 client: cache minor page faults per GB, median of ${COLD1_RUNS}`, (c) => c.cold1Median?.cacheMinorFaultsPerGB, 0, '', 'info (fresh memory touched)');
+    row(`Cold pull, 1 client: cache VmHWM (MiB), median of ${COLD1_RUNS}`, (c) => c.cold1Median?.hwmMiB, 1, '', 'regmirror ≤ 160');
+    row(`Cold pull, 1 client: cache VmHWM (MiB), highest of ${COLD1_RUNS}`, (c) => c.cold1Median?.hwmMaxMiB, 1, '', 'regmirror ≤ 160');
   }
   row('Cold pull, 1 client: wall time (s)', (c) => ok(c.cold1)?.wallSeconds, 2, '', 'lower is better');
   for (const t of ONLY.includes('tools') ? TOOL_LIST : []) {
@@ -891,6 +893,9 @@ async function main() {
       cacheCpuSysSecondsPerGB: med((r) => r.cacheCpuSysSecondsPerGB),
       cacheMinorFaultsPerGB: med((r) => r.cacheMinorFaultsPerGB),
       foreignCpuShare: med((r) => r.foreignCpuShare),
+      // The fresh instance's peak over its cold pull (issue #14 item 3: the fill's memory).
+      hwmMiB: med((r) => r.hwmMiB),
+      hwmMaxMiB: Math.max(...runs.map((r) => r.hwmMiB)),
     };
   }
   // 1b) cold 1-client pulls with skopeo, ctr and a CRI PullImage (fresh caches, interleaved).

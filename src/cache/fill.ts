@@ -15,12 +15,17 @@
  * file or allocating; only readers that fall behind read from disk. Chunks are taken from
  * the body's events (ChunkPump) with no promise per chunk unless the stage is behind
  * (bench/results/fill-cpu.md has the profile of where a cold fill's CPU goes).
+ *
+ * Memory: all fills share one budget (FillMemory in blobfill.ts) for the bytes they hold
+ * not yet on disk plus their recent windows; a fill past it waits for its own stage's next
+ * write, so three layer fills on a busy disk no longer set the process's high-water mark.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
+import { BlobFill, FILL_PENDING_FLOOR, FillMemory } from './blobfill.js';
 import { RegistryError, insufficientStorage } from '../registry/errors.js';
 import { type Digest, type RepoName, digestAlgorithm } from '../registry/names.js';
-import type { BlobStore, BlobWriter, PositionalReader, StageOptions } from '../storage/ports.js';
+import type { BlobStore, BlobWriter, StageOptions } from '../storage/ports.js';
 
 /**
  * A body that hands its chunks to a callback (no promise per chunk); a promise returned
@@ -46,20 +51,20 @@ export interface FillSource {
   stage?(opts: StageOptions): BlobWriter;
 }
 
+export { BlobFill, FillMemory } from './blobfill.js';
+
 function isPump(body: AsyncIterable<Buffer>): body is AsyncIterable<Buffer> & ChunkPump {
   return typeof (body as Partial<ChunkPump>).pump === 'function';
 }
 
 const MAX_RESUMES = 3;
-const READ_CHUNK = 1024 * 1024;
-/** Bytes of the most recent writes kept in memory for readers that keep up (with STAGE_BACKLOG: the fill's memory; bench/results/memory/). */
-const RECENT_WINDOW = 4 * 1024 * 1024;
 /** Upstream byte counts go to onBytes (metrics: label hashing per call) in steps this size. */
 const REPORT_BYTES = 1024 * 1024;
 /**
- * Bytes not yet on disk beyond which the body waits for the stage's `append` (which applies
- * the stage's own backpressure). Below it appends are not awaited, so a chunk costs no
- * pause and resume of the upstream body; their failures are kept and thrown on the next one.
+ * Stages outside the shared budget (S3 parts, relays; see FillMemory): bytes not yet written
+ * beyond which the body waits for the stage's `append` (which applies the stage's own
+ * backpressure). Below it appends are not awaited, so a chunk costs no pause and resume of
+ * the upstream body; their failures are kept and thrown on the next one.
  */
 const STAGE_BACKLOG = 8 * 1024 * 1024;
 /**
@@ -74,202 +79,6 @@ interface RoomProbe {
   free: Promise<number>;
   writtenAt: number;
   at: number;
-}
-
-interface Deferred {
-  promise: Promise<void>;
-  resolve: () => void;
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-export class BlobFill {
-  size: number | null = null;
-  /** Bytes on disk (readers never go past this). */
-  written = 0;
-  /** Set once the digest matched: the last byte may go out before the commit finishes. */
-  verified = false;
-  state: 'starting' | 'streaming' | 'committed' | 'failed' = 'starting';
-  /** Bytes received from the upstream (on disk or queued for it). */
-  received = 0;
-  /**
-   * Recent bytes [recentStart, received) as the chunks arrived: everything not yet on disk
-   * plus up to RECENT_WINDOW already written, so recentStart <= written always holds and
-   * any offset is either in memory or in the file.
-   */
-  private recent: Buffer[] = [];
-  private recentStart = 0;
-  error: Error | null = null;
-  /** Resolves once the size is known (upstream answered 200); rejects if it never does. */
-  readonly ready: Promise<void>;
-  /** Resolves when the blob is committed; rejects when the fill fails. */
-  readonly done: Promise<void>;
-  /** Made when someone waits: a chunk nobody waits for costs no promise. */
-  private tick: Deferred | null = null;
-  private settleReady!: (e?: Error) => void;
-  private settleDone!: (e?: Error) => void;
-
-  constructor(
-    readonly digest: Digest,
-    /** Where the bytes go; readers behind the memory window read them back from it. */
-    readonly stage: BlobWriter,
-    /** Which upstream repository the bytes come from (`<upstream>|<remote name>`). */
-    readonly origin: string,
-  ) {
-    this.ready = new Promise<void>((res, rej) => (this.settleReady = (e) => (e ? rej(e) : res())));
-    this.done = new Promise<void>((res, rej) => (this.settleDone = (e) => (e ? rej(e) : res())));
-    // Nobody may be listening yet; failures are delivered through readers and awaiters.
-    this.ready.catch(() => undefined);
-    this.done.catch(() => undefined);
-  }
-
-  /** A promise for the next state change (bytes written, commit, failure). */
-  changed(): Promise<void> {
-    return (this.tick ??= deferred()).promise;
-  }
-
-  notify(): void {
-    const t = this.tick;
-    this.tick = null;
-    t?.resolve();
-  }
-
-  markReady(size: number | null): void {
-    this.size = size;
-    this.state = 'streaming';
-    this.settleReady();
-    this.notify();
-  }
-
-  fail(e: Error): void {
-    this.state = 'failed';
-    this.error = e;
-    this.settleReady(e);
-    this.settleDone(e);
-    this.notify();
-  }
-
-  commit(): void {
-    this.state = 'committed';
-    this.settleDone();
-    this.notify();
-  }
-
-  get memoryStart(): number {
-    return this.recentStart;
-  }
-
-  /** A chunk arrived from the upstream: readers may have it at once, from memory. */
-  accept(chunk: Buffer): void {
-    this.recent.push(chunk);
-    this.received += chunk.length;
-    this.notify();
-  }
-
-  /** `bytes` more reached the file: trim the memory window (never past what is on disk). */
-  wrote(bytes: number): void {
-    this.written += bytes;
-    while (this.recent.length > 1) {
-      const first = this.recent[0]!;
-      if (this.recentStart + first.length > this.written || this.received - this.recentStart <= RECENT_WINDOW) break;
-      this.recent.shift();
-      this.recentStart += first.length;
-    }
-  }
-
-  /**
-   * Bytes [pos, limit) that are in the in-memory window, as slices of the received
-   * chunks (no copies); empty if `pos` is not in memory (any longer).
-   */
-  memorySlices(pos: number, limit: number): Buffer[] {
-    const out: Buffer[] = [];
-    if (pos < this.recentStart || pos >= this.received) return out;
-    // Readers that keep up are near the newest chunk: find the one holding `pos` from the
-    // end (recentStart + the chunks' lengths = received), not by walking the whole window.
-    let i = this.recent.length - 1;
-    let off = this.received - this.recent[i]!.length;
-    while (off > pos) off -= this.recent[--i]!.length;
-    for (; i < this.recent.length && off < limit; i++) {
-      const c = this.recent[i]!;
-      if (c.length > 0) out.push(c.subarray(Math.max(pos, off) - off, Math.min(c.length, limit - off)));
-      off += c.length;
-    }
-    return out;
-  }
-
-  verify(): void {
-    this.verified = true;
-    this.notify();
-  }
-
-  /** Bytes a reader may consume now: everything but the last byte until verified. */
-  readable(): number {
-    if (this.state === 'committed') return this.written;
-    if (this.verified) return this.received;
-    return this.size === null ? this.received : Math.min(this.received, this.size - 1);
-  }
-
-  /**
-   * Stream bytes [start, end] (inclusive) as they land in the file. Blob GETs use
-   * sendFillRange (src/http/sendfile.ts) instead; this serves multipart ranges and tests.
-   */
-  reader(start: number, end: number): Readable {
-    const fill = this;
-    async function* gen(): AsyncGenerator<Buffer> {
-      // Opened only when a reader falls behind the memory window (not on the first-byte path).
-      let file: PositionalReader | null = null;
-      try {
-        let pos = start;
-        while (pos <= end) {
-          const next = fill.changed();
-          const avail = Math.min(fill.readable(), end + 1);
-          if (pos < avail) {
-            const mem = fill.memorySlices(pos, avail);
-            if (mem.length > 0) {
-              for (const m of mem) {
-                pos += m.length;
-                yield m;
-              }
-              continue;
-            }
-            // Not in memory: pos < memoryStart <= written, so the file has these bytes.
-            const n = Math.min(Math.min(avail, fill.memoryStart) - pos, READ_CHUNK);
-            const buf = Buffer.allocUnsafe(n);
-            file ??= await fill.openFile();
-            const bytesRead = await file.read(buf, n, pos);
-            if (bytesRead === 0) throw new Error('blob file shorter than recorded progress');
-            pos += bytesRead;
-            yield buf.subarray(0, bytesRead);
-            continue;
-          }
-          if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
-          await next;
-        }
-      } finally {
-        await file?.close();
-      }
-    }
-    return Readable.from(gen(), { objectMode: false });
-  }
-
-  /**
-   * The bytes written so far, or the committed blob once the fill committed (the stage
-   * waits for a commit in progress instead of failing; see BlobWriter.reader).
-   */
-  async openFile(): Promise<PositionalReader> {
-    try {
-      return await this.stage.reader();
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      // The stage is gone without a commit: the fill failed (or is failing); say why.
-      await this.done.catch(() => undefined);
-      throw this.error ?? e;
-    }
-  }
 }
 
 /** A fill in progress, as the status page lists it (read-only copy). */
@@ -295,6 +104,8 @@ export class FillManager {
   private writtenTotal = 0;
   /** How old a RoomProbe may be and still answer the room check (tests change it). */
   roomProbeMaxAgeMs = ROOM_PROBE_MAX_AGE_MS;
+  /** One memory budget for all fills (blobfill.ts): the pull-through high-water mark. */
+  readonly memory = new FillMemory();
 
   constructor(
     private readonly blobs: BlobStore,
@@ -328,7 +139,10 @@ export class FillManager {
     const existing = this.fills.get(digest);
     if (existing) return existing;
     const opts = { algorithm: digestAlgorithm(digest) };
-    const f = new BlobFill(digest, source.stage?.(opts) ?? this.blobs.stage(opts), origin);
+    const stage = source.stage?.(opts) ?? this.blobs.stage(opts);
+    // Only stages that write without waiting for more appends (local) can pause a fill for the
+    // shared budget; the others (S3 parts, cluster relays) keep their own bounds and a window each.
+    const f = new BlobFill(digest, stage, origin, stage.progress ? this.memory : null);
     this.fills.set(digest, f);
     this.started.set(digest, { repository: repo, at: Date.now() });
     void this.run(f, repo, source, expectedSize).finally(() => {
@@ -371,9 +185,21 @@ export class FillManager {
     // The stage was created with the fill: its temp file opens while the upstream request
     // is in flight (time to first byte).
     const w = f.stage;
+    // The shared budget, for stages that can pause the fill (see fill()); else a dummy.
+    const budgeted = w.progress !== undefined;
+    const mem = budgeted ? this.memory : new FillMemory();
+    /** This fill's share of mem.pending (appended, not yet written). */
+    let pending = 0;
     w.onWritten = (bytes) => {
       this.writtenTotal += bytes;
+      const d = Math.min(bytes, pending);
+      pending -= d;
+      mem.pending -= d;
       f.wrote(bytes);
+      if (!budgeted) return;
+      // Bytes reaching the disk free budget for the other fills' windows too; and a fill
+      // whose pending grew trims the others' windows here rather than at their next write.
+      for (const other of this.fills.values()) if (other !== f) other.trim();
     };
     // Read while the upstream request is in flight (not after its headers, on the first-byte path).
     const probe: RoomProbe | null = this.blobs.freeBytes ? { free: this.blobs.freeBytes(), writtenAt: this.writtenTotal, at: performance.now() } : null;
@@ -395,10 +221,21 @@ export class FillManager {
       if (fromUpstream && (unreported += chunk.length) >= REPORT_BYTES) report();
       if (!w.failed) f.accept(chunk);
       const appended = w.append(chunk);
+      pending += chunk.length;
+      mem.pending += chunk.length;
+      f.trim(); // this fill's window gives way as bytes not on disk take the budget
+      // All fills together hold too much not yet on disk: wait for this stage's next write
+      // (it is writing: it has more than the floor queued). Stages without progress() (S3
+      // parts, relays) bound their own memory through append's backpressure.
+      if (budgeted && pending > FILL_PENDING_FLOOR && mem.pending > mem.pendingLimit) {
+        appended.catch(noteAppendError);
+        return w.progress!();
+      }
       if (w.received - w.written > STAGE_BACKLOG) return appended;
       appended.catch(noteAppendError);
       return undefined;
     };
+    mem.fills++;
     try {
       let resumes = 0;
       for (;;) {
@@ -461,6 +298,10 @@ export class FillManager {
       else this.log.warn({ digest: f.digest, bytes: f.written, err: err.message }, 'blob fill failed');
       await w.abort().catch(() => undefined);
       f.fail(err);
+    } finally {
+      mem.pending -= pending;
+      pending = 0;
+      mem.fills--;
     }
   }
 }

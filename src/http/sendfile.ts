@@ -138,7 +138,8 @@ export async function sendFileRange(reply: FastifyReply, file: PositionalReader,
 /**
  * Send [start, end] of a blob while its fill is running: bytes still in the fill's memory
  * window go out as they arrived (one corked batch per wake-up), older ones from the file.
- * The last byte waits for the digest check; a failed fill aborts the connection.
+ * The last byte waits for the digest check; a failed fill aborts the connection. A reader
+ * served from memory takes no send buffer (the writer acquires them on its first file read).
  */
 export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: number, end: number): Promise<void> {
   await firstByte(fill, start);
@@ -149,7 +150,6 @@ export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: 
       let pos = start;
       while (pos <= end) {
         if (res.destroyed) throw new ClientGone();
-        const next = fill.changed();
         const avail = Math.min(fill.readable(), end + 1);
         if (pos < avail) {
           const mem = fill.memorySlices(pos, avail);
@@ -173,7 +173,9 @@ export async function sendFillRange(reply: FastifyReply, fill: BlobFill, start: 
           continue;
         }
         if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
-        await next;
+        // Checked and subscribed in the same tick (no change can slip in between); no
+        // promise is made while bytes are there to send.
+        await fill.changed();
       }
     });
   } finally {

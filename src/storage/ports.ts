@@ -85,6 +85,12 @@ export interface BlobWriter {
   appendStream(body: Readable): Promise<void>;
   /** Wait until everything appended is written; rejects with the write error (e.g. ENOSPC). */
   flush(): Promise<void>;
+  /**
+   * Resolves when the write in progress reached the stage (at once if none is), rejects with
+   * the write error. Only for stages that write without waiting for more appends (local):
+   * fills pause on it while all fills together hold too many bytes not yet written.
+   */
+  progress?(): Promise<void>;
   /** The digest of everything appended so far. */
   digest(): Digest;
   /**

@@ -40,6 +40,8 @@ export class LocalStage implements BlobWriter {
   private queue: Buffer[] = [];
   private queuedBytes = 0;
   private running: Promise<void> | null = null;
+  /** Settled after the next batch reached the file (or the write failed): progress(). */
+  private nextWrite: { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void } | null = null;
   private error: Error | null = null;
   private state: 'open' | 'committing' | 'committed' | 'ended' = 'open';
   private outcome: Promise<void> | null = null;
@@ -105,6 +107,27 @@ export class LocalStage implements BlobWriter {
     await this.opening;
     while (this.running) await this.running;
     if (this.error) throw this.error;
+  }
+
+  progress(): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    // Nothing being written: nothing to wait for (drain() runs whenever bytes are queued).
+    if (!this.running) return Promise.resolve();
+    if (!this.nextWrite) {
+      let resolve!: () => void;
+      let reject!: (e: Error) => void;
+      const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      this.nextWrite = { promise, resolve, reject };
+    }
+    return this.nextWrite.promise;
+  }
+
+  private wake(): void {
+    const w = this.nextWrite;
+    this.nextWrite = null;
+    if (!w) return;
+    if (this.error) w.reject(this.error);
+    else w.resolve();
   }
 
   digest(): Digest {
@@ -213,11 +236,13 @@ export class LocalStage implements BlobWriter {
         }
         this.written += bytes;
         this.onWritten?.(bytes);
+        this.wake();
       }
     } catch (e) {
       this.error = e instanceof Error ? e : new Error(String(e));
     } finally {
       this.running = null;
+      this.wake();
     }
   }
 }
