@@ -20,8 +20,10 @@
  */
 import type { Digest, RepoName } from '../../registry/names.js';
 import type { MetadataDb } from '../db.js';
+import { packCandidates, unpackCandidates } from './candidates.js';
 import { ScanReader } from './scan.js';
 import type {
+  CandidateList,
   CounterCheck,
   Evicted,
   EvictionCandidate,
@@ -217,6 +219,14 @@ class LocalOps implements MetadataOps {
   async looseBlobs(before: number): Promise<EvictionCandidate[]> {
     for (let w = this.enter(); w; w = this.enter()) await w;
     return this.scans ? this.scans.run('looseBlobs', [before], () => this.db.looseBlobs(before)) : this.db.looseBlobs(before);
+  }
+
+  /** Both candidate scans, merged and ordered in the scan worker, answered compactly (candidates.ts). */
+  async evictionCandidates(looseBefore: number): Promise<CandidateList> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    const inline = () => packCandidates(this.db.cachedImages(), this.db.looseBlobs(looseBefore));
+    const packed = this.scans ? await this.scans.run('evictionCandidates', [looseBefore], inline) : inline();
+    return unpackCandidates(packed);
   }
 
   async evictImage(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null> {
