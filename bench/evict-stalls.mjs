@@ -27,10 +27,11 @@ const meta = st.metadata;
 // unit's stall the checkpoint's write + fsync?). The WAL then grows for the run; experiment only.
 if (process.env.EVICT_NO_AUTOCHECKPOINT === '1') meta.db.db.pragma('wal_autocheckpoint = 0');
 
-// The main thread's own CPU time (Node >= 23.9): near a gap's or a call's length, this
-// thread was working (our code, GC); near zero, it was waiting or not scheduled (load).
+// The main thread's own CPU time (Node >= 23.9; else the process's, which is the main
+// thread's while the scan worker is idle, i.e. during units): near a gap's or a call's
+// length, this thread was working (our code, GC); near zero, it was waiting or not scheduled.
 const threadCpu = () => {
-  const u = process.threadCpuUsage?.();
+  const u = process.threadCpuUsage?.() ?? process.cpuUsage();
   return u ? (u.user + u.system) / 1000 : Number.NaN;
 };
 let phase = 'idle';

@@ -14,6 +14,8 @@ const ops: { [K in ScanOp]: (...args: never[]) => unknown } = {
   looseBlobs: (before: number) => db.looseBlobs(before),
   // Both scans, merged and ordered here, answered as transferred columns (candidates.ts).
   evictionCandidates: (before: number) => packCandidates(db.cachedImages(), db.looseBlobs(before)),
+  // The main connection's WAL checkpoints (checkpoint.ts): the copy and fsync happen here.
+  checkpoint: () => db.db.pragma('wal_checkpoint(PASSIVE)'),
 };
 
 parentPort!.on('message', ({ id, op, args }: ScanRequest) => {

@@ -8,7 +8,7 @@
  */
 import { Worker } from 'node:worker_threads';
 
-export type ScanOp = 'cachedImages' | 'looseBlobs' | 'evictionCandidates';
+export type ScanOp = 'cachedImages' | 'looseBlobs' | 'evictionCandidates' | 'checkpoint';
 export interface ScanRequest {
   id: number;
   op: ScanOp;
