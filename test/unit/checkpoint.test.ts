@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
+import type Database from 'better-sqlite3';
 import type { RepoName } from '../../src/registry/names.js';
 import { MetadataDb } from '../../src/storage/db.js';
 import { LocalMetadataStore } from '../../src/storage/local/metadata.js';
@@ -15,13 +16,16 @@ import { waitFor } from '../helpers/tools.js';
 
 const LIMIT = 256 * 1024;
 
-test('the main connection does not checkpoint; the worker does, and a restarted WAL is cut back to the limit', async (t) => {
+test('while the scan worker runs, the main connection does not checkpoint; the worker does, and a restarted WAL is cut back to the limit', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-checkpoint-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'regmirror.db');
   const db = new MetadataDb(file);
   const store = new LocalMetadataStore(db, undefined, { limitBytes: LIMIT, everyMs: 20 });
   t.teardown(() => store.close());
+  t.is(db.db.pragma('wal_autocheckpoint', { simple: true }), 1000, 'no worker yet: SQLite checkpoints as usual (no worker started for it)');
+  // A scan (an eviction pass's) starts the worker: from then on it checkpoints.
+  await store.cachedImages();
   t.is(db.db.pragma('wal_autocheckpoint', { simple: true }), 0, 'no checkpoint inside a COMMIT on the serving connection');
   const wal = () => fs.statSync(`${file}-wal`).size;
   const repo = 'library/wal' as RepoName;
@@ -50,6 +54,22 @@ test('the main connection does not checkpoint; the worker does, and a restarted 
   t.is(db.db.pragma('wal_autocheckpoint', { simple: true }), 0);
   // Every committed row is there (a checkpoint only moves pages into the database file).
   t.is(db.blobTotals().blobs, n);
+});
+
+test('once the scan worker is gone, SQLite checkpoints on its own again', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'regmirror-checkpoint-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const db = new MetadataDb(path.join(dir, 'regmirror.db'));
+  const store = new LocalMetadataStore(db);
+  await store.cachedImages();
+  t.is(db.db.pragma('wal_autocheckpoint', { simple: true }), 0);
+  // The worker goes when the store closes (as after its idle timeout): the setting must
+  // follow before the connection closes.
+  const set: string[] = [];
+  const pragma = db.db.pragma.bind(db.db);
+  db.db.pragma = ((source: string, o?: Database.PragmaOptions) => (set.push(source), pragma(source, o))) as typeof db.db.pragma;
+  await store.close();
+  t.deepEqual(set, ['wal_autocheckpoint = 1000']);
 });
 
 test('an in-memory database has no WAL and no checkpointer', async (t) => {

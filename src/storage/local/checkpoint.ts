@@ -6,12 +6,13 @@
  * unit over 100 ms (one of 800 ms): with it off, units 4.7 s -> 1.8 s, worst 801 -> 70 ms
  * (bench/results/scale/session8-evict2.md).
  *
- * So the main connection never checkpoints itself (`wal_autocheckpoint = 0`); a timer
- * looks at the WAL file's size and, past `limitBytes`, has the scan worker's connection
- * run a PASSIVE checkpoint (it never blocks the writer). `journal_size_limit` truncates
+ * So while the scan worker runs (eviction's scans start it), the main connection does not
+ * checkpoint itself (`wal_autocheckpoint = 0`); a timer looks at the WAL file's size and,
+ * past `limitBytes`, has the worker's connection run a PASSIVE checkpoint (it never
+ * blocks the writer). When the worker stops, SQLite's own checkpoints are back. `journal_size_limit` truncates
  * the WAL back to `limitBytes` when the writer restarts it after a complete checkpoint, so
- * "bigger than the limit" means "grown since". Without a worker (it failed to start or
- * died) the checkpoint runs inline, as SQLite's own would have.
+ * "bigger than the limit" means "grown since". A worker that dies with a checkpoint
+ * pending has it run inline, as SQLite's own would have.
  */
 import fs from 'node:fs/promises';
 import type Database from 'better-sqlite3';
@@ -26,7 +27,9 @@ export interface CheckpointOptions {
 
 /** SQLite's default autocheckpoint threshold: 1,000 pages of 4 KiB. */
 const LIMIT_BYTES = 4 * 1024 * 1024;
-const EVERY_MS = 1000;
+const EVERY_MS = 250;
+/** SQLite's default `wal_autocheckpoint`, back while no worker runs. */
+const AUTO_PAGES = 1000;
 
 export class Checkpointer {
   private timer: NodeJS.Timeout | null = null;
@@ -44,13 +47,18 @@ export class Checkpointer {
   ) {
     this.limit = opts.limitBytes ?? LIMIT_BYTES;
     db.pragma(`journal_size_limit = ${this.limit}`);
-    db.pragma('wal_autocheckpoint = 0');
+    // Only while the worker runs anyway (an eviction pass's scans start it; it stops 30 s
+    // after its last query): starting one just for checkpoints would add its ~15 MiB of
+    // RSS to every process that writes (issue #14 item 3). Otherwise SQLite's own, as before.
+    scans.onAlive = (alive) => {
+      if (db.open) db.pragma(`wal_autocheckpoint = ${alive ? 0 : AUTO_PAGES}`);
+    };
     this.timer = setInterval(() => void this.check(), opts.everyMs ?? EVERY_MS);
     this.timer.unref();
   }
 
   private async check(): Promise<void> {
-    if (this.running || !this.db.open) return;
+    if (this.running || !this.db.open || !this.scans.alive) return;
     this.running = true;
     try {
       const size = await fs.stat(`${this.db.name}-wal`).then(
