@@ -9,10 +9,11 @@
  * So while the scan worker runs (eviction's scans start it), the main connection does not
  * checkpoint itself (`wal_autocheckpoint = 0`); a timer looks at the WAL file's size and,
  * past `limitBytes`, has the worker's connection run a PASSIVE checkpoint (it never
- * blocks the writer). When the worker stops, SQLite's own checkpoints are back. `journal_size_limit` truncates
- * the WAL back to `limitBytes` when the writer restarts it after a complete checkpoint, so
- * "bigger than the limit" means "grown since". A worker that dies with a checkpoint
- * pending has it run inline, as SQLite's own would have.
+ * blocks the writer). When the worker stops, SQLite's own checkpoints are back.
+ * `journal_size_limit` truncates the WAL back to `limitBytes` when the writer restarts it
+ * after a complete checkpoint, so "bigger than the limit" means "grown since". A worker
+ * that dies with a checkpoint pending has it run inline, as SQLite's own would have.
+ * A checkpoint is a query: it keeps the worker from its idle stop while writes go on.
  */
 import fs from 'node:fs/promises';
 import type Database from 'better-sqlite3';
