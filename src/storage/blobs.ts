@@ -191,7 +191,10 @@ export class LocalBlobStore implements BlobStorePort {
   removeFiles(digests: readonly Digest[]): Promise<void> {
     const all = digests.map((d) => {
       if (this.committing.has(d)) return Promise.resolve();
-      const p = fs.rm(this.paths.blob(d), { force: true }).finally(() => {
+      // unlink, not rm({ force }): rm first validates with an lstat and its rimraf path,
+      // ~55 us of event-loop CPU per file (550 ms for 10,000 blobs of one eviction pass at
+      // 1M blobs, bench/results/scale/session8-evict2.md). A file already gone is no error.
+      const p = unlinkIfPresent(this.paths.blob(d)).finally(() => {
         if (this.deleting.get(d) === p) this.deleting.delete(d);
       });
       this.deleting.set(d, p);
@@ -199,6 +202,12 @@ export class LocalBlobStore implements BlobStorePort {
     });
     return Promise.all(all).then(() => undefined);
   }
+}
+
+function unlinkIfPresent(file: string): Promise<void> {
+  return fs.unlink(file).catch((e: unknown) => {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  });
 }
 
 /** The local driver under its old name (app.ts constructs it so). */

@@ -307,6 +307,15 @@ export interface EvictionCandidate {
   lastAccess: number;
 }
 
+/**
+ * A pass's candidates in eviction order (oldest access first), read one at a time: a
+ * driver may keep them compact and make each object only when the pass reaches it.
+ */
+export interface CandidateList {
+  readonly length: number;
+  at(i: number): EvictionCandidate & { kind: 'image' | 'blob' };
+}
+
 export interface Evicted {
   manifests: number;
   /** Blob rows deleted: the caller removes their content afterwards (BlobStore.delete). */
@@ -401,6 +410,12 @@ export interface MetadataOps {
   cachedImages(): Promise<EvictionCandidate[]>;
   /** Cached blob links no manifest of their repository references, idle since before `before`. */
   looseBlobs(before: number): Promise<EvictionCandidate[]>;
+  /**
+   * Optional: cachedImages() and looseBlobs(before) in one list ordered by last access
+   * (ties: images first). A driver whose scans run off the serving thread (local) answers
+   * it compactly; without it the Evictor sorts the two lists itself.
+   */
+  evictionCandidates?(looseBefore: number): Promise<CandidateList>;
   /**
    * Evict one cached image as one logical change: its upstream tag rows, its manifest
    * links (with child manifests nothing else in the repository references), its blob

@@ -44,6 +44,7 @@ const PASS_THROUGH = new Set([
   'cachedBytes',
   'cachedImages',
   'looseBlobs',
+  'evictionCandidates',
   'unreferencedBlobs',
   'allBlobs',
   'blobPushed',

@@ -13,7 +13,7 @@ import { openLocalStorage, type LocalStorage } from '../../src/storage/local/ind
 import { MetadataDb } from '../../src/storage/db.js';
 import { storagePaths } from '../../src/storage/paths.js';
 import { withReadCache } from '../../src/storage/readcache.js';
-import type { MetadataStore } from '../../src/storage/ports.js';
+import type { CandidateList, EvictionCandidate, MetadataStore } from '../../src/storage/ports.js';
 import { dg, manifest, metadataConformance } from './metadata-conformance.js';
 
 async function open(t: ExecutionContext, existing?: string): Promise<LocalStorage & { root: string }> {
@@ -194,6 +194,16 @@ test('readcache: a blob link is kept only when found; the blob store\'s own comm
   t.is(await cached.repoBlobSize(A, loose), undefined, 'evicted');
 });
 
+/** A CandidateList as an array (what the Evictor reads, one at a time). */
+function listed(l: CandidateList): unknown[] {
+  return Array.from({ length: l.length }, (_, i) => l.at(i));
+}
+
+/** The order the Evictor used to make itself: images then loose links, stable by last access. */
+function ordered(images: readonly EvictionCandidate[], loose: readonly EvictionCandidate[]): unknown[] {
+  return [...images.map((c) => ({ kind: 'image', ...c })), ...loose.map((c) => ({ kind: 'blob', ...c }))].sort((a, b) => a.lastAccess - b.lastAccess);
+}
+
 test('local: whole-store scans (eviction candidates) run off the event loop, with the same answers; cached bytes (a counter) sees the rows of its own transaction', async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-metadata-scan-'));
   t.teardown(() => fs.rm(root, { recursive: true, force: true }));
@@ -239,6 +249,9 @@ test('local: whole-store scans (eviction candidates) run off the event loop, wit
   for (const [name, scan, want] of [
     ['cachedImages', () => metadata.cachedImages(), inline.images],
     ['looseBlobs', () => metadata.looseBlobs(1_000_000), inline.loose],
+    // Both, merged and ordered in the worker, transferred as columns (candidates.ts). The
+    // loose links' access times tie with images' (0..499): images first, as the sort did.
+    ['evictionCandidates', async () => listed(await metadata.evictionCandidates(1_000_000)), ordered(inline.images, inline.loose)],
   ] as const) {
     let turns = 0;
     let spin = true;
@@ -266,4 +279,13 @@ test('local: whole-store scans (eviction candidates) run off the event loop, wit
   );
   t.is(inTx, inline.bytes + 7 + 11, 'a transaction handle sees its uncommitted rows');
   t.is(await metadata.cachedBytes(), inline.bytes + 7, 'the dry run kept nothing');
+  // The same for the ordered candidates (eviction's dry run reads them in its transaction).
+  const txLoose = await metadata.transaction(
+    async (tx) => {
+      await tx.recordBlob('local/scan' as RepoName, dg('scan-tx2'), 13, 'cached');
+      return listed(await tx.evictionCandidates!(Date.now() + 60_000)).filter((c) => (c as EvictionCandidate).digest === dg('scan-tx2'));
+    },
+    { dryRun: true },
+  );
+  t.is(txLoose.length, 1, 'a transaction handle lists its uncommitted loose link');
 });

@@ -20,8 +20,11 @@
  */
 import type { Digest, RepoName } from '../../registry/names.js';
 import type { MetadataDb } from '../db.js';
+import { packCandidates, unpackCandidates } from './candidates.js';
+import { Checkpointer, type CheckpointOptions } from './checkpoint.js';
 import { ScanReader } from './scan.js';
 import type {
+  CandidateList,
   CounterCheck,
   Evicted,
   EvictionCandidate,
@@ -219,6 +222,14 @@ class LocalOps implements MetadataOps {
     return this.scans ? this.scans.run('looseBlobs', [before], () => this.db.looseBlobs(before)) : this.db.looseBlobs(before);
   }
 
+  /** Both candidate scans, merged and ordered in the scan worker, answered compactly (candidates.ts). */
+  async evictionCandidates(looseBefore: number): Promise<CandidateList> {
+    for (let w = this.enter(); w; w = this.enter()) await w;
+    const inline = () => packCandidates(this.db.cachedImages(), this.db.looseBlobs(looseBefore));
+    const packed = this.scans ? await this.scans.run('evictionCandidates', [looseBefore], inline) : inline();
+    return unpackCandidates(packed);
+  }
+
   async evictImage(repo: RepoKey, digest: Digest, notAfter: number, busy: (d: Digest) => boolean): Promise<Evicted | null> {
     for (let w = this.enter(); w; w = this.enter()) await w;
     return this.db.evictImage(repoRow(repo), digest, notAfter, busy);
@@ -271,9 +282,14 @@ class LocalOps implements MetadataOps {
 }
 
 export class LocalMetadataStore extends LocalOps implements MetadataStore, UploadRows {
+  /** WAL checkpoints in the scan worker (a file database only; checkpoint.ts). */
+  readonly checkpoints: Checkpointer | null;
+
   /** `scanWorker`: the scan worker's module (tests inject a slow one; scan.ts). */
-  constructor(db: MetadataDb, scanWorker?: URL) {
-    super(db, null, new ScanReader(db.db.memory ? null : db.db.name, scanWorker));
+  constructor(db: MetadataDb, scanWorker?: URL, checkpoint?: CheckpointOptions) {
+    const scans = new ScanReader(db.db.memory ? null : db.db.name, scanWorker);
+    super(db, null, scans);
+    this.checkpoints = db.db.memory ? null : new Checkpointer(db.db, scans, checkpoint);
   }
 
   async transaction<T>(fn: (tx: MetadataOps) => Promise<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
@@ -339,6 +355,7 @@ export class LocalMetadataStore extends LocalOps implements MetadataStore, Uploa
 
   async close(): Promise<void> {
     for (let w = this.enter(); w; w = this.enter()) await w;
+    this.checkpoints?.stop();
     await this.scans?.close();
     this.db.close();
   }

@@ -8,7 +8,7 @@
  */
 import { Worker } from 'node:worker_threads';
 
-export type ScanOp = 'cachedImages' | 'looseBlobs';
+export type ScanOp = 'cachedImages' | 'looseBlobs' | 'evictionCandidates' | 'checkpoint';
 export interface ScanRequest {
   id: number;
   op: ScanOp;
@@ -31,6 +31,19 @@ export class ScanReader {
   private nextId = 0;
   private readonly pending = new Map<number, Pending>();
   private idleTimer: NodeJS.Timeout | null = null;
+  /** Told when a worker starts (true) and when it is gone (false): checkpoint.ts. */
+  onAlive: ((alive: boolean) => void) | null = null;
+
+  /** Whether a worker runs now (it costs ~15 MiB of RSS while it does). */
+  get alive(): boolean {
+    return this.worker !== null;
+  }
+
+  private setWorker(w: Worker | null): void {
+    const was = this.worker !== null;
+    this.worker = w;
+    if (was !== (w !== null)) this.onAlive?.(w !== null);
+  }
 
   /**
    * `file`: the database file; null runs every query inline. `script`: the worker's
@@ -62,7 +75,7 @@ export class ScanReader {
   close(): Promise<void> {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     const w = this.worker;
-    this.worker = null;
+    this.setWorker(null);
     this.broken = true; // closed: anything later runs inline (and fails on the closed db)
     if (w) void w.terminate().catch(() => undefined);
     for (const [id, p] of this.pending) {
@@ -80,7 +93,7 @@ export class ScanReader {
       w.on('message', (r: ScanReply) => this.settle(r));
       w.on('error', () => this.fail(w));
       w.on('exit', () => this.fail(w));
-      this.worker = w;
+      this.setWorker(w);
       return w;
     } catch {
       this.broken = true;
@@ -98,7 +111,7 @@ export class ScanReader {
       const w = this.worker;
       this.idleTimer = setTimeout(() => {
         if (this.worker !== w || this.pending.size > 0) return;
-        this.worker = null; // the next query starts a fresh one
+        this.setWorker(null); // the next query starts a fresh one
         void w.terminate();
       }, IDLE_MS);
       this.idleTimer.unref();
@@ -108,7 +121,7 @@ export class ScanReader {
   /** The worker died (or was stopped idle): queries it still owed run inline. */
   private fail(w: Worker): void {
     if (this.worker === w) {
-      this.worker = null;
+      this.setWorker(null);
       this.broken = true;
     }
     this.failPending();
