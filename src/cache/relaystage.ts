@@ -55,14 +55,10 @@ export class ClusterStage implements BlobWriter {
     return this.inner ? 'store' : this.spool ? 'relay' : 'unset';
   }
 
-  /**
-   * This replica fetches from the upstream from the start: the store's stage, as without
-   * coordination. `size` (the upstream's length, when it gave one) lets the S3 stage size its
-   * part buffer once instead of growing it with copies on the serving thread (s3/partbuf.ts).
-   */
-  useStore(size: number | null = null): void {
+  /** This replica fetches from the upstream from the start: the store's stage, as without coordination. */
+  useStore(): void {
     if (this.mode !== 'unset') return;
-    this.inner = this.blobs.stage(size === null ? this.opts : { ...this.opts, expectedBytes: size });
+    this.inner = this.blobs.stage(this.opts);
     this.inner.onWritten = this.onWritten_;
   }
 

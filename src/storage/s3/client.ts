@@ -5,7 +5,7 @@
  * (Authorization header with the access key id), so neither its message nor its cause
  * is passed on.
  */
-import { type PutObjectCommand, S3Client, type UploadPartCommand } from '@aws-sdk/client-s3';
+import { S3Client } from '@aws-sdk/client-s3';
 import { RegistryError, insufficientStorage } from '../../registry/errors.js';
 
 /** Options of the S3-compatible blob driver (config wiring: `storage.driver`, issue #13). */
@@ -56,26 +56,6 @@ export function makeClient(o: S3BlobStoreOptions): S3Client {
     // upload on a slow link); silence on the socket is what a hung store looks like.
     requestHandler: { connectionTimeout: o.connectTimeoutMs ?? 5_000, socketTimeout: o.requestTimeoutMs ?? 60_000 },
   });
-}
-
-/**
- * Sign `cmd`'s body with this SHA-256 (hex, computed as the bytes arrived: partbuf.ts)
- * instead of the SDK hashing the whole body on the event loop when it signs. SigV4 takes a
- * present `x-amz-content-sha256` as the payload hash; the store recomputes it over the body
- * and refuses a mismatch (XAmzContentSHA256Mismatch), so the bytes are checked as before.
- */
-export function payloadSha256<C extends PutObjectCommand | UploadPartCommand>(cmd: C, sha256: string): C {
-  // The middleware only touches the HTTP request, the same for both commands.
-  const stack = cmd.middlewareStack as unknown as PutObjectCommand['middlewareStack'];
-  stack.add(
-    (next) => (args) => {
-      const req = args.request as { headers?: Record<string, string> };
-      if (req.headers) req.headers['x-amz-content-sha256'] = sha256;
-      return next(args);
-    },
-    { step: 'build', name: 'regmirrorPayloadSha256' },
-  );
-  return cmd;
 }
 
 interface SdkError {

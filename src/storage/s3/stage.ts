@@ -17,8 +17,8 @@ import type { Digest } from '../../registry/names.js';
 import { HashingCounter } from '../hashing.js';
 import type { BlobLink, BlobWriter, PositionalReader, StageOptions } from '../ports.js';
 import { type ObjectRef, gone, readInto } from './body.js';
-import { MAX_PARTS, payloadSha256, storeError } from './client.js';
-import { type Part, PartBuffer } from './partbuf.js';
+import { MAX_PARTS, storeError } from './client.js';
+import { type Part, PartBuffer, partInput, sendPart } from './partbuf.js';
 
 /**
  * An object holding a piece of content (or its `range`, `bytes=a-b`: at most 5 GiB).
@@ -41,9 +41,7 @@ export interface SourceObject {
 export interface StagedContent {
   sources: SourceObject[];
   size: number;
-  inline: Buffer | null;
-  /** SHA-256 (hex) of `inline`, when known: its PUT is signed with it instead of hashing it then (partbuf.ts). */
-  inlineSha256?: string;
+  inline: Part | null;
 }
 
 /** What a stage needs from its store. */
@@ -83,7 +81,7 @@ export class S3Stage implements BlobWriter {
     private readonly opts: StageOptions,
   ) {
     this.hasher = new HashingCounter(opts.algorithm);
-    this.cur = new PartBuffer(host.partSize, this.expectedInPart());
+    this.cur = new PartBuffer(host.partSize);
   }
 
   get failed(): boolean {
@@ -103,7 +101,7 @@ export class S3Stage implements BlobWriter {
       const n = this.part++;
       const counted = this.flushedCur;
       this.flushedCur = 0;
-      const full = this.cur.take(this.expectedInPart());
+      const full = this.cur.take();
       if (this.part > MAX_PARTS) {
         this.error = new RegistryError('SIZE_INVALID', `blob exceeds ${MAX_PARTS} parts of ${this.host.partSize} bytes`, { status: 413 });
         throw this.error;
@@ -140,7 +138,7 @@ export class S3Stage implements BlobWriter {
       const tail = this.cur.peek();
       await this.putPart(this.part, tail, this.flushedCur);
       if (this.error) throw this.error;
-      this.flushedCur = tail.body.length;
+      this.flushedCur = tail.length;
     }
   }
 
@@ -193,8 +191,7 @@ export class S3Stage implements BlobWriter {
       let content: StagedContent;
       if (this.part === 1 && this.flushedCur === 0) {
         // Never left memory (at most one part): one PUT to the blob's key, no stage object.
-        const { body, sha256 } = this.cur.peek();
-        content = { sources: [], size: this.received, inline: body, inlineSha256: sha256 };
+        content = { sources: [], size: this.received, inline: this.cur.peek() };
       } else {
         await this.flush();
         const size = this.host.partSize;
@@ -214,18 +211,11 @@ export class S3Stage implements BlobWriter {
     }
   }
 
-  /** Bytes the part being filled will probably hold (sizes its buffer); undefined when the blob's size is not known. */
-  private expectedInPart(): number | undefined {
-    const { expectedBytes } = this.opts;
-    return expectedBytes === undefined ? undefined : Math.max(0, expectedBytes - (this.part - 1) * this.host.partSize);
-  }
-
-  private async putPart(n: number, { body, sha256 }: Part, counted: number): Promise<void> {
+  private async putPart(n: number, part: Part, counted: number): Promise<void> {
     this.maxPut = Math.max(this.maxPut, n);
     try {
-      const put = new PutObjectCommand({ Bucket: this.host.bucket, Key: this.host.stageKey(this.id, n), Body: body, ContentLength: body.length });
-      await this.host.client.send(payloadSha256(put, sha256));
-      const added = body.length - counted;
+      await sendPart(this.host.client, new PutObjectCommand({ Bucket: this.host.bucket, Key: this.host.stageKey(this.id, n), ...partInput(part) }));
+      const added = part.length - counted;
       this.written += added;
       if (added > 0) this.onWritten?.(added);
     } catch (e) {

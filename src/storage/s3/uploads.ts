@@ -45,8 +45,8 @@ import { UPLOAD_ID_RE } from '../paths.js';
 import { HashingCounter } from '../hashing.js';
 import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } from '../ports.js';
 import { type ObjectRef, rangeStream } from './body.js';
-import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, payloadSha256, storeError } from './client.js';
-import { type Part, PartBuffer } from './partbuf.js';
+import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import { type Part, PartBuffer, partInput, sendPart } from './partbuf.js';
 import type { Coordination } from '../coordination.js';
 import { type Claim, dropClaim, keepLease } from './lease.js';
 import type { SourceObject } from './stage.js';
@@ -262,20 +262,19 @@ export class S3UploadStore implements UploadStore {
     // Store failures are 503s; a failing body (the client went away) stays what it is.
     const send = <T>(p: Promise<T>): Promise<T> => p.catch((e: unknown) => Promise.reject(storeError(e, 'upload PUT')));
     // Copied and hashed as it arrives (partbuf.ts): no whole-part concatenation or hashing later.
-    const part = new PartBuffer(partSize, opts.length);
-    let cutBytes = 0;
+    const part = new PartBuffer(partSize);
     let total = 0;
     let uploadId: string | undefined;
     const etags: string[] = [];
     let inflight: Promise<unknown> = Promise.resolve();
-    const upload = async ({ body: buf, sha256 }: Part) => {
+    const upload = async (p: Part) => {
       uploadId ??= (await send(client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key })))).UploadId;
       await inflight; // one part in flight: the memory bound
       const n = etags.length + 1;
       etags.push('');
-      const p = send(client.send(payloadSha256(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: buf, ContentLength: buf.length }), sha256)));
-      p.catch(() => undefined); // awaited before the next part or the completion
-      inflight = p.then((r) => (etags[n - 1] = r.ETag ?? ''));
+      const put = send(sendPart(client, new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, ...partInput(p) })));
+      put.catch(() => undefined); // awaited before the next part or the completion
+      inflight = put.then((r) => (etags[n - 1] = r.ETag ?? ''));
     };
     try {
       for await (const c of body) {
@@ -283,17 +282,11 @@ export class S3UploadStore implements UploadStore {
         total += chunk.length;
         if (base + total > opts.maxBytes) throw new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${opts.maxBytes} bytes`, { status: 413 });
         if (opts.length !== undefined && total > opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received more`);
-        for (let off = part.add(chunk); part.full; off += part.add(chunk, off)) {
-          cutBytes += partSize;
-          await upload(part.take(opts.length === undefined ? undefined : opts.length - cutBytes));
-        }
+        for (let off = part.add(chunk); part.full; off += part.add(chunk, off)) await upload(part.take());
       }
       if (opts.length !== undefined && total !== opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received ${total}`);
       if (uploadId === undefined) {
-        if (total > 0) {
-          const { body: all, sha256 } = part.take();
-          await send(client.send(payloadSha256(new PutObjectCommand({ Bucket: bucket, Key: key, Body: all, ContentLength: all.length }), sha256)));
-        }
+        if (total > 0) await send(sendPart(client, new PutObjectCommand({ Bucket: bucket, Key: key, ...partInput(part.take()) })));
         return total;
       }
       if (part.bytes > 0) await upload(part.take());
