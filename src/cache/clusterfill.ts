@@ -88,6 +88,13 @@ export class ClusterFills {
   /** The listen address, when `cluster.advertiseUrl` is not set (known only once listening). */
   listening(url: string): void {
     this.advertised ??= url;
+    // One throwaway request to ourselves through the peer agent (answered 401, connection
+    // closed after it): undici compiles its HTTP parser (WebAssembly) on a process's first
+    // connection, ~30-100 ms on the serving thread that otherwise landed on the first
+    // relayed fill's time to first byte (bench/results/ttfb-nonowner-4.md). Best effort.
+    void request(`${url}${INTERNAL_FILLS_PATH}/warm-up`, { dispatcher: this.agent, headers: { connection: 'close' } })
+      .then((res) => res.body.dump())
+      .catch(() => undefined);
   }
 
   get owner(): string {
@@ -122,7 +129,7 @@ export class ClusterFills {
     const route = (opened: Opened, fromUpstream: boolean): Opened => {
       if (!fromUpstream) stage?.useRelay();
       else if (stage?.mode === 'relay') stage.mustStore = true; // took over from a dead owner
-      else stage?.useStore(opened.size);
+      else stage?.useStore();
       return opened;
     };
     const ourLease = async (offset: number): Promise<Opened> => {
