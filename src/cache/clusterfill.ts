@@ -88,11 +88,12 @@ export class ClusterFills {
   /** The listen address, when `cluster.advertiseUrl` is not set (known only once listening). */
   listening(url: string): void {
     this.advertised ??= url;
-    // One throwaway request to ourselves through the peer agent (answered 401, connection
-    // closed after it): undici compiles its HTTP parser (WebAssembly) on a process's first
+    // One throwaway request to ourselves through the peer agent (GET /v2/, connection closed
+    // after it): undici compiles its HTTP parser (WebAssembly) on a process's first
     // connection, ~30-100 ms on the serving thread that otherwise landed on the first
-    // relayed fill's time to first byte (bench/results/ttfb-nonowner-4.md). Best effort.
-    void request(`${url}${INTERNAL_FILLS_PATH}/warm-up`, { dispatcher: this.agent, headers: { connection: 'close' } })
+    // relayed fill's time to first byte (bench/results/ttfb-nonowner-4.md). Not the internal
+    // endpoint, so its access lines stay peer fills only. Best effort.
+    void request(`${url}/v2/`, { dispatcher: this.agent, headers: { connection: 'close' } })
       .then((res) => res.body.dump())
       .catch(() => undefined);
   }
