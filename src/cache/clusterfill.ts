@@ -46,6 +46,13 @@ const POLL_MS = 200;
 /** A peer that sends nothing for this long is treated as gone (the lease decides who resumes). */
 const PEER_BODY_TIMEOUT_MS = 60_000;
 const PEER_CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * Idle peer connections are kept this long (undici's default is 4 s) when the peer does
+ * not say (a replica does: `Keep-Alive: timeout=` from http.keepAliveTimeout, 65 s by
+ * default, which undici follows minus its safety margin). Peer fills come in bursts
+ * minutes apart; a new connection per burst would put its set-up on the time to first byte.
+ */
+const PEER_IDLE_MS = 60_000;
 
 type Opened = Awaited<ReturnType<FillSource['open']>>;
 
@@ -59,7 +66,7 @@ export class ClusterFills {
   /** A new id per process: a restarted replica never inherits its predecessor's leases. */
   readonly replicaId = randomUUID();
   private advertised: string | null;
-  private readonly agent = new Agent({ connect: { timeout: PEER_CONNECT_TIMEOUT_MS }, bodyTimeout: PEER_BODY_TIMEOUT_MS });
+  private readonly agent = new Agent({ connect: { timeout: PEER_CONNECT_TIMEOUT_MS }, bodyTimeout: PEER_BODY_TIMEOUT_MS, keepAliveTimeout: PEER_IDLE_MS });
   private readonly secret: Buffer | null;
   private readonly ttlMs: number;
   private refusedWarned = false;
@@ -81,6 +88,14 @@ export class ClusterFills {
   /** The listen address, when `cluster.advertiseUrl` is not set (known only once listening). */
   listening(url: string): void {
     this.advertised ??= url;
+    // One throwaway request to ourselves through the peer agent (GET /v2/, connection closed
+    // after it): undici compiles its HTTP parser (WebAssembly) on a process's first
+    // connection, ~30-100 ms on the serving thread that otherwise landed on the first
+    // relayed fill's time to first byte (bench/results/ttfb-nonowner-4.md). Not the internal
+    // endpoint, so its access lines stay peer fills only. Best effort.
+    void request(`${url}/v2/`, { dispatcher: this.agent, headers: { connection: 'close' } })
+      .then((res) => res.body.dump())
+      .catch(() => undefined);
   }
 
   get owner(): string {

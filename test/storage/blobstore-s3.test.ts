@@ -17,6 +17,7 @@ import { FillManager } from '../../src/cache/fill.js';
 import type { RepoName } from '../../src/registry/names.js';
 import { MetadataDb } from '../../src/storage/db.js';
 import { LocalMetadataStore } from '../../src/storage/local/metadata.js';
+import { partInput, sendPart } from '../../src/storage/s3/partbuf.js';
 import { S3BlobStore, type S3BlobStoreOptions } from '../../src/storage/s3/store.js';
 import { S3UploadStore } from '../../src/storage/s3/uploads.js';
 import { type Radosgw, radosgwMissing, startRadosgw } from '../helpers/radosgw.js';
@@ -142,6 +143,47 @@ if (missing) {
     t.is(w.written, 6 * PART);
     t.is(written, 6 * PART, 'onWritten counted every part');
     await w.abort();
+  });
+
+  test('s3: every PUT of content is streamed and signed with the SHA-256 hashed as its bytes arrived, and the store refuses a wrong one', async (t) => {
+    const { store, uploads, opts } = await s3Store(t);
+    // The signed request as it goes out (deserialize step: after signing, before sending).
+    const puts: { hash: string; length: number; streamed: boolean }[] = [];
+    store.client.middlewareStack.add(
+      (next) => async (args) => {
+        const req = args.request as { method?: string; headers: Record<string, string>; body?: unknown };
+        const length = Number(req.headers['content-length']);
+        if (req.method === 'PUT' && length > 0) puts.push({ hash: req.headers['x-amz-content-sha256'] ?? '', length, streamed: req.body instanceof Readable });
+        return next(args);
+      },
+      { step: 'deserialize', priority: 'low', name: 'testRecordPuts' },
+    );
+    const data = randomBytes(2 * PART + 1234);
+    // A fill, one that stays in memory, an upload chunk over two parts.
+    const w = store.stage({ algorithm: 'sha256' });
+    for (let i = 0; i < data.length; i += 999_983) await w.append(data.subarray(i, i + 999_983));
+    await w.commit(sha256(data), link);
+    t.true((await read((await store.open(sha256(data)))!.stream(0, data.length - 1))).equals(data));
+    const small = store.stage({ algorithm: 'sha256' });
+    await small.append(data.subarray(0, 1000));
+    await small.commit(sha256(data.subarray(0, 1000)), link);
+    const s = await uploads.start(link.repo);
+    await uploads.append(s.id, Readable.from([data.subarray(0, PART), data.subarray(PART)]), { offset: 0, maxBytes: data.length });
+    t.deepEqual(
+      puts.map((p) => p.length),
+      [PART, PART, 1234, 1000, PART, PART, 1234],
+      'content PUTs: 3 stage parts, one small blob, 3 upload parts',
+    );
+    // Every one carried a real payload hash (not UNSIGNED-PAYLOAD) the store accepted,
+    // and the store checks it (below): so each was the hash of exactly the bytes sent.
+    for (const [i, p] of puts.entries()) {
+      t.regex(p.hash, /^[0-9a-f]{64}$/, `PUT ${i + 1} signed with a payload hash`);
+      t.true(p.streamed, `PUT ${i + 1} streamed from its slabs`);
+    }
+    const body = data.subarray(0, 1000);
+    const wrongHash = sha256(data.subarray(1, 1001)).slice('sha256:'.length);
+    const e = await t.throwsAsync(sendPart(store.client, new PutObjectCommand({ Bucket: opts.bucket, Key: 'mirror/one/stages/x/00001', ...partInput({ chunks: [body], length: 1000, sha256: wrongHash }) })));
+    t.regex(`${(e as Error).name} ${(e as Error).message}`, /SHA256|Mismatch|BadDigest/i);
   });
 
   test('s3: a failed assembly is aborted: no blob object, no multipart upload, no stage objects', async (t) => {

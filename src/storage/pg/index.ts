@@ -30,6 +30,7 @@ export async function openPostgresStorage(cfg: PostgresConfig, log: PgLog): Prom
   const db = createPool(cfg, (e) => log.warn({ code: (e as { code?: string }).code, err: e.message }, 'metadata database: an idle connection was lost (reconnects on next use)'));
   try {
     const metadata = await PgMetadataStore.open(db);
+    await db.warm();
     return { metadata, coordination: new PgCoordination(db), deferredDeletes: new PgDeferredDeletes(db), uploadRows: new PgUploadRows(db), close: () => db.close() };
   } catch (e) {
     await db.close().catch(() => {});

@@ -32,7 +32,16 @@ export interface PgPoolHandle {
    * again (bounded), so `fn` must only act through `c`.
    */
   transaction<T>(fn: (c: pg.PoolClient) => Promise<T>, opts?: { rollback?: boolean }): Promise<T>;
+  /** Open the connections kept warm (`min` in poolConfig) now, at start, rather than on a request's path. */
+  warm(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** A cold miss's path uses about two connections at once (its lookups, then the fill lease; ttfb-nonowner-4.md). */
+const WARM_CONNECTIONS = 2;
+
+function warmConnections(cfg: PostgresConfig): number {
+  return Math.min(WARM_CONNECTIONS, cfg.poolSize);
 }
 
 export function poolConfig(cfg: PostgresConfig): pg.PoolConfig {
@@ -48,6 +57,10 @@ export function poolConfig(cfg: PostgresConfig): pg.PoolConfig {
     ...(cfg.password !== null ? { password: cfg.password } : {}),
     ...(ssl ? { ssl } : {}),
     max: cfg.poolSize,
+    // Connections kept open while idle (the rest close after 30 s): a replica's first miss
+    // after a quiet spell, and its first after start (warm()), would otherwise wait for
+    // connection set-up (TCP, auth, session parameters) on its time to first byte.
+    min: warmConnections(cfg),
     connectionTimeoutMillis: cfg.connectTimeoutMs,
     idleTimeoutMillis: 30_000,
     // Server side: the statement is cancelled. Client side (a server that stopped answering
@@ -133,5 +146,10 @@ export function createPool(cfg: PostgresConfig, onIdleError: (e: Error) => void 
       client.release(broken ?? undefined);
     }
   };
-  return { pool, query, transaction, close: () => pool.end() };
+  const warm = async () => {
+    // All at once, so the pool opens that many (one after another would reuse one).
+    const clients = await Promise.all(Array.from({ length: warmConnections(cfg) }, () => pool.connect())).catch((e: unknown) => Promise.reject(mapPgError(e)));
+    for (const c of clients) c.release();
+  };
+  return { pool, query, transaction, warm, close: () => pool.end() };
 }

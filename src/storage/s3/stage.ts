@@ -1,6 +1,7 @@
 /**
  * S3 driver: a blob being written (BlobWriter). Appended bytes are hashed at once and cut
- * into parts of `partSize`; each full part is PUT as its own stage object
+ * into parts of `partSize` (copied into a part buffer and hashed for the PUT's signature as
+ * they arrive: partbuf.ts); each full part is PUT as its own stage object
  * `<prefix>stages/<stage id>/<part no>` while the next one fills, so memory stays at about
  * two parts (append waits while a part is in flight). Stage objects, unlike the parts of
  * a multipart upload, can be read back: that is what `reader()` (fill readers that fell
@@ -17,6 +18,7 @@ import { HashingCounter } from '../hashing.js';
 import type { BlobLink, BlobWriter, PositionalReader, StageOptions } from '../ports.js';
 import { type ObjectRef, gone, readInto } from './body.js';
 import { MAX_PARTS, storeError } from './client.js';
+import { type Part, PartBuffer, partInput, sendPart } from './partbuf.js';
 
 /**
  * An object holding a piece of content (or its `range`, `bytes=a-b`: at most 5 GiB).
@@ -39,7 +41,7 @@ export interface SourceObject {
 export interface StagedContent {
   sources: SourceObject[];
   size: number;
-  inline: Buffer | null;
+  inline: Part | null;
 }
 
 /** What a stage needs from its store. */
@@ -61,8 +63,7 @@ export class S3Stage implements BlobWriter {
   readonly id = randomUUID();
   private readonly hasher: HashingCounter;
   /** The part being filled (number `part`), in memory; `flushedCur` of its bytes are in its stage object. */
-  private cur: Buffer[] = [];
-  private curBytes = 0;
+  private readonly cur: PartBuffer;
   private part = 1;
   private flushedCur = 0;
   /** The full part being PUT (at most one at a time: the memory bound). */
@@ -80,6 +81,7 @@ export class S3Stage implements BlobWriter {
     private readonly opts: StageOptions,
   ) {
     this.hasher = new HashingCounter(opts.algorithm);
+    this.cur = new PartBuffer(host.partSize);
   }
 
   get failed(): boolean {
@@ -92,24 +94,20 @@ export class S3Stage implements BlobWriter {
     if (this.sealed) throw new Error('blob stage is sealed');
     this.hasher.update(chunk);
     this.received += chunk.length;
-    this.cur.push(chunk);
-    this.curBytes += chunk.length;
-    const size = this.host.partSize;
-    while (this.curBytes >= size) {
-      const all = Buffer.concat(this.cur, this.curBytes);
-      // The rest is copied out, so the cut part's buffer is not kept alive by it.
-      const rest = Buffer.from(all.subarray(size));
-      this.cur = rest.length > 0 ? [rest] : [];
-      this.curBytes = rest.length;
+    // Copied into the part as it arrives (no concatenation of a whole part later); the rest
+    // of a chunk that completes a part goes into the next one once the previous PUT is done.
+    for (let off = this.cur.add(chunk); ; off += this.cur.add(chunk, off)) {
+      if (!this.cur.full) return;
       const n = this.part++;
       const counted = this.flushedCur;
       this.flushedCur = 0;
+      const full = this.cur.take();
       if (this.part > MAX_PARTS) {
-        this.error = new RegistryError('SIZE_INVALID', `blob exceeds ${MAX_PARTS} parts of ${size} bytes`, { status: 413 });
+        this.error = new RegistryError('SIZE_INVALID', `blob exceeds ${MAX_PARTS} parts of ${this.host.partSize} bytes`, { status: 413 });
         throw this.error;
       }
       await this.settle();
-      this.uploading = this.putPart(n, all.subarray(0, size), counted).finally(() => (this.uploading = null));
+      this.uploading = this.putPart(n, full, counted).finally(() => (this.uploading = null));
     }
   }
 
@@ -136,11 +134,11 @@ export class S3Stage implements BlobWriter {
   async flush(): Promise<void> {
     await this.settle();
     if (this.error) throw this.error;
-    if (this.curBytes > this.flushedCur) {
-      const bytes = this.curBytes;
-      await this.putPart(this.part, Buffer.concat(this.cur, bytes), this.flushedCur);
+    if (this.cur.bytes > this.flushedCur) {
+      const tail = this.cur.peek();
+      await this.putPart(this.part, tail, this.flushedCur);
       if (this.error) throw this.error;
-      this.flushedCur = bytes;
+      this.flushedCur = tail.length;
     }
   }
 
@@ -193,7 +191,7 @@ export class S3Stage implements BlobWriter {
       let content: StagedContent;
       if (this.part === 1 && this.flushedCur === 0) {
         // Never left memory (at most one part): one PUT to the blob's key, no stage object.
-        content = { sources: [], size: this.received, inline: Buffer.concat(this.cur, this.curBytes) };
+        content = { sources: [], size: this.received, inline: this.cur.peek() };
       } else {
         await this.flush();
         const size = this.host.partSize;
@@ -204,7 +202,7 @@ export class S3Stage implements BlobWriter {
       await this.host.commitStaged(content, expected, link);
       this.committedAs = expected;
       this.state = 'committed';
-      this.cur = [];
+      this.cur.clear();
       await this.removeObjects();
     } catch (e) {
       this.error ??= e instanceof Error ? e : new Error(String(e));
@@ -213,11 +211,11 @@ export class S3Stage implements BlobWriter {
     }
   }
 
-  private async putPart(n: number, body: Buffer, counted: number): Promise<void> {
+  private async putPart(n: number, part: Part, counted: number): Promise<void> {
     this.maxPut = Math.max(this.maxPut, n);
     try {
-      await this.host.client.send(new PutObjectCommand({ Bucket: this.host.bucket, Key: this.host.stageKey(this.id, n), Body: body, ContentLength: body.length }));
-      const added = body.length - counted;
+      await sendPart(this.host.client, new PutObjectCommand({ Bucket: this.host.bucket, Key: this.host.stageKey(this.id, n), ...partInput(part) }));
+      const added = part.length - counted;
       this.written += added;
       if (added > 0) this.onWritten?.(added);
     } catch (e) {
@@ -249,7 +247,7 @@ export class S3Stage implements BlobWriter {
 
   private async discard(): Promise<void> {
     this.state = 'ended';
-    this.cur = [];
+    this.cur.clear();
     await this.settle();
     await this.removeObjects();
   }

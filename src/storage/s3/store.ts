@@ -65,6 +65,7 @@ import { S3BlobBody } from './body.js';
 import { DEFAULT_PART_SIZE, MAX_COPY_BYTES, MIN_PART_SIZE, type S3BlobStoreOptions, isNotFound, makeClient, storeError } from './client.js';
 import { type SourceObject, S3Stage, type S3StageHost, type StagedContent } from './stage.js';
 
+import { partInput, sendPart } from './partbuf.js';
 export type { S3BlobStoreOptions } from './client.js';
 
 /** The metadata this driver needs: the blob rows of either metadata driver (async port calls). */
@@ -257,7 +258,7 @@ export class S3BlobStore implements BlobStore, S3StageHost {
     const key = this.blobKey(digest);
     try {
       if (c.inline) {
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: c.inline, ContentLength: c.inline.length }));
+        await sendPart(this.client, new PutObjectCommand({ Bucket: this.bucket, Key: key, ...partInput(c.inline) }));
       } else if (c.sources.length === 1 && !c.sources[0]!.md5 && !c.sources[0]!.range) {
         const [src] = c.sources as [SourceObject];
         await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: key, CopySource: this.copySource(src), CopySourceIfMatch: src.etag }));

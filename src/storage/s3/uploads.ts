@@ -46,6 +46,7 @@ import { HashingCounter } from '../hashing.js';
 import type { AppendOptions, BlobLink, UploadRows, UploadState, UploadStore } from '../ports.js';
 import { type ObjectRef, rangeStream } from './body.js';
 import { MAX_COPY_BYTES, MAX_PARTS, MIN_PART_SIZE, storeError } from './client.js';
+import { type Part, PartBuffer, partInput, sendPart } from './partbuf.js';
 import type { Coordination } from '../coordination.js';
 import { type Claim, dropClaim, keepLease } from './lease.js';
 import type { SourceObject } from './stage.js';
@@ -260,20 +261,20 @@ export class S3UploadStore implements UploadStore {
     lost?.addEventListener('abort', cut, { once: true });
     // Store failures are 503s; a failing body (the client went away) stays what it is.
     const send = <T>(p: Promise<T>): Promise<T> => p.catch((e: unknown) => Promise.reject(storeError(e, 'upload PUT')));
-    let cur: Buffer[] = [];
-    let curBytes = 0;
+    // Copied and hashed as it arrives (partbuf.ts): no whole-part concatenation or hashing later.
+    const part = new PartBuffer(partSize);
     let total = 0;
     let uploadId: string | undefined;
     const etags: string[] = [];
     let inflight: Promise<unknown> = Promise.resolve();
-    const upload = async (buf: Buffer) => {
+    const upload = async (p: Part) => {
       uploadId ??= (await send(client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key })))).UploadId;
       await inflight; // one part in flight: the memory bound
       const n = etags.length + 1;
       etags.push('');
-      const p = send(client.send(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: buf, ContentLength: buf.length })));
-      p.catch(() => undefined); // awaited before the next part or the completion
-      inflight = p.then((r) => (etags[n - 1] = r.ETag ?? ''));
+      const put = send(sendPart(client, new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: n, ...partInput(p) })));
+      put.catch(() => undefined); // awaited before the next part or the completion
+      inflight = put.then((r) => (etags[n - 1] = r.ETag ?? ''));
     };
     try {
       for await (const c of body) {
@@ -281,21 +282,14 @@ export class S3UploadStore implements UploadStore {
         total += chunk.length;
         if (base + total > opts.maxBytes) throw new RegistryError('SIZE_INVALID', `blob exceeds the maximum size of ${opts.maxBytes} bytes`, { status: 413 });
         if (opts.length !== undefined && total > opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received more`);
-        cur.push(chunk);
-        curBytes += chunk.length;
-        if (curBytes >= partSize) {
-          const all = Buffer.concat(cur, curBytes);
-          cur = curBytes > partSize ? [Buffer.from(all.subarray(partSize))] : [];
-          curBytes -= partSize;
-          await upload(all.subarray(0, partSize));
-        }
+        for (let off = part.add(chunk); part.full; off += part.add(chunk, off)) await upload(part.take());
       }
       if (opts.length !== undefined && total !== opts.length) throw new RegistryError('SIZE_INVALID', `expected ${opts.length} bytes, received ${total}`);
       if (uploadId === undefined) {
-        if (total > 0) await send(client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: Buffer.concat(cur, curBytes), ContentLength: curBytes })));
+        if (total > 0) await send(sendPart(client, new PutObjectCommand({ Bucket: bucket, Key: key, ...partInput(part.take()) })));
         return total;
       }
-      if (curBytes > 0) await upload(Buffer.concat(cur, curBytes));
+      if (part.bytes > 0) await upload(part.take());
       await inflight;
       await send(client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) } })));
       return total;
