@@ -11,7 +11,9 @@ import { HAVE_POSTGRES, type PostgresCluster, startPostgres } from './postgres.j
 import { type Radosgw, radosgwMissing, startRadosgw } from './radosgw.js';
 import { type TestServer, tempDir } from './server.js';
 import { CI } from './tools.js';
-import { serve } from '../integration/_support.js';
+import { OCI_MANIFEST, serve } from '../integration/_support.js';
+import { http, sha256 } from './http.js';
+import type { Image } from '../fixtures/images.js';
 
 /** Why shared-storage tests cannot run here (null: they can); never a reason to skip under CI=true. */
 export const sharedMissing = radosgwMissing() ?? (HAVE_POSTGRES || CI ? null : 'PostgreSQL is not installed');
@@ -96,4 +98,19 @@ export async function sharedQuery<R extends pg.QueryResultRow>(db: string, sql: 
 /** How many of `digests` have a blob row in the shared database (a fill commits after its last byte went out). */
 export async function blobRows(db: string, digests: string[]): Promise<number> {
   return (await sharedQuery<{ n: string }>(db, 'SELECT count(*) AS n FROM blobs WHERE digest = ANY($1)', [digests])).map((r) => Number(r.n))[0] ?? 0;
+}
+
+/**
+ * Pull an image's manifest by `latest` and every blob through `base`, checking the manifest
+ * bytes and every blob's digest (the shared-storage tests' "every client gets exact bytes").
+ */
+export async function pullImageVerified(t: ExecutionContext, base: string, repo: string, img: Image): Promise<void> {
+  const m = await http('GET', `${base}/v2/${repo}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
+  t.is(m.status, 200, m.body.toString().slice(0, 200));
+  t.true(m.body.equals(img.manifest.bytes), 'manifest bytes');
+  for (const b of [img.config, ...img.layers]) {
+    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
+    t.is(r.status, 200);
+    t.is(sha256(r.body), b.digest, `exact bytes of ${b.digest}`);
+  }
 }

@@ -12,7 +12,7 @@ import { configFromObject } from '../../src/config/load.js';
 import type { EvictionResult } from '../../src/cache/eviction.js';
 import { collectGarbage } from '../../src/ops/gc.js';
 import { http, sha256 } from '../helpers/http.js';
-import { blobRows, replicas, sharedMissing as missing, sharedQuery, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, pullImageVerified, replicas, sharedMissing as missing, sharedQuery, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { type Image, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
@@ -57,17 +57,6 @@ async function s3(t: ExecutionContext): Promise<S3Client> {
   return c;
 }
 
-async function pullImage(t: ExecutionContext, base: string, repo: string, img: Image): Promise<void> {
-  const m = await http('GET', `${base}/v2/${repo}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
-  t.is(m.status, 200, m.body.toString().slice(0, 200));
-  t.true(m.body.equals(img.manifest.bytes));
-  for (const b of blobsOf(img)) {
-    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
-    t.is(r.status, 200);
-    t.is(sha256(r.body), b.digest, `exact bytes of ${b.digest}`);
-  }
-}
-
 /** The passes that held the lease, from the replicas' 'cache eviction' log lines. */
 function leaderPasses(rs: TestServer[]): Array<{ replica: number; token: number; start: number; end: number }> {
   const out: Array<{ replica: number; token: number; start: number; end: number }> = [];
@@ -102,7 +91,7 @@ if (missing && !CI) {
     const rs = (await replicas(t, 3, upstreamConfig(fake, { maxBytes, deleteGrace: '15s' }))) as unknown as Replicas;
     const bucket = rs.storage.s3.bucket;
     // Each replica pulls two images: the budget is over only counted across replicas.
-    for (const [i, img] of imgs.entries()) await pullImage(t, rs[i % 3]!.url, `team/img${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, rs[i % 3]!.url, `team/img${i}`, img);
     const digests = imgs.flatMap((img) => blobsOf(img).map((b) => b.digest));
     await waitFor(async () => (await blobRows(rs.db, digests)) === digests.length, WAIT_MS, 'every fill committed');
     t.is(await storedBytes(rs.db), total);
@@ -152,7 +141,7 @@ if (missing && !CI) {
     t.deepEqual(await deleteMarkers(rs.db), []);
     // Every image still pulls with exact bytes (evicted ones again from the upstream).
     const before = fake.count();
-    for (const [i, img] of imgs.entries()) await pullImage(t, rs[(i + 1) % 3]!.url, `team/img${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, rs[(i + 1) % 3]!.url, `team/img${i}`, img);
     t.true(fake.count() > before, 'evicted content fetched again');
   });
 
@@ -167,8 +156,8 @@ if (missing && !CI) {
     const rs = (await replicas(t, 3, upstreamConfig(fake, { maxBytes: 1, deleteGrace: '10m' }))) as unknown as Replicas;
     const [a, b, c] = rs as unknown as [TestServer, TestServer, TestServer];
     const bucket = rs.storage.s3.bucket;
-    await pullImage(t, a.url, 'team/big', big);
-    await pullImage(t, b.url, 'team/leased', leased);
+    await pullImageVerified(t, a.url, 'team/big', big);
+    await pullImageVerified(t, b.url, 'team/leased', leased);
     const committed = [...blobsOf(big), ...blobsOf(leased)].map((x) => x.digest);
     await waitFor(async () => (await blobRows(rs.db, committed)) === committed.length, WAIT_MS, 'fills committed');
 
@@ -247,7 +236,7 @@ if (missing && !CI) {
     fake.addImage('team/race', img, 'latest');
     const rs = (await replicas(t, 2, upstreamConfig(fake, { maxBytes: 1, deleteGrace: '10m' }))) as unknown as Replicas;
     const [a, b] = rs as unknown as [TestServer, TestServer];
-    await pullImage(t, a.url, 'team/race', img);
+    await pullImageVerified(t, a.url, 'team/race', img);
     const layer = img.layers[1]!;
     await waitFor(async () => (await blobRows(rs.db, [layer.digest])) === 1, WAIT_MS, 'fill committed');
     t.true((await a.app.evict()).blobs > 0);
@@ -279,7 +268,7 @@ if (missing && !CI) {
     const img = sampleImage('shared-evict-takeover');
     fake.addImage('team/take', img, 'latest');
     const rs = (await replicas(t, 2, upstreamConfig(fake, { maxBytes: 1, deleteGrace: '0s' }))) as unknown as Replicas;
-    await pullImage(t, rs[0]!.url, 'team/take', img);
+    await pullImageVerified(t, rs[0]!.url, 'team/take', img);
     const digests = blobsOf(img).map((b) => b.digest);
     await waitFor(async () => (await blobRows(rs.db, digests)) === digests.length, WAIT_MS, 'fills committed');
     // A leader that died mid-pass: its lease stays until it expires (nobody renews it).
@@ -303,6 +292,6 @@ if (missing && !CI) {
     t.deepEqual(await deleteMarkers(rs.db), []);
     for (const d of digests) t.false(await objectExists(t, rs.storage.s3.bucket, d));
     // And the replicas keep serving: a pull fetches the image again, exact bytes.
-    await pullImage(t, rs[1]!.url, 'team/take', img);
+    await pullImageVerified(t, rs[1]!.url, 'team/take', img);
   });
 }

@@ -11,7 +11,7 @@ import test, { type ExecutionContext } from 'ava';
 import { configFromObject } from '../../src/config/load.js';
 import { fsck } from '../../src/ops/fsck.js';
 import { http, sha256 } from '../helpers/http.js';
-import { blobRows, replicas, sharedMissing as missing, sharedQuery, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, pullImageVerified, replicas, sharedMissing as missing, sharedQuery, sharedRadosgw, stopSharedServers } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import { type Image, makeImage, makeLayer, randomBytes } from '../fixtures/images.js';
@@ -43,16 +43,6 @@ async function objectExists(c: S3Client, bucket: string, digest: string): Promis
   }
 }
 
-async function pullImage(t: ExecutionContext, base: string, repo: string, img: Image): Promise<void> {
-  const m = await http('GET', `${base}/v2/${repo}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
-  t.is(m.status, 200, m.body.toString().slice(0, 200));
-  for (const b of blobsOf(img)) {
-    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
-    t.is(r.status, 200);
-    t.is(sha256(r.body), b.digest, `exact bytes of ${b.digest}`);
-  }
-}
-
 if (missing && !CI) {
   test.skip(`shared fsck: ${missing}`, () => undefined);
 } else {
@@ -78,8 +68,8 @@ if (missing && !CI) {
     const bucket = rs.storage.s3.bucket;
     const store = await s3(t);
 
-    await pullImage(t, a.url, 'team/good', good);
-    await pullImage(t, b.url, 'team/damaged', damaged);
+    await pullImageVerified(t, a.url, 'team/good', good);
+    await pullImageVerified(t, b.url, 'team/damaged', damaged);
     const pushed = sampleImage('shared-fsck-pushed');
     t.is((await pushImage(c.url, 'team/pushed', pushed, 'v1')).status, 201);
     const stored = [...blobsOf(good), ...blobsOf(damaged), ...blobsOf(pushed)].map((x) => x.digest);
@@ -167,7 +157,7 @@ if (missing && !CI) {
     const back = await http('GET', `${c.url}/v2/team/pushed/blobs/${sha256(upload)}`);
     t.is(sha256(back.body), sha256(upload));
     // The repaired image is fetched again from the upstream: exact bytes.
-    await pullImage(t, c.url, 'team/damaged', damaged);
+    await pullImageVerified(t, c.url, 'team/damaged', damaged);
     await waitFor(async () => (await blobRows(rs.db, [corrupt.digest, gone.digest, slowLayer.digest])) === 3, WAIT_MS, 'the refetched blobs committed');
     const after = await fsck(cfg, { repair: false, graceMs: GRACE_MS });
     t.deepEqual(after.problems, [], JSON.stringify(after));

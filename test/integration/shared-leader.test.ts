@@ -9,16 +9,16 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import test, { type ExecutionContext } from 'ava';
-import { http, sha256 } from '../helpers/http.js';
+import test from 'ava';
+import { http } from '../helpers/http.js';
 import { exited, killHard, startCli, withTimeout, writeConfig } from '../helpers/cli.js';
-import { blobRows, sharedMissing as missing, sharedQuery, sharedStorage, stopSharedServers } from '../helpers/replicas.js';
+import { blobRows, pullImageVerified, sharedMissing as missing, sharedQuery, sharedStorage, stopSharedServers } from '../helpers/replicas.js';
 import { tempDir } from '../helpers/server.js';
 import { CI } from '../helpers/tools.js';
 import type { Image } from '../fixtures/images.js';
 import type { FakeUpstream } from '../fixtures/fake-upstream.js';
 import { startFake, upstreamEntry, waitFor } from './_pullthrough.js';
-import { noServerErrors, OCI_MANIFEST, sampleImage, serve } from './_support.js';
+import { noServerErrors, sampleImage, serve } from './_support.js';
 
 /** Generous ceilings for a loaded machine (polled, not slept). */
 const WAIT_MS = 60_000;
@@ -35,16 +35,6 @@ const storedBytes = (db: string) => count(db, 'SELECT COALESCE(SUM(size), 0) AS 
 
 function upstreamConfig(fake: FakeUpstream, cache: Record<string, unknown>): Record<string, unknown> {
   return { upstreams: { 'hub.test': upstreamEntry(fake) }, defaultUpstream: 'hub.test', cache: { evictInterval: '1h', ...cache } };
-}
-
-async function pullImage(t: ExecutionContext, base: string, repo: string, img: Image): Promise<void> {
-  const m = await http('GET', `${base}/v2/${repo}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
-  t.is(m.status, 200, m.body.toString().slice(0, 200));
-  for (const b of blobsOf(img)) {
-    const r = await http('GET', `${base}/v2/${repo}/blobs/${b.digest}`);
-    t.is(r.status, 200);
-    t.is(sha256(r.body), b.digest, `exact bytes of ${b.digest}`);
-  }
 }
 
 /** Lines a child writes to stdout and stderr. */
@@ -73,7 +63,7 @@ if (missing && !CI) {
     imgs.forEach((img, i) => fake.addImage(`team/fence${i}`, img, 'latest'));
     const shared = await sharedStorage();
     const server = await serve(t, { ...upstreamConfig(fake, {}), storage: shared.config(await tempDir(t, 'regmirror-replica-')) });
-    for (const [i, img] of imgs.entries()) await pullImage(t, server.url, `team/fence${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, server.url, `team/fence${i}`, img);
     const digests = imgs.flatMap((img) => blobsOf(img).map((b) => b.digest));
     await waitFor(async () => (await blobRows(shared.db, digests)) === digests.length, WAIT_MS, 'every fill committed');
     const manifests = await count(shared.db, 'SELECT count(*) AS n FROM manifests');
@@ -110,7 +100,7 @@ if (missing && !CI) {
       'the new holder keeps the lease',
     );
     // The replica still serves every image whole.
-    for (const [i, img] of imgs.entries()) await pullImage(t, server.url, `team/fence${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, server.url, `team/fence${i}`, img);
   });
 
   test('takeover of a SIGKILLed leader: a replica killed mid-pass holding gc-leader is replaced after the TTL by another replica\'s pass, and the budget is met', async (t) => {
@@ -122,7 +112,7 @@ if (missing && !CI) {
     const shared = await sharedStorage();
     // The content arrives through a replica that does not evict during the test (interval 1h).
     const feeder = await serve(t, { ...upstreamConfig(fake, { maxBytes }), storage: shared.config(await tempDir(t, 'regmirror-replica-')) });
-    for (const [i, img] of imgs.entries()) await pullImage(t, feeder.url, `team/kill${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, feeder.url, `team/kill${i}`, img);
     const digests = imgs.flatMap((img) => blobsOf(img).map((b) => b.digest));
     await waitFor(async () => (await blobRows(shared.db, digests)) === digests.length, WAIT_MS, 'every fill committed');
     t.is(await storedBytes(shared.db), total);
@@ -183,6 +173,6 @@ if (missing && !CI) {
     t.regex(metrics, /regmirror_cache_eviction_passes_total\{result="skipped"\} [1-9]/, 'B skipped while A\'s lease lived');
     t.true((await storedBytes(shared.db)) <= maxBytes);
     // Evicted images pull again through B, exact bytes.
-    for (const [i, img] of imgs.entries()) await pullImage(t, b.url, `team/kill${i}`, img);
+    for (const [i, img] of imgs.entries()) await pullImageVerified(t, b.url, `team/kill${i}`, img);
   });
 }
