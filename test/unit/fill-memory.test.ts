@@ -8,17 +8,14 @@
  * A real LocalBlobStore; only the temp files' writes are slowed down (a busy disk).
  */
 import { createHash } from 'node:crypto';
-import fs, { type FileHandle } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
 import test, { type ExecutionContext } from 'ava';
 import pino from 'pino';
 import { FILL_MEMORY, type BlobFill } from '../../src/cache/blobfill.js';
 import { FillManager, type FillSource } from '../../src/cache/fill.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
 import { LocalBlobStore } from '../../src/storage/blobs.js';
-import { MetadataStore } from '../../src/storage/db.js';
-import { storagePaths } from '../../src/storage/paths.js';
+import { tempLocalStore } from '../helpers/localstore.js';
 import type { BlobWriter, StageOptions } from '../../src/storage/ports.js';
 
 const MiB = 1024 * 1024;
@@ -32,15 +29,7 @@ function blob(seed: number, size: number): { bytes: Buffer; digest: Digest } {
 }
 
 async function setup(t: ExecutionContext) {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-fill-memory-'));
-  const paths = storagePaths(root);
-  const meta = new MetadataStore(paths.db);
-  const blobs = new LocalBlobStore(paths, meta);
-  await blobs.recover();
-  t.teardown(async () => {
-    meta.close();
-    await fs.rm(root, { recursive: true, force: true });
-  });
+  const { blobs } = await tempLocalStore(t, 'fill-memory');
   return { blobs, fills: new FillManager(blobs, pino({ level: 'silent' }), Number.MAX_SAFE_INTEGER) };
 }
 

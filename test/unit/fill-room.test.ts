@@ -7,17 +7,12 @@
  * A real LocalBlobStore; only its free-space answers are stubbed.
  */
 import { createHash } from 'node:crypto';
-import fs from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import pino from 'pino';
 import { FillManager, type FillSource } from '../../src/cache/fill.js';
 import { RegistryError } from '../../src/registry/errors.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
-import { LocalBlobStore } from '../../src/storage/blobs.js';
-import { MetadataStore } from '../../src/storage/db.js';
-import { storagePaths } from '../../src/storage/paths.js';
+import { tempLocalStore } from '../helpers/localstore.js';
 
 const MiB = 1024 * 1024;
 const repo = 'library/room' as RepoName;
@@ -38,15 +33,7 @@ function heldSource(b: { bytes: Buffer }, gate: Promise<void> = Promise.resolve(
 }
 
 async function setup(t: ExecutionContext, free: number) {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-fill-room-'));
-  const paths = storagePaths(root);
-  const meta = new MetadataStore(paths.db);
-  const blobs = new LocalBlobStore(paths, meta);
-  await blobs.recover();
-  t.teardown(async () => {
-    meta.close();
-    await fs.rm(root, { recursive: true, force: true });
-  });
+  const { blobs } = await tempLocalStore(t, 'fill-room');
   const calls = { freeBytes: 0, ensureRoom: [] as number[] };
   // What the file system would answer; the real statfs of the temp dir is not under test.
   blobs.freeBytes = async () => {

@@ -8,26 +8,17 @@
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ClusterStage } from '../../src/cache/relaystage.js';
 import type { Digest, RepoName } from '../../src/registry/names.js';
-import { LocalBlobStore } from '../../src/storage/blobs.js';
-import { MetadataStore } from '../../src/storage/db.js';
-import { storagePaths } from '../../src/storage/paths.js';
+import { tempLocalStore } from '../helpers/localstore.js';
 import type { PositionalReader } from '../../src/storage/ports.js';
 
 const LINK = { repo: 'library/app' as RepoName, provenance: 'cached' as const };
 const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
 
 async function setup(t: ExecutionContext) {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'regmirror-relay-'));
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  const paths = storagePaths(root);
-  const meta = new MetadataStore(paths.db);
-  t.teardown(() => meta.close());
-  const blobs = new LocalBlobStore(paths, meta);
-  await blobs.recover();
+  const { root, blobs } = await tempLocalStore(t, 'relay');
   let stages = 0;
   const stage = blobs.stage.bind(blobs);
   blobs.stage = (opts) => (stages++, stage(opts));
