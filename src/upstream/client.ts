@@ -16,6 +16,7 @@ import { type Challenge, parseChallenges } from './challenge.js';
 import { UpstreamHealth } from './health.js';
 import { type WireCredentials, credentialSource } from './credentials.js';
 import { RateGuardedBody } from './minrate.js';
+import { Wire } from './wire.js';
 
 export { MIN_BODY_BYTES_PER_SEC, RateGuardedBody } from './minrate.js';
 
@@ -57,6 +58,13 @@ export class UpstreamProtocolError extends UpstreamUnavailableError {
   }
 }
 
+/** What either transport answers (status, headers, a body to consume or dump()). */
+interface RawResponse {
+  statusCode: number;
+  headers: IncomingHttpHeaders;
+  body: Readable & { dump(): Promise<void> };
+}
+
 export interface UpstreamRequest {
   method: 'GET' | 'HEAD';
   /** Path under the endpoint, starting with /v2/. */
@@ -78,9 +86,11 @@ export interface UpstreamStats {
 
 export class UpstreamClient {
   readonly name: string;
+  /** The HTTP/1.1 client every request goes through (wire.ts), unless a proxy is configured. */
+  private readonly wire: Wire | null;
   /**
-   * undici (~6 MiB of heap, ~18 MiB RSS with its index) is imported, and the agent created,
-   * by the first upstream request, not at start (issue #14 item 3: RSS after start).
+   * With a proxy: undici (~6 MiB of heap, ~18 MiB RSS with its index) is imported, and the
+   * agent created, by the first upstream request, not at start (issue #14 item 3).
    */
   private dispatcher: Promise<Dispatcher> | null;
   private readonly newDispatcher: () => Promise<Dispatcher>;
@@ -116,6 +126,18 @@ export class UpstreamClient {
       keepAliveTimeout: 30_000,
     };
     this.dispatcher = dispatcher ? Promise.resolve(dispatcher) : null;
+    this.wire =
+      dispatcher || config.proxy
+        ? null
+        : new Wire({
+            connectTimeoutMs: config.connectTimeoutMs,
+            headersTimeoutMs: config.headersTimeoutMs,
+            bodyTimeoutMs: config.bodyTimeoutMs,
+            keepAliveMs: opts.keepAliveTimeout,
+            maxConnections: config.maxConnections,
+            ca: connect.ca,
+            rejectUnauthorized: connect.rejectUnauthorized,
+          });
     this.newDispatcher = async () => {
       const { Agent, ProxyAgent } = await import('undici');
       return config.proxy ? new ProxyAgent({ uri: config.proxy, ...opts, requestTls: connect }) : new Agent(opts);
@@ -126,13 +148,16 @@ export class UpstreamClient {
 
   async close(): Promise<void> {
     this.health.close();
+    await this.wire?.close();
     if (this.dispatcher) await (await this.dispatcher).close();
   }
 
-  /** undici's `request` through this upstream's agent (both created on first use). */
-  private async http(url: string | URL, opts: Omit<Dispatcher.RequestOptions, 'origin' | 'path' | 'dispatcher'>): Promise<Dispatcher.ResponseData> {
+  /** One HTTP exchange: through the wire client, or undici's `request` through the proxy agent (both created on first use). */
+  private async http(url: string | URL, opts: { method: 'GET' | 'HEAD'; headers: Record<string, string>; signal?: AbortSignal }): Promise<RawResponse> {
+    if (this.wire) return this.wire.request(new URL(url), opts);
     const [{ request }, dispatcher] = await Promise.all([import('undici'), (this.dispatcher ??= this.newDispatcher())]);
-    return request(url, { ...opts, dispatcher });
+    const res = await request(url, { ...opts, dispatcher });
+    return { statusCode: res.statusCode, headers: res.headers, body: res.body as unknown as RawResponse['body'] };
   }
 
   /**
@@ -226,7 +251,7 @@ export class UpstreamClient {
       challengeAuth = null;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...req.headers };
       if (auth) headers.authorization = auth;
-      let res: Dispatcher.ResponseData;
+      let res: RawResponse;
       try {
         res = await this.http(url, { method: req.method, headers, signal: req.signal });
       } catch (e) {
@@ -265,7 +290,7 @@ export class UpstreamClient {
         await res.body.dump();
         throw new UpstreamProtocolError('upstream rejected the token its token service issued (expired or invalid)');
       }
-      return { status, headers: res.headers, body: res.body as UpstreamResponse['body'], url: url.toString() };
+      return { status, headers: res.headers, body: res.body, url: url.toString() };
     }
     throw new UpstreamProtocolError(`upstream redirect loop (more than ${MAX_REDIRECTS} redirects)`);
   }
