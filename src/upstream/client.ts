@@ -1,29 +1,27 @@
 /**
- * HTTP client for one upstream registry: endpoint failover, Bearer/Basic auth with a
- * token cache, redirects followed by hand (credentials never cross hosts), no
- * decompression (`undici.request`, `Accept-Encoding: identity`; protocol.md 6.9).
+ * HTTP client for one upstream registry: endpoint failover, Bearer/Basic auth (auth.ts),
+ * redirects followed by hand (credentials never cross hosts), no decompression
+ * (`Accept-Encoding: identity`; protocol.md 6.9). Bytes travel through wire.ts, or undici
+ * behind a proxy.
  */
 import fs from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
-import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
-import { SingleFlight } from '../singleflight.js';
-import { countBounded } from '../lru.js';
 import type { UpstreamConfig } from '../config/schema.js';
-import { type Challenge, parseChallenges } from './challenge.js';
+import { type RawResponse, USER_AGENT, UpstreamAuth } from './auth.js';
+import { parseChallenges } from './challenge.js';
+import { UpstreamProtocolError, UpstreamUnavailableError, errorSummary } from './errors.js';
 import { UpstreamHealth } from './health.js';
-import { type WireCredentials, credentialSource } from './credentials.js';
 import { RateGuardedBody } from './minrate.js';
 import { Wire } from './wire.js';
 
 export { MIN_BODY_BYTES_PER_SEC, RateGuardedBody } from './minrate.js';
+export { UpstreamProtocolError, UpstreamUnavailableError, errorSummary } from './errors.js';
+export { USER_AGENT } from './auth.js';
 
-export const USER_AGENT = 'regmirror/0.1 (+pull-through OCI mirror)';
 const MAX_REDIRECTS = 10;
-/** Tokens are refreshed this long before they expire. */
-const TOKEN_MARGIN_MS = 10_000;
 /** Upper bound on one liveness probe while the upstream is marked offline. */
 const PROBE_TIMEOUT_MS = 5_000;
 
@@ -35,36 +33,6 @@ export interface UpstreamResponse {
   url: string;
 }
 
-/** The upstream could not be reached (every endpoint failed at the transport level or 5xx). */
-export class UpstreamUnavailableError extends Error {
-  override name = 'UpstreamUnavailableError';
-  constructor(
-    message: string,
-    readonly status?: number,
-  ) {
-    super(message);
-  }
-}
-
-/**
- * The upstream answered, but unusably: a redirect loop, a token service that fails or
- * hands out tokens the registry then rejects. Not a reason to mark the upstream offline
- * (`status` is set); the message is safe to show to clients (no URLs, no secrets).
- */
-export class UpstreamProtocolError extends UpstreamUnavailableError {
-  override name = 'UpstreamProtocolError';
-  constructor(message: string, status = 502) {
-    super(message, status);
-  }
-}
-
-/** What either transport answers (status, headers, a body to consume or dump()). */
-interface RawResponse {
-  statusCode: number;
-  headers: IncomingHttpHeaders;
-  body: Readable & { dump(): Promise<void> };
-}
-
 export interface UpstreamRequest {
   method: 'GET' | 'HEAD';
   /** Path under the endpoint, starting with /v2/. */
@@ -73,10 +41,6 @@ export interface UpstreamRequest {
   repository: string;
   headers?: Record<string, string>;
   signal?: AbortSignal;
-}
-
-interface HostAuth {
-  challenge: Challenge;
 }
 
 export interface UpstreamStats {
@@ -94,16 +58,10 @@ export class UpstreamClient {
    */
   private dispatcher: Promise<Dispatcher> | null;
   private readonly newDispatcher: () => Promise<Dispatcher>;
-  private readonly credentials: () => WireCredentials;
-  /** Learned challenge per host, so later requests fetch a token before the first try. */
-  private readonly hostAuth = new Map<string, HostAuth>();
-  private readonly tokens = new LRUCache<string, { token: string; expiresAt: number }>(countBounded(10_000));
-  private readonly tokenFetches = new SingleFlight<string, string | null>();
+  private readonly auth: UpstreamAuth;
   readonly health: UpstreamHealth;
   /** Called for every upstream response (status) or transport failure ('error', with its summary); metrics, status. */
   onResponse: ((method: string, status: number | 'error', headers: IncomingHttpHeaders | null, error?: string) => void) | null = null;
-  /** host[:port] of every configured endpoint: the only hosts credentials are meant for. */
-  private readonly endpointHosts: ReadonlySet<string>;
 
   constructor(
     readonly config: UpstreamConfig,
@@ -111,8 +69,7 @@ export class UpstreamClient {
     dispatcher?: Dispatcher,
   ) {
     this.name = config.name;
-    this.credentials = credentialSource(config.credentials, config.name, config.endpoints);
-    this.endpointHosts = new Set(config.endpoints.map((e) => new URL(e).host));
+    this.auth = new UpstreamAuth(config, log, (url, opts) => this.http(url, opts));
     const connect = {
       timeout: config.connectTimeoutMs,
       ca: config.caFile ? fs.readFileSync(config.caFile) : undefined,
@@ -247,7 +204,7 @@ export class UpstreamClient {
     // past, e.g. a realm whose clock lags ours).
     let challengeAuth: string | null = null;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      const auth = challengeAuth ?? (await this.authorizationFor(url, scope, false));
+      const auth = challengeAuth ?? (await this.auth.authorizationFor(url, scope, false));
       challengeAuth = null;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...req.headers };
       if (auth) headers.authorization = auth;
@@ -272,9 +229,9 @@ export class UpstreamClient {
         const chosen = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
         if (chosen) {
           retriedHosts.add(url.host);
-          this.hostAuth.set(url.host, { challenge: chosen });
+          this.auth.learn(url.host, chosen);
           const challengeScope = chosen.params.scope;
-          const retryAuth = await this.authorizationFor(url, challengeScope && challengeScope.includes(req.repository) ? challengeScope : scope, true);
+          const retryAuth = await this.auth.authorizationFor(url, challengeScope && challengeScope.includes(req.repository) ? challengeScope : scope, true);
           if (retryAuth) {
             challengeAuth = retryAuth;
             hop--;
@@ -294,112 +251,6 @@ export class UpstreamClient {
     }
     throw new UpstreamProtocolError(`upstream redirect loop (more than ${MAX_REDIRECTS} redirects)`);
   }
-
-  /**
-   * The Authorization header for `url`, or null.
-   *
-   * Configured credentials belong to the upstream's own endpoint hosts. Any other host a
-   * redirect leads to (a CDN, signed storage, a registry.k8s.io backend) may challenge too,
-   * but it never gets the password or static token: with Basic it gets nothing, with Bearer
-   * an anonymous token, unless its realm is the one an endpoint host itself named.
-   * Otherwise any host a redirect points at could collect the credentials just by answering
-   * 401 (protocol.md 3.4: credentials only to the realm; 3.8).
-   */
-  private async authorizationFor(url: URL, scope: string, refresh: boolean): Promise<string | null> {
-    const known = this.hostAuth.get(url.host);
-    const isEndpointHost = this.endpointHosts.has(url.host);
-    const creds = isEndpointHost ? this.credentials() : null;
-    if (!known) {
-      if (creds?.kind === 'bearer') return `Bearer ${creds.token}`;
-      return null;
-    }
-    const { challenge } = known;
-    if (challenge.scheme === 'basic') {
-      return creds?.kind === 'basic' ? basicHeader(creds.username, creds.password) : null;
-    }
-    if (challenge.scheme !== 'bearer') return null;
-    if (creds?.kind === 'bearer') return `Bearer ${creds.token}`;
-    const realm = challenge.params.realm;
-    if (!realm) return null;
-    const realmUrl = new URL(realm, url);
-    const realmCreds = isEndpointHost || this.isEndpointRealm(realmUrl) ? this.credentials() : null;
-    const basic = realmCreds?.kind === 'basic' ? realmCreds : null;
-    // Artifact Registry omits `service` on some challenges: fall back to the realm host.
-    const service = challenge.params.service ?? url.host;
-    const key = `${basic ? 'creds' : 'anonymous'}|${realmUrl.toString()}|${service}|${scope}`;
-    const cached = this.tokens.get(key);
-    if (cached && !refresh && cached.expiresAt - TOKEN_MARGIN_MS > Date.now()) return `Bearer ${cached.token}`;
-    const token = await this.tokenFetches.run(key, () => this.fetchToken(realmUrl, service, scope, basic, key)).promise;
-    return token ? `Bearer ${token}` : null;
-  }
-
-  /** Whether a Bearer challenge from one of the endpoint hosts named this realm (same origin). */
-  private isEndpointRealm(realm: URL): boolean {
-    for (const endpoint of this.config.endpoints) {
-      const c = this.hostAuth.get(new URL(endpoint).host)?.challenge;
-      if (c?.scheme !== 'bearer' || !c.params.realm) continue;
-      try {
-        if (new URL(c.params.realm, endpoint).origin === realm.origin) return true;
-      } catch {
-        // an unparsable realm names nothing
-      }
-    }
-    return false;
-  }
-
-  private async fetchToken(realm: URL, service: string, scope: string, creds: WireCredentials, key: string): Promise<string | null> {
-    const u = new URL(realm);
-    u.searchParams.set('service', service);
-    u.searchParams.set('scope', scope);
-    const headers: Record<string, string> = { 'user-agent': USER_AGENT, accept: 'application/json' };
-    // Basic credentials go to the realm named by the upstream's own challenge, nowhere else.
-    if (creds?.kind === 'basic') headers.authorization = basicHeader(creds.username, creds.password);
-    const res = await this.http(u, { method: 'GET', headers });
-    const realmForLog = `${u.origin}${u.pathname}`;
-    if (res.statusCode !== 200) {
-      await res.body.dump();
-      this.log.warn({ upstream: this.name, realm: realmForLog, status: res.statusCode }, 'token request failed');
-      // 401/403: the credentials (or anonymous access) were refused, so the request goes on
-      // without a token and the registry's answer decides. A failing token service is the
-      // upstream being unavailable, not a missing repository.
-      if (res.statusCode >= 500 || res.statusCode === 429) throw new UpstreamProtocolError(`upstream token service answered ${res.statusCode}`);
-      return null;
-    }
-    // A captive portal or proxy page in place of the token service: unavailable too.
-    const text = await readCapped(res.body, 1024 * 1024);
-    let doc: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown } | null;
-    try {
-      doc = JSON.parse(text) as typeof doc;
-    } catch {
-      doc = null;
-    }
-    const token = doc?.token ?? doc?.access_token;
-    if (!doc || typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
-      this.log.warn({ upstream: this.name, realm: realmForLog, contentType: String(res.headers['content-type'] ?? '').slice(0, 100) }, 'token response carries no token');
-      throw new UpstreamProtocolError('upstream token service answered without a token');
-    }
-    // expires_in defaults to 60 s and is never less than 60 s (token.md).
-    const ttlMs = Math.max(60, typeof doc.expires_in === 'number' ? doc.expires_in : 60) * 1000;
-    const issued = typeof doc.issued_at === 'string' ? Date.parse(doc.issued_at) : NaN;
-    const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
-    this.tokens.set(key, { token, expiresAt: start + ttlMs });
-    return token;
-  }
-}
-
-function basicHeader(user: string, pass: string): string {
-  return `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
-}
-
-async function readCapped(body: AsyncIterable<Buffer>, max: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of body) {
-    n += c.length;
-    if (n > max) throw new UpstreamUnavailableError('upstream response too large');
-    chunks.push(c);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 /**
@@ -443,12 +294,4 @@ function emptyBody(): UpstreamResponse['body'] {
   const r = Readable.from([]) as UpstreamResponse['body'];
   r.dump = async () => undefined;
   return r;
-}
-
-export function errorSummary(e: unknown): string {
-  if (e instanceof Error) {
-    const code = (e as Error & { code?: string }).code;
-    return code ? `${code}: ${e.message}` : e.message;
-  }
-  return String(e);
 }
