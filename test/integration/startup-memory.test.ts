@@ -11,6 +11,8 @@ import test from 'ava';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_CONFIG_YAML } from '../../src/config/schema.js';
+import { FakeUpstream } from '../fixtures/fake-upstream.js';
+import { makeBlob, randomBytes } from '../fixtures/images.js';
 import { startCli, waitFor } from '../helpers/cli.js';
 import { tempDir } from '../helpers/server.js';
 
@@ -46,6 +48,13 @@ const ON_FIRST_USE: Array<[string, RegExp]> = [
   ['the serializer compiler', /\/node_modules\/@fastify\/fast-json-stringify-compiler\//],
 ];
 
+async function census(server: Awaited<ReturnType<typeof startCli>>, file: string): Promise<Census> {
+  server.child.kill('SIGUSR2');
+  const text = await waitFor(() => fs.readFile(file, 'utf8').catch(() => undefined), CENSUS_TIMEOUT_MS, 'the module census file', 50);
+  await server.kill();
+  return JSON.parse(text) as Census;
+}
+
 async function censusOfDefaultServe(t: import('ava').ExecutionContext): Promise<Census> {
   const dir = await tempDir(t, 'regmirror-startup-');
   // The embedded default, as `regmirror serve` runs it without --config, on a loopback port.
@@ -60,10 +69,7 @@ async function censusOfDefaultServe(t: import('ava').ExecutionContext): Promise<
     // Anonymous pull goes through the token endpoint: /v2/ answers 401 with a challenge.
     readyStatuses: [401],
   });
-  server.child.kill('SIGUSR2');
-  const text = await waitFor(() => fs.readFile(file, 'utf8').catch(() => undefined), CENSUS_TIMEOUT_MS, 'the module census file', 50);
-  await server.kill();
-  return JSON.parse(text) as Census;
+  return census(server, file);
 }
 
 test('a just-started serve with the default (local) config loads neither pg, the AWS SDK, undici nor ajv', async (t) => {
@@ -80,4 +86,25 @@ test('a just-started serve with the default (local) config loads neither pg, the
     const hits = census.modules.filter((m) => re.test(m));
     t.deepEqual(hits.slice(0, 5), [], `${what} is loaded at start-up with the local driver`);
   }
+});
+
+test('a pull-through without a proxy goes through the built-in HTTP client: undici is never loaded', async (t) => {
+  const fake = await FakeUpstream.start();
+  t.teardown(() => fake.close());
+  const blob = makeBlob(randomBytes(3 * 1024 * 1024 + 17, 'census-blob'), 'application/vnd.oci.image.layer.v1.tar');
+  fake.addBlob('library/app', blob);
+  const dir = await tempDir(t, 'regmirror-census-pull-');
+  const config = path.join(dir, 'config.yml');
+  // JSON is YAML: one upstream (the fake, with its token service), the default for every path.
+  await fs.writeFile(config, JSON.stringify({ listen: '127.0.0.1:0', storage: path.join(dir, 'storage'), upstreams: { 'hub.test': { endpoints: [fake.url] } }, defaultUpstream: 'hub.test' }));
+  const file = path.join(dir, 'census.json');
+  const server = await startCli(t, config, { nodeArgs: ['--import', CENSUS], env: { REGMIRROR_TEST_CENSUS_FILE: file }, readyStatuses: [200, 401] });
+  const res = await fetch(`${server.url}/v2/library/app/blobs/${blob.digest}`);
+  const got = Buffer.from(await res.arrayBuffer());
+  t.is(res.status, 200);
+  t.true(got.equals(blob.bytes), 'the blob arrived byte for byte');
+  t.true(fake.blobGets(blob.digest) >= 1, 'it came from the upstream');
+  const c = await census(server, file);
+  t.true(c.modules.some((m) => m.endsWith('/dist/upstream/wire.js')), 'the built-in client served the miss');
+  t.deepEqual(c.modules.filter((m) => /\/node_modules\/undici\//.test(m)).slice(0, 5), [], 'undici is not loaded');
 });
