@@ -36,9 +36,9 @@ const SHARED_DRIVER_ONLY: Array<[string, RegExp]> = [
 ];
 
 /**
- * Loaded on first use, not at start: undici by the first upstream request (upstream/client.ts;
- * the default config has upstreams, so this also checks that building their clients does not
- * load it) and by the shared driver's cluster fills (app.ts); fastify's schema compilers
+ * Loaded on first use, not at start: undici by the first request of an upstream behind a
+ * proxy (upstream/client.ts; the default config has upstreams, so this also checks that
+ * building their clients does not load it; without a proxy never: the last test) and by the shared driver's cluster fills (app.ts); fastify's schema compilers
  * (ajv, fast-json-stringify's compiler) by the first route with a schema, of which there is none.
  */
 const ON_FIRST_USE: Array<[string, RegExp]> = [
